@@ -1,0 +1,167 @@
+module Continual.Cli.Program
+
+open System
+open System.IO
+open System.Threading
+open Argu
+open Continual
+open Continual.Cli.Arguments
+open Continual.Data
+open Spectre.Console
+
+/// Exit codes: 0 success, 1 the work failed (bad data, a failed check), 2 bad usage.
+[<Literal>]
+let private UsageError = 2
+
+exception private UsageProblem of string list
+
+/// The configuration the options describe, on top of the reference defaults for strategy and buffer.
+let configOf (args: ParseResults<RunArgs>) (strategyOverride: string option) (seedOverride: int64 option) =
+    let strategy = (defaultArg strategyOverride (args.GetResult(Strategy, defaultValue = "derpp"))).Trim().ToLowerInvariant()
+    let buffer = args.GetResult(Buffer, defaultValue = 500)
+    let d = Experiment.defaults strategy buffer
+    let benchmark = args.GetResult(Benchmark, defaultValue = d.Benchmark)
+    { d with
+        Benchmark = benchmark
+        DataFolder = args.GetResult(Data, defaultValue = d.DataFolder)
+        BufferSize = (if args.Contains Buffer then buffer else d.BufferSize)
+        Seed = defaultArg seedOverride (args.GetResult(Seed, defaultValue = d.Seed))
+        LearningRate = args.GetResult(Lr, defaultValue = d.LearningRate)
+        BatchSize = args.GetResult(Batch_Size, defaultValue = d.BatchSize)
+        Minibatch = args.GetResult(Minibatch, defaultValue = d.Minibatch)
+        Alpha = args.GetResult(Alpha, defaultValue = d.Alpha)
+        Beta = args.GetResult(Beta, defaultValue = d.Beta)
+        Epochs = args.GetResult(Epochs, defaultValue = d.Epochs)
+        WeightDecay = args.GetResult(Weight_Decay, defaultValue = d.WeightDecay)
+        Device = args.GetResult(Device, defaultValue = d.Device)
+        Threads = args.GetResult(Threads, defaultValue = d.Threads)
+        TrainPerClass = args.TryGetResult Train_Per_Class
+        TestPerClass = args.TryGetResult Test_Per_Class }
+
+let private defaultOut (config: ExperimentConfig) =
+    let buffer = if config.BufferSize > 0 then sprintf "-%d" config.BufferSize else ""
+    Path.Combine("runs", sprintf "%s-%s%s-s%d" config.Benchmark config.Strategy buffer config.Seed)
+
+/// Checks a configuration and that its data files are there, before any work starts.
+let private check (config: ExperimentConfig) =
+    match Experiment.validate config with
+    | [] ->
+        try
+            for name in Benchmarks.idxFileNames do
+                Benchmarks.findIdxFile config.DataFolder name |> ignore
+        with DataFileError(path, reason) ->
+            raise (UsageProblem [ sprintf "%s: %s (point --data at a folder with the four IDX files; on Debian, apt-get install dataset-fashion-mnist)" path reason ])
+    | errors -> raise (UsageProblem errors)
+
+let private refuse (args: ParseResults<RunArgs>) (command: string) (options: RunArgs list) =
+    let given = options |> List.filter (fun o -> args.GetAllResults() |> List.exists (fun r -> r.GetType() = o.GetType() && (string r).Split(' ').[0] = (string o).Split(' ').[0]))
+    if not given.IsEmpty then
+        raise (UsageProblem [ for o in given -> sprintf "--%s does not apply to '%s'" ((string o).Split(' ').[0].ToLowerInvariant().Replace('_', '-')) command ])
+
+let private runOnce (config: ExperimentConfig) (quiet: bool) =
+    let taskCount = if config.Strategy = "joint" then 1 else 5
+    Report.withProgress quiet taskCount (fun onEvent -> Experiment.run config onEvent CancellationToken.None)
+
+let private runCommand (args: ParseResults<RunArgs>) =
+    refuse args "run" [ Repeat 0; Strategies ""; Seeds "" ]
+    let config = configOf args None None
+    check config
+    let out = args.GetResult(Out, defaultValue = defaultOut config)
+    AnsiConsole.MarkupLine(
+        "[bold]{0}[/] on [bold]{1}[/]  buffer {2}  lr {3}  seed {4}  ->  {5}",
+        Markup.Escape config.Strategy, Markup.Escape config.Benchmark, config.BufferSize, config.LearningRate, config.Seed, Markup.Escape out)
+    let result = runOnce config (args.Contains Quiet)
+    Report.printResult result
+    Results.write out result ignore
+    AnsiConsole.MarkupLine("wrote {0} and {1} ({2:0.0} s)", Markup.Escape(Path.Combine(out, "results.json")), Markup.Escape(Path.Combine(out, "results.csv")), result.WallSeconds)
+    0
+
+let private benchCommand (args: ParseResults<RunArgs>) =
+    refuse args "bench" [ Strategies ""; Seeds "" ]
+    let config = configOf args None None
+    check config
+    let repeat = args.GetResult(Repeat, defaultValue = 1)
+    if repeat <= 0 then raise (UsageProblem [ sprintf "--repeat must be positive (got %d)" repeat ])
+    let table = Table(Title = TableTitle(sprintf "%s on %s, buffer %d" config.Strategy config.Benchmark config.BufferSize))
+    for c in [ "run"; "wall s (load+train+eval)"; "train s"; "eval s"; "steps"; "steps/s"; "peak memory MiB"; "class-il"; "task-il" ] do
+        table.AddColumn(c) |> ignore
+    let rows =
+        [ for r in 1 .. repeat ->
+            let result = runOnce config true
+            let o = result.Outcome
+            use me = Diagnostics.Process.GetCurrentProcess()
+            let peak = float me.PeakWorkingSet64 / 1048576.0
+            let row = [ string r
+                        sprintf "%.2f" result.WallSeconds
+                        sprintf "%.2f" o.TrainSeconds
+                        sprintf "%.2f" o.EvalSeconds
+                        string o.Steps
+                        sprintf "%.0f" (float o.Steps / o.TrainSeconds)
+                        sprintf "%.0f" peak
+                        sprintf "%.2f" (Metrics.averageAccuracy o.ClassIl)
+                        sprintf "%.2f" (Metrics.averageAccuracy o.TaskIl) ]
+            table.AddRow(Array.ofList row) |> ignore
+            result, peak ]
+    AnsiConsole.Write table
+    match args.TryGetResult Out with
+    | Some out ->
+        let lines =
+            rows |> List.map (fun (r, peak) ->
+                sprintf "{\"wallSeconds\": %.3f, \"trainSeconds\": %.3f, \"evalSeconds\": %.3f, \"steps\": %d, \"peakMemoryMiB\": %.0f}"
+                    r.WallSeconds r.Outcome.TrainSeconds r.Outcome.EvalSeconds r.Outcome.Steps peak)
+        Results.writeAtomically (Path.Combine(out, "bench.json")) (Text.Encoding.UTF8.GetBytes("[\n  " + String.Join(",\n  ", lines) + "\n]\n"))
+    | None -> ()
+    0
+
+let private compareCommand (args: ParseResults<RunArgs>) =
+    refuse args "compare" [ Repeat 0; Strategy ""; Seed 0L ]
+    let split (s: string) = s.Split(',', StringSplitOptions.RemoveEmptyEntries ||| StringSplitOptions.TrimEntries) |> List.ofArray
+    let strategies = split (args.GetResult(Strategies, defaultValue = "sgd,joint,er,der,derpp"))
+    let seeds =
+        split (args.GetResult(Seeds, defaultValue = "0,1,2"))
+        |> List.map (fun s -> match Int64.TryParse s with | true, v -> v | _ -> raise (UsageProblem [ sprintf "--seeds: '%s' is not an integer" s ]))
+    let configs = [ for s in strategies -> s, [ for seed in seeds -> configOf args (Some s) (Some seed) ] ]
+    configs |> List.iter (snd >> List.iter check)
+    let out = args.GetResult(Out, defaultValue = "runs/compare")
+    let table = Table(Title = TableTitle(sprintf "mean ± sample s.d. over seeds %s" (String.Join(", ", seeds))))
+    for c in [ "strategy"; "buffer"; "Class-IL"; "Task-IL"; "Class-IL per seed"; "wall s per run" ] do
+        table.AddColumn(c) |> ignore
+    for (name, runs) in configs do
+        let results =
+            [ for config in runs ->
+                AnsiConsole.MarkupLine("{0} seed {1} ...", Markup.Escape name, config.Seed)
+                let result = runOnce config true
+                Results.write (Path.Combine(out, Path.GetFileName(defaultOut config))) result ignore
+                result ]
+        let classIl = results |> List.map (fun r -> Metrics.averageAccuracy r.Outcome.ClassIl)
+        let taskIl = results |> List.map (fun r -> Metrics.averageAccuracy r.Outcome.TaskIl)
+        let (cm, cs), (tm, ts) = Metrics.meanAndSpread classIl, Metrics.meanAndSpread taskIl
+        table.AddRow(
+            name,
+            string runs.Head.BufferSize,
+            sprintf "%.2f ± %.2f" cm cs,
+            sprintf "%.2f ± %.2f" tm ts,
+            String.Join(" / ", classIl |> List.map (sprintf "%.2f")),
+            sprintf "%.1f" (results |> List.averageBy (fun r -> r.WallSeconds))) |> ignore
+    AnsiConsole.Write table
+    0
+
+[<EntryPoint>]
+let main argv =
+    let parser = ArgumentParser.Create<Command>(programName = "continual", errorHandler = ProcessExiter())
+    let parsed = parser.ParseCommandLine(argv, raiseOnUsage = true)
+    try
+        match parsed.GetSubCommand() with
+        | Run args -> runCommand args
+        | Bench args -> benchCommand args
+        | Compare args -> compareCommand args
+        | Version ->
+            printfn "continual %s" (typeof<ExperimentConfig>.Assembly.GetName().Version.ToString())
+            0
+    with
+    | UsageProblem errors ->
+        for e in errors do Report.error e
+        UsageError
+    | DataFileError(path, reason) ->
+        Report.error (sprintf "%s: %s (nothing was written)" path reason)
+        1

@@ -1,0 +1,79 @@
+/// Console output: progress bars and tables (Spectre.Console).
+module Continual.Cli.Report
+
+open System
+open Continual
+open Spectre.Console
+
+let private f2 (v: float) = v.ToString("0.00", Globalization.CultureInfo.InvariantCulture)
+
+let private optional (v: float option) = match v with Some x -> f2 x | None -> "-"
+
+/// A table of an accuracy matrix: one row per training step, one column per task.
+let matrixTable (title: string) (m: float[][]) =
+    let table = Table(Title = TableTitle(title))
+    table.AddColumn(TableColumn("after task")) |> ignore
+    let tasks = if m.Length = 0 then 0 else m.[0].Length
+    for j in 0 .. tasks - 1 do
+        table.AddColumn(TableColumn(sprintf "task %d" (j + 1)).RightAligned()) |> ignore
+    table.AddColumn(TableColumn("mean").RightAligned()) |> ignore
+    m |> Array.iteri (fun i row ->
+        let label = if m.Length = 1 && tasks > 1 then "all (joint)" else string (i + 1)
+        table.AddRow(Array.concat [ [| label |]; row |> Array.map f2; [| f2 (Array.average row) |] ]) |> ignore)
+    table
+
+/// The final figures of a run in both scenarios.
+let summaryTable (result: ExperimentResult) =
+    let o = result.Outcome
+    let table = Table(Title = TableTitle("final figures (percent)"))
+    for c in [ "scenario"; "average accuracy"; "forgetting"; "backward transfer" ] do
+        table.AddColumn(c) |> ignore
+    for (name, m) in [ "Class-IL", o.ClassIl; "Task-IL", o.TaskIl ] do
+        table.AddRow(name, f2 (Metrics.averageAccuracy m), optional (Metrics.forgetting m), optional (Metrics.backwardTransfer m)) |> ignore
+    table
+
+/// Prints a run's matrices and final figures.
+let printResult (result: ExperimentResult) =
+    AnsiConsole.Write(matrixTable "Class-IL accuracy (percent)" result.Outcome.ClassIl)
+    AnsiConsole.Write(matrixTable "Task-IL accuracy (percent)" result.Outcome.TaskIl)
+    AnsiConsole.Write(summaryTable result)
+
+/// Runs `work` with one progress bar per task, fed by the training events it raises.
+let withProgress (quiet: bool) (taskCount: int) (work: (TrainingEvent -> unit) -> 'T) : 'T =
+    if quiet then
+        work ignore
+    else
+        let progress =
+            AnsiConsole.Progress()
+                .AutoClear(false)
+                .Columns([| TaskDescriptionColumn() :> ProgressColumn
+                            ProgressBarColumn()
+                            PercentageColumn()
+                            ElapsedTimeColumn()
+                            RemainingTimeColumn() |])
+        progress.Start(fun ctx ->
+            let bars = Collections.Generic.Dictionary<int, ProgressTask>()
+            // JOINT trains once on everything: its figures cover every task.
+            let seenOnly task (row: float[]) = if taskCount = 1 then row else row.[.. task]
+            let onEvent event =
+                match event with
+                | TaskStarted(task, steps) ->
+                    let label = if taskCount = 1 then "joint" else sprintf "task %d/%d" (task + 1) taskCount
+                    let bar = ctx.AddTask(label, true, float steps)
+                    bars.[task] <- bar
+                | StepsCompleted(task, completed, _, loss) ->
+                    let bar = bars.[task]
+                    bar.Value <- float completed
+                    bar.Description <- sprintf "%s  loss %.3f" (bar.Description.Split("  ").[0]) loss
+                | TaskFinished(task, accuracies, _) ->
+                    let bar = bars.[task]
+                    bar.Description <-
+                        sprintf "%s  class-il %s  task-il %s" (bar.Description.Split("  ").[0])
+                            (f2 (Array.average (seenOnly task accuracies.ClassIl)))
+                            (f2 (Array.average (seenOnly task accuracies.TaskIl)))
+                    bar.StopTask()
+            work onEvent)
+
+/// Prints an error in red.
+let error (message: string) =
+    AnsiConsole.MarkupLine("[red]error:[/] {0}", Markup.Escape message)

@@ -1,0 +1,179 @@
+namespace Continual
+
+open System.Threading
+open Continual.Data
+open Continual.Models
+open Continual.Strategies
+
+/// Everything that defines a run. Every field is a command-line option; `Experiment.defaults` gives
+/// the reference protocol's values for a strategy and buffer size.
+type ExperimentConfig =
+    { Benchmark: string
+      DataFolder: string
+      Strategy: string
+      BufferSize: int
+      LearningRate: float
+      BatchSize: int
+      Minibatch: int
+      Alpha: float
+      Beta: float
+      Epochs: int
+      WeightDecay: float
+      Seed: int64
+      Device: string
+      Threads: int
+      /// Use at most this many training examples per class (None: all).
+      TrainPerClass: int option
+      /// Use at most this many test examples per class (None: all).
+      TestPerClass: int option }
+
+/// A finished run: its configuration, accuracy matrices, metrics and timings.
+type ExperimentResult =
+    { Config: ExperimentConfig
+      Architecture: Architecture
+      Benchmark: Benchmark
+      Outcome: TrainingOutcome
+      WallSeconds: float
+      StartedUtc: System.DateTime }
+
+/// Configuring and running experiments.
+[<RequireQualifiedAccess>]
+module Experiment =
+
+    /// The strategies this build knows.
+    let strategyNames = [ "sgd"; "joint"; "er"; "der"; "derpp" ]
+
+    /// The benchmarks this build knows.
+    let benchmarkNames = [ "split-fmnist"; "split-mnist" ]
+
+    /// Buffer sizes with published reference settings; other sizes take the nearest one's settings.
+    let referenceBufferSizes = [ 200; 500; 5120 ]
+
+    let private nearestReference (buffer: int) =
+        referenceBufferSizes |> List.minBy (fun b -> abs (b - buffer))
+
+    /// The reference protocol's settings (METHODS.md) for a strategy and buffer size: SGD without
+    /// momentum, batch 10, one epoch per task; per-strategy lr, minibatch, alpha and beta.
+    let defaults (strategy: string) (bufferSize: int) : ExperimentConfig =
+        let reference = nearestReference bufferSize
+        let lr, minibatch, alpha, beta =
+            match strategy, reference with
+            | "er", 200 -> 0.01, 10, 0.0, 0.0
+            | "er", _ -> 0.1, 10, 0.0, 0.0
+            | "der", 200 -> 0.03, 10, 0.2, 0.0
+            | "der", 500 -> 0.03, 128, 1.0, 0.0
+            | "der", _ -> 0.1, 128, 0.5, 0.0
+            | "derpp", 200 -> 0.03, 128, 0.2, 1.0
+            | "derpp", 500 -> 0.03, 10, 1.0, 0.5
+            | "derpp", _ -> 0.1, 64, 0.2, 0.5
+            | _ -> 0.03, 10, 0.0, 0.0
+        { Benchmark = "split-fmnist"
+          DataFolder = Benchmarks.defaultFashionMnistFolder
+          Strategy = strategy
+          BufferSize = (if List.contains strategy [ "er"; "der"; "derpp" ] then bufferSize else 0)
+          LearningRate = lr
+          BatchSize = 10
+          Minibatch = minibatch
+          Alpha = alpha
+          Beta = beta
+          Epochs = 1
+          WeightDecay = 0.0
+          Seed = 0L
+          Device = "cpu"
+          Threads = 1
+          TrainPerClass = None
+          TestPerClass = None }
+
+    /// Everything wrong with a configuration, as messages a user can act on (empty when it is valid).
+    let validate (config: ExperimentConfig) : string list =
+        [ if not (List.contains config.Strategy strategyNames) then
+              sprintf "unknown strategy '%s' (expected one of: %s)" config.Strategy (String.concat ", " strategyNames)
+          if not (List.contains config.Benchmark benchmarkNames) then
+              sprintf "unknown benchmark '%s' (expected one of: %s)" config.Benchmark (String.concat ", " benchmarkNames)
+          if List.contains config.Strategy [ "er"; "der"; "derpp" ] && config.BufferSize <= 0 then
+              sprintf "--buffer must be positive for %s (got %d)" config.Strategy config.BufferSize
+          if config.BufferSize < 0 then sprintf "--buffer must not be negative (got %d)" config.BufferSize
+          if not (config.LearningRate > 0.0) || System.Double.IsInfinity config.LearningRate then
+              sprintf "--lr must be a positive number (got %g)" config.LearningRate
+          if config.BatchSize <= 0 then sprintf "--batch-size must be positive (got %d)" config.BatchSize
+          if config.Minibatch <= 0 then sprintf "--minibatch must be positive (got %d)" config.Minibatch
+          if config.Epochs <= 0 then sprintf "--epochs must be positive (got %d)" config.Epochs
+          if config.Alpha < 0.0 || System.Double.IsNaN config.Alpha then sprintf "--alpha must not be negative (got %g)" config.Alpha
+          if config.Beta < 0.0 || System.Double.IsNaN config.Beta then sprintf "--beta must not be negative (got %g)" config.Beta
+          if config.WeightDecay < 0.0 || System.Double.IsNaN config.WeightDecay then
+              sprintf "--weight-decay must not be negative (got %g)" config.WeightDecay
+          if config.Threads <= 0 then sprintf "--threads must be positive (got %d)" config.Threads
+          match config.TrainPerClass with
+          | Some n when n <= 0 -> sprintf "--train-per-class must be positive (got %d)" n
+          | _ -> ()
+          match config.TestPerClass with
+          | Some n when n <= 0 -> sprintf "--test-per-class must be positive (got %d)" n
+          | _ -> ()
+          let device = config.Device.Trim().ToLowerInvariant()
+          if device <> "cpu" && not (device.StartsWith "cuda") then
+              sprintf "unknown device '%s' (expected cpu or cuda)" config.Device ]
+
+    /// The strategy a configuration names, with its hyper-parameters.
+    let strategy (config: ExperimentConfig) : Strategy =
+        match config.Strategy with
+        | "sgd" -> Strategies.sgd
+        | "joint" -> Strategies.joint
+        | "er" -> Strategies.er config.BufferSize config.Minibatch
+        | "der" -> Strategies.der config.BufferSize config.Minibatch config.Alpha
+        | "derpp" -> Strategies.derpp config.BufferSize config.Minibatch config.Alpha config.Beta
+        | other -> invalidArg (nameof config) (sprintf "unknown strategy '%s'" other)
+
+    /// Loads the benchmark a configuration names, restricted per class when asked.
+    let loadBenchmark (config: ExperimentConfig) : Benchmark =
+        let full =
+            match config.Benchmark with
+            | "split-fmnist" -> Benchmarks.splitMnistStyle "split-fmnist" config.DataFolder
+            | "split-mnist" -> Benchmarks.splitMnistStyle "split-mnist" config.DataFolder
+            | other -> invalidArg (nameof config) (sprintf "unknown benchmark '%s'" other)
+        match config.TrainPerClass, config.TestPerClass with
+        | None, None -> full
+        | train, test ->
+            let reduced = Benchmarks.subsample (defaultArg train System.Int32.MaxValue) (defaultArg test System.Int32.MaxValue) full
+            full.Train.Inputs.Dispose()
+            full.Train.Labels.Dispose()
+            full.Test.Inputs.Dispose()
+            full.Test.Labels.Dispose()
+            reduced
+
+    /// The training settings of a configuration.
+    let settings (config: ExperimentConfig) : TrainingSettings =
+        { LearningRate = config.LearningRate
+          BatchSize = config.BatchSize
+          Epochs = config.Epochs
+          WeightDecay = config.WeightDecay
+          Seed = config.Seed
+          Device = Engine.device config.Device
+          ProgressEvery = 100 }
+
+    /// Runs a configuration on an already loaded benchmark (the caller keeps ownership of it).
+    let runOn (benchmark: Benchmark) (config: ExperimentConfig) (onEvent: TrainingEvent -> unit) (cancellation: CancellationToken) =
+        match validate config with
+        | [] -> ()
+        | errors -> invalidArg (nameof config) (String.concat "; " errors)
+        Engine.configureThreads config.Threads
+        let started = System.DateTime.UtcNow
+        let clock = System.Diagnostics.Stopwatch.StartNew()
+        let c, h, w = benchmark.InputShape
+        let architecture = Mlp(c * h * w, [ 100; 100 ], benchmark.NumClasses)
+        let outcome = Training.run architecture benchmark (strategy config) (settings config) onEvent cancellation
+        { Config = config
+          Architecture = architecture
+          Benchmark = benchmark
+          Outcome = outcome
+          WallSeconds = clock.Elapsed.TotalSeconds
+          StartedUtc = started }
+
+    /// Validates, loads the data and runs a configuration end to end.
+    let run (config: ExperimentConfig) (onEvent: TrainingEvent -> unit) (cancellation: CancellationToken) : ExperimentResult =
+        match validate config with
+        | [] -> ()
+        | errors -> invalidArg (nameof config) (String.concat "; " errors)
+        let clock = System.Diagnostics.Stopwatch.StartNew()
+        let benchmark = loadBenchmark config
+        let result = runOn benchmark config onEvent cancellation
+        { result with WallSeconds = clock.Elapsed.TotalSeconds }

@@ -1,0 +1,35 @@
+namespace Continual
+
+open TorchSharp
+
+/// One named term of a training loss, e.g. "ce" or "der.logits".
+type LossTerm =
+    { Name: string
+      Value: Tensor }
+
+/// Loss functions shared by strategies. Each is a pure function of its tensors.
+[<RequireQualifiedAccess>]
+module Losses =
+
+    /// Mean cross-entropy of logits [n, classes] against int64 labels [n].
+    let crossEntropy (logits: Tensor) (labels: Tensor) : Tensor =
+        torch.nn.functional.cross_entropy(logits, labels)
+
+    /// DER's logit-matching term: the mean over samples and logit entries of the squared difference
+    /// between current logits and the logits stored at insertion (PyTorch's mse_loss scale).
+    let derLogitMatching (logits: Tensor) (storedLogits: Tensor) : Tensor =
+        torch.nn.functional.mse_loss(logits, storedLogits)
+
+    /// Logits with every class outside `classes` set to -infinity (Task-IL masking).
+    let maskToClasses (classes: int list) (logits: Tensor) : Tensor =
+        let numClasses = logits.shape.[logits.shape.Length - 1]
+        let keep = Array.create (int numClasses) false
+        for c in classes do keep.[c] <- true
+        use mask = torch.tensor(keep |> Array.map not, dtype = torch.ScalarType.Bool)
+        logits.masked_fill(mask, System.Single.NegativeInfinity)
+
+    /// The sum of named terms.
+    let total (terms: LossTerm list) : Tensor =
+        match terms with
+        | [] -> invalidArg (nameof terms) "a step needs at least one loss term"
+        | first :: rest -> rest |> List.fold (fun (acc: Tensor) t -> acc.add t.Value) first.Value

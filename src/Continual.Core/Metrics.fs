@@ -1,0 +1,42 @@
+namespace Continual
+
+/// Continual-learning metrics over an accuracy matrix R, where R.[i].[j] is the accuracy (percent) on
+/// task j's test set after training task i. Rows may be fewer than columns (JOINT has one row).
+[<RequireQualifiedAccess>]
+module Metrics =
+
+    let private lastRow (r: float[][]) =
+        if r.Length = 0 then invalidArg "r" "the accuracy matrix has no rows"
+        r.[r.Length - 1]
+
+    /// Mean accuracy over all tasks after the last training step: mean_j R[T][j].
+    let averageAccuracy (r: float[][]) : float = lastRow r |> Array.average
+
+    /// Average forgetting: mean over j < T of (max over i < T of R[i][j]) - R[T][j]. None when the matrix
+    /// is not square or has a single task (there is nothing to forget).
+    let forgetting (r: float[][]) : float option =
+        let t = r.Length
+        if t < 2 || r |> Array.exists (fun row -> row.Length <> t) then None
+        else
+            Some(
+                [| for j in 0 .. t - 2 ->
+                     let best = [| for i in 0 .. t - 2 -> r.[i].[j] |] |> Array.max
+                     best - r.[t - 1].[j] |]
+                |> Array.average)
+
+    /// Backward transfer: mean over j < T of R[T][j] - R[j][j]. None when the matrix is not square or
+    /// has a single task.
+    let backwardTransfer (r: float[][]) : float option =
+        let t = r.Length
+        if t < 2 || r |> Array.exists (fun row -> row.Length <> t) then None
+        else Some([| for j in 0 .. t - 2 -> r.[t - 1].[j] - r.[j].[j] |] |> Array.average)
+
+    /// Mean and sample standard deviation of a list of figures (the spread across seeds).
+    let meanAndSpread (values: float list) : float * float =
+        let n = List.length values
+        if n = 0 then invalidArg (nameof values) "no values"
+        let mean = List.average values
+        let spread =
+            if n < 2 then 0.0
+            else sqrt ((values |> List.sumBy (fun v -> (v - mean) ** 2.0)) / float (n - 1))
+        mean, spread

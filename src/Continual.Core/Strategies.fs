@@ -1,0 +1,104 @@
+namespace Continual.Strategies
+
+open Continual
+open Continual.Models
+open Continual.Replay
+open TorchSharp
+
+/// The training batch of one step.
+type StepBatch =
+    { Inputs: Tensor
+      Labels: Tensor
+      LabelArray: int[]
+      Task: int }
+
+/// A buffer draw together with the current model's logits on it.
+type ReplayView =
+    { Draw: ReplayDraw
+      Logits: Tensor }
+
+/// Everything a strategy's loss may look at in one step: the batch, the current model's output on it,
+/// and one entry per buffer draw the strategy asked for (None while the buffer is empty).
+type StepView =
+    { Batch: StepBatch
+      Output: ModelOutput
+      Replay: ReplayView option list }
+
+/// How a strategy walks the stream.
+type Schedule =
+    /// Task after task (the continual setting).
+    | Sequential
+    /// All tasks' data shuffled together and learned at once (JOINT, the upper bound).
+    | Joint
+
+/// A continual-learning method: its loss terms as a pure function of the step's view, and what the
+/// shell must prepare for it. The shell sums the terms and steps the optimiser; a strategy never does.
+type Strategy =
+    { Name: string
+      Schedule: Schedule
+      /// Buffer slots (0 for none); the buffer is filled by reservoir sampling during all of training.
+      BufferSize: int
+      /// Sizes of the independent buffer minibatches drawn every step.
+      ReplayDraws: int list
+      /// The named loss terms of one step.
+      Terms: StepView -> LossTerm list }
+
+/// The strategies of the replay family and the bounds.
+[<RequireQualifiedAccess>]
+module Strategies =
+
+    let private ce (view: StepView) =
+        { Name = "ce"; Value = Losses.crossEntropy view.Output.Logits view.Batch.Labels }
+
+    /// Plain fine-tuning: cross-entropy on the current batch (the lower bound).
+    let sgd : Strategy =
+        { Name = "sgd"; Schedule = Sequential; BufferSize = 0; ReplayDraws = []; Terms = fun view -> [ ce view ] }
+
+    /// All data at once with the SGD loss (the upper bound).
+    let joint : Strategy = { sgd with Name = "joint"; Schedule = Joint }
+
+    /// Experience replay: one cross-entropy over the batch concatenated with a buffer minibatch.
+    let er (bufferSize: int) (minibatch: int) : Strategy =
+        { Name = "er"
+          Schedule = Sequential
+          BufferSize = bufferSize
+          ReplayDraws = [ minibatch ]
+          Terms =
+            fun view ->
+                match view.Replay with
+                | [ Some replay ] ->
+                    use logits = torch.cat([| view.Output.Logits; replay.Logits |], 0L)
+                    use labels = torch.cat([| view.Batch.Labels; replay.Draw.Labels |], 0L)
+                    [ { Name = "ce"; Value = Losses.crossEntropy logits labels } ]
+                | _ -> [ ce view ] }
+
+    /// The DER logit term alone: alpha times the MSE between the current and the stored logits.
+    let derTerm (alpha: float) (replay: ReplayView) : LossTerm =
+        { Name = "der.logits"; Value = (Losses.derLogitMatching replay.Logits replay.Draw.Logits).mul(alpha.ToScalar()) }
+
+    /// Dark Experience Replay: CE on the batch plus alpha x MSE to the stored logits of a buffer minibatch.
+    let der (bufferSize: int) (minibatch: int) (alpha: float) : Strategy =
+        { Name = "der"
+          Schedule = Sequential
+          BufferSize = bufferSize
+          ReplayDraws = [ minibatch ]
+          Terms =
+            fun view ->
+                match view.Replay with
+                | [ Some replay ] -> [ ce view; derTerm alpha replay ]
+                | _ -> [ ce view ] }
+
+    /// DER++: DER plus beta x CE on the labels of a second, independent buffer minibatch.
+    let derpp (bufferSize: int) (minibatch: int) (alpha: float) (beta: float) : Strategy =
+        { Name = "derpp"
+          Schedule = Sequential
+          BufferSize = bufferSize
+          ReplayDraws = [ minibatch; minibatch ]
+          Terms =
+            fun view ->
+                match view.Replay with
+                | [ Some first; Some second ] ->
+                    [ ce view
+                      derTerm alpha first
+                      { Name = "derpp.labels"; Value = (Losses.crossEntropy second.Logits second.Draw.Labels).mul(beta.ToScalar()) } ]
+                | _ -> [ ce view ] }

@@ -1,0 +1,222 @@
+namespace Continual
+
+open System.Diagnostics
+open System.Threading
+open Continual.Data
+open Continual.Models
+open Continual.Replay
+open Continual.Strategies
+open TorchSharp
+
+/// Settings of the optimisation loop (the reference protocol's defaults live in Experiment).
+type TrainingSettings =
+    { LearningRate: float
+      BatchSize: int
+      Epochs: int
+      WeightDecay: float
+      Seed: int64
+      Device: Device
+      /// Report a StepsCompleted event every this many steps.
+      ProgressEvery: int }
+
+/// What the shell reports while it works.
+type TrainingEvent =
+    | TaskStarted of task: int * steps: int
+    | StepsCompleted of task: int * completed: int * steps: int * meanLoss: float
+    | TaskFinished of task: int * accuracies: TaskAccuracies * seconds: float
+
+/// The state that changes over a run. Everything a run depends on is here, so it can be saved.
+type TrainingState =
+    { Model: Backbone
+      Optimiser: torch.optim.Optimizer
+      Buffer: ReplayBuffer option
+      Rng: RandomState
+      /// Index of the next task to train.
+      NextTask: int
+      StepsTaken: int64 }
+
+/// The outcome of training a strategy on a benchmark.
+type TrainingOutcome =
+    { /// R.[i].[j]: Class-IL accuracy on task j after training step i (one row per task, one for JOINT).
+      ClassIl: float[][]
+      TaskIl: float[][]
+      TaskSeconds: float[]
+      TrainSeconds: float
+      EvalSeconds: float
+      Steps: int64
+      State: TrainingState }
+
+/// The one effectful shell: batches, forward passes, loss sums, optimiser steps, dispose scopes.
+[<RequireQualifiedAccess>]
+module Training =
+
+    /// A fresh state: model initialised from the seed, optimiser, empty buffer.
+    let initialise (architecture: Architecture) (benchmark: Benchmark) (strategy: Strategy) (settings: TrainingSettings) =
+        torch.manual_seed settings.Seed |> ignore
+        let model = Backbones.create architecture
+        model.``to`` settings.Device |> ignore
+        let optimiser =
+            torch.optim.SGD(model.parameters (), settings.LearningRate, weight_decay = settings.WeightDecay) :> torch.optim.Optimizer
+        let rng = Random.create settings.Seed
+        let features = let c, h, w = benchmark.InputShape in c * h * w
+        let buffer =
+            if strategy.BufferSize > 0 then
+                let b = Replay.create strategy.BufferSize features benchmark.NumClasses (Random.split 1L rng)
+                Some { b with
+                        Examples = b.Examples.``to``(settings.Device).DetachFromDisposeScope()
+                        Labels = b.Labels.``to``(settings.Device).DetachFromDisposeScope()
+                        Logits = b.Logits.``to``(settings.Device).DetachFromDisposeScope() }
+            else None
+        { Model = model
+          Optimiser = optimiser
+          Buffer = buffer
+          Rng = Random.split 2L rng
+          NextTask = 0
+          StepsTaken = 0L }
+
+    /// One optimiser step on one batch: draws, a single forward pass over the batch and the draws,
+    /// the strategy's terms, backward, step, and the reservoir update. Every tensor made here dies
+    /// with the step's dispose scope. Returns the summed loss and the new state.
+    let step (strategy: Strategy) (batch: StepBatch) (state: TrainingState) : float32 * TrainingState =
+        use scope = torch.NewDisposeScope()
+        state.Optimiser.zero_grad ()
+        let mutable buffer = state.Buffer
+        let draws =
+            strategy.ReplayDraws
+            |> List.map (fun size ->
+                match buffer with
+                | Some b ->
+                    let draw, b' = Replay.sample size b
+                    buffer <- Some b'
+                    draw
+                | None -> None)
+        let batchSize = batch.LabelArray.Length
+        let inputs =
+            match draws |> List.choose id with
+            | [] -> batch.Inputs
+            | some -> torch.cat(Array.ofList (batch.Inputs :: (some |> List.map (fun d -> d.Inputs))), 0L)
+        let output = state.Model.ForwardWithFeatures inputs
+        let mutable offset = int64 batchSize
+        let replay =
+            draws
+            |> List.map (Option.map (fun d ->
+                let n = d.Labels.shape.[0]
+                let view = { Draw = d; Logits = output.Logits.narrow(0L, offset, n) }
+                offset <- offset + n
+                view))
+        let batchOutput =
+            if offset = int64 batchSize then output
+            else
+                { Logits = output.Logits.narrow(0L, 0L, int64 batchSize)
+                  Features = output.Features |> List.map (fun f -> f.narrow(0L, 0L, int64 batchSize)) }
+        let view = { Batch = batch; Output = batchOutput; Replay = replay }
+        let loss = Losses.total (strategy.Terms view)
+        loss.backward ()
+        state.Optimiser.step () |> ignore
+        let buffer =
+            buffer
+            |> Option.map (fun b ->
+                use logits = batchOutput.Logits.detach ()
+                Replay.add batch.Task batch.Inputs batch.Labels batch.LabelArray logits b)
+        loss.ToSingle(), { state with Buffer = buffer; StepsTaken = state.StepsTaken + 1L }
+
+    /// Trains one pass of `epochs` over a labelled set as the given task, reporting progress.
+    let trainOn
+        (strategy: Strategy)
+        (settings: TrainingSettings)
+        (taskIndex: int)
+        (data: LabelledSet)
+        (onEvent: TrainingEvent -> unit)
+        (cancellation: CancellationToken)
+        (state: TrainingState)
+        =
+        let n = data.Count
+        let stepsPerEpoch = (n + settings.BatchSize - 1) / settings.BatchSize
+        let steps = stepsPerEpoch * settings.Epochs
+        onEvent (TaskStarted(taskIndex, steps))
+        let mutable state = state
+        let mutable completed = 0
+        let mutable lossSum = 0.0
+        let mutable lossCount = 0
+        for _ in 1 .. settings.Epochs do
+            let order, rng = Random.permutation n state.Rng
+            state <- { state with Rng = rng }
+            use index = torch.tensor(order, dtype = torch.ScalarType.Int64)
+            use inputs = data.Inputs.index_select(0L, index).``to`` settings.Device
+            use labels = data.Labels.index_select(0L, index).``to`` settings.Device
+            let labelArray = order |> Array.map (fun i -> data.LabelArray.[int i])
+            for s in 0 .. stepsPerEpoch - 1 do
+                cancellation.ThrowIfCancellationRequested()
+                let start = s * settings.BatchSize
+                let size = min settings.BatchSize (n - start)
+                use x = inputs.narrow(0L, int64 start, int64 size)
+                use y = labels.narrow(0L, int64 start, int64 size)
+                let batch = { Inputs = x; Labels = y; LabelArray = Array.sub labelArray start size; Task = taskIndex }
+                let loss, next = step strategy batch state
+                state <- next
+                lossSum <- lossSum + float loss
+                lossCount <- lossCount + 1
+                completed <- completed + 1
+                if completed % settings.ProgressEvery = 0 || completed = steps then
+                    onEvent (StepsCompleted(taskIndex, completed, steps, lossSum / float lossCount))
+                    lossSum <- 0.0
+                    lossCount <- 0
+        state
+
+    /// Runs a strategy over a benchmark's stream (or all at once for JOINT), evaluating after every
+    /// task on every task's test set.
+    let run
+        (architecture: Architecture)
+        (benchmark: Benchmark)
+        (strategy: Strategy)
+        (settings: TrainingSettings)
+        (onEvent: TrainingEvent -> unit)
+        (cancellation: CancellationToken)
+        : TrainingOutcome =
+        let testSets = Evaluation.testSets benchmark
+        let mutable state = initialise architecture benchmark strategy settings
+        let classRows = ResizeArray()
+        let taskRows = ResizeArray()
+        let taskSeconds = ResizeArray()
+        let mutable trainSeconds = 0.0
+        let mutable evalSeconds = 0.0
+        let units =
+            match strategy.Schedule with
+            | Sequential -> benchmark.Tasks |> List.map (fun t -> t.Index, Benchmarks.selectClasses t.Classes benchmark.Train, true)
+            | Joint -> [ 0, benchmark.Train, false ]
+        try
+            for (taskIndex, data, ownsData) in units do
+                let clock = Stopwatch.StartNew()
+                try
+                    state <- trainOn strategy settings taskIndex data onEvent cancellation state
+                finally
+                    if ownsData then
+                        data.Inputs.Dispose()
+                        data.Labels.Dispose()
+                let trained = clock.Elapsed.TotalSeconds
+                let accuracies = Evaluation.evaluate state.Model settings.Device testSets
+                let total = clock.Elapsed.TotalSeconds
+                trainSeconds <- trainSeconds + trained
+                evalSeconds <- evalSeconds + (total - trained)
+                classRows.Add accuracies.ClassIl
+                taskRows.Add accuracies.TaskIl
+                taskSeconds.Add total
+                state <- { state with NextTask = taskIndex + 1 }
+                onEvent (TaskFinished(taskIndex, accuracies, total))
+        finally
+            for (_, set) in testSets do
+                set.Inputs.Dispose()
+                set.Labels.Dispose()
+        { ClassIl = classRows.ToArray()
+          TaskIl = taskRows.ToArray()
+          TaskSeconds = taskSeconds.ToArray()
+          TrainSeconds = trainSeconds
+          EvalSeconds = evalSeconds
+          Steps = state.StepsTaken
+          State = state }
+
+    /// Frees what a training state holds.
+    let dispose (state: TrainingState) =
+        state.Buffer |> Option.iter Replay.dispose
+        state.Optimiser.Dispose()
+        state.Model.Dispose()
