@@ -60,7 +60,7 @@ let private refuse (args: ParseResults<RunArgs>) (command: string) (options: Run
 
 let private runOnce (config: ExperimentConfig) (quiet: bool) =
     let taskCount = if config.Strategy = "joint" then 1 else 5
-    Report.withProgress quiet taskCount (fun onEvent -> Experiment.run config onEvent CancellationToken.None)
+    Report.withProgress quiet taskCount (fun onEvent -> Experiment.run config (RunHooks.events onEvent) CancellationToken.None)
 
 let private runCommand (args: ParseResults<RunArgs>) =
     refuse args "run" [ Repeat 0; Strategies ""; Seeds "" ]

@@ -151,7 +151,7 @@ module Experiment =
           ProgressEvery = 100 }
 
     /// Runs a configuration on an already loaded benchmark (the caller keeps ownership of it).
-    let runOn (benchmark: Benchmark) (config: ExperimentConfig) (onEvent: TrainingEvent -> unit) (cancellation: CancellationToken) =
+    let runOn (benchmark: Benchmark) (config: ExperimentConfig) (hooks: RunHooks) (cancellation: CancellationToken) =
         match validate config with
         | [] -> ()
         | errors -> invalidArg (nameof config) (String.concat "; " errors)
@@ -160,7 +160,7 @@ module Experiment =
         let clock = System.Diagnostics.Stopwatch.StartNew()
         let c, h, w = benchmark.InputShape
         let architecture = Mlp(c * h * w, [ 100; 100 ], benchmark.NumClasses)
-        let outcome = Training.run architecture benchmark (strategy config) (settings config) onEvent cancellation
+        let outcome = Training.run architecture benchmark (strategy config) (settings config) hooks cancellation
         { Config = config
           Architecture = architecture
           Benchmark = benchmark
@@ -169,11 +169,20 @@ module Experiment =
           StartedUtc = started }
 
     /// Validates, loads the data and runs a configuration end to end.
-    let run (config: ExperimentConfig) (onEvent: TrainingEvent -> unit) (cancellation: CancellationToken) : ExperimentResult =
+    let run (config: ExperimentConfig) (hooks: RunHooks) (cancellation: CancellationToken) : ExperimentResult =
         match validate config with
         | [] -> ()
         | errors -> invalidArg (nameof config) (String.concat "; " errors)
         let clock = System.Diagnostics.Stopwatch.StartNew()
         let benchmark = loadBenchmark config
-        let result = runOn benchmark config onEvent cancellation
-        { result with WallSeconds = clock.Elapsed.TotalSeconds }
+        try
+            let result = runOn benchmark config hooks cancellation
+            { result with WallSeconds = clock.Elapsed.TotalSeconds }
+        finally
+            benchmark.Train.Inputs.Dispose()
+            benchmark.Train.Labels.Dispose()
+            benchmark.Test.Inputs.Dispose()
+            benchmark.Test.Labels.Dispose()
+
+    /// Frees the model, optimiser, buffer and extensions a finished run still holds.
+    let release (result: ExperimentResult) = Training.dispose result.Outcome.State

@@ -1,6 +1,7 @@
 namespace Continual.Strategies
 
 open Continual
+open Continual.Data
 open Continual.Models
 open Continual.Replay
 open TorchSharp
@@ -18,11 +19,55 @@ type ReplayView =
       Logits: Tensor }
 
 /// Everything a strategy's loss may look at in one step: the batch, the current model's output on it,
-/// and one entry per buffer draw the strategy asked for (None while the buffer is empty).
+/// one entry per buffer draw the strategy asked for (None while the buffer is empty), and the model
+/// itself (parameter penalties read its parameters).
 type StepView =
     { Batch: StepBatch
       Output: ModelOutput
-      Replay: ReplayView option list }
+      Replay: ReplayView option list
+      Model: Backbone }
+
+/// What an extension sees at a task boundary.
+type TaskContext =
+    { Task: int
+      /// The classes of this task.
+      Classes: int list
+      /// Every class seen up to and including this task.
+      SeenClasses: int list
+      /// This task's training data (for importance estimation, recorded targets, herding).
+      Train: LabelledSet
+      Model: Backbone
+      Architecture: Architecture
+      Device: Device
+      LearningRate: float
+      BatchSize: int }
+
+/// A loss extension with its own state (importance, anchors, an old-model snapshot, path integrals).
+/// Objects are values: every transition returns the extension's next value, which the shell threads
+/// through the run, so all state is explicit. Tensors held inside may be updated in place within a
+/// transition for speed; tensors kept across steps must be detached from the step's dispose scope.
+[<AbstractClass>]
+type Extension() =
+    /// Name of the extension; its loss terms are named "<name>" or "<name>.<part>".
+    abstract Name: string
+    /// Called before the first step of a task.
+    abstract BeginTask: TaskContext -> Extension
+    /// Extra loss terms for one step (pure: reads the view and the extension's state).
+    abstract Terms: StepView -> LossTerm list
+    /// Called after backward and gradient clipping, before the optimiser step (gradients are in p.grad).
+    abstract AfterBackward: Backbone -> Extension
+    /// Called after the optimiser step.
+    abstract AfterStep: Backbone -> Extension
+    /// Called after the last step of a task, before evaluation.
+    abstract EndTask: TaskContext -> Extension
+    /// Frees the tensors the extension holds.
+    abstract Dispose: unit -> unit
+    default this.BeginTask _ = this
+    default _.Terms _ = []
+    default this.AfterBackward _ = this
+    default this.AfterStep _ = this
+    default this.EndTask _ = this
+    default _.Dispose() = ()
 
 /// How a strategy walks the stream.
 type Schedule =
@@ -41,7 +86,11 @@ type Strategy =
       /// Sizes of the independent buffer minibatches drawn every step.
       ReplayDraws: int list
       /// The named loss terms of one step.
-      Terms: StepView -> LossTerm list }
+      Terms: StepView -> LossTerm list
+      /// Extra terms with their own state (penalties, distillation), in the order they are added.
+      Extensions: Extension list
+      /// Clip every gradient element to [-c, c] before the step (SI's protocol), when set.
+      ClipGradValue: float option }
 
 /// The strategies of the replay family and the bounds.
 [<RequireQualifiedAccess>]
@@ -52,19 +101,25 @@ module Strategies =
 
     /// Plain fine-tuning: cross-entropy on the current batch (the lower bound).
     let sgd : Strategy =
-        { Name = "sgd"; Schedule = Sequential; BufferSize = 0; ReplayDraws = []; Terms = fun view -> [ ce view ] }
+        { Name = "sgd"
+          Schedule = Sequential
+          BufferSize = 0
+          ReplayDraws = []
+          Terms = fun view -> [ ce view ]
+          Extensions = []
+          ClipGradValue = None }
 
     /// All data at once with the SGD loss (the upper bound).
     let joint : Strategy = { sgd with Name = "joint"; Schedule = Joint }
 
     /// Experience replay: one cross-entropy over the batch concatenated with a buffer minibatch.
     let er (bufferSize: int) (minibatch: int) : Strategy =
-        { Name = "er"
-          Schedule = Sequential
-          BufferSize = bufferSize
-          ReplayDraws = [ minibatch ]
-          Terms =
-            fun view ->
+        { sgd with
+            Name = "er"
+            BufferSize = bufferSize
+            ReplayDraws = [ minibatch ]
+            Terms =
+              fun view ->
                 match view.Replay with
                 | [ Some replay ] ->
                     use logits = torch.cat([| view.Output.Logits; replay.Logits |], 0L)
@@ -78,27 +133,31 @@ module Strategies =
 
     /// Dark Experience Replay: CE on the batch plus alpha x MSE to the stored logits of a buffer minibatch.
     let der (bufferSize: int) (minibatch: int) (alpha: float) : Strategy =
-        { Name = "der"
-          Schedule = Sequential
-          BufferSize = bufferSize
-          ReplayDraws = [ minibatch ]
-          Terms =
-            fun view ->
+        { sgd with
+            Name = "der"
+            BufferSize = bufferSize
+            ReplayDraws = [ minibatch ]
+            Terms =
+              fun view ->
                 match view.Replay with
                 | [ Some replay ] -> [ ce view; derTerm alpha replay ]
                 | _ -> [ ce view ] }
 
     /// DER++: DER plus beta x CE on the labels of a second, independent buffer minibatch.
     let derpp (bufferSize: int) (minibatch: int) (alpha: float) (beta: float) : Strategy =
-        { Name = "derpp"
-          Schedule = Sequential
-          BufferSize = bufferSize
-          ReplayDraws = [ minibatch; minibatch ]
-          Terms =
-            fun view ->
+        { sgd with
+            Name = "derpp"
+            BufferSize = bufferSize
+            ReplayDraws = [ minibatch; minibatch ]
+            Terms =
+              fun view ->
                 match view.Replay with
                 | [ Some first; Some second ] ->
                     [ ce view
                       derTerm alpha first
                       { Name = "derpp.labels"; Value = (Losses.crossEntropy second.Logits second.Draw.Labels).mul(beta.ToScalar()) } ]
                 | _ -> [ ce view ] }
+
+    /// A strategy with an extension added after the ones it has (e.g. DER++ plus SI).
+    let withExtension (extension: Extension) (strategy: Strategy) : Strategy =
+        { strategy with Extensions = strategy.Extensions @ [ extension ] }

@@ -30,10 +30,36 @@ type TrainingState =
     { Model: Backbone
       Optimiser: torch.optim.Optimizer
       Buffer: ReplayBuffer option
+      /// The strategy's extensions in their current state.
+      Extensions: Extension list
       Rng: RandomState
       /// Index of the next task to train.
       NextTask: int
       StepsTaken: int64 }
+
+/// What the shell hands to an after-task hook (ONNX export, checkpoints): the trained model after
+/// task `Task`, its accuracies, and the test sets they were measured on.
+type AfterTask =
+    { Task: int
+      Model: Backbone
+      Architecture: Architecture
+      Benchmark: Benchmark
+      Accuracies: TaskAccuracies
+      TestSets: Evaluation.TaskTestSets
+      Device: Device }
+
+/// Callbacks of a run: progress events, and work to do after every task (timed separately).
+type RunHooks =
+    { OnEvent: TrainingEvent -> unit
+      AfterTask: AfterTask -> unit }
+
+/// Building hooks.
+[<RequireQualifiedAccess>]
+module RunHooks =
+    /// No callbacks.
+    let none = { OnEvent = ignore; AfterTask = ignore }
+    /// Progress events only.
+    let events (onEvent: TrainingEvent -> unit) = { none with OnEvent = onEvent }
 
 /// The outcome of training a strategy on a benchmark.
 type TrainingOutcome =
@@ -43,6 +69,8 @@ type TrainingOutcome =
       TaskSeconds: float[]
       TrainSeconds: float
       EvalSeconds: float
+      /// Time spent in after-task hooks (e.g. ONNX export and verification).
+      HookSeconds: float
       Steps: int64
       State: TrainingState }
 
@@ -70,6 +98,7 @@ module Training =
         { Model = model
           Optimiser = optimiser
           Buffer = buffer
+          Extensions = strategy.Extensions
           Rng = Random.split 2L rng
           NextTask = 0
           StepsTaken = 0L }
@@ -109,16 +138,22 @@ module Training =
             else
                 { Logits = output.Logits.narrow(0L, 0L, int64 batchSize)
                   Features = output.Features |> List.map (fun f -> f.narrow(0L, 0L, int64 batchSize)) }
-        let view = { Batch = batch; Output = batchOutput; Replay = replay }
-        let loss = Losses.total (strategy.Terms view)
+        let view = { Batch = batch; Output = batchOutput; Replay = replay; Model = state.Model }
+        let terms = strategy.Terms view @ (state.Extensions |> List.collect (fun e -> e.Terms view))
+        let loss = Losses.total terms
         loss.backward ()
+        match strategy.ClipGradValue with
+        | Some c -> torch.nn.utils.clip_grad_value_(state.Model.parameters (), c)
+        | None -> ()
+        let extensions = state.Extensions |> List.map (fun e -> e.AfterBackward state.Model)
         state.Optimiser.step () |> ignore
+        let extensions = extensions |> List.map (fun e -> e.AfterStep state.Model)
         let buffer =
             buffer
             |> Option.map (fun b ->
                 use logits = batchOutput.Logits.detach ()
                 Replay.add batch.Task batch.Inputs batch.Labels batch.LabelArray logits b)
-        loss.ToSingle(), { state with Buffer = buffer; StepsTaken = state.StepsTaken + 1L }
+        loss.ToSingle(), { state with Buffer = buffer; Extensions = extensions; StepsTaken = state.StepsTaken + 1L }
 
     /// Trains one pass of `epochs` over a labelled set as the given task, reporting progress.
     let trainOn
@@ -131,6 +166,7 @@ module Training =
         (state: TrainingState)
         =
         let n = data.Count
+        if n = 0 then invalidArg (nameof data) (sprintf "task %d has no training examples" (taskIndex + 1))
         let stepsPerEpoch = (n + settings.BatchSize - 1) / settings.BatchSize
         let steps = stepsPerEpoch * settings.Epochs
         onEvent (TaskStarted(taskIndex, steps))
@@ -170,11 +206,12 @@ module Training =
         (benchmark: Benchmark)
         (strategy: Strategy)
         (settings: TrainingSettings)
-        (onEvent: TrainingEvent -> unit)
+        (hooks: RunHooks)
         (cancellation: CancellationToken)
         : TrainingOutcome =
         let testSets = Evaluation.testSets benchmark
         let mutable state = initialise architecture benchmark strategy settings
+        let mutable hookSeconds = 0.0
         let classRows = ResizeArray()
         let taskRows = ResizeArray()
         let taskSeconds = ResizeArray()
@@ -182,13 +219,25 @@ module Training =
         let mutable evalSeconds = 0.0
         let units =
             match strategy.Schedule with
-            | Sequential -> benchmark.Tasks |> List.map (fun t -> t.Index, Benchmarks.selectClasses t.Classes benchmark.Train, true)
-            | Joint -> [ 0, benchmark.Train, false ]
+            | Sequential -> benchmark.Tasks |> List.map (fun t -> t.Index, t.Classes, Benchmarks.selectClasses t.Classes benchmark.Train, true)
+            | Joint -> [ 0, benchmark.Tasks |> List.collect (fun t -> t.Classes), benchmark.Train, false ]
         try
-            for (taskIndex, data, ownsData) in units do
+            for (taskIndex, classes, data, ownsData) in units do
                 let clock = Stopwatch.StartNew()
+                let context =
+                    { Task = taskIndex
+                      Classes = classes
+                      SeenClasses = benchmark.Tasks |> List.filter (fun t -> t.Index <= taskIndex) |> List.collect (fun t -> t.Classes) |> List.append classes |> List.distinct |> List.sort
+                      Train = data
+                      Model = state.Model
+                      Architecture = architecture
+                      Device = settings.Device
+                      LearningRate = settings.LearningRate
+                      BatchSize = settings.BatchSize }
                 try
-                    state <- trainOn strategy settings taskIndex data onEvent cancellation state
+                    state <- { state with Extensions = state.Extensions |> List.map (fun e -> e.BeginTask context) }
+                    state <- trainOn strategy settings taskIndex data hooks.OnEvent cancellation state
+                    state <- { state with Extensions = state.Extensions |> List.map (fun e -> e.EndTask context) }
                 finally
                     if ownsData then
                         data.Inputs.Dispose()
@@ -202,7 +251,17 @@ module Training =
                 taskRows.Add accuracies.TaskIl
                 taskSeconds.Add total
                 state <- { state with NextTask = taskIndex + 1 }
-                onEvent (TaskFinished(taskIndex, accuracies, total))
+                hooks.OnEvent (TaskFinished(taskIndex, accuracies, total))
+                let hookClock = Stopwatch.StartNew()
+                hooks.AfterTask
+                    { Task = taskIndex
+                      Model = state.Model
+                      Architecture = architecture
+                      Benchmark = benchmark
+                      Accuracies = accuracies
+                      TestSets = testSets
+                      Device = settings.Device }
+                hookSeconds <- hookSeconds + hookClock.Elapsed.TotalSeconds
         finally
             for (_, set) in testSets do
                 set.Inputs.Dispose()
@@ -212,11 +271,13 @@ module Training =
           TaskSeconds = taskSeconds.ToArray()
           TrainSeconds = trainSeconds
           EvalSeconds = evalSeconds
+          HookSeconds = hookSeconds
           Steps = state.StepsTaken
           State = state }
 
     /// Frees what a training state holds.
     let dispose (state: TrainingState) =
         state.Buffer |> Option.iter Replay.dispose
+        state.Extensions |> List.iter (fun e -> e.Dispose())
         state.Optimiser.Dispose()
         state.Model.Dispose()
