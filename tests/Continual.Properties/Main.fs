@@ -1,0 +1,8 @@
+module Continual.Properties.Main
+
+open Expecto
+
+[<EntryPoint>]
+let main argv =
+    Continual.Engine.configureThreads 1
+    Tests.runTestsInAssemblyWithCLIArgs [] argv
