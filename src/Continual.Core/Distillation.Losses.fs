@@ -1,0 +1,206 @@
+namespace Continual
+
+open TorchSharp
+
+/// The distillation losses of METHODS.md as pure functions of (old model outputs, new outputs, batch).
+/// Teacher tensors are the old model snapshot's outputs and are never differentiated through; student
+/// tensors carry the gradient. Feature maps are [n, C, H, W]; a rank-2 feature [n, D] (an MLP layer)
+/// is read as one map with a single channel of D positions for the map-based losses (NST, AT) and as
+/// D channels of one position for PODNet. Every function returns a scalar tensor that belongs to the
+/// caller's dispose scope.
+[<RequireQualifiedAccess>]
+module Distillation =
+
+    let private scalar (v: float) : Scalar = v.ToScalar()
+
+    let private mapAsChannels (features: Tensor) : Tensor =
+        match features.dim () with
+        | 2L -> features.unsqueeze 1L
+        | 4L -> features.flatten 2L
+        | d -> invalidArg (nameof features) (sprintf "a feature map is [n, D] or [n, C, H, W] (got rank %d)" d)
+
+    let private l2NormaliseRows (x: Tensor) : Tensor = torch.nn.functional.normalize(x, 2.0, -1L)
+
+    let private rowNorms (x: Tensor) : Tensor = torch.linalg.vector_norm(x, 2.0, [| -1L |])
+
+    /// `p(z, T)_i = exp(z_i / T) / Σ_j exp(z_j / T)` over the last dimension.
+    let softmaxWithTemperature (temperature: float) (logits: Tensor) : Tensor =
+        if not (temperature > 0.0) then invalidArg (nameof temperature) "the temperature must be positive"
+        torch.nn.functional.softmax(logits.div(scalar temperature), -1L)
+
+    /// Hinton's KD: `T² · KL(p(teacher, T) || p(student, T))` per row, averaged over the batch.
+    /// Non-negative, zero for equal logits, invariant to adding a constant to either row of logits.
+    let kd (temperature: float) (teacherLogits: Tensor) (studentLogits: Tensor) : Tensor =
+        if not (temperature > 0.0) then invalidArg (nameof temperature) "the temperature must be positive"
+        let logTeacher = torch.nn.functional.log_softmax(teacherLogits.div(scalar temperature), -1L)
+        let logStudent = torch.nn.functional.log_softmax(studentLogits.div(scalar temperature), -1L)
+        let perRow = logTeacher.exp().mul(logTeacher.sub(logStudent)).sum(-1L)
+        perRow.mean().mul(scalar (temperature * temperature))
+
+    /// The soft-target cross-entropy of LwF: `−mean_rows Σ_c q_teacher,c · log q_student,c` with
+    /// `q = softmax(z)^(1/T)` re-normalised, which equals `softmax(z / T)`. Unlike `kd` it keeps the
+    /// teacher's entropy and has no T² factor (the convention behind the reference numbers).
+    let softTargetCrossEntropy (temperature: float) (teacherLogits: Tensor) (studentLogits: Tensor) : Tensor =
+        let target = softmaxWithTemperature temperature teacherLogits
+        let logStudent = torch.nn.functional.log_softmax(studentLogits.div(scalar temperature), -1L)
+        target.mul(logStudent).sum(-1L).mean().neg()
+
+    /// FitNets: `½ ||u_teacher(x) − r(v_student(x))||²` per sample, averaged over the batch, given the
+    /// teacher's hint features and the regressor's image of the student's guided features (same shape).
+    let fitNets (teacherHint: Tensor) (regressedStudent: Tensor) : Tensor =
+        teacherHint.sub(regressedStudent).pow(scalar 2.0).flatten(1L).sum(1L).mean().mul(scalar 0.5)
+
+    /// A FitNets regressor from student features to teacher features: a linear layer for [n, D]
+    /// features, a 1×1 convolution for [n, C, H, W] maps. Initialised to the identity when the widths
+    /// agree (old and new model share an architecture), so the loss starts as plain feature matching.
+    let fitNetsRegressor (studentChannels: int) (teacherChannels: int) (convolutional: bool) : torch.nn.Module<Tensor, Tensor> =
+        let identity (w: Tensor) =
+            use _ = torch.no_grad ()
+            if studentChannels = teacherChannels then
+                use eye = torch.eye(int64 teacherChannels)
+                w.copy_(if convolutional then eye.reshape(int64 teacherChannels, int64 studentChannels, 1L, 1L) else eye) |> ignore
+        if convolutional then
+            let conv = torch.nn.Conv2d(int64 studentChannels, int64 teacherChannels, 1L)
+            identity conv.weight
+            torch.nn.init.zeros_ conv.bias |> ignore
+            conv :> torch.nn.Module<Tensor, Tensor>
+        else
+            let linear = torch.nn.Linear(int64 studentChannels, int64 teacherChannels)
+            identity linear.weight
+            torch.nn.init.zeros_ linear.bias |> ignore
+            linear :> torch.nn.Module<Tensor, Tensor>
+
+    /// NST: each channel's map, flattened over space and L2-normalised, is a sample; the loss is the
+    /// squared MMD between the teacher's and the student's samples with the polynomial kernel
+    /// `k(a, b) = (aᵀb + c)^d`, per example, averaged over the batch. Channel counts may differ,
+    /// spatial sizes must agree. Non-negative for c ≥ 0 and zero for equal maps.
+    let nst (degree: int) (c: float) (teacherMap: Tensor) (studentMap: Tensor) : Tensor =
+        let t = l2NormaliseRows (mapAsChannels teacherMap)
+        let s = l2NormaliseRows (mapAsChannels studentMap)
+        let kernel (a: Tensor) (b: Tensor) = a.bmm(b.transpose(1L, 2L)).add(scalar c).pow(scalar (float degree)).mean([| 1L; 2L |])
+        (kernel s s).add(kernel t t).sub((kernel s t).mul(scalar 2.0)).mean()
+
+    /// AT's attention map `Q = vec(Σ_c |A_c|^p)` of a feature map, [n, positions].
+    let attentionMap (p: float) (featureMap: Tensor) : Tensor =
+        (mapAsChannels featureMap).abs().pow(scalar p).sum(1L)
+
+    /// Attention transfer over pairs (teacher map, student map) of layers:
+    /// `Σ_layers || Q_s/||Q_s||₂ − Q_t/||Q_t||₂ ||₂`, averaged over the batch.
+    /// Invariant to a positive rescaling of either feature map.
+    let attentionTransfer (p: float) (layers: (Tensor * Tensor) list) : Tensor =
+        match layers with
+        | [] -> invalidArg (nameof layers) "attention transfer needs at least one layer"
+        | _ ->
+            layers
+            |> List.map (fun (teacher, student) ->
+                let qt = l2NormaliseRows (attentionMap p teacher)
+                let qs = l2NormaliseRows (attentionMap p student)
+                (rowNorms (qs.sub qt)).mean())
+            |> List.reduce (fun a b -> a.add b)
+
+    let private offDiagonal (n: int64) (device: Device) : Tensor =
+        torch.ones([| n; n |], device = device).sub(torch.eye(n, device = device))
+
+    /// RKD's distance relations `ψ_D(t_i, t_j) = ||t_i − t_j||₂ / μ`, μ the mean distance over pairs
+    /// i ≠ j of the batch, as an [n, n] matrix with a zero diagonal. Needs n ≥ 2.
+    let rkdDistanceRelations (embeddings: Tensor) : Tensor =
+        let n = embeddings.shape.[0]
+        if n < 2L then invalidArg (nameof embeddings) "distance relations need at least two samples"
+        let squared = embeddings.unsqueeze(0L).sub(embeddings.unsqueeze 1L).pow(scalar 2.0).sum(2L)
+        // The clamp keeps the gradient finite on the diagonal, which the mask then zeroes.
+        let distances = squared.clamp_min(scalar 1e-12).sqrt().mul(offDiagonal n embeddings.device)
+        let mu = distances.sum().div(scalar (float (n * (n - 1L)))).clamp_min(scalar 1e-12)
+        distances.div mu
+
+    /// RKD's angle relations `ψ_A(t_i, t_j, t_k) = ⟨e_ij, e_kj⟩`, `e_ij = (t_i − t_j)/||t_i − t_j||₂`,
+    /// as an [n, n, n] tensor indexed [j, i, k]; entries with i = j or k = j are zero.
+    let rkdAngleRelations (embeddings: Tensor) : Tensor =
+        let n = embeddings.shape.[0]
+        let differences = embeddings.unsqueeze(0L).sub(embeddings.unsqueeze 1L) // [j, i] = t_i − t_j
+        // Masking after normalising keeps the huge derivative of x / eps at x = 0 out of the gradient.
+        let units = l2NormaliseRows(differences).mul((offDiagonal n embeddings.device).unsqueeze 2L)
+        units.bmm(units.transpose(1L, 2L))
+
+    /// RKD distance loss: Huber (smooth L1, β = 1) between the student's and the teacher's distance
+    /// relations, averaged over all n² entries.
+    let rkdDistance (teacherEmbeddings: Tensor) (studentEmbeddings: Tensor) : Tensor =
+        torch.nn.functional.smooth_l1_loss(rkdDistanceRelations studentEmbeddings, rkdDistanceRelations teacherEmbeddings)
+
+    /// RKD angle loss: Huber (smooth L1, β = 1) between the student's and the teacher's angle
+    /// relations, averaged over all n³ entries.
+    let rkdAngle (teacherEmbeddings: Tensor) (studentEmbeddings: Tensor) : Tensor =
+        torch.nn.functional.smooth_l1_loss(rkdAngleRelations studentEmbeddings, rkdAngleRelations teacherEmbeddings)
+
+    /// PODNet's spatial pooling of one stage: the sums over W (POD-width, [n, C, H]) and over H
+    /// (POD-height, [n, C, W]) flattened, concatenated and L2-normalised per example. A rank-2
+    /// feature [n, D] is read as D channels of a 1×1 map.
+    let podSpatialPooling (featureMap: Tensor) : Tensor =
+        let map =
+            match featureMap.dim () with
+            | 2L -> featureMap.unsqueeze(2L).unsqueeze 3L
+            | 4L -> featureMap
+            | d -> invalidArg (nameof featureMap) (sprintf "a feature map is [n, D] or [n, C, H, W] (got rank %d)" d)
+        let width = map.sum(3L).flatten 1L
+        let height = map.sum(2L).flatten 1L
+        l2NormaliseRows (torch.cat([| width; height |], 1L))
+
+    /// POD-spatial: `Σ_stages mean_batch || pool(old) − pool(new) ||₂` over pairs (old, new) of stages.
+    let podSpatial (stages: (Tensor * Tensor) list) : Tensor =
+        match stages with
+        | [] -> invalidArg (nameof stages) "POD-spatial needs at least one stage"
+        | _ ->
+            stages
+            |> List.map (fun (teacher, student) -> (rowNorms ((podSpatialPooling student).sub(podSpatialPooling teacher))).mean())
+            |> List.reduce (fun a b -> a.add b)
+
+    /// POD-flat: the L2 distance between the L2-normalised old and new embeddings, averaged over the batch.
+    let podFlat (teacherEmbeddings: Tensor) (studentEmbeddings: Tensor) : Tensor =
+        (rowNorms ((l2NormaliseRows studentEmbeddings).sub(l2NormaliseRows teacherEmbeddings))).mean()
+
+    /// An orthonormal basis [D, m] of the span of the top-m left singular vectors of the features of
+    /// one class laid out as columns (D × k); `features` is [k, D] and m ≤ min(k, D).
+    let subspaceBasis (m: int) (features: Tensor) : Tensor =
+        let k, d = features.shape.[0], features.shape.[1]
+        if m < 1 || int64 m > min k d then invalidArg (nameof m) (sprintf "the subspace dimension must be in 1..%d (got %d)" (min k d) m)
+        let struct (_, _, vh) = torch.linalg.svd(features, false)
+        vh.narrow(0L, 0L, int64 m).t()
+
+    /// The squared projection distance between two subspaces given by orthonormal bases [D, m]:
+    /// `2m − 2 ||Aᵀ B||_F²`, within [0, 2m], zero for equal subspaces, symmetric, and invariant to an
+    /// orthogonal change of basis inside either subspace.
+    let projectionDistance (basisA: Tensor) (basisB: Tensor) : Tensor =
+        let m = float basisA.shape.[1]
+        basisA.t().matmul(basisB).pow(scalar 2.0).sum().mul(scalar -2.0).add(scalar (2.0 * m))
+
+    /// Subspace distillation: for each class k present among `labels`, the top-m subspaces of the old
+    /// and the new features of its samples (m capped at the class's sample count), and
+    /// `(1/|C|) Σ_k (2m − 2 ||P_kᵗᵀ P_kᵗ⁻¹||_F²)`. Classes whose features are all zero (no subspace)
+    /// are left out; zero when no class is left.
+    let subspaceDistillation (m: int) (labels: int[]) (teacherFeatures: Tensor) (studentFeatures: Tensor) : Tensor =
+        if m < 1 then invalidArg (nameof m) "the subspace dimension must be positive"
+        let d = studentFeatures.shape.[1]
+        let terms =
+            labels
+            |> Array.indexed
+            |> Array.groupBy snd
+            |> Array.sortBy fst
+            |> Array.choose (fun (_, rows) ->
+                let index = torch.tensor(rows |> Array.map (fst >> int64), dtype = torch.ScalarType.Int64, device = studentFeatures.device)
+                let teacher = teacherFeatures.index_select(0L, index)
+                let student = studentFeatures.index_select(0L, index)
+                let usable (x: Tensor) = x.detach().abs().max().ToDouble() > 1e-12
+                if usable teacher && usable student then
+                    let mk = min m (min rows.Length (int d))
+                    Some(projectionDistance (subspaceBasis mk student) (subspaceBasis mk teacher))
+                else None)
+        if terms.Length = 0 then torch.zeros([||], device = studentFeatures.device)
+        else (terms |> Array.reduce (fun a b -> a.add b)).div(scalar (float terms.Length))
+
+    /// The exemplar relation graph's loss on buffer exemplars' embeddings: the angle relations
+    /// `A(p, q, z) = ⟨e_pq, e_zq⟩` of the old and the new embeddings compared with the p-norm taken as
+    /// a mean, `(mean |A_old − A_new|^p)^(1/p)` (p ≥ 1), so the value does not grow with the buffer.
+    let relationGraph (p: float) (teacherEmbeddings: Tensor) (studentEmbeddings: Tensor) : Tensor =
+        if not (p >= 1.0) then invalidArg (nameof p) "p must be at least 1"
+        let difference = (rkdAngleRelations studentEmbeddings).sub(rkdAngleRelations teacherEmbeddings).abs()
+        if p = 1.0 then difference.mean()
+        else difference.pow(scalar p).mean().clamp_min(scalar 1e-24).pow(scalar (1.0 / p))
