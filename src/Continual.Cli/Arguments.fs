@@ -20,6 +20,11 @@ type RunArgs =
     | Threads of count: int
     | Train_Per_Class of count: int
     | Test_Per_Class of count: int
+    | Distill of name: string
+    | Distill_Weight of weight: float
+    | Temperature of t: float
+    | Lwf_Balance
+    | Subspace_Dim of m: int
     | Out of folder: string
     | Quiet
     | Repeat of count: int
@@ -31,8 +36,8 @@ type RunArgs =
             match this with
             | Benchmark _ -> "benchmark: split-fmnist (default) or split-mnist."
             | Data _ -> "folder with the four IDX files (default /usr/share/datasets/fashion-mnist)."
-            | Strategy _ -> "sgd, joint, er, der or derpp (default derpp)."
-            | Buffer _ -> "replay buffer size (default 500; the reference settings exist for 200, 500, 5120)."
+            | Strategy _ -> "sgd, joint, er, der, derpp, lwf or icarl (default derpp)."
+            | Buffer _ -> "replay buffer size, iCaRL's memory (default 500; the reference settings exist for 200, 500, 5120)."
             | Seed _ -> "random seed (default 0)."
             | Lr _ -> "learning rate (default: the reference setting of the strategy and buffer)."
             | Batch_Size _ -> "batch size (default 10)."
@@ -45,6 +50,11 @@ type RunArgs =
             | Threads _ -> "libtorch intra-op threads (default 1, the fastest for batch 10)."
             | Train_Per_Class _ -> "use at most this many training images per class."
             | Test_Per_Class _ -> "use at most this many test images per class."
+            | Distill _ -> "extra distillation term on any strategy: kd, fitnets, nst, at, rkd, pod, sd, relation (default none)."
+            | Distill_Weight _ -> "weight of the --distill term (default 1)."
+            | Temperature _ -> "temperature of LwF's soft targets and of --distill kd (default 2)."
+            | Lwf_Balance -> "LwF: weight old and new terms by λ = |Y_old|/|Y_seen| (the lecture's balancing)."
+            | Subspace_Dim _ -> "subspace dimension of --distill sd (default 2)."
             | Out _ -> "folder for results.json and results.csv (default runs/<benchmark>-<strategy>-<buffer>-s<seed>)."
             | Quiet -> "no progress bars."
             | Repeat _ -> "bench only: number of whole runs to time (default 1)."

@@ -36,11 +36,17 @@ let configOf (args: ParseResults<RunArgs>) (strategyOverride: string option) (se
         Device = args.GetResult(Device, defaultValue = d.Device)
         Threads = args.GetResult(Threads, defaultValue = d.Threads)
         TrainPerClass = args.TryGetResult Train_Per_Class
-        TestPerClass = args.TryGetResult Test_Per_Class }
+        TestPerClass = args.TryGetResult Test_Per_Class
+        Distill = args.TryGetResult Distill |> Option.map (fun n -> n.Trim().ToLowerInvariant()) |> Option.filter (fun n -> n <> "none")
+        DistillWeight = args.GetResult(Distill_Weight, defaultValue = d.DistillWeight)
+        Temperature = args.GetResult(Temperature, defaultValue = d.Temperature)
+        LwfBalance = args.Contains Lwf_Balance
+        SubspaceDim = args.GetResult(Subspace_Dim, defaultValue = d.SubspaceDim) }
 
 let private defaultOut (config: ExperimentConfig) =
     let buffer = if config.BufferSize > 0 then sprintf "-%d" config.BufferSize else ""
-    Path.Combine("runs", sprintf "%s-%s%s-s%d" config.Benchmark config.Strategy buffer config.Seed)
+    let distill = match config.Distill with Some n -> "-" + n | None -> ""
+    Path.Combine("runs", sprintf "%s-%s%s%s-s%d" config.Benchmark config.Strategy buffer distill config.Seed)
 
 /// Checks a configuration and that its data files are there, before any work starts.
 let private check (config: ExperimentConfig) =

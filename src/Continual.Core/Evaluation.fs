@@ -32,8 +32,10 @@ module Evaluation =
             use count = correct.sum()
             100.0 * float (count.ToInt64()) / float labels.shape.[0]
 
-    /// Class-IL and Task-IL accuracy of the model on each task's test set (eval mode, no gradients).
-    let evaluate (model: Backbone) (device: Device) (sets: TaskTestSets) : TaskAccuracies =
+    /// Class-IL and Task-IL accuracy on each task's test set (eval mode, no gradients), with the class
+    /// scores given by `scores` from the model's output when set (e.g. iCaRL's nearest mean of
+    /// exemplars) and by the logits otherwise.
+    let evaluateWith (scores: (ModelOutput -> Tensor) option) (model: Backbone) (device: Device) (sets: TaskTestSets) : TaskAccuracies =
         use _ = torch.no_grad ()
         use scope = torch.NewDisposeScope()
         model.eval ()
@@ -42,10 +44,17 @@ module Evaluation =
             |> List.map (fun (task, set) ->
                 let inputs = set.Inputs.``to`` device
                 let labels = set.Labels.``to`` device
-                let logits = model.forward inputs
+                let logits =
+                    match scores with
+                    | Some score -> score (model.ForwardWithFeatures inputs)
+                    | None -> model.forward inputs
                 let classIl = accuracy logits labels
                 let taskIl = accuracy (Losses.maskToClasses task.Classes logits) labels
                 classIl, taskIl)
         model.train ()
         { ClassIl = results |> List.map fst |> Array.ofList
           TaskIl = results |> List.map snd |> Array.ofList }
+
+    /// Class-IL and Task-IL accuracy of the model's logits on each task's test set (eval mode, no gradients).
+    let evaluate (model: Backbone) (device: Device) (sets: TaskTestSets) : TaskAccuracies =
+        evaluateWith None model device sets

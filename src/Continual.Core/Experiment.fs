@@ -25,7 +25,18 @@ type ExperimentConfig =
       /// Use at most this many training examples per class (None: all).
       TrainPerClass: int option
       /// Use at most this many test examples per class (None: all).
-      TestPerClass: int option }
+      TestPerClass: int option
+      /// An extra distillation term on top of the strategy (`--distill`: kd, fitnets, nst, at, rkd,
+      /// pod, sd, relation), None for none.
+      Distill: string option
+      /// The weight of the extra distillation term.
+      DistillWeight: float
+      /// The temperature of LwF's soft targets and of the KD term.
+      Temperature: float
+      /// LwF: balance the old and the new term with λ = |Y_old| / |Y_seen| (the lecture's form).
+      LwfBalance: bool
+      /// The subspace dimension of subspace distillation.
+      SubspaceDim: int }
 
 /// A finished run: its configuration, accuracy matrices, metrics and timings.
 type ExperimentResult =
@@ -41,7 +52,10 @@ type ExperimentResult =
 module Experiment =
 
     /// The strategies this build knows.
-    let strategyNames = [ "sgd"; "joint"; "er"; "der"; "derpp" ]
+    let strategyNames = [ "sgd"; "joint"; "er"; "der"; "derpp"; "lwf"; "icarl" ]
+
+    /// Strategies that keep a memory of examples (the size given by --buffer).
+    let private withMemory = [ "er"; "der"; "derpp"; "icarl" ]
 
     /// The benchmarks this build knows.
     let benchmarkNames = [ "split-fmnist"; "split-mnist" ]
@@ -66,23 +80,30 @@ module Experiment =
             | "derpp", 200 -> 0.03, 128, 0.2, 1.0
             | "derpp", 500 -> 0.03, 10, 1.0, 0.5
             | "derpp", _ -> 0.1, 64, 0.2, 0.5
+            | "lwf", _ -> 0.03, 10, 1.0, 0.0
+            | "icarl", _ -> 0.1, 10, 0.0, 0.0
             | _ -> 0.03, 10, 0.0, 0.0
         { Benchmark = "split-fmnist"
           DataFolder = Benchmarks.defaultFashionMnistFolder
           Strategy = strategy
-          BufferSize = (if List.contains strategy [ "er"; "der"; "derpp" ] then bufferSize else 0)
+          BufferSize = (if List.contains strategy withMemory then bufferSize else 0)
           LearningRate = lr
           BatchSize = 10
           Minibatch = minibatch
           Alpha = alpha
           Beta = beta
           Epochs = 1
-          WeightDecay = 0.0
+          WeightDecay = (if strategy = "lwf" then 5e-4 else 0.0)
           Seed = 0L
           Device = "cpu"
           Threads = 1
           TrainPerClass = None
-          TestPerClass = None }
+          TestPerClass = None
+          Distill = None
+          DistillWeight = 1.0
+          Temperature = 2.0
+          LwfBalance = false
+          SubspaceDim = 2 }
 
     /// Everything wrong with a configuration, as messages a user can act on (empty when it is valid).
     let validate (config: ExperimentConfig) : string list =
@@ -90,7 +111,7 @@ module Experiment =
               sprintf "unknown strategy '%s' (expected one of: %s)" config.Strategy (String.concat ", " strategyNames)
           if not (List.contains config.Benchmark benchmarkNames) then
               sprintf "unknown benchmark '%s' (expected one of: %s)" config.Benchmark (String.concat ", " benchmarkNames)
-          if List.contains config.Strategy [ "er"; "der"; "derpp" ] && config.BufferSize <= 0 then
+          if List.contains config.Strategy withMemory && config.BufferSize <= 0 then
               sprintf "--buffer must be positive for %s (got %d)" config.Strategy config.BufferSize
           if config.BufferSize < 0 then sprintf "--buffer must not be negative (got %d)" config.BufferSize
           if not (config.LearningRate > 0.0) || System.Double.IsInfinity config.LearningRate then
@@ -103,6 +124,17 @@ module Experiment =
           if config.WeightDecay < 0.0 || System.Double.IsNaN config.WeightDecay then
               sprintf "--weight-decay must not be negative (got %g)" config.WeightDecay
           if config.Threads <= 0 then sprintf "--threads must be positive (got %d)" config.Threads
+          match config.Distill with
+          | Some name when (DistillationKind.parse name).IsNone ->
+              sprintf "unknown distillation term '%s' (expected one of: %s)" name (String.concat ", " DistillationKind.names)
+          | Some name when DistillationKind.parse name = Some RelationGraph && not (List.contains config.Strategy [ "er"; "der"; "derpp" ]) ->
+              sprintf "--distill relation works on buffer exemplars: use a strategy with a replay buffer (er, der, derpp), not %s" config.Strategy
+          | _ -> ()
+          if config.DistillWeight < 0.0 || System.Double.IsNaN config.DistillWeight then
+              sprintf "--distill-weight must not be negative (got %g)" config.DistillWeight
+          if not (config.Temperature > 0.0) || System.Double.IsInfinity config.Temperature then
+              sprintf "--temperature must be a positive number (got %g)" config.Temperature
+          if config.SubspaceDim <= 0 then sprintf "--subspace-dim must be positive (got %d)" config.SubspaceDim
           match config.TrainPerClass with
           | Some n when n <= 0 -> sprintf "--train-per-class must be positive (got %d)" n
           | _ -> ()
@@ -115,13 +147,25 @@ module Experiment =
 
     /// The strategy a configuration names, with its hyper-parameters.
     let strategy (config: ExperimentConfig) : Strategy =
-        match config.Strategy with
-        | "sgd" -> Strategies.sgd
-        | "joint" -> Strategies.joint
-        | "er" -> Strategies.er config.BufferSize config.Minibatch
-        | "der" -> Strategies.der config.BufferSize config.Minibatch config.Alpha
-        | "derpp" -> Strategies.derpp config.BufferSize config.Minibatch config.Alpha config.Beta
-        | other -> invalidArg (nameof config) (sprintf "unknown strategy '%s'" other)
+        let strategy =
+          match config.Strategy with
+          | "sgd" -> Strategies.sgd
+          | "joint" -> Strategies.joint
+          | "er" -> Strategies.er config.BufferSize config.Minibatch
+          | "der" -> Strategies.der config.BufferSize config.Minibatch config.Alpha
+          | "derpp" -> Strategies.derpp config.BufferSize config.Minibatch config.Alpha config.Beta
+          | "lwf" ->
+              DistillationStrategies.lwf
+                  { DistillationStrategies.lwfDefaults with Alpha = config.Alpha; Temperature = config.Temperature; Balanced = config.LwfBalance }
+                  config.Seed
+          | "icarl" -> DistillationStrategies.icarl config.BufferSize
+          | other -> invalidArg (nameof config) (sprintf "unknown strategy '%s'" other)
+        match config.Distill |> Option.bind DistillationKind.parse with
+        | Some kind ->
+            strategy
+            |> DistillationStrategies.withDistillation
+                { Kind = kind; Weight = config.DistillWeight; Temperature = config.Temperature; SubspaceDim = config.SubspaceDim }
+        | None -> strategy
 
     /// Loads the benchmark a configuration names, restricted per class when asked.
     let loadBenchmark (config: ExperimentConfig) : Benchmark =

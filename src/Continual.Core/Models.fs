@@ -25,6 +25,8 @@ type Backbone(name: string) =
     abstract Architecture: Architecture
     /// Logits and features in one pass.
     abstract ForwardWithFeatures: Tensor -> ModelOutput
+    /// The final layer, from the embedding to the logits (LwF's warm-up trains it alone).
+    abstract Classifier: torch.nn.Module<Tensor, Tensor>
 
 /// The MLP of the reference protocol (784-100-100-10 with ReLU), initialised as the DER paper's
 /// framework does: Xavier-uniform weights, zero biases.
@@ -44,6 +46,8 @@ type MlpBackbone(inputs: int, hidden: int list, classes: int) as this =
 
     override _.Architecture = Mlp(inputs, hidden, classes)
 
+    override _.Classifier = classifier :> torch.nn.Module<Tensor, Tensor>
+
     override _.ForwardWithFeatures(input: Tensor) =
         let mutable h = input
         let features = ResizeArray()
@@ -62,6 +66,26 @@ module Backbones =
     let create (architecture: Architecture) : Backbone =
         match architecture with
         | Mlp(inputs, hidden, classes) -> new MlpBackbone(inputs, hidden, classes) :> Backbone
+
+    /// A frozen copy of a backbone on a device (no gradients, eval mode): the old model snapshot of
+    /// distillation. Torch's global generator is left as it was, so taking a snapshot never changes
+    /// what a run draws afterwards.
+    let snapshot (device: Device) (model: Backbone) : Backbone =
+        let generator = torch.get_rng_state ()
+        let copy =
+            try create model.Architecture
+            finally
+                torch.set_rng_state generator
+                generator.Dispose()
+        copy.``to`` device |> ignore
+        use _ = torch.no_grad ()
+        for (target, source) in Seq.zip (copy.parameters ()) (model.parameters ()) do
+            target.copy_ source |> ignore
+            target.requires_grad <- false
+        for (target, source) in Seq.zip (copy.buffers ()) (model.buffers ()) do
+            target.copy_ source |> ignore
+        copy.eval ()
+        copy
 
     /// The MLP 784-100-100-10 of the reference protocol.
     let referenceMlp = Mlp(784, [ 100; 100 ], 10)

@@ -44,6 +44,13 @@ module Results =
         match c.TestPerClass with
         | Some n -> w.WriteNumber("testPerClass", n)
         | None -> w.WriteNull("testPerClass")
+        match c.Distill with
+        | Some name -> w.WriteString("distill", name)
+        | None -> w.WriteNull("distill")
+        w.WriteNumber("distillWeight", c.DistillWeight)
+        w.WriteNumber("temperature", c.Temperature)
+        w.WriteBoolean("lwfBalance", c.LwfBalance)
+        w.WriteNumber("subspaceDim", c.SubspaceDim)
         w.WriteEndObject()
 
     /// The configuration as canonical JSON (fixed field order), the input of the configuration hash.

@@ -13,10 +13,12 @@ type StepBatch =
       LabelArray: int[]
       Task: int }
 
-/// A buffer draw together with the current model's logits on it.
+/// A buffer draw together with the current model's logits and features on it.
 type ReplayView =
     { Draw: ReplayDraw
-      Logits: Tensor }
+      Logits: Tensor
+      /// The current model's per-layer features on the draw (as in ModelOutput.Features).
+      Features: Tensor list }
 
 /// Everything a strategy's loss may look at in one step: the batch, the current model's output on it,
 /// one entry per buffer draw the strategy asked for (None while the buffer is empty), and the model
@@ -60,6 +62,12 @@ type Extension() =
     abstract AfterStep: Backbone -> Extension
     /// Called after the last step of a task, before evaluation.
     abstract EndTask: TaskContext -> Extension
+    /// Examples the shell trains on together with the task's data, shuffled in with it (iCaRL's
+    /// exemplar set), read right after BeginTask; None for most extensions. The shell disposes them.
+    abstract ExtraTrainingData: unit -> LabelledSet option
+    /// Class scores that replace the model's logits at evaluation (iCaRL's nearest mean of
+    /// exemplars), as a function of the model's output; None keeps the logits.
+    abstract Scores: (ModelOutput -> Tensor) option
     /// Frees the tensors the extension holds.
     abstract Dispose: unit -> unit
     default this.BeginTask _ = this
@@ -67,6 +75,8 @@ type Extension() =
     default this.AfterBackward _ = this
     default this.AfterStep _ = this
     default this.EndTask _ = this
+    default _.ExtraTrainingData() = None
+    default _.Scores = None
     default _.Dispose() = ()
 
 /// How a strategy walks the stream.

@@ -130,7 +130,10 @@ module Training =
             draws
             |> List.map (Option.map (fun d ->
                 let n = d.Labels.shape.[0]
-                let view = { Draw = d; Logits = output.Logits.narrow(0L, offset, n) }
+                let view =
+                    { Draw = d
+                      Logits = output.Logits.narrow(0L, offset, n)
+                      Features = output.Features |> List.map (fun f -> f.narrow(0L, offset, n)) }
                 offset <- offset + n
                 view))
         let batchOutput =
@@ -236,14 +239,31 @@ module Training =
                       BatchSize = settings.BatchSize }
                 try
                     state <- { state with Extensions = state.Extensions |> List.map (fun e -> e.BeginTask context) }
-                    state <- trainOn strategy settings taskIndex data hooks.OnEvent cancellation state
+                    // Extensions may add examples (iCaRL's exemplars) to this task's training data.
+                    let extra = state.Extensions |> List.choose (fun e -> e.ExtraTrainingData())
+                    let trainingData =
+                        match extra with
+                        | [] -> data
+                        | _ ->
+                            let sets = data :: extra
+                            { Inputs = torch.cat([| for s in sets -> s.Inputs |], 0L)
+                              Labels = torch.cat([| for s in sets -> s.Labels |], 0L)
+                              LabelArray = Array.concat [ for s in sets -> s.LabelArray ] }
+                    try
+                        state <- trainOn strategy settings taskIndex trainingData hooks.OnEvent cancellation state
+                    finally
+                        if not extra.IsEmpty then
+                            for s in trainingData :: extra do
+                                s.Inputs.Dispose()
+                                s.Labels.Dispose()
                     state <- { state with Extensions = state.Extensions |> List.map (fun e -> e.EndTask context) }
                 finally
                     if ownsData then
                         data.Inputs.Dispose()
                         data.Labels.Dispose()
                 let trained = clock.Elapsed.TotalSeconds
-                let accuracies = Evaluation.evaluate state.Model settings.Device testSets
+                let scores = state.Extensions |> List.tryPick (fun e -> e.Scores)
+                let accuracies = Evaluation.evaluateWith scores state.Model settings.Device testSets
                 let total = clock.Elapsed.TotalSeconds
                 trainSeconds <- trainSeconds + trained
                 evalSeconds <- evalSeconds + (total - trained)
