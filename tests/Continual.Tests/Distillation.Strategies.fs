@@ -1,0 +1,219 @@
+/// Example-based tests of src/Continual.Core/Strategies.Distillation.fs: LwF's warm-up and terms,
+/// iCaRL's memory and nearest-mean classifier, the --distill terms, and the shell changes they need.
+module Continual.Tests.DistillationStrategies
+
+open Expecto
+open TorchSharp
+open Continual
+open Continual.Data
+open Continual.Models
+open Continual.Replay
+open Continual.Strategies
+
+let private features = 12
+let private architecture = Mlp(features, [ 16; 8 ], 10)
+
+/// A labelled set of `perClass` examples of each class, inputs drawn around a class-dependent centre
+/// so the classes can be learned.
+let private syntheticSet (seed: int64) (classes: int list) (perClass: int) : LabelledSet =
+    torch.manual_seed seed |> ignore
+    let labels = [| for c in classes do for _ in 1 .. perClass -> c |]
+    use noise = torch.rand([| int64 labels.Length; int64 features |])
+    let centres = Array.init 10 (fun c -> Array.init features (fun j -> if j % 10 = c then 1.0f else 0.0f))
+    let centreValues : float32[] = labels |> Array.collect (fun c -> centres.[c])
+    use centre = torch.tensor(centreValues, dimensions = System.ReadOnlySpan<int64>([| int64 labels.Length; int64 features |]))
+    use scaled = noise.mul((0.5f).ToScalar())
+    { Inputs = scaled.add(centre)
+      Labels = torch.tensor(labels |> Array.map int64, dtype = torch.ScalarType.Int64)
+      LabelArray = labels }
+
+let private context (model: Backbone) (task: int) (train: LabelledSet) : TaskContext =
+    { Task = task
+      Classes = [ 2 * task; 2 * task + 1 ]
+      SeenClasses = [ 0 .. 2 * task + 1 ]
+      Train = train
+      Model = model
+      Architecture = architecture
+      Device = torch.CPU
+      LearningRate = 0.1
+      BatchSize = 10 }
+
+let private freshModel (seed: int64) =
+    torch.manual_seed seed |> ignore
+    Backbones.create architecture
+
+let private sameValues (a: Tensor) (b: Tensor) = a.eq(b).all().ToBoolean()
+
+let private parameterValues (m: torch.nn.Module) = [ for p in m.parameters () -> p.detach().clone() ]
+
+let private view (model: Backbone) (set: LabelledSet) (task: int) : StepView =
+    { Batch = { Inputs = set.Inputs; Labels = set.Labels; LabelArray = set.LabelArray; Task = task }
+      Output = model.ForwardWithFeatures set.Inputs
+      Replay = []
+      Model = model }
+
+let private disposeSet (s: LabelledSet) =
+    s.Inputs.Dispose()
+    s.Labels.Dispose()
+
+[<Tests>]
+let lwfTests =
+    testSequenced <| testList "strategies.lwf" [
+        testCase "the warm-up trains only the new classes' rows of the classifier" <| fun () ->
+            use _ = torch.NewDisposeScope()
+            use model = freshModel 1L
+            let train = syntheticSet 2L [ 2; 3 ] 20
+            let before = parameterValues model
+            let classifier = model.Classifier
+            LwfExtension.WarmUp (context model 1 train) 1 (Random.create 3L) |> ignore
+            let after = parameterValues model
+            let classifierCount = Seq.length (classifier.parameters ())
+            let hiddenBefore, hiddenAfter = List.take (before.Length - classifierCount) before, List.take (after.Length - classifierCount) after
+            for (b, a) in List.zip hiddenBefore hiddenAfter do
+                Expect.isTrue (sameValues b a) "the features stay frozen"
+            let weightBefore, weightAfter = before.[before.Length - 2], after.[after.Length - 2]
+            for c in 0 .. 9 do
+                let same = sameValues weightBefore.[int64 c] weightAfter.[int64 c]
+                if c = 2 || c = 3 then Expect.isFalse same (sprintf "class %d's row learns" c)
+                else Expect.isTrue same (sprintf "class %d's row is untouched" c)
+
+        testCase "LwF has CE alone on the first task, CE plus the soft-target term afterwards, balanced by |Y_old|/|Y_seen| when asked" <| fun () ->
+            use _ = torch.NewDisposeScope()
+            use model = freshModel 4L
+            let first, second = syntheticSet 5L [ 0; 1 ] 10, syntheticSet 6L [ 2; 3 ] 10
+            let settings = DistillationStrategies.lwfDefaults
+            let names (terms: LossTerm list) = terms |> List.map (fun t -> t.Name)
+            let e0 = (new LwfExtension(settings, 0L) :> Extension).BeginTask(context model 0 first)
+            Expect.equal (names (e0.Terms(view model first 0))) [ "ce" ] "task 1: CE only"
+            let e1 = e0.EndTask(context model 0 first).BeginTask(context model 1 second)
+            let plain = e1.Terms(view model second 1)
+            Expect.equal (names plain) [ "ce"; "lwf.kd" ] "task 2: CE and the soft-target term"
+            // The same run with balancing, on an identical model (the warm-up changes the classifier).
+            use twin = freshModel 4L
+            let balanced = (new LwfExtension({ settings with Balanced = true }, 0L) :> Extension).BeginTask(context twin 0 first)
+            let b1 = balanced.EndTask(context twin 0 first).BeginTask(context twin 1 second)
+            let bt = b1.Terms(view twin second 1)
+            // Two old classes among four seen: λ = 1/2 on both terms.
+            for (p, b) in List.zip plain bt do
+                Expect.floatClose Accuracy.medium (b.Value.ToDouble()) (0.5 * p.Value.ToDouble()) (sprintf "%s is halved" p.Name)
+            for e in [ e1; b1 ] do e.Dispose()
+            disposeSet first
+            disposeSet second
+    ]
+
+[<Tests>]
+let icarlTests =
+    testSequenced <| testList "strategies.icarl" [
+        testCase "iCaRL splits its memory evenly over the classes seen and trains on its exemplars" <| fun () ->
+            use _ = torch.NewDisposeScope()
+            use model = freshModel 7L
+            let first, second = syntheticSet 8L [ 0; 1 ] 30, syntheticSet 9L [ 2; 3 ] 30
+            let e0 = (new IcarlExtension(20) :> Extension).BeginTask(context model 0 first)
+            Expect.isNone (e0.ExtraTrainingData()) "no exemplars before the first task ends"
+            let e1 = e0.EndTask(context model 0 first)
+            Expect.equal (e1 :?> IcarlExtension).ExemplarCounts [ 0, 10; 1, 10 ] "20 slots over 2 classes"
+            let e2 = e1.BeginTask(context model 1 second)
+            match e2.ExtraTrainingData() with
+            | Some extra ->
+                Expect.equal extra.LabelArray (Array.append (Array.create 10 0) (Array.create 10 1)) "the exemplars join task 2's data"
+                Expect.equal extra.Inputs.shape [| 20L; int64 features |] "as inputs"
+                disposeSet extra
+            | None -> failtest "iCaRL must add its exemplars to the next task"
+            let e3 = e2.EndTask(context model 1 second)
+            Expect.equal (e3 :?> IcarlExtension).ExemplarCounts [ 0, 5; 1, 5; 2, 5; 3, 5 ] "20 slots over 4 classes"
+            e3.Dispose()
+            disposeSet first
+            disposeSet second
+
+        testCase "iCaRL's scores are minus the squared distance to each class's exemplar mean, -inf for classes without exemplars" <| fun () ->
+            use _ = torch.NewDisposeScope()
+            use model = freshModel 10L
+            let first = syntheticSet 11L [ 0; 1 ] 30
+            let e = (new IcarlExtension(20) :> Extension).BeginTask(context model 0 first).EndTask(context model 0 first)
+            let score = match e.Scores with Some s -> s | None -> failwith "iCaRL scores after a task"
+            use _ = torch.no_grad ()
+            model.eval ()
+            let output = model.ForwardWithFeatures first.Inputs
+            let scores = score output
+            let labels = first.LabelArray
+            // The means from the exemplars, recomputed here from the training data the herding chose from.
+            let extra = (e.BeginTask(context model 1 first)).ExtraTrainingData() |> Option.get
+            let embeddings = (model.ForwardWithFeatures extra.Inputs).Embedding
+            let mean c = embeddings.narrow(0L, int64 (10 * c), 10L).mean([| 0L |])
+            let row = 3
+            let expected c = -((output.Embedding.[int64 row].sub(mean c)).pow((2.0).ToScalar()).sum().ToDouble())
+            Expect.floatClose Accuracy.medium (scores.[int64 row, 0L].ToDouble()) (expected 0) "class 0"
+            Expect.floatClose Accuracy.medium (scores.[int64 row, 1L].ToDouble()) (expected 1) "class 1"
+            for c in 2 .. 9 do
+                Expect.isTrue (System.Double.IsNegativeInfinity(scores.[int64 row, int64 c].ToDouble())) (sprintf "class %d has no exemplars" c)
+            Expect.equal labels.Length 60 "data"
+            disposeSet extra
+            e.Dispose()
+            disposeSet first
+    ]
+
+[<Tests>]
+let distillTests =
+    testSequenced <| testList "strategies.distill" [
+        testCase "every --distill term is absent on the first task and zero while the model equals its snapshot" <| fun () ->
+            for (kind, name) in DistillationKind.all do
+                use _ = torch.NewDisposeScope()
+                use model = freshModel 12L
+                let first, second = syntheticSet 13L [ 0; 1 ] 10, syntheticSet 14L [ 2; 3 ] 10
+                let settings = { Kind = kind; Weight = 1.0; Temperature = 2.0; SubspaceDim = 2 }
+                let e0 = (new DistillationExtension(settings) :> Extension).BeginTask(context model 0 first)
+                Expect.isEmpty (e0.Terms(view model first 0)) (name + ": no old model on the first task")
+                let e1 = e0.EndTask(context model 0 first).BeginTask(context model 1 second)
+                // The relation graph reads a buffer draw: give it one (the first task's data).
+                let draw = { Inputs = first.Inputs; Labels = first.Labels; Logits = torch.zeros(10L, 10L) } : ReplayDraw
+                let all = model.ForwardWithFeatures(torch.cat([| second.Inputs; first.Inputs |], 0L))
+                let n = int64 second.LabelArray.Length
+                let v =
+                    { view model second 1 with
+                        Replay = [ Some { Draw = draw; Logits = all.Logits.narrow(0L, n, 20L); Features = all.Features |> List.map (fun f -> f.narrow(0L, n, 20L)) } ] }
+                let terms = e1.Terms v
+                Expect.equal (terms |> List.map (fun t -> t.Name)) [ "distill." + name ] (name + ": one named term")
+                for t in terms do
+                    Expect.isLessThan (abs (t.Value.ToDouble())) 1e-4 (name + ": zero at the snapshot")
+                e1.Dispose()
+                disposeSet first
+                disposeSet second
+
+        testCase "a --distill term grows once the model moves away from its snapshot" <| fun () ->
+            use _ = torch.NewDisposeScope()
+            use model = freshModel 15L
+            let first, second = syntheticSet 16L [ 0; 1 ] 10, syntheticSet 17L [ 2; 3 ] 10
+            let settings = { Kind = Subspace; Weight = 1.0; Temperature = 2.0; SubspaceDim = 2 }
+            let e = (new DistillationExtension(settings) :> Extension).BeginTask(context model 0 first).EndTask(context model 0 first).BeginTask(context model 1 second)
+            (use _ = torch.no_grad ()
+             for p in model.parameters () do
+                 use noise = torch.randn_like p
+                 p.add_(noise.mul((0.5).ToScalar())) |> ignore)
+            let value = (e.Terms(view model second 1)).Head.Value.ToDouble()
+            Expect.isGreaterThan value 1e-3 "SD sees the changed features"
+            e.Dispose()
+            disposeSet first
+            disposeSet second
+    ]
+
+[<Tests>]
+let endToEndTests =
+    testSequenced <| testList "strategies.distillation.end-to-end" [
+        testCase "lwf, icarl and der --distill sd run on a small Split Fashion-MNIST; iCaRL scores no class it has not seen" <| fun () ->
+            for strategy, distill in [ "lwf", None; "icarl", None; "der", Some "sd" ] do
+                let config =
+                    { Experiment.defaults strategy 200 with
+                        TrainPerClass = Some 40
+                        TestPerClass = Some 20
+                        Distill = distill }
+                let result = Experiment.run config RunHooks.none System.Threading.CancellationToken.None
+                try
+                    Expect.equal result.Outcome.ClassIl.Length 5 (strategy + ": one row per task")
+                    for row in Array.append result.Outcome.ClassIl result.Outcome.TaskIl do
+                        for v in row do Expect.isTrue (v >= 0.0 && v <= 100.0) (strategy + ": accuracies are percentages")
+                    if strategy = "icarl" then
+                        // Nearest mean of exemplars: tasks not yet seen have no class means, so 0 %.
+                        Expect.equal result.Outcome.ClassIl.[0].[4] 0.0 "task 5 is unknown after task 1"
+                finally
+                    Experiment.release result
+    ]
