@@ -172,13 +172,64 @@ module Distillation =
         let m = float basisA.shape.[1]
         basisA.t().matmul(basisB).pow(scalar 2.0).sum().mul(scalar -2.0).add(scalar (2.0 * m))
 
+    /// One class's SD term `2m − 2 ||P_sᵀ P_t||_F²` with an exact gradient that stays finite. The
+    /// top-m subspace of the student features F depends on F only through G = FᵀF; its first-order
+    /// change is `dΠ = Σ_{i≤m<a} (v_a v_aᵀ dG v_i v_iᵀ + v_i v_iᵀ dG v_a v_aᵀ) / (λ_i − λ_a)` over G's
+    /// eigenpairs, the null space of G included (λ_a = 0). The loss's gradient in G is therefore a
+    /// matrix W built from one reduced SVD of F, and `value + ⟨G, W⟩ − ⟨G, W⟩.detach()` has the loss's
+    /// value and gradient 2FW. Differentiating through an SVD instead divides 0 by 0 whenever
+    /// singular values repeat (a rank-deficient class, as ReLU embeddings often are), which turns a
+    /// whole run's weights into NaN. When the subspace is ill-defined (λ_m or the gap λ_m − λ_{m+1}
+    /// below 1e-4 of λ_1) the term keeps its value and carries no gradient.
+    let private subspaceTerm (m: int) (teacher: Tensor) (student: Tensor) : Tensor option =
+        let k, d = student.shape.[0], student.shape.[1]
+        let m = min (int64 m) (min k d)
+        let value, surrogate =
+            use _ = torch.no_grad ()
+            let struct (_, st, vht) = torch.linalg.svd(teacher.detach(), false)
+            let struct (_, ss, vhs) = torch.linalg.svd(student.detach(), false)
+            let hostValues (t: Tensor) = t.cpu().to_type(torch.ScalarType.Float64).data<float>().ToArray()
+            let lt, ls = hostValues st |> Array.map (fun s -> s * s), hostValues ss |> Array.map (fun s -> s * s)
+            if lt.Length = 0 || ls.Length = 0 || lt.[0] <= 1e-24 || ls.[0] <= 1e-24 then None, None
+            else
+                let basisT = vht.narrow(0L, 0L, m).t() // [D, m]
+                let v1 = vhs.narrow(0L, 0L, m).t() // [D, m]
+                let value = projectionDistance v1 basisT
+                let m' = int m
+                let wellDefined = ls.[m' - 1] > 1e-4 * ls.[0] && (m' >= ls.Length || ls.[m' - 1] - ls.[m'] > 1e-4 * ls.[0])
+                if not (student.requires_grad && wellDefined) then Some value, None
+                else
+                    let projector = basisT.matmul(basisT.t()) // Π_t, [D, D]
+                    let l1 = ss.narrow(0L, 0L, m).pow(scalar 2.0) // [m]
+                    let pv1 = projector.matmul v1 // Π_t V1, [D, m]
+                    // The null space of G: N Π_t V1 with N = I − V Vᵀ over all of F's right singular vectors.
+                    let vAll = vhs.t()
+                    let nullPart = pv1.sub(vAll.matmul(vAll.t().matmul pv1)).div(l1.unsqueeze 0L) // [D, m]
+                    let half =
+                        if m < ls.LongLength then
+                            let v2 = vhs.narrow(0L, m, ls.LongLength - m).t() // [D, r − m]
+                            let l2 = ss.narrow(0L, m, ls.LongLength - m).pow(scalar 2.0)
+                            let c = v2.t().matmul pv1 // [r − m, m]
+                            let gaps = l1.unsqueeze(0L).sub(l2.unsqueeze 1L) // λ_i − λ_a
+                            v2.matmul(c.div gaps).add(nullPart) // [D, m]
+                        else nullPart
+                    // W = −2 (H V1ᵀ + V1 Hᵀ) with H the [D, m] factor above.
+                    let w = half.matmul(v1.t()).add(v1.matmul(half.t())).mul(scalar -2.0)
+                    Some value, Some w
+        match value, surrogate with
+        | None, _ -> None
+        | Some v, None -> Some v
+        | Some v, Some w ->
+            let inner = student.matmul(w).mul(student).sum()
+            Some(v.add(inner).sub(inner.detach()))
+
     /// Subspace distillation: for each class k present among `labels`, the top-m subspaces of the old
     /// and the new features of its samples (m capped at the class's sample count), and
     /// `(1/|C|) Σ_k (2m − 2 ||P_kᵗᵀ P_kᵗ⁻¹||_F²)`. Classes whose features are all zero (no subspace)
-    /// are left out; zero when no class is left.
+    /// are left out; zero when no class is left. The gradient is exact and finite (see the per-class
+    /// term); only the student's features are differentiated.
     let subspaceDistillation (m: int) (labels: int[]) (teacherFeatures: Tensor) (studentFeatures: Tensor) : Tensor =
         if m < 1 then invalidArg (nameof m) "the subspace dimension must be positive"
-        let d = studentFeatures.shape.[1]
         let terms =
             labels
             |> Array.indexed
@@ -186,13 +237,7 @@ module Distillation =
             |> Array.sortBy fst
             |> Array.choose (fun (_, rows) ->
                 let index = torch.tensor(rows |> Array.map (fst >> int64), dtype = torch.ScalarType.Int64, device = studentFeatures.device)
-                let teacher = teacherFeatures.index_select(0L, index)
-                let student = studentFeatures.index_select(0L, index)
-                let usable (x: Tensor) = x.detach().abs().max().ToDouble() > 1e-12
-                if usable teacher && usable student then
-                    let mk = min m (min rows.Length (int d))
-                    Some(projectionDistance (subspaceBasis mk student) (subspaceBasis mk teacher))
-                else None)
+                subspaceTerm m (teacherFeatures.index_select(0L, index)) (studentFeatures.index_select(0L, index)))
         if terms.Length = 0 then torch.zeros([||], device = studentFeatures.device)
         else (terms |> Array.reduce (fun a b -> a.add b)).div(scalar (float terms.Length))
 

@@ -164,7 +164,11 @@ module Experiment =
         | Some kind ->
             strategy
             |> DistillationStrategies.withDistillation
-                { Kind = kind; Weight = config.DistillWeight; Temperature = config.Temperature; SubspaceDim = config.SubspaceDim }
+                { Kind = kind
+                  Weight = config.DistillWeight
+                  Temperature = config.Temperature
+                  SubspaceDim = config.SubspaceDim
+                  RelationSamples = 32 }
         | None -> strategy
 
     /// Loads the benchmark a configuration names, restricted per class when asked.

@@ -33,7 +33,10 @@ type DistillationSettings =
       /// KD's temperature.
       Temperature: float
       /// SD's subspace dimension m (capped per class at its sample count).
-      SubspaceDim: int }
+      SubspaceDim: int
+      /// At most this many samples enter the relation terms (RKD, relation graph), whose angle
+      /// relations cost n³ per step: the batch first, then the buffer draws.
+      RelationSamples: int }
 
 /// Settings of LwF (Li & Hoiem), METHODS.md's reference conventions by default.
 type LwfSettings =
@@ -155,7 +158,10 @@ type DistillationExtension
                     Some(List.zip old.Features features |> List.map (fun (t, s) -> Distillation.nst 2 0.0 t s) |> List.reduce (fun a b -> a.add b))
                 | Attention -> Some(Distillation.attentionTransfer 2.0 (List.zip old.Features features))
                 | Rkd when inputs.shape.[0] < 2L -> None
-                | Rkd -> Some((Distillation.rkdDistance old.Embedding embedding).add(Distillation.rkdAngle old.Embedding embedding))
+                | Rkd ->
+                    let n = min inputs.shape.[0] (int64 settings.RelationSamples)
+                    let teacher, student = old.Embedding.narrow(0L, 0L, n), embedding.narrow(0L, 0L, n)
+                    Some((Distillation.rkdDistance teacher student).add(Distillation.rkdAngle teacher student))
                 | Pod -> Some((Distillation.podSpatial (List.zip old.Features features)).add(Distillation.podFlat old.Embedding embedding))
                 | Subspace ->
                     let labels =
@@ -164,9 +170,9 @@ type DistillationExtension
                 | RelationGraph ->
                     match draws with
                     | first :: _ when first.Draw.Labels.shape.[0] >= 2L ->
-                        let start = view.Batch.Inputs.shape.[0]
-                        let teacher = old.Embedding.narrow(0L, start, first.Draw.Labels.shape.[0])
-                        Some(Distillation.relationGraph 1.0 teacher (List.last first.Features))
+                        let n = min first.Draw.Labels.shape.[0] (int64 settings.RelationSamples)
+                        let teacher = old.Embedding.narrow(0L, view.Batch.Inputs.shape.[0], n)
+                        Some(Distillation.relationGraph 1.0 teacher ((List.last first.Features).narrow(0L, 0L, n)))
                     | _ -> None
             value
             |> Option.map (fun v -> { Name = "distill." + DistillationKind.name settings.Kind; Value = v.mul(scalar settings.Weight) })

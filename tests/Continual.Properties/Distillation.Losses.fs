@@ -238,6 +238,24 @@ let subspaceTests =
         property "SD matches the reference (SVD bases, projection distance)" case (fun (m, labels, a, b) ->
             close 1e-3 (sd m labels a b) (sdRef m labels a b))
 
+        property "SD's gradient matches central finite differences (float64)" (Gen.zip case (Gen.choose (0, 1000))) (fun ((m, labels, a, b), seed) ->
+            let f64 (x: float[][]) = (tensor2 x).to_type(torch.ScalarType.Float64)
+            let teacher = f64 a
+            let student = (f64 b).requires_grad_(true)
+            let loss = Distillation.subspaceDistillation m labels teacher student
+            loss.backward ()
+            let gradient = floats student.grad
+            let direction = Array.init gradient.Length (fun i -> float (((i + 1) * (seed + 7) * 7919) % 2001 - 1000) / 1000.0)
+            let at (h: float) =
+                let moved = Array.map2 (fun (x: float) dx -> x + h * dx) (Array.concat b) direction
+                // Built in float64 directly: a float32 round trip would lose the perturbation.
+                use exact = torch.tensor(moved, dimensions = System.ReadOnlySpan<int64>([| int64 b.Length; int64 b.[0].Length |]))
+                scalarOf (Distillation.subspaceDistillation m labels teacher exact)
+            let h = 1e-6
+            let numeric = (at h - at -h) / (2.0 * h)
+            let analytic = Array.fold2 (fun acc g dx -> acc + g * dx) 0.0 gradient direction
+            close 1e-3 numeric analytic)
+
         property "SD is zero for equal features" case (fun (m, labels, a, _) -> abs (sd m labels a a) < 1e-4)
 
         property "SD is symmetric" case (fun (m, labels, a, b) -> close 1e-4 (sd m labels a b) (sd m labels b a))

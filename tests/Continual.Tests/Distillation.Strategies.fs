@@ -160,7 +160,7 @@ let distillTests =
                 use _ = torch.NewDisposeScope()
                 use model = freshModel 12L
                 let first, second = syntheticSet 13L [ 0; 1 ] 10, syntheticSet 14L [ 2; 3 ] 10
-                let settings = { Kind = kind; Weight = 1.0; Temperature = 2.0; SubspaceDim = 2 }
+                let settings = { Kind = kind; Weight = 1.0; Temperature = 2.0; SubspaceDim = 2; RelationSamples = 32 }
                 let e0 = (new DistillationExtension(settings) :> Extension).BeginTask(context model 0 first)
                 Expect.isEmpty (e0.Terms(view model first 0)) (name + ": no old model on the first task")
                 let e1 = e0.EndTask(context model 0 first).BeginTask(context model 1 second)
@@ -183,7 +183,7 @@ let distillTests =
             use _ = torch.NewDisposeScope()
             use model = freshModel 15L
             let first, second = syntheticSet 16L [ 0; 1 ] 10, syntheticSet 17L [ 2; 3 ] 10
-            let settings = { Kind = Subspace; Weight = 1.0; Temperature = 2.0; SubspaceDim = 2 }
+            let settings = { Kind = Subspace; Weight = 1.0; Temperature = 2.0; SubspaceDim = 2; RelationSamples = 32 }
             let e = (new DistillationExtension(settings) :> Extension).BeginTask(context model 0 first).EndTask(context model 0 first).BeginTask(context model 1 second)
             (use _ = torch.no_grad ()
              for p in model.parameters () do
