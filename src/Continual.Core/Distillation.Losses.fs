@@ -180,7 +180,7 @@ module Distillation =
     /// value and gradient 2FW. Differentiating through an SVD instead divides 0 by 0 whenever
     /// singular values repeat (a rank-deficient class, as ReLU embeddings often are), which turns a
     /// whole run's weights into NaN. When the subspace is ill-defined (λ_m or the gap λ_m − λ_{m+1}
-    /// below 1e-4 of λ_1) the term keeps its value and carries no gradient.
+    /// below 1e-4 of λ_1) the term keeps its value and its gradient is zero.
     let private subspaceTerm (m: int) (teacher: Tensor) (student: Tensor) : Tensor option =
         let k, d = student.shape.[0], student.shape.[1]
         let m = min (int64 m) (min k d)
@@ -218,6 +218,7 @@ module Distillation =
                     Some value, Some w
         match value, surrogate with
         | None, _ -> None
+        | Some v, None when student.requires_grad -> Some(v.add(student.sum().mul(scalar 0.0))) // a zero gradient
         | Some v, None -> Some v
         | Some v, Some w ->
             let inner = student.matmul(w).mul(student).sum()
@@ -226,7 +227,7 @@ module Distillation =
     /// Subspace distillation: for each class k present among `labels`, the top-m subspaces of the old
     /// and the new features of its samples (m capped at the class's sample count), and
     /// `(1/|C|) Σ_k (2m − 2 ||P_kᵗᵀ P_kᵗ⁻¹||_F²)`. Classes whose features are all zero (no subspace)
-    /// are left out; zero when no class is left. The gradient is exact and finite (see the per-class
+    /// are left out; zero (with a zero gradient) when no class is left. The gradient is exact and finite (see the per-class
     /// term); only the student's features are differentiated.
     let subspaceDistillation (m: int) (labels: int[]) (teacherFeatures: Tensor) (studentFeatures: Tensor) : Tensor =
         if m < 1 then invalidArg (nameof m) "the subspace dimension must be positive"
@@ -238,7 +239,7 @@ module Distillation =
             |> Array.choose (fun (_, rows) ->
                 let index = torch.tensor(rows |> Array.map (fst >> int64), dtype = torch.ScalarType.Int64, device = studentFeatures.device)
                 subspaceTerm m (teacherFeatures.index_select(0L, index)) (studentFeatures.index_select(0L, index)))
-        if terms.Length = 0 then torch.zeros([||], device = studentFeatures.device)
+        if terms.Length = 0 then studentFeatures.sum().mul(scalar 0.0)
         else (terms |> Array.reduce (fun a b -> a.add b)).div(scalar (float terms.Length))
 
     /// The exemplar relation graph's loss on buffer exemplars' embeddings: the angle relations

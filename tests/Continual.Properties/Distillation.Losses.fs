@@ -256,6 +256,13 @@ let subspaceTests =
             let analytic = Array.fold2 (fun acc g dx -> acc + g * dx) 0.0 gradient direction
             close 1e-3 numeric analytic)
 
+        property "SD's gradient stays finite for rank-deficient classes (repeated and zero rows)" (Gen.zip (matrix 3 4) (Gen.choose (1, 3))) (fun (rows, m) ->
+            let student = [| rows.[0]; rows.[0]; rows.[0]; rows.[1]; Array.zeroCreate 4; Array.zeroCreate 4 |]
+            let teacher = [| rows.[2]; rows.[1]; rows.[0]; rows.[2]; rows.[1]; rows.[0] |]
+            let labels = Array.create 6 3
+            gradientsFinite (fun s -> Distillation.subspaceDistillation m labels (tensor2 teacher) s) (tensor2 student)
+            && gradientsFinite (fun s -> Distillation.subspaceDistillation m labels (tensor2 teacher) s) (tensor2 teacher))
+
         property "SD is zero for equal features" case (fun (m, labels, a, _) -> abs (sd m labels a a) < 1e-4)
 
         property "SD is symmetric" case (fun (m, labels, a, b) -> close 1e-4 (sd m labels a b) (sd m labels b a))
