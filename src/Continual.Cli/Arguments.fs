@@ -50,7 +50,7 @@ type RunArgs =
             | Threads _ -> "libtorch intra-op threads (default 1, the fastest for batch 10)."
             | Train_Per_Class _ -> "use at most this many training images per class."
             | Test_Per_Class _ -> "use at most this many test images per class."
-            | Distill _ -> "extra distillation term on any strategy: kd, fitnets, nst, at, rkd, pod, sd, relation (default none)."
+            | Distill _ -> "extra distillation term on any strategy: kd, fitnets, nst, at, rkd, pod, sd, relation (default none); bench --distill all times each term per step against plain SGD."
             | Distill_Weight _ -> "weight of the --distill term (default 1)."
             | Temperature _ -> "temperature of LwF's soft targets and of --distill kd (default 2)."
             | Lwf_Balance -> "LwF: weight old and new terms by λ = |Y_old|/|Y_seen| (the lecture's balancing)."

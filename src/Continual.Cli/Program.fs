@@ -82,8 +82,44 @@ let private runCommand (args: ParseResults<RunArgs>) =
     AnsiConsole.MarkupLine("wrote {0} and {1} ({2:0.0} s)", Markup.Escape(Path.Combine(out, "results.json")), Markup.Escape(Path.Combine(out, "results.csv")), result.WallSeconds)
     0
 
+/// `bench --distill all`: one run of plain SGD, of the strategy, and of the strategy plus each
+/// distillation term, with the training cost per step of each.
+let private distillCosts (args: ParseResults<RunArgs>) =
+    let baseConfig = { configOf args None None with Distill = None }
+    let sgdConfig = { configOf args (Some "sgd") None with Distill = None }
+    let configs =
+        ("sgd", sgdConfig) :: (baseConfig.Strategy, baseConfig)
+        :: [ for name in Continual.Strategies.DistillationKind.names do
+               if not (name = "relation" && baseConfig.BufferSize = 0 || name = "relation" && baseConfig.Strategy = "icarl") then
+                   yield sprintf "%s + %s" baseConfig.Strategy name, { baseConfig with Distill = Some name } ]
+    configs |> List.iter (snd >> check)
+    let table = Table(Title = TableTitle(sprintf "training cost per step on %s (one run each, batch %d)" baseConfig.Benchmark baseConfig.BatchSize))
+    for c in [ "run"; "steps"; "train s"; "ms/step"; "x sgd"; "ms/step over " + baseConfig.Strategy; "class-il" ] do
+        table.AddColumn(c) |> ignore
+    let mutable sgdMs, baseMs = nan, nan
+    let lines = ResizeArray()
+    for (label, config) in configs do
+        AnsiConsole.MarkupLine("{0} ...", Markup.Escape label)
+        let result = runOnce config true
+        let o = result.Outcome
+        let ms = 1000.0 * o.TrainSeconds / float (max 1L o.Steps)
+        if label = "sgd" then sgdMs <- ms
+        elif Double.IsNaN baseMs then baseMs <- ms
+        table.AddRow(
+            label, string o.Steps, sprintf "%.2f" o.TrainSeconds, sprintf "%.3f" ms, sprintf "%.2f" (ms / sgdMs),
+            (if label = "sgd" || label = baseConfig.Strategy then "-" else sprintf "%+.3f" (ms - baseMs)),
+            sprintf "%.2f" (Metrics.averageAccuracy o.ClassIl)) |> ignore
+        lines.Add(sprintf "{\"run\": \"%s\", \"steps\": %d, \"trainSeconds\": %.3f, \"msPerStep\": %.4f}" label o.Steps o.TrainSeconds ms)
+        Experiment.release result
+    AnsiConsole.Write table
+    match args.TryGetResult Out with
+    | Some out -> Results.writeAtomically (Path.Combine(out, "distill-costs.json")) (Text.Encoding.UTF8.GetBytes("[\n  " + String.Join(",\n  ", lines) + "\n]\n"))
+    | None -> ()
+    0
+
 let private benchCommand (args: ParseResults<RunArgs>) =
     refuse args "bench" [ Strategies ""; Seeds "" ]
+    if args.TryGetResult Distill |> Option.exists (fun d -> d.Trim().ToLowerInvariant() = "all") then distillCosts args else
     let config = configOf args None None
     check config
     let repeat = args.GetResult(Repeat, defaultValue = 1)
