@@ -25,6 +25,7 @@ type RunArgs =
     | Temperature of t: float
     | Lwf_Balance
     | Subspace_Dim of m: int
+    | Backbone of name: string
     | Out of folder: string
     | Quiet
     | Repeat of count: int
@@ -34,8 +35,8 @@ type RunArgs =
     interface IArgParserTemplate with
         member this.Usage =
             match this with
-            | Benchmark _ -> "benchmark: split-fmnist (default) or split-mnist."
-            | Data _ -> "folder with the four IDX files (default /usr/share/datasets/fashion-mnist)."
+            | Benchmark _ -> "benchmark: split-fmnist (default), split-mnist or split-cifar10 (binary batches, --data FOLDER)."
+            | Data _ -> "folder with the four IDX files (default /usr/share/datasets/fashion-mnist), or CIFAR-10's binary batches."
             | Strategy _ -> "sgd, joint, er, der, derpp, lwf or icarl (default derpp)."
             | Buffer _ -> "replay buffer size, iCaRL's memory (default 500; the reference settings exist for 200, 500, 5120)."
             | Seed _ -> "random seed (default 0)."
@@ -55,6 +56,7 @@ type RunArgs =
             | Temperature _ -> "temperature of LwF's soft targets and of --distill kd (default 2)."
             | Lwf_Balance -> "LwF: weight old and new terms by λ = |Y_old|/|Y_seen| (the lecture's balancing)."
             | Subspace_Dim _ -> "subspace dimension of --distill sd (default 2)."
+            | Backbone _ -> "mlp (default, the reference MLP 100-100), cnn (small CNN) or resnet18 (reduced, 20 base filters)."
             | Out _ -> "folder for results.json and results.csv (default runs/<benchmark>-<strategy>-<buffer>-s<seed>)."
             | Quiet -> "no progress bars."
             | Repeat _ -> "bench only: number of whole runs to time (default 1)."

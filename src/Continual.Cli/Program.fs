@@ -41,22 +41,31 @@ let configOf (args: ParseResults<RunArgs>) (strategyOverride: string option) (se
         DistillWeight = args.GetResult(Distill_Weight, defaultValue = d.DistillWeight)
         Temperature = args.GetResult(Temperature, defaultValue = d.Temperature)
         LwfBalance = args.Contains Lwf_Balance
-        SubspaceDim = args.GetResult(Subspace_Dim, defaultValue = d.SubspaceDim) }
+        SubspaceDim = args.GetResult(Subspace_Dim, defaultValue = d.SubspaceDim)
+        Backbone = args.GetResult(Backbone, defaultValue = d.Backbone).Trim().ToLowerInvariant() }
 
 let private defaultOut (config: ExperimentConfig) =
     let buffer = if config.BufferSize > 0 then sprintf "-%d" config.BufferSize else ""
     let distill = match config.Distill with Some n -> "-" + n | None -> ""
-    Path.Combine("runs", sprintf "%s-%s%s%s-s%d" config.Benchmark config.Strategy buffer distill config.Seed)
+    let backbone = if config.Backbone = "mlp" then "" else "-" + config.Backbone
+    Path.Combine("runs", sprintf "%s%s-%s%s%s-s%d" config.Benchmark backbone config.Strategy buffer distill config.Seed)
 
 /// Checks a configuration and that its data files are there, before any work starts.
 let private check (config: ExperimentConfig) =
     match Experiment.validate config with
     | [] ->
         try
-            for name in Benchmarks.idxFileNames do
-                Benchmarks.findIdxFile config.DataFolder name |> ignore
+            if config.Benchmark = "split-cifar10" then
+                for name in Cifar.fileNames do
+                    Cifar.findFile config.DataFolder name |> ignore
+            else
+                for name in Benchmarks.idxFileNames do
+                    Benchmarks.findIdxFile config.DataFolder name |> ignore
         with DataFileError(path, reason) ->
-            raise (UsageProblem [ sprintf "%s: %s (point --data at a folder with the four IDX files; on Debian, apt-get install dataset-fashion-mnist)" path reason ])
+            let hint =
+                if config.Benchmark = "split-cifar10" then "point --data at a folder with CIFAR-10's binary batches (data_batch_1.bin ... test_batch.bin)"
+                else "point --data at a folder with the four IDX files; on Debian, apt-get install dataset-fashion-mnist"
+            raise (UsageProblem [ sprintf "%s: %s (%s)" path reason hint ])
     | errors -> raise (UsageProblem errors)
 
 let private refuse (args: ParseResults<RunArgs>) (command: string) (options: RunArgs list) =

@@ -36,7 +36,9 @@ type ExperimentConfig =
       /// LwF: balance the old and the new term with λ = |Y_old| / |Y_seen| (the lecture's form).
       LwfBalance: bool
       /// The subspace dimension of subspace distillation.
-      SubspaceDim: int }
+      SubspaceDim: int
+      /// The backbone: mlp (the reference MLP), cnn or resnet18 (reduced, 20 base filters).
+      Backbone: string }
 
 /// A finished run: its configuration, accuracy matrices, metrics and timings.
 type ExperimentResult =
@@ -58,7 +60,7 @@ module Experiment =
     let private withMemory = [ "er"; "der"; "derpp"; "icarl" ]
 
     /// The benchmarks this build knows.
-    let benchmarkNames = [ "split-fmnist"; "split-mnist" ]
+    let benchmarkNames = [ "split-fmnist"; "split-mnist"; "split-cifar10" ]
 
     /// Buffer sizes with published reference settings; other sizes take the nearest one's settings.
     let referenceBufferSizes = [ 200; 500; 5120 ]
@@ -103,7 +105,8 @@ module Experiment =
           DistillWeight = 1.0
           Temperature = 2.0
           LwfBalance = false
-          SubspaceDim = 2 }
+          SubspaceDim = 2
+          Backbone = "mlp" }
 
     /// Everything wrong with a configuration, as messages a user can act on (empty when it is valid).
     let validate (config: ExperimentConfig) : string list =
@@ -134,6 +137,8 @@ module Experiment =
               sprintf "--distill-weight must not be negative (got %g)" config.DistillWeight
           if not (config.Temperature > 0.0) || System.Double.IsInfinity config.Temperature then
               sprintf "--temperature must be a positive number (got %g)" config.Temperature
+          if not (List.contains (config.Backbone.Trim().ToLowerInvariant()) Backbones.names) then
+              sprintf "unknown backbone '%s' (expected one of: %s)" config.Backbone (String.concat ", " Backbones.names)
           if config.SubspaceDim <= 0 then sprintf "--subspace-dim must be positive (got %d)" config.SubspaceDim
           match config.TrainPerClass with
           | Some n when n <= 0 -> sprintf "--train-per-class must be positive (got %d)" n
@@ -177,6 +182,7 @@ module Experiment =
             match config.Benchmark with
             | "split-fmnist" -> Benchmarks.splitMnistStyle "split-fmnist" config.DataFolder
             | "split-mnist" -> Benchmarks.splitMnistStyle "split-mnist" config.DataFolder
+            | "split-cifar10" -> Cifar.splitCifar10 config.DataFolder
             | other -> invalidArg (nameof config) (sprintf "unknown benchmark '%s'" other)
         match config.TrainPerClass, config.TestPerClass with
         | None, None -> full
@@ -206,8 +212,7 @@ module Experiment =
         Engine.configureThreads config.Threads
         let started = System.DateTime.UtcNow
         let clock = System.Diagnostics.Stopwatch.StartNew()
-        let c, h, w = benchmark.InputShape
-        let architecture = Mlp(c * h * w, [ 100; 100 ], benchmark.NumClasses)
+        let architecture = Backbones.ofName config.Backbone benchmark.InputShape benchmark.NumClasses
         let outcome = Training.run architecture benchmark (strategy config) (settings config) hooks cancellation
         { Config = config
           Architecture = architecture

@@ -8,6 +8,13 @@ open TorchSharp.Modules
 type Architecture =
     /// A multi-layer perceptron: inputs, hidden widths (ReLU after each), classes.
     | Mlp of inputs: int * hidden: int list * classes: int
+    /// A small CNN for small grey images (28×28): two blocks of 3×3 convolution (32 then 64 filters,
+    /// padding 1), ReLU and 2×2 max-pooling, a dense layer of 128 with ReLU, the classifier.
+    | Cnn of channels: int * height: int * width: int * classes: int
+    /// The reduced ResNet-18 of the continual-learning literature (GEM, DER): a 3×3 stem with stride 1,
+    /// four stages of two basic blocks with `baseFilters` × 1, 2, 4, 8 filters (strides 1, 2, 2, 2),
+    /// batch normalisation, global average pooling and the classifier; `baseFilters` is 20.
+    | ResNet18 of channels: int * height: int * width: int * baseFilters: int * classes: int
 
 /// What one forward pass yields: the logits and the intermediate features distillation needs.
 type ModelOutput =
@@ -58,6 +65,94 @@ type MlpBackbone(inputs: int, hidden: int list, classes: int) as this =
 
     override this.forward(input: Tensor) = (this.ForwardWithFeatures input).Logits
 
+/// The small CNN: features are the two pooled stage maps ([n, 32, H/2, W/2], [n, 64, H/4, W/4]) and
+/// the 128-wide embedding. Inputs arrive flattened and are reshaped to [n, C, H, W].
+type CnnBackbone(channels: int, height: int, width: int, classes: int) as this =
+    inherit Backbone("cnn")
+    let conv1 = torch.nn.Conv2d(int64 channels, 32L, 3L, padding = 1L)
+    let conv2 = torch.nn.Conv2d(32L, 64L, 3L, padding = 1L)
+    let dense = torch.nn.Linear(int64 (64 * (height / 4) * (width / 4)), 128L)
+    let classifier = torch.nn.Linear(128L, int64 classes)
+    do this.RegisterComponents()
+
+    override _.Architecture = Cnn(channels, height, width, classes)
+
+    override _.Classifier = classifier :> torch.nn.Module<Tensor, Tensor>
+
+    override _.ForwardWithFeatures(input: Tensor) =
+        let x = input.reshape(-1L, int64 channels, int64 height, int64 width)
+        let stage1 = torch.nn.functional.max_pool2d(torch.nn.functional.relu (conv1.forward x), 2L)
+        let stage2 = torch.nn.functional.max_pool2d(torch.nn.functional.relu (conv2.forward stage1), 2L)
+        let embedding = torch.nn.functional.relu (dense.forward (stage2.flatten 1L))
+        { Logits = classifier.forward embedding; Features = [ stage1; stage2; embedding ] }
+
+    override this.forward(input: Tensor) = (this.ForwardWithFeatures input).Logits
+
+/// ResNet's basic block: two 3×3 convolutions with batch normalisation and a shortcut (a 1×1
+/// convolution with batch normalisation when the stride or the width changes).
+type BasicBlock(inPlanes: int, planes: int, stride: int) as this =
+    inherit torch.nn.Module<Tensor, Tensor>("basic_block")
+    let conv1 = torch.nn.Conv2d(int64 inPlanes, int64 planes, 3L, stride = int64 stride, padding = 1L, bias = false)
+    let bn1 = torch.nn.BatchNorm2d(int64 planes)
+    let conv2 = torch.nn.Conv2d(int64 planes, int64 planes, 3L, padding = 1L, bias = false)
+    let bn2 = torch.nn.BatchNorm2d(int64 planes)
+    let shortcut =
+        if stride <> 1 || inPlanes <> planes then
+            Some(torch.nn.Conv2d(int64 inPlanes, int64 planes, 1L, stride = int64 stride, bias = false), torch.nn.BatchNorm2d(int64 planes))
+        else None
+    do
+        this.register_module ("conv1", conv1)
+        this.register_module ("bn1", bn1)
+        this.register_module ("conv2", conv2)
+        this.register_module ("bn2", bn2)
+        match shortcut with
+        | Some(conv, bn) ->
+            this.register_module ("shortcut_conv", conv)
+            this.register_module ("shortcut_bn", bn)
+        | None -> ()
+
+    override _.forward(x: Tensor) =
+        let out = torch.nn.functional.relu (bn1.forward (conv1.forward x))
+        let out = bn2.forward (conv2.forward out)
+        let skip =
+            match shortcut with
+            | Some(conv, bn) -> bn.forward (conv.forward x)
+            | None -> x
+        torch.nn.functional.relu (out.add skip)
+
+/// The reduced ResNet-18: features are the four stages' maps and the pooled embedding (8 ×
+/// baseFilters wide). Inputs arrive flattened and are reshaped to [n, C, H, W].
+type ResNet18Backbone(channels: int, height: int, width: int, baseFilters: int, classes: int) as this =
+    inherit Backbone("resnet18")
+    let stem = torch.nn.Conv2d(int64 channels, int64 baseFilters, 3L, padding = 1L, bias = false)
+    let stemBn = torch.nn.BatchNorm2d(int64 baseFilters)
+    let stage (inPlanes: int) (planes: int) (stride: int) =
+        new ModuleList<BasicBlock>([| new BasicBlock(inPlanes, planes, stride); new BasicBlock(planes, planes, 1) |])
+    let f = baseFilters
+    let layer1 = stage f f 1
+    let layer2 = stage f (2 * f) 2
+    let layer3 = stage (2 * f) (4 * f) 2
+    let layer4 = stage (4 * f) (8 * f) 2
+    let classifier = torch.nn.Linear(int64 (8 * f), int64 classes)
+    do this.RegisterComponents()
+
+    override _.Architecture = ResNet18(channels, height, width, baseFilters, classes)
+
+    override _.Classifier = classifier :> torch.nn.Module<Tensor, Tensor>
+
+    override _.ForwardWithFeatures(input: Tensor) =
+        let x = input.reshape(-1L, int64 channels, int64 height, int64 width)
+        let mutable h = torch.nn.functional.relu (stemBn.forward (stem.forward x))
+        let stages = ResizeArray()
+        for layer in [ layer1; layer2; layer3; layer4 ] do
+            for block in layer do
+                h <- block.forward h
+            stages.Add h
+        let embedding = torch.nn.functional.adaptive_avg_pool2d(h, 1L).flatten 1L
+        { Logits = classifier.forward embedding; Features = List.ofSeq stages @ [ embedding ] }
+
+    override this.forward(input: Tensor) = (this.ForwardWithFeatures input).Logits
+
 /// Building backbones.
 [<RequireQualifiedAccess>]
 module Backbones =
@@ -66,6 +161,9 @@ module Backbones =
     let create (architecture: Architecture) : Backbone =
         match architecture with
         | Mlp(inputs, hidden, classes) -> new MlpBackbone(inputs, hidden, classes) :> Backbone
+        | Cnn(channels, height, width, classes) -> new CnnBackbone(channels, height, width, classes) :> Backbone
+        | ResNet18(channels, height, width, baseFilters, classes) ->
+            new ResNet18Backbone(channels, height, width, baseFilters, classes) :> Backbone
 
     /// A frozen copy of a backbone on a device (no gradients, eval mode): the old model snapshot of
     /// distillation. Torch's global generator is left as it was, so taking a snapshot never changes
@@ -94,6 +192,20 @@ module Backbones =
     let describe (architecture: Architecture) =
         match architecture with
         | Mlp(i, h, c) -> "mlp " + String.concat "-" (List.map string (i :: h @ [ c ]))
+        | Cnn(ch, h, w, c) -> sprintf "cnn %dx%dx%d-conv32-conv64-128-%d" ch h w c
+        | ResNet18(ch, h, w, f, c) -> sprintf "resnet18 %dx%dx%d nf %d-%d" ch h w f c
+
+    /// The backbone names of the command line.
+    let names = [ "mlp"; "cnn"; "resnet18" ]
+
+    /// The architecture a backbone name denotes for inputs of (channels, height, width) and a number
+    /// of classes: the reference MLP 100-100, the small CNN, or the reduced ResNet-18 with 20 filters.
+    let ofName (name: string) (channels: int, height: int, width: int) (classes: int) : Architecture =
+        match name.Trim().ToLowerInvariant() with
+        | "mlp" -> Mlp(channels * height * width, [ 100; 100 ], classes)
+        | "cnn" -> Cnn(channels, height, width, classes)
+        | "resnet18" -> ResNet18(channels, height, width, 20, classes)
+        | other -> invalidArg (nameof name) (sprintf "unknown backbone '%s' (expected one of: %s)" other (String.concat ", " names))
 
     /// Number of trainable scalars in a module.
     let parameterCount (model: torch.nn.Module) =

@@ -51,6 +51,7 @@ module Results =
         w.WriteNumber("temperature", c.Temperature)
         w.WriteBoolean("lwfBalance", c.LwfBalance)
         w.WriteNumber("subspaceDim", c.SubspaceDim)
+        w.WriteString("backbone", c.Backbone)
         w.WriteEndObject()
 
     /// The configuration as canonical JSON (fixed field order), the input of the configuration hash.
