@@ -197,6 +197,46 @@ let distillTests =
     ]
 
 [<Tests>]
+let memoryTests =
+    testSequenced <| testList "strategies.distillation.memory" [
+        testCase "live tensors stay flat over many steps with LwF, iCaRL and every --distill term" <| fun () ->
+            let cases =
+                [ yield "lwf", DistillationStrategies.lwf DistillationStrategies.lwfDefaults 0L
+                  yield "icarl", DistillationStrategies.icarl 20
+                  for (kind, name) in DistillationKind.all ->
+                      "der + " + name,
+                      Strategies.der 40 10 0.3
+                      |> DistillationStrategies.withDistillation { Kind = kind; Weight = 1.0; Temperature = 2.0; SubspaceDim = 2; RelationSamples = 32 } ]
+            for (name, strategy) in cases do
+                let first, second = syntheticSet 20L [ 0; 1 ] 10, syntheticSet 21L [ 2; 3 ] 10
+                let benchmark =
+                    { Name = "synthetic"; InputShape = (1, 1, features); NumClasses = 10; Train = first; Test = first
+                      Tasks = [ { Index = 0; Classes = [ 0; 1 ] }; { Index = 1; Classes = [ 2; 3 ] } ] }
+                let settings =
+                    { LearningRate = 0.05; BatchSize = 10; Epochs = 1; WeightDecay = 0.0; Seed = 0L; Device = torch.CPU; ProgressEvery = 1000 }
+                let mutable state = Training.initialise architecture benchmark strategy settings
+                let batchOf (set: LabelledSet) task =
+                    { Inputs = set.Inputs.narrow(0L, 0L, 10L); Labels = set.Labels.narrow(0L, 0L, 10L); LabelArray = Array.sub set.LabelArray 0 10; Task = task }
+                let b0, b1 = batchOf first 0, batchOf second 1
+                let transition f = state <- { state with Extensions = state.Extensions |> List.map f }
+                transition (fun e -> e.BeginTask(context state.Model 0 first))
+                for _ in 1 .. 5 do state <- snd (Training.step strategy b0 state)
+                transition (fun e -> e.EndTask(context state.Model 0 first))
+                transition (fun e -> e.BeginTask(context state.Model 1 second))
+                let live () = DisposeScopeManager.Statistics.ThreadTotalLiveCount
+                for _ in 1 .. 10 do state <- snd (Training.step strategy b1 state)
+                let before = live ()
+                for _ in 1 .. 100 do state <- snd (Training.step strategy b1 state)
+                Expect.isLessThanOrEqual (live ()) before (name + ": no tensor outlives its step")
+                Training.dispose state
+                for b in [ b0; b1 ] do
+                    b.Inputs.Dispose()
+                    b.Labels.Dispose()
+                disposeSet first
+                disposeSet second
+    ]
+
+[<Tests>]
 let endToEndTests =
     testSequenced <| testList "strategies.distillation.end-to-end" [
         testCase "lwf, icarl and der --distill sd run on a small Split Fashion-MNIST; iCaRL scores no class it has not seen" <| fun () ->
