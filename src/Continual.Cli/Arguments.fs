@@ -25,13 +25,25 @@ type RunArgs =
     | Repeat of count: int
     | Strategies of names: string
     | Seeds of seeds: string
+    | Penalty of name: string
+    | Lambda of strength: float
+    | Gamma of decay: float
+    | Xi of damping: float
+    | Fisher_Alpha of weight: float
+    | Score_Every of steps: int
+    | Epsilon of epsilon: float
+    | Slices of count: int
+    | Scp_Alpha of weight: float
+    | Scp_Batch of size: int
+    | Fisher of kind: string
+    | Clip_Grad of value: float
 
     interface IArgParserTemplate with
         member this.Usage =
             match this with
             | Benchmark _ -> "benchmark: split-fmnist (default) or split-mnist."
             | Data _ -> "folder with the four IDX files (default /usr/share/datasets/fashion-mnist)."
-            | Strategy _ -> "sgd, joint, er, der or derpp (default derpp)."
+            | Strategy _ -> "sgd, joint, er, der, derpp, ewc, ewc-online, ewc++, si, mas, rwalk or scp (default derpp)."
             | Buffer _ -> "replay buffer size (default 500; the reference settings exist for 200, 500, 5120)."
             | Seed _ -> "random seed (default 0)."
             | Lr _ -> "learning rate (default: the reference setting of the strategy and buffer)."
@@ -50,6 +62,18 @@ type RunArgs =
             | Repeat _ -> "bench only: number of whole runs to time (default 1)."
             | Strategies _ -> "compare only: comma-separated strategies (default sgd,joint,er,der,derpp)."
             | Seeds _ -> "compare only: comma-separated seeds (default 0,1,2)."
+            | Penalty _ -> "add an importance penalty to the strategy: ewc, ewc-online, ewc++, si, mas, rwalk or scp (e.g. derpp with si)."
+            | Lambda _ -> "importance penalty strength λ, SI's c (default: the method's, see docs/importance.md)."
+            | Gamma _ -> "online EWC's Fisher decay γ (default 1)."
+            | Xi _ -> "SI's damping ξ (default 0.9)."
+            | Fisher_Alpha _ -> "EWC++/RWalk: weight α of the batch Fisher in the running average (default 0.9)."
+            | Score_Every _ -> "RWalk: steps per path-score window (default 10)."
+            | Epsilon _ -> "RWalk's ε in the score's denominator (default 1.19e-7)."
+            | Slices _ -> "SCP: random slices per batch (default 50)."
+            | Scp_Alpha _ -> "SCP: weight α of the old Γ across tasks (default 0.5)."
+            | Scp_Batch _ -> "SCP: samples per batch mean (default 100)."
+            | Fisher _ -> "Fisher labels: true (sampled), empirical or weighted (default: the method's)."
+            | Clip_Grad _ -> "clip every gradient element to [-c, c] before the step (default: 1 for si, none otherwise)."
 
 /// The commands of the tool.
 [<RequireSubcommand>]
@@ -57,6 +81,7 @@ type Command =
     | [<CliPrefix(CliPrefix.None)>] Run of ParseResults<RunArgs>
     | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<RunArgs>
     | [<CliPrefix(CliPrefix.None)>] Compare of ParseResults<RunArgs>
+    | [<CliPrefix(CliPrefix.None)>] Bench_Penalties of ParseResults<RunArgs>
     | Version
 
     interface IArgParserTemplate with
@@ -65,4 +90,5 @@ type Command =
             | Run _ -> "train a strategy on a benchmark, print the accuracy matrices and write results."
             | Bench _ -> "time a whole run: wall time, steps per second, peak memory."
             | Compare _ -> "run several strategies over several seeds and print mean and spread (--strategies, --seeds)."
+            | Bench_Penalties _ -> "time each importance estimator on a 12,000-image task and each penalty's step overhead against plain SGD."
             | Version -> "print the version."

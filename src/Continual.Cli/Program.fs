@@ -19,7 +19,7 @@ exception private UsageProblem of string list
 let configOf (args: ParseResults<RunArgs>) (strategyOverride: string option) (seedOverride: int64 option) =
     let strategy = (defaultArg strategyOverride (args.GetResult(Strategy, defaultValue = "derpp"))).Trim().ToLowerInvariant()
     let buffer = args.GetResult(Buffer, defaultValue = 500)
-    let d = Experiment.defaults strategy buffer
+    let d = Experiment.defaults strategy buffer |> Experiment.withPenalty (args.TryGetResult Penalty)
     let benchmark = args.GetResult(Benchmark, defaultValue = d.Benchmark)
     { d with
         Benchmark = benchmark
@@ -36,11 +36,23 @@ let configOf (args: ParseResults<RunArgs>) (strategyOverride: string option) (se
         Device = args.GetResult(Device, defaultValue = d.Device)
         Threads = args.GetResult(Threads, defaultValue = d.Threads)
         TrainPerClass = args.TryGetResult Train_Per_Class
-        TestPerClass = args.TryGetResult Test_Per_Class }
+        TestPerClass = args.TryGetResult Test_Per_Class
+        Lambda = args.GetResult(Lambda, defaultValue = d.Lambda)
+        Gamma = args.GetResult(Gamma, defaultValue = d.Gamma)
+        Xi = args.GetResult(Xi, defaultValue = d.Xi)
+        FisherAlpha = args.GetResult(Fisher_Alpha, defaultValue = d.FisherAlpha)
+        ScoreEvery = args.GetResult(Score_Every, defaultValue = d.ScoreEvery)
+        Epsilon = args.GetResult(Epsilon, defaultValue = d.Epsilon)
+        Slices = args.GetResult(Slices, defaultValue = d.Slices)
+        ScpAlpha = args.GetResult(Scp_Alpha, defaultValue = d.ScpAlpha)
+        ScpBatch = args.GetResult(Scp_Batch, defaultValue = d.ScpBatch)
+        Fisher = args.GetResult(Fisher, defaultValue = d.Fisher)
+        ClipGrad = (match args.TryGetResult Clip_Grad with Some c -> Some c | None -> d.ClipGrad) }
 
 let private defaultOut (config: ExperimentConfig) =
     let buffer = if config.BufferSize > 0 then sprintf "-%d" config.BufferSize else ""
-    Path.Combine("runs", sprintf "%s-%s%s-s%d" config.Benchmark config.Strategy buffer config.Seed)
+    let penalty = match config.Penalty with Some p -> "+" + p | None -> ""
+    Path.Combine("runs", sprintf "%s-%s%s%s-s%d" config.Benchmark config.Strategy buffer penalty config.Seed)
 
 /// Checks a configuration and that its data files are there, before any work starts.
 let private check (config: ExperimentConfig) =
@@ -155,6 +167,11 @@ let main argv =
         | Run args -> runCommand args
         | Bench args -> benchCommand args
         | Compare args -> compareCommand args
+        | Bench_Penalties args ->
+            refuse args "bench-penalties" [ Strategy ""; Strategies ""; Seeds ""; Penalty ""; Buffer 0; Repeat 0 ]
+            let config = configOf args (Some "sgd") None
+            check config
+            BenchPenalties.run config (args.TryGetResult Out)
         | Version ->
             printfn "continual %s" (typeof<ExperimentConfig>.Assembly.GetName().Version.ToString())
             0

@@ -25,7 +25,31 @@ type ExperimentConfig =
       /// Use at most this many training examples per class (None: all).
       TrainPerClass: int option
       /// Use at most this many test examples per class (None: all).
-      TestPerClass: int option }
+      TestPerClass: int option
+      /// An importance penalty added to the strategy's loss (e.g. "si" on derpp), None for none.
+      Penalty: string option
+      /// Importance penalty strength λ (SI's c).
+      Lambda: float
+      /// Online EWC's decay γ.
+      Gamma: float
+      /// SI's damping ξ.
+      Xi: float
+      /// EWC++ and RWalk's running-Fisher weight α of the new batch.
+      FisherAlpha: float
+      /// RWalk: steps per path-score window.
+      ScoreEvery: int
+      /// RWalk's ε.
+      Epsilon: float
+      /// SCP: random slices per batch.
+      Slices: int
+      /// SCP's α (weight of the old Γ).
+      ScpAlpha: float
+      /// SCP: samples per batch mean.
+      ScpBatch: int
+      /// The Fisher's labels: "true" (sampled), "empirical" or "weighted".
+      Fisher: string
+      /// Clip every gradient element to [-c, c] before the step (SI's protocol), None for no clipping.
+      ClipGrad: float option }
 
 /// A finished run: its configuration, accuracy matrices, metrics and timings.
 type ExperimentResult =
@@ -41,7 +65,49 @@ type ExperimentResult =
 module Experiment =
 
     /// The strategies this build knows.
-    let strategyNames = [ "sgd"; "joint"; "er"; "der"; "derpp" ]
+    let strategyNames = [ "sgd"; "joint"; "er"; "der"; "derpp" ] @ ImportanceStrategies.names
+
+    /// Whether a strategy is a parameter-importance method.
+    let isImportance (strategy: string) = List.contains strategy ImportanceStrategies.names
+
+    /// The importance hyper-parameters of a method (or neutral values for "none"): METHODS.md's
+    /// reference settings for online EWC (λ 90, γ 1, p-weighted Fisher) and SI (c 1, ξ 0.9, clipping
+    /// at 1); documented values elsewhere (EWC++/RWalk α 0.9 and RWalk's 10-step windows and ε as in
+    /// Chaudhry et al. and Avalanche; SCP's 50 slices and α 0.5 as in Kolouri et al.'s code); λ of EWC,
+    /// EWC++, MAS, RWalk and SCP chosen on seed 10 of Split Fashion-MNIST (docs/importance.md).
+    let importanceDefaults (method: string) (config: ExperimentConfig) : ExperimentConfig =
+        let neutral =
+            { config with
+                Lambda = 0.0
+                Gamma = 1.0
+                Xi = 0.9
+                FisherAlpha = 0.9
+                ScoreEvery = 10
+                // float32 machine epsilon, as torch.finfo(float32).eps (Avalanche's RWalk).
+                Epsilon = 1.1920928955078125e-7
+                Slices = 50
+                ScpAlpha = 0.5
+                ScpBatch = 100
+                Fisher = "empirical"
+                ClipGrad = None }
+        match method with
+        | "ewc" -> { neutral with Lambda = 100.0; Fisher = "true" }
+        | "ewc-online" -> { neutral with Lambda = 90.0; Fisher = "weighted" }
+        | "ewc++" -> { neutral with Lambda = 100.0 }
+        | "si" -> { neutral with Lambda = 1.0; ClipGrad = Some 1.0 }
+        | "mas" -> { neutral with Lambda = 1.0 }
+        | "rwalk" -> { neutral with Lambda = 1.0 }
+        | "scp" -> { neutral with Lambda = 100.0 }
+        | _ -> neutral
+
+    /// Adds an importance penalty to a configuration's strategy, with that method's default
+    /// hyper-parameters (clipping stays as the strategy has it); None leaves the configuration as is.
+    let withPenalty (penalty: string option) (config: ExperimentConfig) : ExperimentConfig =
+        match penalty with
+        | None -> config
+        | Some name ->
+            let name = name.Trim().ToLowerInvariant()
+            { importanceDefaults name config with Penalty = Some name; ClipGrad = config.ClipGrad }
 
     /// The benchmarks this build knows.
     let benchmarkNames = [ "split-fmnist"; "split-mnist" ]
@@ -66,6 +132,7 @@ module Experiment =
             | "derpp", 200 -> 0.03, 128, 0.2, 1.0
             | "derpp", 500 -> 0.03, 10, 1.0, 0.5
             | "derpp", _ -> 0.1, 64, 0.2, 0.5
+            | "si", _ -> 0.1, 10, 0.0, 0.0
             | _ -> 0.03, 10, 0.0, 0.0
         { Benchmark = "split-fmnist"
           DataFolder = Benchmarks.defaultFashionMnistFolder
@@ -82,7 +149,20 @@ module Experiment =
           Device = "cpu"
           Threads = 1
           TrainPerClass = None
-          TestPerClass = None }
+          TestPerClass = None
+          Penalty = None
+          Lambda = 0.0
+          Gamma = 1.0
+          Xi = 0.9
+          FisherAlpha = 0.9
+          ScoreEvery = 10
+          Epsilon = 0.0
+          Slices = 50
+          ScpAlpha = 0.5
+          ScpBatch = 100
+          Fisher = "empirical"
+          ClipGrad = None }
+        |> importanceDefaults strategy
 
     /// Everything wrong with a configuration, as messages a user can act on (empty when it is valid).
     let validate (config: ExperimentConfig) : string list =
@@ -109,19 +189,62 @@ module Experiment =
           match config.TestPerClass with
           | Some n when n <= 0 -> sprintf "--test-per-class must be positive (got %d)" n
           | _ -> ()
+          match config.Penalty with
+          | Some p when not (isImportance p) ->
+              sprintf "unknown penalty '%s' (expected one of: %s)" p (String.concat ", " ImportanceStrategies.names)
+          | Some p when isImportance config.Strategy ->
+              sprintf "--penalty %s cannot be added to %s, itself an importance method (one per run)" p config.Strategy
+          | Some p when config.Strategy = "joint" -> sprintf "--penalty %s has no effect on joint (a single task)" p
+          | _ -> ()
+          if config.Lambda < 0.0 || System.Double.IsNaN config.Lambda || System.Double.IsInfinity config.Lambda then
+              sprintf "--lambda must be a non-negative number (got %g)" config.Lambda
+          if config.Gamma < 0.0 || System.Double.IsNaN config.Gamma then sprintf "--gamma must not be negative (got %g)" config.Gamma
+          if not (config.Xi > 0.0) then sprintf "--xi must be positive (got %g)" config.Xi
+          if not (config.FisherAlpha >= 0.0 && config.FisherAlpha <= 1.0) then
+              sprintf "--fisher-alpha must be in [0, 1] (got %g)" config.FisherAlpha
+          if config.ScoreEvery <= 0 then sprintf "--score-every must be positive (got %d)" config.ScoreEvery
+          if not (config.Epsilon > 0.0) then sprintf "--epsilon must be positive (got %g)" config.Epsilon
+          if config.Slices <= 0 then sprintf "--slices must be positive (got %d)" config.Slices
+          if not (config.ScpAlpha >= 0.0 && config.ScpAlpha < 1.0) then sprintf "--scp-alpha must be in [0, 1) (got %g)" config.ScpAlpha
+          if config.ScpBatch <= 0 then sprintf "--scp-batch must be positive (got %d)" config.ScpBatch
+          if not (List.contains (config.Fisher.Trim().ToLowerInvariant()) Penalties.FisherKind.names) then
+              sprintf "unknown Fisher kind '%s' (expected one of: %s)" config.Fisher (String.concat ", " Penalties.FisherKind.names)
+          match config.ClipGrad with
+          | Some c when not (c > 0.0) -> sprintf "--clip-grad must be positive (got %g)" c
+          | _ -> ()
           let device = config.Device.Trim().ToLowerInvariant()
           if device <> "cpu" && not (device.StartsWith "cuda") then
               sprintf "unknown device '%s' (expected cpu or cuda)" config.Device ]
 
-    /// The strategy a configuration names, with its hyper-parameters.
+    /// The importance settings of a configuration.
+    let importanceSettings (config: ExperimentConfig) : ImportanceSettings =
+        { Lambda = config.Lambda
+          Gamma = config.Gamma
+          Xi = config.Xi
+          FisherAlpha = config.FisherAlpha
+          ScoreEvery = config.ScoreEvery
+          Epsilon = config.Epsilon
+          Slices = config.Slices
+          ScpAlpha = config.ScpAlpha
+          ScpBatch = config.ScpBatch
+          Fisher = Penalties.FisherKind.parse config.Fisher
+          Seed = config.Seed }
+
+    /// The strategy a configuration names, with its hyper-parameters (and its added penalty, if any).
     let strategy (config: ExperimentConfig) : Strategy =
-        match config.Strategy with
-        | "sgd" -> Strategies.sgd
-        | "joint" -> Strategies.joint
-        | "er" -> Strategies.er config.BufferSize config.Minibatch
-        | "der" -> Strategies.der config.BufferSize config.Minibatch config.Alpha
-        | "derpp" -> Strategies.derpp config.BufferSize config.Minibatch config.Alpha config.Beta
-        | other -> invalidArg (nameof config) (sprintf "unknown strategy '%s'" other)
+        let baseStrategy =
+            match config.Strategy with
+            | "sgd" -> Strategies.sgd
+            | "joint" -> Strategies.joint
+            | "er" -> Strategies.er config.BufferSize config.Minibatch
+            | "der" -> Strategies.der config.BufferSize config.Minibatch config.Alpha
+            | "derpp" -> Strategies.derpp config.BufferSize config.Minibatch config.Alpha config.Beta
+            | name when isImportance name -> ImportanceStrategies.strategy name (importanceSettings config) None
+            | other -> invalidArg (nameof config) (sprintf "unknown strategy '%s'" other)
+        let clipped = match config.ClipGrad with Some c -> { baseStrategy with ClipGradValue = Some c } | None -> baseStrategy
+        match config.Penalty with
+        | Some name -> clipped |> Strategies.withExtension (ImportanceStrategies.extension name (importanceSettings config))
+        | None -> clipped
 
     /// Loads the benchmark a configuration names, restricted per class when asked.
     let loadBenchmark (config: ExperimentConfig) : Benchmark =

@@ -145,7 +145,7 @@ module Training =
         match strategy.ClipGradValue with
         | Some c -> torch.nn.utils.clip_grad_value_(state.Model.parameters (), c)
         | None -> ()
-        let extensions = state.Extensions |> List.map (fun e -> e.AfterBackward state.Model)
+        let extensions = state.Extensions |> List.map (fun e -> e.AfterBackwardOn view)
         state.Optimiser.step () |> ignore
         let extensions = extensions |> List.map (fun e -> e.AfterStep state.Model)
         let buffer =
