@@ -69,9 +69,17 @@ let tests =
             let rng = Random.create (int64 c.Seed)
             for kind in [ Sampled; Empirical; LabelWeighted ] do
                 let fisher, _ = Estimate.fisher kind model data torch.CPU rng
-                // The reference draws the same labels from the same generator, then goes one sample at a time.
-                let logits = (use _ = torch.no_grad () in model.forward data.Inputs)
-                let objective, _ = Estimate.fisherLabels kind logits (data.LabelArray |> Array.map int64) rng
+                // The reference goes one sample at a time; the "true" Fisher's labels are the same draws
+                // from the same generator.
+                let labels = data.LabelArray |> Array.map int64
+                let objective =
+                    match kind with
+                    | Empirical -> NegativeLogLikelihood(labels, false)
+                    | LabelWeighted -> NegativeLogLikelihood(labels, true)
+                    | Sampled ->
+                        let logits = (use _ = torch.no_grad () in model.forward data.Inputs)
+                        let probabilities = torch.nn.functional.softmax(logits, 1L)
+                        fst (Draws.categorical probabilities rng) |> fun drawn -> NegativeLogLikelihood(drawn, false)
                 let reference = PerSample.loopSums model data.Inputs objective Squares |> List.map (fun t -> t.div((float c.Samples).ToScalar()))
                 sameStatistics (sprintf "Fisher %A" kind) reference fisher
             true))
