@@ -66,7 +66,7 @@ type RunArgs =
             | Lambda _ -> "importance penalty strength λ, SI's c (default: the method's, see docs/importance.md)."
             | Gamma _ -> "online EWC's Fisher decay γ (default 1)."
             | Xi _ -> "SI's damping ξ (default 0.9)."
-            | Fisher_Alpha _ -> "EWC++/RWalk: weight α of the batch Fisher in the running average (default 0.9)."
+            | Fisher_Alpha _ -> "EWC++/RWalk: weight α of the batch Fisher in the running average (default 0.001 for ewc++, 0.9 for rwalk)."
             | Score_Every _ -> "RWalk: steps per path-score window (default 10)."
             | Epsilon _ -> "RWalk's ε in the score's denominator (default 1.19e-7)."
             | Slices _ -> "SCP: random slices per batch (default 50)."

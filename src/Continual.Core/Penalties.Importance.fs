@@ -171,20 +171,25 @@ module Estimate =
             sums <- accumulate sums batch
         finish model data.Count sums, r
 
-    /// The diagonal Fisher of one training batch from the step's own activations (EWC++, RWalk).
-    /// `activations` are the inputs of each linear layer of an MLP; other backbones redo the forward
-    /// pass one sample at a time. The result belongs to the caller's dispose scope.
-    let batchFisher (kind: FisherKind) (model: Backbone) (inputs: Tensor) (activations: Tensor list) (logits: Tensor) (labels: int64[]) (rng: RandomState) : Tensor list * RandomState =
-        use scope = torch.NewDisposeScope()
+    /// The sums over one training batch of squared per-sample gradients of log p(y|x) (the batch
+    /// Fisher times the batch size), from the step's own activations (EWC++, RWalk). `activations` are
+    /// the inputs of each linear layer of an MLP; other backbones redo the forward pass one sample at
+    /// a time. The result belongs to the caller's dispose scope.
+    let batchFisherSums (kind: FisherKind) (model: Backbone) (inputs: Tensor) (activations: Tensor list) (logits: Tensor) (labels: int64[]) (rng: RandomState) : Tensor list * RandomState =
         let objective, rng' = fisherLabels kind logits labels rng
-        let n = float labels.Length
         let sums =
             match PerSample.chain model with
             | Some c when activations.Length = c.Layers.Length ->
                 PerSample.chainSums c (activations |> List.map (fun a -> a.detach ())) (logits.detach ()) objective Squares
             | _ -> PerSample.loopSums model inputs objective Squares
+        sums, rng'
+
+    /// The diagonal Fisher of one training batch (`batchFisherSums` divided by the batch size).
+    let batchFisher (kind: FisherKind) (model: Backbone) (inputs: Tensor) (activations: Tensor list) (logits: Tensor) (labels: int64[]) (rng: RandomState) : Tensor list * RandomState =
+        let sums, rng' = batchFisherSums kind model inputs activations logits labels rng
         use _ = torch.no_grad ()
-        sums |> List.map (fun s -> s.div(n.ToScalar()).MoveToOuterDisposeScope()), rng'
+        let n = float labels.Length
+        sums |> List.map (fun s -> let m = s.div(n.ToScalar()) in s.Dispose(); m), rng'
 
     /// MAS importance `mean_n |∂ ||f(x_n)||² / ∂θ|` over a data set (no labels needed).
     let mas (model: Backbone) (data: LabelledSet) (device: Device) : Tensor list =
@@ -423,16 +428,22 @@ module Importance =
     /// EWC++'s initial state (the running Fisher starts at zero on the first batch).
     let ewcPlusPlusInitial (rng: RandomState) : EwcPlusPlusState = { Running = None; Penalty = None; Rng = rng }
 
-    /// The running Fisher's update `F ← α F_batch + (1 − α) F`, in place (zero before the first batch).
-    let updateRunning (alpha: float) (batchFisher: Tensor list) (running: Tensor list option) : Tensor list =
-        let r = match running with Some r -> r | None -> ParameterTensors.zerosLike batchFisher
+    /// The running Fisher's update `F ← α F_batch + (1 − α) F` with `F_batch = sums / count`, in place
+    /// (zero before the first batch).
+    let updateRunningFromSums (alpha: float) (sums: Tensor list) (count: int) (running: Tensor list option) : Tensor list =
+        let r = match running with Some r -> r | None -> ParameterTensors.zerosLike sums
         use _ = torch.no_grad ()
-        List.iter2 (fun (f: Tensor) (b: Tensor) -> f.mul_((1.0 - alpha).ToScalar()).add_(b, alpha.ToScalar()) |> ignore) r batchFisher
+        let weight = alpha / float count
+        List.iter2 (fun (f: Tensor) (b: Tensor) -> f.mul_((1.0 - alpha).ToScalar()).add_(b, weight.ToScalar()) |> ignore) r sums
         r
 
-    /// EWC++ after a step's backward: the batch Fisher enters the running average.
-    let ewcPlusPlusObserve (alpha: float) (batchFisher: Tensor list) (state: EwcPlusPlusState) : EwcPlusPlusState =
-        { state with Running = Some(updateRunning alpha batchFisher state.Running) }
+    /// The running Fisher's update `F ← α F_batch + (1 − α) F`, in place (zero before the first batch).
+    let updateRunning (alpha: float) (batchFisher: Tensor list) (running: Tensor list option) : Tensor list =
+        updateRunningFromSums alpha batchFisher 1 running
+
+    /// EWC++ after a step's backward: the batch Fisher (`sums / count`) enters the running average.
+    let ewcPlusPlusObserve (alpha: float) (batchSums: Tensor list) (count: int) (state: EwcPlusPlusState) : EwcPlusPlusState =
+        { state with Running = Some(updateRunningFromSums alpha batchSums count state.Running) }
 
     /// EWC++ at a task end: the penalty freezes the running Fisher with θ* = θ.
     let ewcPlusPlusEndTask (lambda: float) (parameters: Tensor list) (state: EwcPlusPlusState) : EwcPlusPlusState =
@@ -529,13 +540,13 @@ module Importance =
             WindowSteps = 0
             LearningRate = learningRate }
 
-    /// RWalk after a step's backward: the batch Fisher enters the running average and `lr g²` the
-    /// window's loss change.
-    let rwalkObserve (alpha: float) (batchFisher: Tensor list) (gradients: Tensor list) (state: RwalkState) : RwalkState =
+    /// RWalk after a step's backward: the batch Fisher (`sums / count`) enters the running average and
+    /// `lr g²` the window's loss change.
+    let rwalkObserve (alpha: float) (batchSums: Tensor list) (count: int) (gradients: Tensor list) (state: RwalkState) : RwalkState =
         match state.WindowLoss with
         | Some loss ->
             accumulatePath state.LearningRate gradients loss
-            { state with Running = Some(updateRunning alpha batchFisher state.Running) }
+            { state with Running = Some(updateRunningFromSums alpha batchSums count state.Running) }
         | None -> invalidOp "RWalk observed a step before its task began"
 
     /// Closes the open window: its score is added to the task's scores; a new window starts at θ.

@@ -149,18 +149,21 @@ module Quadratic =
         let flat = concatenate parameters
         if flat.shape.[0] <> q.Anchor.shape.[0] then
             invalidArg (nameof parameters) (sprintf "%d parameters where the penalty has %d" flat.shape.[0] q.Anchor.shape.[0])
-        let g, half =
+        let g, v =
             use _ = torch.no_grad ()
             use d = flat.sub q.Anchor
             let g = d.mul q.Curvature
-            use v = g.dot d
-            g, (if q.Offset = 0.0 then v.mul(0.5.ToScalar()) else (use h = v.mul(0.5.ToScalar()) in h.add(q.Offset.ToScalar())))
+            g, g.dot d
         use s = flat.dot g
         g.Dispose()
         flat.Dispose()
         use attached = s.sub(s.detach())
-        use _ = half
-        attached.add half
+        use _ = v
+        let value = attached.add(v, 0.5.ToScalar())
+        if q.Offset = 0.0 then value
+        else
+            use _ = value
+            value.add(q.Offset.ToScalar())
 
     /// Frees the tensors of a prepared penalty.
     let dispose (q: Quadratic) =

@@ -91,10 +91,10 @@ module ImportanceStrategies =
 
     let private parametersOf (model: Backbone) = PerSample.parameters model
 
-    let private batchFisher (kind: FisherKind) (view: StepView) (rng: RandomState) =
+    let private batchFisherSums (kind: FisherKind) (view: StepView) (rng: RandomState) =
         let activations = view.Batch.Inputs :: view.Output.Features
         let labels = view.Batch.LabelArray |> Array.map int64
-        Estimate.batchFisher kind view.Model view.Batch.Inputs activations view.Output.Logits labels rng
+        Estimate.batchFisherSums kind view.Model view.Batch.Inputs activations view.Output.Logits labels rng
 
     let private rngOf (settings: ImportanceSettings) = Random.split 3L (Random.create settings.Seed)
 
@@ -124,8 +124,8 @@ module ImportanceStrategies =
           BeginTask = fun _ s -> s
           Observe =
             Some(fun view s ->
-                let fisher, rng = batchFisher settings.Fisher view s.Rng
-                { Importance.ewcPlusPlusObserve settings.FisherAlpha fisher s with Rng = rng })
+                let sums, rng = batchFisherSums settings.Fisher view s.Rng
+                { Importance.ewcPlusPlusObserve settings.FisherAlpha sums view.Batch.LabelArray.Length s with Rng = rng })
           AfterStep = None
           EndTask = fun c s -> Importance.ewcPlusPlusEndTask settings.Lambda (parametersOf c.Model) s
           Penalty = fun s -> s.Penalty
@@ -157,8 +157,8 @@ module ImportanceStrategies =
           BeginTask = fun c s -> Importance.rwalkBeginTask c.LearningRate (parametersOf c.Model) s
           Observe =
             Some(fun view s ->
-                let fisher, rng = batchFisher settings.Fisher view s.Rng
-                { Importance.rwalkObserve settings.FisherAlpha fisher (Importance.gradients (parametersOf view.Model)) s with Rng = rng })
+                let sums, rng = batchFisherSums settings.Fisher view s.Rng
+                { Importance.rwalkObserve settings.FisherAlpha sums view.Batch.LabelArray.Length (Importance.gradients (parametersOf view.Model)) s with Rng = rng })
           AfterStep = Some(fun model s -> Importance.rwalkAfterStep settings.ScoreEvery settings.Epsilon (parametersOf model) s)
           EndTask = fun c s -> Importance.rwalkEndTask settings.Lambda settings.Epsilon (parametersOf c.Model) s
           Penalty = fun s -> s.Penalty

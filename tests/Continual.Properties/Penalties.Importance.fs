@@ -174,7 +174,7 @@ let tests =
                 for _ in 1 .. steps do
                     tensorStep w false p
                     use g2 = p.grad.square ()
-                    state <- Importance.rwalkObserve alpha [ g2 ] [ p.grad ] state
+                    state <- Importance.rwalkObserve alpha [ g2 ] 1 [ p.grad ] state
                     sgdUpdate w.LearningRate p
                     state <- Importance.rwalkAfterStep every epsilon [ p ] state
                 state <- Importance.rwalkEndTask lambda epsilon [ p ] state
