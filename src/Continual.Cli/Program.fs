@@ -149,7 +149,7 @@ let private compareCommand (args: ParseResults<RunArgs>) =
         let taskIl = results |> List.map (fun r -> Metrics.averageAccuracy r.Outcome.TaskIl)
         let (cm, cs), (tm, ts) = Metrics.meanAndSpread classIl, Metrics.meanAndSpread taskIl
         table.AddRow(
-            name,
+            (match runs.Head.Penalty with Some p -> name + "+" + p | None -> name),
             string runs.Head.BufferSize,
             sprintf "%.2f ± %.2f" cm cs,
             sprintf "%.2f ± %.2f" tm ts,
