@@ -146,11 +146,11 @@ let private compareCommand (args: ParseResults<RunArgs>) =
     AnsiConsole.Write table
     0
 
-[<EntryPoint>]
-let main argv =
-    let parser = ArgumentParser.Create<Command>(programName = "continual", errorHandler = ProcessExiter())
-    let parsed = parser.ParseCommandLine(argv, raiseOnUsage = true)
+/// Runs the tool on command-line arguments and returns its exit code (never exits the process).
+let run (argv: string[]) : int =
+    let parser = ArgumentParser.Create<Command>(programName = "continual")
     try
+        let parsed = parser.ParseCommandLine(argv, raiseOnUsage = true)
         match parsed.GetSubCommand() with
         | Run args -> runCommand args
         | Bench args -> benchCommand args
@@ -162,6 +162,15 @@ let main argv =
     | UsageProblem errors ->
         for e in errors do Report.error e
         UsageError
+    | :? ArguParseException as e when e.ErrorCode = ErrorCode.HelpText ->
+        printfn "%s" e.Message
+        0
+    | :? ArguParseException as e ->
+        eprintfn "%s" e.Message
+        UsageError
     | DataFileError(path, reason) ->
         Report.error (sprintf "%s: %s (nothing was written)" path reason)
         1
+
+[<EntryPoint>]
+let main argv = run argv
