@@ -148,6 +148,8 @@ let private compareCommand (args: ParseResults<RunArgs>) =
 
 /// Runs the tool on command-line arguments and returns its exit code (never exits the process).
 let run (argv: string[]) : int =
+    // Tables wrap at 80 columns when output goes to a file or a pipe; results read better wider.
+    if Console.IsOutputRedirected then AnsiConsole.Profile.Width <- 160
     let parser = ArgumentParser.Create<Command>(programName = "continual")
     try
         let parsed = parser.ParseCommandLine(argv, raiseOnUsage = true)
