@@ -68,6 +68,19 @@ internal static class ConfigFields
             converted = target.GetMethod("Some", BindingFlags.Public | BindingFlags.Static)!.Invoke(null, [innerValue]);
             return true;
         }
+        if (target.Assembly != typeof(FSharpOption<>).Assembly && FSharpType.IsUnion(target, null))
+        {
+            // A choice among named cases (e.g. a backbone kind): matched by name like option names are.
+            var cases = FSharpType.GetUnionCases(target, null).Where(c => c.GetFields().Length == 0).ToArray();
+            var match = value is string name ? cases.FirstOrDefault(c => Normalise(c.Name) == Normalise(name)) : null;
+            if (match is null)
+            {
+                error = $"expects one of {string.Join(", ", cases.Select(c => c.Name))} (got {Show(value)})";
+                return false;
+            }
+            converted = FSharpValue.MakeUnion(match, [], null);
+            return true;
+        }
         switch (value)
         {
             case null:

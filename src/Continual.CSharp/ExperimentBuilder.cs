@@ -139,8 +139,9 @@ public sealed class ExperimentBuilder
     public ExperimentBuilder WithOption(string name, double value) => SetByName(name, value);
 
     /// <summary>
-    /// Sets any text (or boolean) field of the configuration by name, e.g. a field naming an extra penalty
-    /// that a strategy adds. See <see cref="WithOption(string, double)"/> for how names match.
+    /// Sets any text, boolean or named-choice field of the configuration by name, e.g. a field naming an
+    /// extra penalty that a strategy adds (numbers written as text are accepted for numeric fields). See
+    /// <see cref="WithOption(string, double)"/> for how names match; choices match their case names the same way.
     /// </summary>
     public ExperimentBuilder WithOption(string name, string value) => SetByName(name, NotNull(value));
 

@@ -24,6 +24,7 @@ internal static class Checks
         ("builder: defaults are the core's reference defaults", DefaultsAreTheCoresDefaults),
         ("builder: every With method sets its field", EveryWithMethodSetsItsField),
         ("builder: WithOption maps names onto real fields", WithOptionMapsOntoFields),
+        ("builder: option values are converted to the field's type or refused", ConversionsToFieldTypes),
         ("builder: immutable", BuilderIsImmutable),
         ("builder: null arguments are refused", NullArgumentsAreRefused),
         ("validate: bad options are rejected with messages", ValidationRejectsBadOptions),
@@ -198,6 +199,47 @@ internal static class Checks
         Assert.Contains("'fast'", bad);
         Assert.Equal(4, bad.Count);
         Assert.True(ExperimentBuilder.OptionNames.Contains("LearningRate"));
+        return Task.CompletedTask;
+    }
+
+    private static object? Convert(object? value, Type target)
+    {
+        Assert.True(ConfigFields.TryConvert(value, target, out var converted, out var error), $"{value} -> {target.Name}: {error}");
+        return converted;
+    }
+
+    private static string Refused(object? value, Type target)
+    {
+        Assert.True(!ConfigFields.TryConvert(value, target, out _, out var error), $"{value} -> {target.Name} was accepted");
+        return error!;
+    }
+
+    private static Task ConversionsToFieldTypes()
+    {
+        Assert.Equal<object?>(2, Convert(2.0, typeof(int)));
+        Assert.Equal<object?>(3_000_000_000L, Convert(3e9, typeof(long)));
+        Assert.Equal<object?>(0.5, Convert("0.5", typeof(double)));
+        Assert.Equal<object?>(true, Convert("true", typeof(bool)));
+        Assert.Contains("whole number", [Refused(2.5, typeof(int))]);
+        Assert.Contains("whole number", [Refused(double.NaN, typeof(long))]);
+        Assert.Contains("out of range", [Refused(3e9, typeof(int))]);
+        Assert.Contains("number", [Refused("fast", typeof(double))]);
+        Assert.Contains("required", [Refused(null, typeof(double))]);
+        // Optional fields: a value means Some, null means None.
+        var some = Convert(7.0, typeof(Microsoft.FSharp.Core.FSharpOption<int>));
+        Assert.Equal(7, ((Microsoft.FSharp.Core.FSharpOption<int>)some!).Value);
+        Assert.Equal<object?>(null, Convert(null, typeof(Microsoft.FSharp.Core.FSharpOption<int>)));
+        // Choices among named cases (a field kind strategies may add): by case name, any spelling.
+        var schedule = typeof(global::Continual.Strategies.Schedule);
+        Assert.Equal<object?>(global::Continual.Strategies.Schedule.Joint, Convert("JOINT", schedule));
+        Assert.Equal<object?>(global::Continual.Strategies.Schedule.Sequential, Convert("sequential", schedule));
+        var refused = Refused("sideways", schedule);
+        Assert.True(refused.Contains("Sequential") && refused.Contains("Joint"), refused);
+        // Field names: any case, '-' or '_', and the command line's short names.
+        Assert.Equal("WeightDecay", ConfigFields.Find("weight-decay")!.Name);
+        Assert.Equal("LearningRate", ConfigFields.Find("LR")!.Name);
+        Assert.Equal("TrainPerClass", ConfigFields.Find("train_per_class")!.Name);
+        Assert.Equal<object?>(null, ConfigFields.Find("temperature"));
         return Task.CompletedTask;
     }
 
