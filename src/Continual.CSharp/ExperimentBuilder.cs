@@ -1,4 +1,3 @@
-using System.Collections.ObjectModel;
 using System.Reflection;
 using Microsoft.FSharp.Collections;
 using Microsoft.FSharp.Core;
@@ -48,16 +47,17 @@ public sealed class ExperimentBuilder
     private readonly int? _buffer;
     // Fields replaced by the caller, in the order they were set (a later choice of a field wins).
     private readonly (PropertyInfo Property, object? Value)[] _replacements;
-    // Options whose name or value could not be used; reported by Validate.
-    private readonly ReadOnlyCollection<string> _problems;
+    // Options whose name or value could not be used, by the field (or unknown name) they concern;
+    // reported by Validate. A later valid choice of the same field clears its problem.
+    private readonly (string Key, string Message)[] _problems;
 
     /// <summary>A builder with every option at its default.</summary>
     public ExperimentBuilder()
-        : this(DefaultStrategy, null, [], new ReadOnlyCollection<string>([]))
+        : this(DefaultStrategy, null, [], [])
     {
     }
 
-    private ExperimentBuilder(string strategy, int? buffer, (PropertyInfo, object?)[] replacements, ReadOnlyCollection<string> problems)
+    private ExperimentBuilder(string strategy, int? buffer, (PropertyInfo, object?)[] replacements, (string, string)[] problems)
     {
         _strategy = strategy;
         _buffer = buffer;
@@ -81,11 +81,11 @@ public sealed class ExperimentBuilder
     public ExperimentBuilder WithStrategy(string strategy)
     {
         ArgumentNullException.ThrowIfNull(strategy);
-        return new ExperimentBuilder(strategy.Trim().ToLowerInvariant(), _buffer, _replacements, _problems);
+        return new ExperimentBuilder(strategy.Trim().ToLowerInvariant(), _buffer, _replacements, Without(nameof(CoreConfig.Strategy)));
     }
 
     /// <summary>Replay buffer size; also selects the reference settings of the nearest published size (200, 500, 5120).</summary>
-    public ExperimentBuilder WithBuffer(int size) => new(_strategy, size, _replacements, _problems);
+    public ExperimentBuilder WithBuffer(int size) => new(_strategy, size, _replacements, Without(nameof(CoreConfig.BufferSize)));
 
     /// <summary>The benchmark by name: "split-fmnist" (default) or "split-mnist".</summary>
     public ExperimentBuilder WithBenchmark(string benchmark) =>
@@ -155,7 +155,7 @@ public sealed class ExperimentBuilder
     /// </summary>
     public IReadOnlyList<string> Validate()
     {
-        var errors = new List<string>(_problems);
+        var errors = _problems.Select(p => p.Message).ToList();
         var config = BuildConfig();
         errors.AddRange(CoreExperiment.validate(config));
         if (!Directory.Exists(config.DataFolder))
@@ -233,7 +233,7 @@ public sealed class ExperimentBuilder
         var property = ConfigFields.Find(name);
         if (property is null)
         {
-            return Problem($"unknown option '{name}' (known: {string.Join(", ", OptionNames)})");
+            return Problem(ConfigFields.Normalise(name), $"unknown option '{name}' (known: {string.Join(", ", OptionNames)})");
         }
         // Strategy and buffer size also choose the defaults, exactly as their own methods do.
         if (property.Name == nameof(CoreConfig.Strategy) && value is string strategy) return WithStrategy(strategy);
@@ -249,13 +249,15 @@ public sealed class ExperimentBuilder
     {
         if (!ConfigFields.TryConvert(value, property.PropertyType, out var converted, out var error))
         {
-            return Problem($"option '{shownName}' ({property.Name}) {error}");
+            return Problem(property.Name, $"option '{shownName}' ({property.Name}) {error}");
         }
-        return new ExperimentBuilder(_strategy, _buffer, [.. _replacements, (property, converted)], _problems);
+        return new ExperimentBuilder(_strategy, _buffer, [.. _replacements, (property, converted)], Without(property.Name));
     }
 
-    private ExperimentBuilder Problem(string message) =>
-        new(_strategy, _buffer, _replacements, new ReadOnlyCollection<string>([.. _problems, message]));
+    private ExperimentBuilder Problem(string key, string message) =>
+        new(_strategy, _buffer, _replacements, [.. Without(key), (key, message)]);
+
+    private (string, string)[] Without(string key) => _problems.Where(p => p.Key != key).ToArray();
 
     internal CoreConfig BuildConfig()
     {

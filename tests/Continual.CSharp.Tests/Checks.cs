@@ -198,6 +198,13 @@ internal static class Checks
         Assert.Contains("out of range", bad);
         Assert.Contains("'fast'", bad);
         Assert.Equal(4, bad.Count);
+        // A later valid choice of the same field replaces the unusable one.
+        var fixedUp = new ExperimentBuilder().WithDataFolder(TestData.Folder).WithOption("epochs", 2.5).WithEpochs(2);
+        Assert.True(fixedUp.Validate().Count == 0, string.Join("; ", fixedUp.Validate()));
+        Assert.Equal(2, fixedUp.Settings.Epochs);
+        var bufferByName = new ExperimentBuilder().WithDataFolder(TestData.Folder).WithOption("buffer", 1.5);
+        Assert.Contains("whole number", bufferByName.Validate());
+        Assert.True(bufferByName.WithBuffer(200).Validate().Count == 0);
         Assert.True(ExperimentBuilder.OptionNames.Contains("LearningRate"));
         return Task.CompletedTask;
     }
