@@ -499,7 +499,7 @@ internal static class Checks
         var recorder = new Recorder(r => { if (r.Kind == TrainingProgressKind.TaskFinished && r.Task == 0) source.Cancel(); });
         var leftBefore = LiveTensors();
         Assert.Throws<OperationCanceledException>(() => builder.Run(recorder, source.Token));
-        Console.WriteLine($"     a cancelled run leaves {LiveTensors() - leftBefore - drift} tensors alive (not collected)");
+        Console.WriteLine($"     a cancelled run leaves {LiveTensors() - leftBefore - drift} tensors alive after a garbage collection");
         return Task.CompletedTask;
     }
 
