@@ -2,9 +2,11 @@ using System.Diagnostics;
 using Continual.CSharp.Tests;
 
 // A plain console runner: every check runs in order; the last line is "N passed, N failed" and the exit
-// code is non-zero when any check failed. Arguments are substrings of check names to run only those.
+// code is non-zero when any check failed (or none ran). Arguments are substrings of check names to run only
+// those; options starting with '-' (e.g. the --summary that test.sh passes every test program) are ignored.
 var checks = Checks.All();
-var selected = args.Length == 0 ? checks : checks.Where(c => args.Any(a => c.Name.Contains(a, StringComparison.OrdinalIgnoreCase))).ToList();
+var filters = args.Where(a => !a.StartsWith('-')).ToArray();
+var selected = filters.Length == 0 ? checks : checks.Where(c => filters.Any(f => c.Name.Contains(f, StringComparison.OrdinalIgnoreCase))).ToList();
 int passed = 0, failed = 0;
 var total = Stopwatch.StartNew();
 foreach (var (name, body) in selected)
