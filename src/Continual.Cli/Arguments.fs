@@ -25,6 +25,7 @@ type RunArgs =
     | Repeat of count: int
     | Strategies of names: string
     | Seeds of seeds: string
+    | No_Onnx
 
     interface IArgParserTemplate with
         member this.Usage =
@@ -50,6 +51,35 @@ type RunArgs =
             | Repeat _ -> "bench only: number of whole runs to time (default 1)."
             | Strategies _ -> "compare only: comma-separated strategies (default sgd,joint,er,der,derpp)."
             | Seeds _ -> "compare only: comma-separated seeds (default 0,1,2)."
+            | No_Onnx -> "run only: skip the ONNX export and verification after each task."
+
+/// Options of `continual verify`.
+type VerifyArgs =
+    | [<MainCommand; ExactlyOnce>] Model_File of model: string
+    | [<CustomCommandLine("--data")>] Test_Data of folder: string
+    | Provider of name: string
+
+    interface IArgParserTemplate with
+        member this.Usage =
+            match this with
+            | Model_File _ -> "a task-<k>.onnx file written by continual run."
+            | Test_Data _ -> "folder with the IDX test files (default /usr/share/datasets/fashion-mnist)."
+            | Provider _ -> "ONNX Runtime execution provider: auto (default: CUDA where it runs, else CPU), cpu or cuda."
+
+/// Options of `continual export`.
+type ExportArgs =
+    | [<MainCommand; ExactlyOnce>] Run_Folder of folder: string
+    | [<Mandatory; CustomCommandLine("--layout")>] Repository_Layout of name: string
+    | [<Mandatory; CustomCommandLine("--to")>] Repository_Folder of folder: string
+    | [<CustomCommandLine("--name")>] Model_Name of name: string
+
+    interface IArgParserTemplate with
+        member this.Usage =
+            match this with
+            | Run_Folder _ -> "a run's --out folder holding task-<k>.onnx files."
+            | Repository_Layout _ -> "repository layout: triton (Triton Inference Server and KServe)."
+            | Repository_Folder _ -> "the model repository folder; the model goes to REPO/<name>/<k>/model.onnx."
+            | Model_Name _ -> "model name in the repository (default: the run folder's name)."
 
 /// The commands of the tool.
 [<RequireSubcommand>]
@@ -57,6 +87,8 @@ type Command =
     | [<CliPrefix(CliPrefix.None)>] Run of ParseResults<RunArgs>
     | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<RunArgs>
     | [<CliPrefix(CliPrefix.None)>] Compare of ParseResults<RunArgs>
+    | [<CliPrefix(CliPrefix.None)>] Verify of ParseResults<VerifyArgs>
+    | [<CliPrefix(CliPrefix.None)>] Export of ParseResults<ExportArgs>
     | Version
 
     interface IArgParserTemplate with
@@ -65,4 +97,6 @@ type Command =
             | Run _ -> "train a strategy on a benchmark, print the accuracy matrices and write results."
             | Bench _ -> "time a whole run: wall time, steps per second, peak memory."
             | Compare _ -> "run several strategies over several seeds and print mean and spread (--strategies, --seeds)."
+            | Verify _ -> "re-check an exported task-<k>.onnx under ONNX Runtime against the accuracy it records."
+            | Export _ -> "lay a run's task models out as a model repository (--layout triton --to REPO)."
             | Version -> "print the version."

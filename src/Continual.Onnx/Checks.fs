@@ -105,7 +105,7 @@ module Checks =
               let nodeNames = HashSet<string>()
               let used = HashSet<string>()
               for n in g.Node do
-                  let label = if String.IsNullOrEmpty n.Name then sprintf "a %s node" n.OpType else sprintf "node '%s'" n.Name
+                  let label = if String.IsNullOrEmpty n.Name then $"a {n.OpType} node" else $"node '{n.Name}'"
                   if String.IsNullOrEmpty n.Name then sprintf "%s has no name" label
                   elif not (nodeNames.Add n.Name) then sprintf "node name '%s' appears more than once" n.Name
                   if n.Domain <> "" && n.Domain <> "ai.onnx" then sprintf "%s uses the domain '%s', which the model does not import" label n.Domain

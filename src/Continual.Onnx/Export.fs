@@ -79,13 +79,13 @@ module Export =
     let floatTensor (name: string) (tensor: Tensor) : TensorProto =
         use scope = torch.NewDisposeScope()
         let cpu = tensor.detach().cpu().to_type(torch.ScalarType.Float32).contiguous()
-        let values = cpu.data<float32>().ToArray()
+        let storage = Span<byte>.op_Implicit cpu.bytes : ReadOnlySpan<byte>
         let proto = TensorProto(Name = name, DataType = floatType)
         proto.Dims.AddRange(cpu.shape)
         if BitConverter.IsLittleEndian then
-            proto.RawData <- ByteString.CopyFrom(MemoryMarshal.AsBytes(ReadOnlySpan<float32>(values)))
+            proto.RawData <- ByteString.CopyFrom storage
         else
-            proto.FloatData.AddRange values
+            proto.FloatData.AddRange(MemoryMarshal.Cast<byte, float32>(storage).ToArray())
         proto
 
     /// Collects nodes and initializers while a graph is walked; every name it hands out is unique.
@@ -138,8 +138,8 @@ module Export =
         |> List.indexed
         |> List.fold
             (fun value (i, layer) ->
-                let here = sprintf "%s/%d" path i
-                let name op = sprintf "%s/%s" here op
+                let here = $"{path}/{i}"
+                let name (op: string) = $"{here}/{op}"
                 let withBias p = if b.Has(p + ".bias") then [ b.Tensor(p + ".bias") ] else []
                 match layer with
                 | Unflatten(c, h, w) ->

@@ -82,7 +82,7 @@ module LayerGraph =
           InputFeatures = inputs
           Layers =
             [ for i in 0 .. hidden.Length - 1 do
-                  Gemm(sprintf "hiddenLayers.%d" i)
+                  Gemm $"hiddenLayers.{i}"
                   Relu
               Gemm "classifier" ] }
 

@@ -83,9 +83,9 @@ module Metadata =
     let stamp (info: TaskModelInfo) (model: ModelProto) : ModelProto =
         let stamped = Export.withMetadata (entries info @ [ GraphHashKey, graphHash model.Graph ]) model
         stamped.ModelVersion <- int64 info.Task
+        let seen = json (Array.ofList info.ClassesSeen)
         stamped.DocString <-
-            sprintf "Continual: %s on %s (%s) after task %d of %d; classes seen %s"
-                info.Strategy info.Benchmark info.Architecture info.Task info.TaskCount (json (Array.ofList info.ClassesSeen))
+            $"Continual: {info.Strategy} on {info.Benchmark} ({info.Architecture}) after task {info.Task} of {info.TaskCount}; classes seen {seen}"
         stamped
 
     /// The metadata of a model as a dictionary (the last value wins for a repeated key).

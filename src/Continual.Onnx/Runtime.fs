@@ -162,8 +162,11 @@ module Runtime =
                          use _ = session.Run(runOptions, [| Export.InputName |], [| input |], [| Export.OutputName |])
                          Ok()
                      with :? OnnxRuntimeException as e ->
-                         let firstLine = e.Message.Split('\n').[0].Trim()
-                         Error firstLine
+                         let message = e.Message.Replace('\n', ' ').Trim()
+                         let marker = "with error:"
+                         let at = message.IndexOf marker
+                         if at >= 0 then Error("its library does not load: " + message.Substring(at + marker.Length).Trim())
+                         else Error message
                  finally
                      takeLog logId |> ignore)
 
@@ -230,3 +233,11 @@ module Runtime =
     /// Loads a file strictly (see load).
     let loadFile (preference: ProviderPreference) (path: string) : LoadedModel =
         load preference (IO.File.ReadAllBytes path)
+
+    /// Does once what the first export of a process would otherwise pay for while it waits: creates
+    /// the ONNX Runtime environment, probes CUDA, and loads and runs a one-node model on the
+    /// provider the preference resolves to. Safe to run on a background thread.
+    let warmUp (preference: ProviderPreference) =
+        environment.Force() |> ignore
+        use probe = load preference (probeModel ())
+        probe.Logits([| 1.0f |], 1) |> ignore

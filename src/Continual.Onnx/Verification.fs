@@ -3,6 +3,7 @@ namespace Continual.Onnx
 open System
 open System.Diagnostics
 open System.IO
+open System.Runtime.InteropServices
 open System.Text.Json
 open Continual
 open Continual.Data
@@ -120,7 +121,9 @@ module Verification =
     /// The values of a float tensor as a row-major array.
     let toArray (t: Tensor) : float32[] =
         use scope = torch.NewDisposeScope()
-        t.detach().cpu().to_type(torch.ScalarType.Float32).contiguous().data<float32>().ToArray()
+        let cpu = t.detach().cpu().to_type(torch.ScalarType.Float32).contiguous()
+        // A span copy of the storage: TensorAccessor.ToArray walks the elements one by one.
+        MemoryMarshal.Cast<byte, float32>(Span<byte>.op_Implicit cpu.bytes : ReadOnlySpan<byte>).ToArray()
 
     /// TorchSharp's logits of a module in eval mode (no gradients), the module's mode restored after.
     let torchLogits (model: torch.nn.Module<Tensor, Tensor>) (device: Device) (inputs: Tensor) : float32[] =
@@ -148,7 +151,7 @@ module Verification =
         Convert.ToHexString(Security.Cryptography.SHA256.HashData bytes).ToLowerInvariant()
 
     /// The file name of task k's model.
-    let fileName (task: int) = sprintf "task-%d.onnx" task
+    let fileName (task: int) = $"task-{task}.onnx"
 
     /// The metadata of the model after a task (1-based `task`).
     let taskInfo (settings: ExportSettings) (after: AfterTask) (testExamples: int[]) : TaskModelInfo =
@@ -381,12 +384,16 @@ module Verification =
 type RunExporter(settings: ExportSettings) =
     let reports = ResizeArray<TaskVerification>()
     let cache = Collections.Generic.Dictionary<int, float32[]>()
+    // ONNX Runtime's start-up (environment, CUDA probe, first session) overlaps the first task's
+    // training on another thread; failures here resurface, with their message, in the real load.
+    let warmUp = Threading.Tasks.Task.Run(fun () -> try Runtime.warmUp settings.Provider with _ -> ())
     /// The settings in use.
     member _.Settings = settings
     /// The figures of every task exported so far.
     member _.Reports = List.ofSeq reports
     /// The after-task hook: export, verify, write task-<k>.onnx (raises VerificationFailed).
     member _.AfterTask(after: AfterTask) =
+        warmUp.Wait()
         let testArray i =
             match cache.TryGetValue i with
             | true, a -> a

@@ -313,8 +313,35 @@ let private endToEnd =
          finally
              Experiment.release result)
 
+/// Runs a configuration on the generated data with the exporter hook.
+let private runWith (settings: ExportSettings -> ExportSettings) (strategy: string) =
+    let root, data, _, _, _, _ = endToEnd.Force()
+    let out = Path.Combine(root, strategy + "-" + Guid.NewGuid().ToString "N")
+    let config = { Experiment.defaults strategy 50 with DataFolder = data; TestPerClass = Some 10 }
+    let exporter = RunExporter(settings (ExportSettings.ofConfig config out))
+    let result = Experiment.run config { RunHooks.none with AfterTask = exporter.AfterTask } Threading.CancellationToken.None
+    Experiment.release result
+    out, exporter
+
 let endToEndTests =
     testList "end to end" [
+        test "a failed verification stops the run with a clear message and writes no file" {
+            Expect.throwsC (fun () -> runWith (fun s -> { s with Tolerance = -1.0 }) "sgd" |> ignore) (fun e ->
+                Expect.isTrue (e :? VerificationFailed) (sprintf "a VerificationFailed, got %s" (e.GetType().Name))
+                Expect.stringContains e.Message "after task 1" "names the task"
+                Expect.stringContains e.Message "tolerance" "names the check"
+                Expect.stringContains e.Message "task-1.onnx was not written" "says what happened to the file")
+            let root, _, _, _, _, _ = endToEnd.Force()
+            let written = Directory.GetDirectories(root, "sgd-*") |> Array.collect (fun d -> Directory.GetFiles(d, "*.onnx"))
+            Expect.isEmpty written "no unverified model on disk"
+        }
+        test "JOINT leaves one model that has seen every class" {
+            let out, exporter = runWith id "joint"
+            Expect.equal (exporter.Reports |> List.map (fun r -> r.File)) [ "task-1.onnx" ] "one model"
+            let _, _, info = Verification.readFile (Path.Combine(out, "task-1.onnx"))
+            Expect.equal info.ClassesSeen [ 0 .. 9 ] "every class seen"
+            Expect.equal info.Strategy "joint" "strategy"
+        }
         test "a run leaves one verified task-<k>.onnx per task, written atomically" {
             let _, _, out, _, _, reports = endToEnd.Force()
             let files = Directory.GetFiles out |> Array.map Path.GetFileName |> Array.sort
