@@ -42,22 +42,25 @@ let printSummary (exporter: RunExporter option) (result: ExperimentResult) =
     match exporter with
     | None -> ()
     | Some e ->
-        let table = Table(Title = TableTitle("ONNX export, verified under ONNX Runtime"))
-        for c in [ "file"; "provider"; "max |logit diff|"; "Class-IL torch / onnx"; "Task-IL torch / onnx"; "seconds" ] do
+        let table = Table(Title = TableTitle("ONNX export, verified under ONNX Runtime (accuracy over the tasks seen)"))
+        for c in [ "file"; "max |logit diff|"; "Class-IL torch / onnx"; "Task-IL torch / onnx"; "seconds" ] do
             table.AddColumn(c) |> ignore
-        let percent (correct: int[]) (n: int[]) = 100.0 * float (Array.sum correct) / float (max 1 (Array.sum n))
         for r in e.Reports do
+            // Over the tasks seen so far, as the progress bars show it (JOINT has seen them all).
+            let seen = if e.Settings.Joint then r.TestExamples.Length else min r.Task r.TestExamples.Length
+            let percent (correct: int[]) (n: int[]) =
+                100.0 * float (Array.sum correct.[.. seen - 1]) / float (max 1 (Array.sum n.[.. seen - 1]))
             table.AddRow(
                 r.File,
-                r.Provider,
                 sprintf "%.2e" r.MaxAbsDifference,
                 sprintf "%s / %s" (f2 (percent r.TorchClassIlCorrect r.TestExamples)) (f2 (percent r.OnnxClassIlCorrect r.TestExamples)),
                 sprintf "%s / %s" (f2 (percent r.TorchTaskIlCorrect r.TestExamples)) (f2 (percent r.OnnxTaskIlCorrect r.TestExamples)),
                 sprintf "%.3f" (r.ExportSeconds + r.VerifySeconds + r.WriteSeconds)) |> ignore
         AnsiConsole.Write table
+        let provider = match e.Reports with r :: _ -> r.Provider | [] -> fst (Runtime.resolve e.Settings.Provider)
         match snd (Runtime.resolve e.Settings.Provider) with
-        | Some note -> AnsiConsole.MarkupLine("[grey]{0}[/]", Markup.Escape note)
-        | None -> ()
+        | Some note -> AnsiConsole.MarkupLine("ONNX Runtime provider: {0} [grey]({1})[/]", provider, Markup.Escape note)
+        | None -> AnsiConsole.MarkupLine("ONNX Runtime provider: {0}", provider)
         let hook = result.Outcome.HookSeconds
         AnsiConsole.MarkupLine(
             "ONNX export and verification: {0:0.000} s, {1:0.0}% of the run's {2:0.0} s wall time",

@@ -379,6 +379,34 @@ module Verification =
             test.Inputs.Dispose()
             test.Labels.Dispose()
 
+/// Warming up the export and verification path.
+[<RequireQualifiedAccess>]
+module WarmUp =
+
+    /// Runs the whole export and verification path once on a two-by-two model (no random numbers
+    /// are drawn, so a run's streams are untouched), so that a run's first task does not pay for
+    /// ONNX Runtime's start-up and for compiling this code. Safe on a background thread.
+    let exportPath (preference: ProviderPreference) =
+        Runtime.warmUp preference
+        use scope = torch.NewDisposeScope()
+        let tensors = Collections.Generic.Dictionary<string, Tensor>()
+        tensors.["w.weight"] <- torch.eye(2L)
+        tensors.["w.bias"] <- torch.zeros(2L)
+        let exported = Export.ofGraph { Name = "warm-up"; InputFeatures = 2; Layers = [ Gemm "w"; Relu ] } tensors (fun _ -> true)
+        let info =
+            { Task = 1; TaskCount = 1; ClassesSeen = [ 0; 1 ]; ClassToTask = [| 1; 1 |]; Strategy = ""; ConfigHash = ""
+              Benchmark = ""; Architecture = ""; TestPerClass = None; TestExamples = [| 1 |]; ClassIlCorrect = [| 1 |]; TaskIlCorrect = [| 1 |] }
+        let bytes = Export.toBytes (Metadata.stamp info exported.Model)
+        match Checks.parse bytes with
+        | Ok model ->
+            Checks.structural model |> ignore
+            Metadata.read model |> ignore
+        | Error _ -> ()
+        use loaded = Runtime.load preference bytes
+        let logits = loaded.Logits([| 1.0f; 0.0f |], 1)
+        Verification.correctCounts logits 2 [| 0 |] [ 0; 1 ] |> ignore
+        Verification.maxAbsDifference logits logits |> ignore
+
 /// Exports and verifies a run's model after every task (the after-task hook of `continual run`),
 /// keeping each task's figures for results.json.
 type RunExporter(settings: ExportSettings) =
@@ -386,7 +414,7 @@ type RunExporter(settings: ExportSettings) =
     let cache = Collections.Generic.Dictionary<int, float32[]>()
     // ONNX Runtime's start-up (environment, CUDA probe, first session) overlaps the first task's
     // training on another thread; failures here resurface, with their message, in the real load.
-    let warmUp = Threading.Tasks.Task.Run(fun () -> try Runtime.warmUp settings.Provider with _ -> ())
+    let warmUp = Threading.Tasks.Task.Run(fun () -> try WarmUp.exportPath settings.Provider with _ -> ())
     /// The settings in use.
     member _.Settings = settings
     /// The figures of every task exported so far.

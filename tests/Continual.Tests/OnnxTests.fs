@@ -36,27 +36,30 @@ let private agrees (name: string) (features: int) (parts: Part list) =
 
 let private image = PUnflatten(2, 7, 6)
 
-let opTests =
-    testList "each operator against TorchSharp" [
-        agrees "Gemm with bias" 5 [ PLinear(4, true) ]
-        agrees "Gemm without bias" 5 [ PLinear(3, false) ]
-        agrees "Relu between Gemms" 6 [ PLinear(8, true); PRelu; PLinear(3, true) ]
-        agrees "Conv 3x3, padding 1" 84 [ image; PConv(3, (3, 3), conv (1, 1) (1, 1) (1, 1) 1, true); PFlatten ]
-        agrees "Conv stride 2, rectangular kernel, no bias" 84 [ image; PConv(4, (3, 1), conv (2, 1) (0, 0) (1, 1) 1, false); PFlatten ]
-        agrees "Conv dilation 2, groups 2" 84 [ image; PConv(4, (2, 2), conv (1, 1) (1, 0) (2, 2) 2, true); PFlatten ]
-        agrees "BatchNormalization (inference form) after Conv" 84 [ image; PConv(3, (3, 3), conv (1, 1) (1, 1) (1, 1) 1, false); PBatchNorm; PFlatten ]
-        agrees "BatchNormalization over flat features" 6 [ PLinear(5, true); PBatchNorm; PRelu; PLinear(2, true) ]
-        agrees "MaxPool 3x3 stride 2 padding 1" 84 [ image; PMaxPool(pool (3, 3) (2, 2) (1, 1)); PFlatten ]
-        agrees "AveragePool counting padding" 84 [ image; PAvgPool(pool (3, 3) (2, 2) (1, 1), true); PFlatten ]
-        agrees "AveragePool not counting padding" 84 [ image; PAvgPool(pool (2, 3) (1, 2) (1, 1), false); PFlatten ]
-        agrees "GlobalAveragePool" 84 [ image; PGlobalAvgPool; PFlatten ]
-        agrees "Flatten then Gemm" 84 [ image; PRelu; PFlatten; PLinear(3, true) ]
-        agrees "Residual with identity shortcut (Add)" 84
+let private case (name: string) (features: int) (parts: Part list) = name, features, parts
+
+/// One small module per operator (and a few combinations), each with a description.
+let private opCases =
+    [
+        case "Gemm with bias" 5 [ PLinear(4, true) ]
+        case "Gemm without bias" 5 [ PLinear(3, false) ]
+        case "Relu between Gemms" 6 [ PLinear(8, true); PRelu; PLinear(3, true) ]
+        case "Conv 3x3, padding 1" 84 [ image; PConv(3, (3, 3), conv (1, 1) (1, 1) (1, 1) 1, true); PFlatten ]
+        case "Conv stride 2, rectangular kernel, no bias" 84 [ image; PConv(4, (3, 1), conv (2, 1) (0, 0) (1, 1) 1, false); PFlatten ]
+        case "Conv dilation 2, groups 2" 84 [ image; PConv(4, (2, 2), conv (1, 1) (1, 0) (2, 2) 2, true); PFlatten ]
+        case "BatchNormalization (inference form) after Conv" 84 [ image; PConv(3, (3, 3), conv (1, 1) (1, 1) (1, 1) 1, false); PBatchNorm; PFlatten ]
+        case "BatchNormalization over flat features" 6 [ PLinear(5, true); PBatchNorm; PRelu; PLinear(2, true) ]
+        case "MaxPool 3x3 stride 2 padding 1" 84 [ image; PMaxPool(pool (3, 3) (2, 2) (1, 1)); PFlatten ]
+        case "AveragePool counting padding" 84 [ image; PAvgPool(pool (3, 3) (2, 2) (1, 1), true); PFlatten ]
+        case "AveragePool not counting padding" 84 [ image; PAvgPool(pool (2, 3) (1, 2) (1, 1), false); PFlatten ]
+        case "GlobalAveragePool" 84 [ image; PGlobalAvgPool; PFlatten ]
+        case "Flatten then Gemm" 84 [ image; PRelu; PFlatten; PLinear(3, true) ]
+        case "Residual with identity shortcut (Add)" 84
             [ image
               PResidual([ PConv(2, (3, 3), conv (1, 1) (1, 1) (1, 1) 1, false); PBatchNorm; PRelu; PConv(2, (3, 3), conv (1, 1) (1, 1) (1, 1) 1, false); PBatchNorm ], [])
               PRelu
               PFlatten ]
-        agrees "Residual with projection shortcut" 84
+        case "Residual with projection shortcut" 84
             [ image
               PResidual(
                   [ PConv(4, (3, 3), conv (2, 2) (1, 1) (1, 1) 1, false); PBatchNorm; PRelu; PConv(4, (3, 3), conv (1, 1) (1, 1) (1, 1) 1, false); PBatchNorm ],
@@ -65,7 +68,7 @@ let opTests =
               PGlobalAvgPool
               PFlatten
               PLinear(3, true) ]
-        agrees "a small ResNet-style stack" 196
+        case "a small ResNet-style stack" 196
             [ PUnflatten(1, 14, 14)
               PConv(4, (3, 3), conv (1, 1) (1, 1) (1, 1) 1, false); PBatchNorm; PRelu
               PMaxPool(pool (2, 2) (2, 2) (0, 0))
@@ -74,7 +77,10 @@ let opTests =
               PAvgPool(pool (2, 2) (2, 2) (0, 0), true)
               PFlatten
               PLinear(5, true) ]
-    ]
+        ]
+
+let opTests =
+    testList "each operator against TorchSharp" [ for (name, features, parts) in opCases -> agrees name features parts ]
 
 let private mlp () =
     torch.manual_seed 3L |> ignore
@@ -442,6 +448,69 @@ let endToEndTests =
         }
     ]
 
+// ---- the official ONNX checker, where Debian's python3-onnx is installed ---------------------
+
+let private checkerScript =
+    String.concat "\n"
+        [ "import sys, onnx"
+          "from onnx import checker, shape_inference"
+          "for p in sys.argv[1:]:"
+          "    try:"
+          "        m = onnx.load(p)"
+          "        checker.check_model(m, full_check=True)"
+          "        shape_inference.infer_shapes(m, check_type=True, strict_mode=True)"
+          "        print('ok ' + p)"
+          "    except Exception as e:"
+          "        print('fail ' + p + ': ' + str(e).replace('\\n', ' '))" ]
+
+let private run (exe: string) (args: string list) =
+    let psi = Diagnostics.ProcessStartInfo(exe, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false)
+    for a in args do psi.ArgumentList.Add a
+    use p = Diagnostics.Process.Start psi
+    let output = p.StandardOutput.ReadToEnd()
+    let errors = p.StandardError.ReadToEnd()
+    p.WaitForExit()
+    p.ExitCode, output, errors
+
+/// A Python with the official onnx package (Debian's python3-onnx lives in /usr/bin/python3).
+let private officialChecker =
+    lazy
+        ([ "python3"; "/usr/bin/python3" ]
+         |> List.tryFind (fun exe ->
+             try
+                 let code, _, _ = run exe [ "-c"; "import onnx.checker, onnx.shape_inference" ]
+                 code = 0
+             with _ -> false))
+
+let officialCheckerTests =
+    testList "official ONNX checker" [
+        test "onnx.checker (full check) and strict shape inference accept every kind of export and reject a broken one" {
+            match officialChecker.Force() with
+            | None -> skiptest "needs Python with the onnx package (Debian: apt-get install python3-onnx)"
+            | Some python ->
+                let root, _, out, _, _, _ = endToEnd.Force()
+                let folder = Path.Combine(root, "checker")
+                Directory.CreateDirectory folder |> ignore
+                let good =
+                    [ for (i, (_, features, parts)) in List.indexed opCases do
+                          let model, graph = build 3L features parts
+                          use _ = model
+                          let path = Path.Combine(folder, $"op-{i}.onnx")
+                          File.WriteAllBytes(path, Export.toBytes (Export.ofModule graph model).Model)
+                          yield path
+                      for k in 1 .. 5 do
+                          yield Path.Combine(out, $"task-{k}.onnx") ]
+                let broken = Path.Combine(folder, "broken.onnx")
+                File.WriteAllBytes(broken, Export.toBytes (withModel (fun m -> m.Graph.Node.[2].Input.[0] <- "nowhere")))
+                let code, output, errors = run python ([ "-c"; checkerScript ] @ good @ [ broken ])
+                Expect.equal code 0 (sprintf "the checker script ran: %s" errors)
+                let lines = output.Split('\n', StringSplitOptions.RemoveEmptyEntries) |> List.ofArray
+                for path in good do
+                    Expect.contains lines ("ok " + path) (sprintf "accepted: %s (output: %s)" path output)
+                Expect.isTrue (lines |> List.exists (fun l -> l.StartsWith("fail " + broken))) "the broken model is rejected: the checker checks"
+        }
+    ]
+
 let metadataTests =
     testList "metadata" [
         test "metadata round-trips and the graph hash guards the graph" {
@@ -466,4 +535,4 @@ let metadataTests =
 [<Tests>]
 let tests =
     testSequenced (
-        testList "Onnx" [ opTests; backboneTests; checkTests; strictLoadingTests; exportErrorTests; metadataTests; endToEndTests ])
+        testList "Onnx" [ opTests; backboneTests; checkTests; strictLoadingTests; exportErrorTests; metadataTests; endToEndTests; officialCheckerTests ])
