@@ -3,7 +3,10 @@ namespace Continual.Onnx
 // Warning 26 ("rule never matched") is off for LayerGraph.ofArchitecture's catch-all; see there.
 #nowarn "26"
 
+open Continual
 open Continual.Models
+open TorchSharp
+open TorchSharp.Modules
 
 /// A model that cannot be exported, with what it is (a layer, an architecture, a tensor) and why.
 exception ExportError of what: string * reason: string
@@ -214,3 +217,65 @@ module LayerGraph =
             | Residual(body, shortcut) -> tensorNames tensorExists body @ tensorNames tensorExists shortcut
             | Unflatten _ | Relu | MaxPool _ | AveragePool _ | GlobalAveragePool | Flatten -> [])
         |> List.distinct
+
+    let private pairOf (what: string) (values: int64[]) =
+        match values with
+        | [| a |] -> int a, int a
+        | [| a; b |] -> int a, int b
+        | other -> raise (ExportError(what, sprintf "expected one or two values, got %A" other))
+
+    /// The layer graph of a TorchSharp Sequential of supported modules (Linear, ReLU, Conv2d,
+    /// BatchNorm1d/2d with running statistics, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1), Flatten,
+    /// Unflatten, nested Sequential), read from the modules' own settings. Residual blocks are custom
+    /// modules and need a hand-written description (`Residual`). Any other module, or a setting ONNX
+    /// export does not cover (ceil mode, 'same' padding, reflect padding, ...), is an ExportError
+    /// naming the module and its type.
+    let ofSequential (name: string) (inputFeatures: int) (model: Sequential) : LayerGraph =
+        let rec walk (prefix: string) (m: torch.nn.Module) : Layer list =
+            m.named_children ()
+            |> Seq.collect (fun struct (childName, child) ->
+                let full = prefix + childName
+                let what = sprintf "layer '%s' (%s)" full (child.GetType().Name)
+                let unsupported reason = raise (ExportError(what, reason))
+                match child with
+                | :? Sequential -> walk (full + ".") child
+                | :? Linear -> [ Gemm full ]
+                | :? ReLU -> [ Relu ]
+                | :? Conv2d as c ->
+                    if c.transposed then unsupported "transposed convolutions are not exported"
+                    if c.padding_mode <> PaddingModes.Zeros then unsupported (sprintf "padding mode %A is not exported (zeros only)" c.padding_mode)
+                    if c.padding_type.HasValue then unsupported "padding given as 'same' or 'valid' is not exported; give it in pixels"
+                    [ Conv(full, { Stride = pairOf what c.stride; Padding = pairOf what c.padding; Dilation = pairOf what c.dilation; Groups = int c.groups }) ]
+                | :? BatchNorm as b ->
+                    if not b.track_running_stats || not b.affine then
+                        unsupported "batch normalisation without running statistics or without scale and shift is not exported"
+                    [ BatchNorm(full, b.eps) ]
+                | :? MaxPool2d as p ->
+                    if p.ceil_mode then unsupported "ceil_mode is not exported"
+                    if not (isNull p.dilation) && p.dilation |> Array.exists (fun d -> d <> 1L) then unsupported "dilated pooling is not exported"
+                    let kernel = pairOf what p.kernel_size
+                    let stride = if isNull p.stride then kernel else pairOf what p.stride
+                    let padding = if isNull p.padding then (0, 0) else pairOf what p.padding
+                    [ MaxPool { Kernel = kernel; Stride = stride; Padding = padding } ]
+                | :? AvgPool2d as p ->
+                    if p.ceil_mode then unsupported "ceil_mode is not exported"
+                    if p.divisor_override.HasValue then unsupported "divisor_override is not exported"
+                    let kernel = pairOf what p.kernel_size
+                    let stride = if isNull p.stride then kernel else pairOf what p.stride
+                    let padding = if isNull p.padding then (0, 0) else pairOf what p.padding
+                    [ AveragePool({ Kernel = kernel; Stride = stride; Padding = padding }, p.count_include_pad) ]
+                | :? AdaptiveAvgPool2d as p ->
+                    if pairOf what p.output_size <> (1, 1) then unsupported "only an output size of 1 (global average pooling) is exported"
+                    [ GlobalAveragePool ]
+                | :? Flatten as f ->
+                    if f.start_dim <> 1L || f.end_dim <> -1L then unsupported "only Flatten(1, -1) is exported"
+                    [ Flatten ]
+                | :? Unflatten as u ->
+                    match u.dim, u.unflattened_size with
+                    | 1L, [| c; h; w |] -> [ Unflatten(int c, int h, int w) ]
+                    | _ -> unsupported "only Unflatten(1, [channels; height; width]) is exported"
+                | _ ->
+                    unsupported
+                        "ONNX export has no mapping for this module type (supported: Linear, ReLU, Conv2d, BatchNorm1d/2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1), Flatten, Unflatten, Sequential; describe residual blocks with LayerGraph.Residual)")
+            |> List.ofSeq
+        { Name = name; InputFeatures = inputFeatures; Layers = walk "" model }

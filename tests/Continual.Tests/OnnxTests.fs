@@ -272,6 +272,40 @@ let exportErrorTests =
         }
     ]
 
+let rec private hasResidual (parts: Part list) = parts |> List.exists (function PResidual _ -> true | _ -> false)
+
+let sequentialTests =
+    testList "layer graphs read from TorchSharp Sequential modules" [
+        test "every Sequential test module reads back as the layer graph it was built from" {
+            for (name, features, parts) in opCases do
+                let model, graph = build 2L features parts
+                use _ = model
+                match model with
+                | :? TorchSharp.Modules.Sequential as sequential when not (hasResidual parts) ->
+                    let read = LayerGraph.ofSequential "test" features sequential
+                    Expect.equal read.Layers graph.Layers name
+                    let exported = Export.ofModule read model
+                    Expect.equal exported.ParameterCount (Backbones.parameterCount model) name
+                | :? TorchSharp.Modules.Sequential as sequential ->
+                    let message = messageOf (fun () -> LayerGraph.ofSequential "test" features sequential |> ignore)
+                    Expect.stringContains message "ResidualModule" (name + ": names the custom module")
+                    Expect.stringContains message "LayerGraph.Residual" (name + ": says how to describe it")
+                | other -> failtestf "%s: the builder made a %s" name (other.GetType().Name)
+        }
+        test "an unsupported module is an error naming it and its type" {
+            use model = torch.nn.Sequential([| ("fc", torch.nn.Linear(4L, 3L) :> torch.nn.Module<Tensor, Tensor>); ("squash", torch.nn.Sigmoid()) |])
+            let message = messageOf (fun () -> LayerGraph.ofSequential "bad" 4 model |> ignore)
+            Expect.stringContains message "layer 'squash' (Sigmoid)" "names the module and its type"
+            Expect.stringContains message "no mapping" "says why"
+        }
+        test "an unsupported setting is an error naming it" {
+            use model = torch.nn.Sequential([| ("pool", torch.nn.MaxPool2d(2L, ceil_mode = true) :> torch.nn.Module<Tensor, Tensor>) |])
+            let message = messageOf (fun () -> LayerGraph.ofSequential "bad" 4 model |> ignore)
+            Expect.stringContains message "layer 'pool' (MaxPool2d)" "names the module"
+            Expect.stringContains message "ceil_mode" "names the setting"
+        }
+    ]
+
 // ---- end to end on small generated IDX data -------------------------------------------------
 
 let private writeData (folder: string) =
@@ -535,4 +569,4 @@ let metadataTests =
 [<Tests>]
 let tests =
     testSequenced (
-        testList "Onnx" [ opTests; backboneTests; checkTests; strictLoadingTests; exportErrorTests; metadataTests; endToEndTests; officialCheckerTests ])
+        testList "Onnx" [ opTests; sequentialTests; backboneTests; checkTests; strictLoadingTests; exportErrorTests; metadataTests; endToEndTests; officialCheckerTests ])
