@@ -8,14 +8,23 @@ if ! command -v dotnet >/dev/null 2>&1; then
     exit 1
 fi
 
+# Debian packages: the Fashion-MNIST IDX files, and the official ONNX checker (python3-onnx) that a test
+# runs over our exported models.
 data=/usr/share/datasets/fashion-mnist
+missing=()
 if [ ! -e "$data/train-images-idx3-ubyte.gz" ] && [ ! -e "$data/train-images-idx3-ubyte" ]; then
+    missing+=(dataset-fashion-mnist)
+fi
+if ! python3 -c "import onnx.checker" >/dev/null 2>&1 && command -v dpkg >/dev/null 2>&1 && ! dpkg -s python3-onnx >/dev/null 2>&1; then
+    missing+=(python3-onnx)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-        echo "== installing Fashion-MNIST (Debian package dataset-fashion-mnist)"
+        echo "== installing ${missing[*]} (Debian packages)"
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-        echo "warning: $data is missing and apt-get cannot install it here; pass --data DIR to continual" >&2
+        echo "warning: missing ${missing[*]} and apt-get cannot install them here; pass --data DIR to continual" >&2
     fi
 fi
 
