@@ -14,7 +14,9 @@ for project in tests/*/; do
     [ -x "$binary" ] || { echo "error: $binary was not built" >&2; status=1; continue; }
     echo "== $name"
     log=$(mktemp)
-    "$binary" --summary 2>&1 | tee "$log"
+    # Sequenced: libtorch and ONNX Runtime share native thread pools; one test at a time keeps runs
+    # reproducible on 2 cores (a parallel run crashed once in native code under heavy load).
+    "$binary" --summary --sequenced 2>&1 | tee "$log"
     code=${PIPESTATUS[0]}
     clean=$(sed 's/\x1b\[[0-9;?]*[A-Za-z]//g' "$log")
     # Expecto: "... – N passed, N ignored, N failed, N errored." ; the C# checks: "N passed, N failed".
