@@ -37,6 +37,7 @@ type RunArgs =
     | Scp_Batch of size: int
     | Fisher of kind: string
     | Clip_Grad of value: float
+    | No_Onnx
 
     interface IArgParserTemplate with
         member this.Usage =
@@ -74,6 +75,35 @@ type RunArgs =
             | Scp_Batch _ -> "SCP: samples per batch mean (default 100)."
             | Fisher _ -> "Fisher labels: true (sampled), empirical or weighted (default: the method's)."
             | Clip_Grad _ -> "clip every gradient element to [-c, c] before the step (default: 1 for si, none otherwise)."
+            | No_Onnx -> "run only: skip the ONNX export and verification after each task."
+
+/// Options of `continual verify`.
+type VerifyArgs =
+    | [<MainCommand; ExactlyOnce>] Model_File of model: string
+    | [<CustomCommandLine("--data")>] Test_Data of folder: string
+    | Provider of name: string
+
+    interface IArgParserTemplate with
+        member this.Usage =
+            match this with
+            | Model_File _ -> "a task-<k>.onnx file written by continual run."
+            | Test_Data _ -> "folder with the IDX test files (default /usr/share/datasets/fashion-mnist)."
+            | Provider _ -> "ONNX Runtime execution provider: auto (default: CUDA where it runs, else CPU), cpu or cuda."
+
+/// Options of `continual export`.
+type ExportArgs =
+    | [<MainCommand; ExactlyOnce>] Run_Folder of folder: string
+    | [<Mandatory; CustomCommandLine("--layout")>] Repository_Layout of name: string
+    | [<Mandatory; CustomCommandLine("--to")>] Repository_Folder of folder: string
+    | [<CustomCommandLine("--name")>] Model_Name of name: string
+
+    interface IArgParserTemplate with
+        member this.Usage =
+            match this with
+            | Run_Folder _ -> "a run's --out folder holding task-<k>.onnx files."
+            | Repository_Layout _ -> "repository layout: triton (Triton Inference Server and KServe)."
+            | Repository_Folder _ -> "the model repository folder; the model goes to REPO/<name>/<k>/model.onnx."
+            | Model_Name _ -> "model name in the repository (default: the run folder's name)."
 
 /// The commands of the tool.
 [<RequireSubcommand>]
@@ -82,6 +112,8 @@ type Command =
     | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<RunArgs>
     | [<CliPrefix(CliPrefix.None)>] Compare of ParseResults<RunArgs>
     | [<CliPrefix(CliPrefix.None)>] Bench_Penalties of ParseResults<RunArgs>
+    | [<CliPrefix(CliPrefix.None)>] Verify of ParseResults<VerifyArgs>
+    | [<CliPrefix(CliPrefix.None)>] Export of ParseResults<ExportArgs>
     | Version
 
     interface IArgParserTemplate with
@@ -91,4 +123,6 @@ type Command =
             | Bench _ -> "time a whole run: wall time, steps per second, peak memory."
             | Compare _ -> "run several strategies over several seeds and print mean and spread (--strategies, --seeds)."
             | Bench_Penalties _ -> "time each importance estimator on a 12,000-image task and each penalty's step overhead against plain SGD."
+            | Verify _ -> "re-check an exported task-<k>.onnx under ONNX Runtime against the accuracy it records."
+            | Export _ -> "lay a run's task models out as a model repository (--layout triton --to REPO)."
             | Version -> "print the version."

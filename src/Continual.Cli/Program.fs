@@ -70,9 +70,10 @@ let private refuse (args: ParseResults<RunArgs>) (command: string) (options: Run
     if not given.IsEmpty then
         raise (UsageProblem [ for o in given -> sprintf "--%s does not apply to '%s'" ((string o).Split(' ').[0].ToLowerInvariant().Replace('_', '-')) command ])
 
-let private runOnce (config: ExperimentConfig) (quiet: bool) =
+let private runOnce (config: ExperimentConfig) (quiet: bool) (afterTask: AfterTask -> unit) =
     let taskCount = if config.Strategy = "joint" then 1 else 5
-    Report.withProgress quiet taskCount (fun onEvent -> Experiment.run config (RunHooks.events onEvent) CancellationToken.None)
+    Report.withProgress quiet taskCount (fun onEvent ->
+        Experiment.run config { OnEvent = onEvent; AfterTask = afterTask } CancellationToken.None)
 
 let private runCommand (args: ParseResults<RunArgs>) =
     refuse args "run" [ Repeat 0; Strategies ""; Seeds "" ]
@@ -82,14 +83,16 @@ let private runCommand (args: ParseResults<RunArgs>) =
     AnsiConsole.MarkupLine(
         "[bold]{0}[/] on [bold]{1}[/]  buffer {2}  lr {3}  seed {4}  ->  {5}",
         Markup.Escape config.Strategy, Markup.Escape config.Benchmark, config.BufferSize, config.LearningRate, config.Seed, Markup.Escape out)
-    let result = runOnce config (args.Contains Quiet)
+    let onnx = OnnxCommands.exporter args config out
+    let result = runOnce config (args.Contains Quiet) (OnnxCommands.afterTask onnx)
     Report.printResult result
-    Results.write out result ignore
+    OnnxCommands.printSummary onnx result
+    Results.write out result (OnnxCommands.resultsSection onnx result)
     AnsiConsole.MarkupLine("wrote {0} and {1} ({2:0.0} s)", Markup.Escape(Path.Combine(out, "results.json")), Markup.Escape(Path.Combine(out, "results.csv")), result.WallSeconds)
     0
 
 let private benchCommand (args: ParseResults<RunArgs>) =
-    refuse args "bench" [ Strategies ""; Seeds "" ]
+    refuse args "bench" [ Strategies ""; Seeds ""; No_Onnx ]
     let config = configOf args None None
     check config
     let repeat = args.GetResult(Repeat, defaultValue = 1)
@@ -99,7 +102,7 @@ let private benchCommand (args: ParseResults<RunArgs>) =
         table.AddColumn(c) |> ignore
     let rows =
         [ for r in 1 .. repeat ->
-            let result = runOnce config true
+            let result = runOnce config true ignore
             let o = result.Outcome
             use me = Diagnostics.Process.GetCurrentProcess()
             let peak = float me.PeakWorkingSet64 / 1048576.0
@@ -126,7 +129,7 @@ let private benchCommand (args: ParseResults<RunArgs>) =
     0
 
 let private compareCommand (args: ParseResults<RunArgs>) =
-    refuse args "compare" [ Repeat 0; Strategy ""; Seed 0L ]
+    refuse args "compare" [ Repeat 0; Strategy ""; Seed 0L; No_Onnx ]
     let split (s: string) = s.Split(',', StringSplitOptions.RemoveEmptyEntries ||| StringSplitOptions.TrimEntries) |> List.ofArray
     let strategies = split (args.GetResult(Strategies, defaultValue = "sgd,joint,er,der,derpp"))
     let seeds =
@@ -142,7 +145,7 @@ let private compareCommand (args: ParseResults<RunArgs>) =
         let results =
             [ for config in runs ->
                 AnsiConsole.MarkupLine("{0} seed {1} ...", Markup.Escape name, config.Seed)
-                let result = runOnce config true
+                let result = runOnce config true ignore
                 Results.write (Path.Combine(out, Path.GetFileName(defaultOut config))) result ignore
                 result ]
         let classIl = results |> List.map (fun r -> Metrics.averageAccuracy r.Outcome.ClassIl)
@@ -158,20 +161,24 @@ let private compareCommand (args: ParseResults<RunArgs>) =
     AnsiConsole.Write table
     0
 
-[<EntryPoint>]
-let main argv =
-    let parser = ArgumentParser.Create<Command>(programName = "continual", errorHandler = ProcessExiter())
-    let parsed = parser.ParseCommandLine(argv, raiseOnUsage = true)
+/// Runs the tool on command-line arguments and returns its exit code (never exits the process).
+let run (argv: string[]) : int =
+    // Tables wrap at 80 columns when output goes to a file or a pipe; results read better wider.
+    if Console.IsOutputRedirected then AnsiConsole.Profile.Width <- 160
+    let parser = ArgumentParser.Create<Command>(programName = "continual")
     try
+        let parsed = parser.ParseCommandLine(argv, raiseOnUsage = true)
         match parsed.GetSubCommand() with
         | Run args -> runCommand args
         | Bench args -> benchCommand args
         | Compare args -> compareCommand args
         | Bench_Penalties args ->
-            refuse args "bench-penalties" [ Strategy ""; Strategies ""; Seeds ""; Penalty ""; Buffer 0; Repeat 0 ]
+            refuse args "bench-penalties" [ Strategy ""; Strategies ""; Seeds ""; Penalty ""; Buffer 0; Repeat 0; No_Onnx ]
             let config = configOf args (Some "sgd") None
             check config
             BenchPenalties.run config (args.TryGetResult Out)
+        | Verify args -> OnnxCommands.verifyCommand args
+        | Export args -> OnnxCommands.exportCommand args
         | Version ->
             printfn "continual %s" (typeof<ExperimentConfig>.Assembly.GetName().Version.ToString())
             0
@@ -179,6 +186,18 @@ let main argv =
     | UsageProblem errors ->
         for e in errors do Report.error e
         UsageError
+    | :? ArguParseException as e when e.ErrorCode = ErrorCode.HelpText ->
+        printfn "%s" e.Message
+        0
+    | :? ArguParseException as e ->
+        eprintfn "%s" e.Message
+        UsageError
     | DataFileError(path, reason) ->
         Report.error (sprintf "%s: %s (nothing was written)" path reason)
         1
+    | OnnxCommands.OnnxFailure message ->
+        Report.error message
+        1
+
+[<EntryPoint>]
+let main argv = run argv

@@ -199,6 +199,13 @@ module Training =
                     lossCount <- 0
         state
 
+    /// Frees what a training state holds.
+    let dispose (state: TrainingState) =
+        state.Buffer |> Option.iter Replay.dispose
+        state.Extensions |> List.iter (fun e -> e.Dispose())
+        state.Optimiser.Dispose()
+        state.Model.Dispose()
+
     /// Runs a strategy over a benchmark's stream (or all at once for JOINT), evaluating after every
     /// task on every task's test set.
     let run
@@ -262,10 +269,16 @@ module Training =
                       TestSets = testSets
                       Device = settings.Device }
                 hookSeconds <- hookSeconds + hookClock.Elapsed.TotalSeconds
-        finally
+        with _ ->
+            // A cancelled or failed run frees its model, optimiser, buffer and extensions at once.
             for (_, set) in testSets do
                 set.Inputs.Dispose()
                 set.Labels.Dispose()
+            dispose state
+            reraise ()
+        for (_, set) in testSets do
+            set.Inputs.Dispose()
+            set.Labels.Dispose()
         { ClassIl = classRows.ToArray()
           TaskIl = taskRows.ToArray()
           TaskSeconds = taskSeconds.ToArray()
@@ -275,9 +288,3 @@ module Training =
           Steps = state.StepsTaken
           State = state }
 
-    /// Frees what a training state holds.
-    let dispose (state: TrainingState) =
-        state.Buffer |> Option.iter Replay.dispose
-        state.Extensions |> List.iter (fun e -> e.Dispose())
-        state.Optimiser.Dispose()
-        state.Model.Dispose()
