@@ -196,6 +196,10 @@ module Experiment =
           | Some p when isImportance config.Strategy ->
               sprintf "--penalty %s cannot be added to %s, itself an importance method (one per run)" p config.Strategy
           | Some p when config.Strategy = "joint" -> sprintf "--penalty %s has no effect on joint (a single task)" p
+          | Some p when config.Lambda = 0.0 ->
+              // Experiment.withPenalty (the CLI's --penalty) sets the method's defaults; a caller that only
+              // sets the field would otherwise add a penalty of strength 0 without noticing.
+              sprintf "--penalty %s with λ = 0 adds nothing: set --lambda (Experiment.withPenalty sets the method's defaults)" p
           | _ -> ()
           if config.Lambda < 0.0 || System.Double.IsNaN config.Lambda || System.Double.IsInfinity config.Lambda then
               sprintf "--lambda must be a non-negative number (got %g)" config.Lambda

