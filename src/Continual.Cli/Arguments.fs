@@ -31,13 +31,26 @@ type RunArgs =
     | Repeat of count: int
     | Strategies of names: string
     | Seeds of seeds: string
+    | Penalty of name: string
+    | Lambda of strength: float
+    | Gamma of decay: float
+    | Xi of damping: float
+    | Fisher_Alpha of weight: float
+    | Score_Every of steps: int
+    | Epsilon of epsilon: float
+    | Slices of count: int
+    | Scp_Alpha of weight: float
+    | Scp_Batch of size: int
+    | Fisher of kind: string
+    | Clip_Grad of value: float
+    | No_Onnx
 
     interface IArgParserTemplate with
         member this.Usage =
             match this with
             | Benchmark _ -> "benchmark: split-fmnist (default), split-mnist or split-cifar10 (binary batches, --data FOLDER)."
             | Data _ -> "folder with the four IDX files (default /usr/share/datasets/fashion-mnist), or CIFAR-10's binary batches."
-            | Strategy _ -> "sgd, joint, er, der, derpp, lwf or icarl (default derpp)."
+            | Strategy _ -> "sgd, joint, er, der, derpp, lwf, icarl, ewc, ewc-online, ewc++, si, mas, rwalk or scp (default derpp)."
             | Buffer _ -> "replay buffer size, iCaRL's memory (default 500; the reference settings exist for 200, 500, 5120)."
             | Seed _ -> "random seed (default 0)."
             | Lr _ -> "learning rate (default: the reference setting of the strategy and buffer)."
@@ -62,6 +75,47 @@ type RunArgs =
             | Repeat _ -> "bench only: number of whole runs to time (default 1)."
             | Strategies _ -> "compare only: comma-separated strategies (default sgd,joint,er,der,derpp)."
             | Seeds _ -> "compare only: comma-separated seeds (default 0,1,2)."
+            | Penalty _ -> "add an importance penalty to the strategy: ewc, ewc-online, ewc++, si, mas, rwalk or scp (e.g. derpp with si)."
+            | Lambda _ -> "importance penalty strength λ, SI's c (default: the method's, see docs/importance.md)."
+            | Gamma _ -> "online EWC's Fisher decay γ (default 1)."
+            | Xi _ -> "SI's damping ξ (default 0.9)."
+            | Fisher_Alpha _ -> "EWC++/RWalk: weight α of the batch Fisher in the running average (default 0.001 for ewc++, 0.9 for rwalk)."
+            | Score_Every _ -> "RWalk: steps per path-score window (default 10)."
+            | Epsilon _ -> "RWalk's ε in the score's denominator (default 1.19e-7)."
+            | Slices _ -> "SCP: random slices per batch (default 50)."
+            | Scp_Alpha _ -> "SCP: weight α of the old Γ across tasks (default 0.5)."
+            | Scp_Batch _ -> "SCP: samples per batch mean (default 100)."
+            | Fisher _ -> "Fisher labels: true (sampled), empirical or weighted (default: the method's)."
+            | Clip_Grad _ -> "clip every gradient element to [-c, c] before the step (default: 1 for si, none otherwise)."
+            | No_Onnx -> "run only: skip the ONNX export and verification after each task."
+
+/// Options of `continual verify`.
+type VerifyArgs =
+    | [<MainCommand; ExactlyOnce>] Model_File of model: string
+    | [<CustomCommandLine("--data")>] Test_Data of folder: string
+    | Provider of name: string
+
+    interface IArgParserTemplate with
+        member this.Usage =
+            match this with
+            | Model_File _ -> "a task-<k>.onnx file written by continual run."
+            | Test_Data _ -> "folder with the IDX test files (default /usr/share/datasets/fashion-mnist)."
+            | Provider _ -> "ONNX Runtime execution provider: auto (default: CUDA where it runs, else CPU), cpu or cuda."
+
+/// Options of `continual export`.
+type ExportArgs =
+    | [<MainCommand; ExactlyOnce>] Run_Folder of folder: string
+    | [<Mandatory; CustomCommandLine("--layout")>] Repository_Layout of name: string
+    | [<Mandatory; CustomCommandLine("--to")>] Repository_Folder of folder: string
+    | [<CustomCommandLine("--name")>] Model_Name of name: string
+
+    interface IArgParserTemplate with
+        member this.Usage =
+            match this with
+            | Run_Folder _ -> "a run's --out folder holding task-<k>.onnx files."
+            | Repository_Layout _ -> "repository layout: triton (Triton Inference Server and KServe)."
+            | Repository_Folder _ -> "the model repository folder; the model goes to REPO/<name>/<k>/model.onnx."
+            | Model_Name _ -> "model name in the repository (default: the run folder's name)."
 
 /// The commands of the tool.
 [<RequireSubcommand>]
@@ -69,6 +123,9 @@ type Command =
     | [<CliPrefix(CliPrefix.None)>] Run of ParseResults<RunArgs>
     | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<RunArgs>
     | [<CliPrefix(CliPrefix.None)>] Compare of ParseResults<RunArgs>
+    | [<CliPrefix(CliPrefix.None)>] Bench_Penalties of ParseResults<RunArgs>
+    | [<CliPrefix(CliPrefix.None)>] Verify of ParseResults<VerifyArgs>
+    | [<CliPrefix(CliPrefix.None)>] Export of ParseResults<ExportArgs>
     | Version
 
     interface IArgParserTemplate with
@@ -77,4 +134,7 @@ type Command =
             | Run _ -> "train a strategy on a benchmark, print the accuracy matrices and write results."
             | Bench _ -> "time a whole run: wall time, steps per second, peak memory."
             | Compare _ -> "run several strategies over several seeds and print mean and spread (--strategies, --seeds)."
+            | Bench_Penalties _ -> "time each importance estimator on a 12,000-image task and each penalty's step overhead against plain SGD."
+            | Verify _ -> "re-check an exported task-<k>.onnx under ONNX Runtime against the accuracy it records."
+            | Export _ -> "lay a run's task models out as a model repository (--layout triton --to REPO)."
             | Version -> "print the version."

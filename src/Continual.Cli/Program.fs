@@ -19,7 +19,7 @@ exception private UsageProblem of string list
 let configOf (args: ParseResults<RunArgs>) (strategyOverride: string option) (seedOverride: int64 option) =
     let strategy = (defaultArg strategyOverride (args.GetResult(Strategy, defaultValue = "derpp"))).Trim().ToLowerInvariant()
     let buffer = args.GetResult(Buffer, defaultValue = 500)
-    let d = Experiment.defaults strategy buffer
+    let d = Experiment.defaults strategy buffer |> Experiment.withPenalty (args.TryGetResult Penalty)
     let benchmark = args.GetResult(Benchmark, defaultValue = d.Benchmark)
     { d with
         Benchmark = benchmark
@@ -37,6 +37,17 @@ let configOf (args: ParseResults<RunArgs>) (strategyOverride: string option) (se
         Threads = args.GetResult(Threads, defaultValue = d.Threads)
         TrainPerClass = args.TryGetResult Train_Per_Class
         TestPerClass = args.TryGetResult Test_Per_Class
+        Lambda = args.GetResult(Lambda, defaultValue = d.Lambda)
+        Gamma = args.GetResult(Gamma, defaultValue = d.Gamma)
+        Xi = args.GetResult(Xi, defaultValue = d.Xi)
+        FisherAlpha = args.GetResult(Fisher_Alpha, defaultValue = d.FisherAlpha)
+        ScoreEvery = args.GetResult(Score_Every, defaultValue = d.ScoreEvery)
+        Epsilon = args.GetResult(Epsilon, defaultValue = d.Epsilon)
+        Slices = args.GetResult(Slices, defaultValue = d.Slices)
+        ScpAlpha = args.GetResult(Scp_Alpha, defaultValue = d.ScpAlpha)
+        ScpBatch = args.GetResult(Scp_Batch, defaultValue = d.ScpBatch)
+        Fisher = args.GetResult(Fisher, defaultValue = d.Fisher)
+        ClipGrad = (match args.TryGetResult Clip_Grad with Some c -> Some c | None -> d.ClipGrad)
         Distill = args.TryGetResult Distill |> Option.map (fun n -> n.Trim().ToLowerInvariant()) |> Option.filter (fun n -> n <> "none")
         DistillWeight = args.GetResult(Distill_Weight, defaultValue = d.DistillWeight)
         Temperature = args.GetResult(Temperature, defaultValue = d.Temperature)
@@ -46,9 +57,10 @@ let configOf (args: ParseResults<RunArgs>) (strategyOverride: string option) (se
 
 let private defaultOut (config: ExperimentConfig) =
     let buffer = if config.BufferSize > 0 then sprintf "-%d" config.BufferSize else ""
+    let penalty = match config.Penalty with Some p -> "+" + p | None -> ""
     let distill = match config.Distill with Some n -> "-" + n | None -> ""
     let backbone = if config.Backbone = "mlp" then "" else "-" + config.Backbone
-    Path.Combine("runs", sprintf "%s%s-%s%s%s-s%d" config.Benchmark backbone config.Strategy buffer distill config.Seed)
+    Path.Combine("runs", sprintf "%s%s-%s%s%s%s-s%d" config.Benchmark backbone config.Strategy buffer penalty distill config.Seed)
 
 /// Checks a configuration and that its data files are there, before any work starts.
 let private check (config: ExperimentConfig) =
@@ -73,9 +85,10 @@ let private refuse (args: ParseResults<RunArgs>) (command: string) (options: Run
     if not given.IsEmpty then
         raise (UsageProblem [ for o in given -> sprintf "--%s does not apply to '%s'" ((string o).Split(' ').[0].ToLowerInvariant().Replace('_', '-')) command ])
 
-let private runOnce (config: ExperimentConfig) (quiet: bool) =
+let private runOnce (config: ExperimentConfig) (quiet: bool) (afterTask: AfterTask -> unit) =
     let taskCount = if config.Strategy = "joint" then 1 else 5
-    Report.withProgress quiet taskCount (fun onEvent -> Experiment.run config (RunHooks.events onEvent) CancellationToken.None)
+    Report.withProgress quiet taskCount (fun onEvent ->
+        Experiment.run config { OnEvent = onEvent; AfterTask = afterTask } CancellationToken.None)
 
 let private runCommand (args: ParseResults<RunArgs>) =
     refuse args "run" [ Repeat 0; Strategies ""; Seeds "" ]
@@ -85,9 +98,11 @@ let private runCommand (args: ParseResults<RunArgs>) =
     AnsiConsole.MarkupLine(
         "[bold]{0}[/] on [bold]{1}[/]  buffer {2}  lr {3}  seed {4}  ->  {5}",
         Markup.Escape config.Strategy, Markup.Escape config.Benchmark, config.BufferSize, config.LearningRate, config.Seed, Markup.Escape out)
-    let result = runOnce config (args.Contains Quiet)
+    let onnx = OnnxCommands.exporter args config out
+    let result = runOnce config (args.Contains Quiet) (OnnxCommands.afterTask onnx)
     Report.printResult result
-    Results.write out result ignore
+    OnnxCommands.printSummary onnx result
+    Results.write out result (OnnxCommands.resultsSection onnx result)
     AnsiConsole.MarkupLine("wrote {0} and {1} ({2:0.0} s)", Markup.Escape(Path.Combine(out, "results.json")), Markup.Escape(Path.Combine(out, "results.csv")), result.WallSeconds)
     0
 
@@ -109,7 +124,7 @@ let private distillCosts (args: ParseResults<RunArgs>) =
     let lines = ResizeArray()
     for (label, config) in configs do
         AnsiConsole.MarkupLine("{0} ...", Markup.Escape label)
-        let result = runOnce config true
+        let result = runOnce config true ignore
         let o = result.Outcome
         let ms = 1000.0 * o.TrainSeconds / float (max 1L o.Steps)
         if label = "sgd" then sgdMs <- ms
@@ -127,7 +142,7 @@ let private distillCosts (args: ParseResults<RunArgs>) =
     0
 
 let private benchCommand (args: ParseResults<RunArgs>) =
-    refuse args "bench" [ Strategies ""; Seeds "" ]
+    refuse args "bench" [ Strategies ""; Seeds ""; No_Onnx ]
     if args.TryGetResult Distill |> Option.exists (fun d -> d.Trim().ToLowerInvariant() = "all") then distillCosts args else
     let config = configOf args None None
     check config
@@ -138,7 +153,7 @@ let private benchCommand (args: ParseResults<RunArgs>) =
         table.AddColumn(c) |> ignore
     let rows =
         [ for r in 1 .. repeat ->
-            let result = runOnce config true
+            let result = runOnce config true ignore
             let o = result.Outcome
             use me = Diagnostics.Process.GetCurrentProcess()
             let peak = float me.PeakWorkingSet64 / 1048576.0
@@ -165,7 +180,7 @@ let private benchCommand (args: ParseResults<RunArgs>) =
     0
 
 let private compareCommand (args: ParseResults<RunArgs>) =
-    refuse args "compare" [ Repeat 0; Strategy ""; Seed 0L ]
+    refuse args "compare" [ Repeat 0; Strategy ""; Seed 0L; No_Onnx ]
     let split (s: string) = s.Split(',', StringSplitOptions.RemoveEmptyEntries ||| StringSplitOptions.TrimEntries) |> List.ofArray
     let strategies = split (args.GetResult(Strategies, defaultValue = "sgd,joint,er,der,derpp"))
     let seeds =
@@ -181,14 +196,14 @@ let private compareCommand (args: ParseResults<RunArgs>) =
         let results =
             [ for config in runs ->
                 AnsiConsole.MarkupLine("{0} seed {1} ...", Markup.Escape name, config.Seed)
-                let result = runOnce config true
+                let result = runOnce config true ignore
                 Results.write (Path.Combine(out, Path.GetFileName(defaultOut config))) result ignore
                 result ]
         let classIl = results |> List.map (fun r -> Metrics.averageAccuracy r.Outcome.ClassIl)
         let taskIl = results |> List.map (fun r -> Metrics.averageAccuracy r.Outcome.TaskIl)
         let (cm, cs), (tm, ts) = Metrics.meanAndSpread classIl, Metrics.meanAndSpread taskIl
         table.AddRow(
-            name,
+            (match runs.Head.Penalty with Some p -> name + "+" + p | None -> name),
             string runs.Head.BufferSize,
             sprintf "%.2f ± %.2f" cm cs,
             sprintf "%.2f ± %.2f" tm ts,
@@ -197,15 +212,24 @@ let private compareCommand (args: ParseResults<RunArgs>) =
     AnsiConsole.Write table
     0
 
-[<EntryPoint>]
-let main argv =
-    let parser = ArgumentParser.Create<Command>(programName = "continual", errorHandler = ProcessExiter())
-    let parsed = parser.ParseCommandLine(argv, raiseOnUsage = true)
+/// Runs the tool on command-line arguments and returns its exit code (never exits the process).
+let run (argv: string[]) : int =
+    // Tables wrap at 80 columns when output goes to a file or a pipe; results read better wider.
+    if Console.IsOutputRedirected then AnsiConsole.Profile.Width <- 160
+    let parser = ArgumentParser.Create<Command>(programName = "continual")
     try
+        let parsed = parser.ParseCommandLine(argv, raiseOnUsage = true)
         match parsed.GetSubCommand() with
         | Run args -> runCommand args
         | Bench args -> benchCommand args
         | Compare args -> compareCommand args
+        | Bench_Penalties args ->
+            refuse args "bench-penalties" [ Strategy ""; Strategies ""; Seeds ""; Penalty ""; Buffer 0; Repeat 0; No_Onnx ]
+            let config = configOf args (Some "sgd") None
+            check config
+            BenchPenalties.run config (args.TryGetResult Out)
+        | Verify args -> OnnxCommands.verifyCommand args
+        | Export args -> OnnxCommands.exportCommand args
         | Version ->
             printfn "continual %s" (typeof<ExperimentConfig>.Assembly.GetName().Version.ToString())
             0
@@ -213,6 +237,18 @@ let main argv =
     | UsageProblem errors ->
         for e in errors do Report.error e
         UsageError
+    | :? ArguParseException as e when e.ErrorCode = ErrorCode.HelpText ->
+        printfn "%s" e.Message
+        0
+    | :? ArguParseException as e ->
+        eprintfn "%s" e.Message
+        UsageError
     | DataFileError(path, reason) ->
         Report.error (sprintf "%s: %s (nothing was written)" path reason)
         1
+    | OnnxCommands.OnnxFailure message ->
+        Report.error message
+        1
+
+[<EntryPoint>]
+let main argv = run argv

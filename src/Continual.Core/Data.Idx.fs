@@ -50,11 +50,13 @@ module Idx =
 
     let private header (path: string) (bytes: byte[]) (expectedMagic: int) (what: string) (dims: int) =
         let headerLength = 4 + 4 * dims
-        if bytes.Length < headerLength then
-            fail path (sprintf "truncated: %d bytes, shorter than the %d-byte IDX header of %s" bytes.Length headerLength what)
+        if bytes.Length < 4 then
+            fail path (sprintf "truncated: %d bytes, too short for an IDX magic number" bytes.Length)
         let magic = bigEndianInt bytes 0
         if magic <> expectedMagic then
             fail path (sprintf "wrong magic number 0x%08X (expected 0x%08X for IDX %s)" magic expectedMagic what)
+        if bytes.Length < headerLength then
+            fail path (sprintf "truncated: %d bytes, shorter than the %d-byte IDX header of %s" bytes.Length headerLength what)
         let sizes = Array.init dims (fun d -> bigEndianInt bytes (4 + 4 * d))
         if sizes |> Array.exists (fun s -> s < 0) then fail path "negative dimension in the IDX header"
         let expected = int64 headerLength + (sizes |> Array.fold (fun acc s -> acc * int64 s) 1L)

@@ -26,6 +26,30 @@ type ExperimentConfig =
       TrainPerClass: int option
       /// Use at most this many test examples per class (None: all).
       TestPerClass: int option
+      /// An importance penalty added to the strategy's loss (e.g. "si" on derpp), None for none.
+      Penalty: string option
+      /// Importance penalty strength λ (SI's c).
+      Lambda: float
+      /// Online EWC's decay γ.
+      Gamma: float
+      /// SI's damping ξ.
+      Xi: float
+      /// EWC++ and RWalk's running-Fisher weight α of the new batch.
+      FisherAlpha: float
+      /// RWalk: steps per path-score window.
+      ScoreEvery: int
+      /// RWalk's ε.
+      Epsilon: float
+      /// SCP: random slices per batch.
+      Slices: int
+      /// SCP's α (weight of the old Γ).
+      ScpAlpha: float
+      /// SCP: samples per batch mean.
+      ScpBatch: int
+      /// The Fisher's labels: "true" (sampled), "empirical" or "weighted".
+      Fisher: string
+      /// Clip every gradient element to [-c, c] before the step (SI's protocol), None for no clipping.
+      ClipGrad: float option
       /// An extra distillation term on top of the strategy (`--distill`: kd, fitnets, nst, at, rkd,
       /// pod, sd, relation), None for none.
       Distill: string option
@@ -54,10 +78,53 @@ type ExperimentResult =
 module Experiment =
 
     /// The strategies this build knows.
-    let strategyNames = [ "sgd"; "joint"; "er"; "der"; "derpp"; "lwf"; "icarl" ]
+    let strategyNames = [ "sgd"; "joint"; "er"; "der"; "derpp"; "lwf"; "icarl" ] @ ImportanceStrategies.names
 
     /// Strategies that keep a memory of examples (the size given by --buffer).
     let private withMemory = [ "er"; "der"; "derpp"; "icarl" ]
+
+    /// Whether a strategy is a parameter-importance method.
+    let isImportance (strategy: string) = List.contains strategy ImportanceStrategies.names
+
+    /// The importance hyper-parameters of a method (or neutral values for "none"): METHODS.md's
+    /// reference settings for online EWC (λ 90, γ 1, p-weighted Fisher) and SI (c 1, ξ 0.9, clipping
+    /// at 1); documented values elsewhere (RWalk's α 0.9, 10-step windows and ε as in Chaudhry et al.
+    /// and Avalanche; SCP's 50 slices and α 0.5 as in Kolouri et al.'s code); λ of EWC, EWC++, MAS,
+    /// RWalk and SCP and EWC++'s α chosen on seed 10 of Split Fashion-MNIST (docs/importance.md).
+    let importanceDefaults (method: string) (config: ExperimentConfig) : ExperimentConfig =
+        let neutral =
+            { config with
+                Lambda = 0.0
+                Gamma = 1.0
+                Xi = 0.9
+                FisherAlpha = 0.9
+                ScoreEvery = 10
+                // float32 machine epsilon, as torch.finfo(float32).eps (Avalanche's RWalk).
+                Epsilon = 1.1920928955078125e-7
+                Slices = 50
+                ScpAlpha = 0.5
+                ScpBatch = 100
+                Fisher = "empirical"
+                ClipGrad = None }
+        match method with
+        | "ewc" -> { neutral with Lambda = 100.0; Fisher = "true" }
+        | "ewc-online" -> { neutral with Lambda = 90.0; Fisher = "weighted" }
+        // A per-batch α of 0.9 remembers about ten batches of ten images; 0.001 spans about one task.
+        | "ewc++" -> { neutral with Lambda = 100.0; FisherAlpha = 0.001 }
+        | "si" -> { neutral with Lambda = 1.0; ClipGrad = Some 1.0 }
+        | "mas" -> { neutral with Lambda = 0.1 }
+        | "rwalk" -> { neutral with Lambda = 10.0 }
+        | "scp" -> { neutral with Lambda = 0.03 }
+        | _ -> neutral
+
+    /// Adds an importance penalty to a configuration's strategy, with that method's default
+    /// hyper-parameters (clipping stays as the strategy has it); None leaves the configuration as is.
+    let withPenalty (penalty: string option) (config: ExperimentConfig) : ExperimentConfig =
+        match penalty with
+        | None -> config
+        | Some name ->
+            let name = name.Trim().ToLowerInvariant()
+            { importanceDefaults name config with Penalty = Some name; ClipGrad = config.ClipGrad }
 
     /// The benchmarks this build knows.
     let benchmarkNames = [ "split-fmnist"; "split-mnist"; "split-cifar10" ]
@@ -82,6 +149,7 @@ module Experiment =
             | "derpp", 200 -> 0.03, 128, 0.2, 1.0
             | "derpp", 500 -> 0.03, 10, 1.0, 0.5
             | "derpp", _ -> 0.1, 64, 0.2, 0.5
+            | "si", _ -> 0.1, 10, 0.0, 0.0
             | "lwf", _ -> 0.03, 10, 1.0, 0.0
             | "icarl", _ -> 0.1, 10, 0.0, 0.0
             | _ -> 0.03, 10, 0.0, 0.0
@@ -101,12 +169,25 @@ module Experiment =
           Threads = 1
           TrainPerClass = None
           TestPerClass = None
+          Penalty = None
+          Lambda = 0.0
+          Gamma = 1.0
+          Xi = 0.9
+          FisherAlpha = 0.9
+          ScoreEvery = 10
+          Epsilon = 0.0
+          Slices = 50
+          ScpAlpha = 0.5
+          ScpBatch = 100
+          Fisher = "empirical"
+          ClipGrad = None
           Distill = None
           DistillWeight = 1.0
           Temperature = 2.0
           LwfBalance = false
           SubspaceDim = 2
           Backbone = "mlp" }
+        |> importanceDefaults strategy
 
     /// Everything wrong with a configuration, as messages a user can act on (empty when it is valid).
     let validate (config: ExperimentConfig) : string list =
@@ -127,6 +208,39 @@ module Experiment =
           if config.WeightDecay < 0.0 || System.Double.IsNaN config.WeightDecay then
               sprintf "--weight-decay must not be negative (got %g)" config.WeightDecay
           if config.Threads <= 0 then sprintf "--threads must be positive (got %d)" config.Threads
+          match config.TrainPerClass with
+          | Some n when n <= 0 -> sprintf "--train-per-class must be positive (got %d)" n
+          | _ -> ()
+          match config.TestPerClass with
+          | Some n when n <= 0 -> sprintf "--test-per-class must be positive (got %d)" n
+          | _ -> ()
+          match config.Penalty with
+          | Some p when not (isImportance p) ->
+              sprintf "unknown penalty '%s' (expected one of: %s)" p (String.concat ", " ImportanceStrategies.names)
+          | Some p when isImportance config.Strategy ->
+              sprintf "--penalty %s cannot be added to %s, itself an importance method (one per run)" p config.Strategy
+          | Some p when config.Strategy = "joint" -> sprintf "--penalty %s has no effect on joint (a single task)" p
+          | Some p when config.Lambda = 0.0 ->
+              // Experiment.withPenalty (the CLI's --penalty) sets the method's defaults; a caller that only
+              // sets the field would otherwise add a penalty of strength 0 without noticing.
+              sprintf "--penalty %s with λ = 0 adds nothing: set --lambda (Experiment.withPenalty sets the method's defaults)" p
+          | _ -> ()
+          if config.Lambda < 0.0 || System.Double.IsNaN config.Lambda || System.Double.IsInfinity config.Lambda then
+              sprintf "--lambda must be a non-negative number (got %g)" config.Lambda
+          if config.Gamma < 0.0 || System.Double.IsNaN config.Gamma then sprintf "--gamma must not be negative (got %g)" config.Gamma
+          if not (config.Xi > 0.0) then sprintf "--xi must be positive (got %g)" config.Xi
+          if not (config.FisherAlpha >= 0.0 && config.FisherAlpha <= 1.0) then
+              sprintf "--fisher-alpha must be in [0, 1] (got %g)" config.FisherAlpha
+          if config.ScoreEvery <= 0 then sprintf "--score-every must be positive (got %d)" config.ScoreEvery
+          if not (config.Epsilon > 0.0) then sprintf "--epsilon must be positive (got %g)" config.Epsilon
+          if config.Slices <= 0 then sprintf "--slices must be positive (got %d)" config.Slices
+          if not (config.ScpAlpha >= 0.0 && config.ScpAlpha < 1.0) then sprintf "--scp-alpha must be in [0, 1) (got %g)" config.ScpAlpha
+          if config.ScpBatch <= 0 then sprintf "--scp-batch must be positive (got %d)" config.ScpBatch
+          if not (List.contains (config.Fisher.Trim().ToLowerInvariant()) Penalties.FisherKind.names) then
+              sprintf "unknown Fisher kind '%s' (expected one of: %s)" config.Fisher (String.concat ", " Penalties.FisherKind.names)
+          match config.ClipGrad with
+          | Some c when not (c > 0.0) -> sprintf "--clip-grad must be positive (got %g)" c
+          | _ -> ()
           match config.Distill with
           | Some name when (DistillationKind.parse name).IsNone ->
               sprintf "unknown distillation term '%s' (expected one of: %s)" name (String.concat ", " DistillationKind.names)
@@ -140,41 +254,55 @@ module Experiment =
           if not (List.contains (config.Backbone.Trim().ToLowerInvariant()) Backbones.names) then
               sprintf "unknown backbone '%s' (expected one of: %s)" config.Backbone (String.concat ", " Backbones.names)
           if config.SubspaceDim <= 0 then sprintf "--subspace-dim must be positive (got %d)" config.SubspaceDim
-          match config.TrainPerClass with
-          | Some n when n <= 0 -> sprintf "--train-per-class must be positive (got %d)" n
-          | _ -> ()
-          match config.TestPerClass with
-          | Some n when n <= 0 -> sprintf "--test-per-class must be positive (got %d)" n
-          | _ -> ()
           let device = config.Device.Trim().ToLowerInvariant()
           if device <> "cpu" && not (device.StartsWith "cuda") then
               sprintf "unknown device '%s' (expected cpu or cuda)" config.Device ]
 
-    /// The strategy a configuration names, with its hyper-parameters.
+    /// The importance settings of a configuration.
+    let importanceSettings (config: ExperimentConfig) : ImportanceSettings =
+        { Lambda = config.Lambda
+          Gamma = config.Gamma
+          Xi = config.Xi
+          FisherAlpha = config.FisherAlpha
+          ScoreEvery = config.ScoreEvery
+          Epsilon = config.Epsilon
+          Slices = config.Slices
+          ScpAlpha = config.ScpAlpha
+          ScpBatch = config.ScpBatch
+          Fisher = Penalties.FisherKind.parse config.Fisher
+          Seed = config.Seed }
+
+    /// The strategy a configuration names, with its hyper-parameters (and its added penalty, if any).
     let strategy (config: ExperimentConfig) : Strategy =
-        let strategy =
-          match config.Strategy with
-          | "sgd" -> Strategies.sgd
-          | "joint" -> Strategies.joint
-          | "er" -> Strategies.er config.BufferSize config.Minibatch
-          | "der" -> Strategies.der config.BufferSize config.Minibatch config.Alpha
-          | "derpp" -> Strategies.derpp config.BufferSize config.Minibatch config.Alpha config.Beta
-          | "lwf" ->
-              DistillationStrategies.lwf
-                  { DistillationStrategies.lwfDefaults with Alpha = config.Alpha; Temperature = config.Temperature; Balanced = config.LwfBalance }
-                  config.Seed
-          | "icarl" -> DistillationStrategies.icarl config.BufferSize
-          | other -> invalidArg (nameof config) (sprintf "unknown strategy '%s'" other)
+        let baseStrategy =
+            match config.Strategy with
+            | "sgd" -> Strategies.sgd
+            | "joint" -> Strategies.joint
+            | "er" -> Strategies.er config.BufferSize config.Minibatch
+            | "der" -> Strategies.der config.BufferSize config.Minibatch config.Alpha
+            | "derpp" -> Strategies.derpp config.BufferSize config.Minibatch config.Alpha config.Beta
+            | "lwf" ->
+                DistillationStrategies.lwf
+                    { DistillationStrategies.lwfDefaults with Alpha = config.Alpha; Temperature = config.Temperature; Balanced = config.LwfBalance }
+                    config.Seed
+            | "icarl" -> DistillationStrategies.icarl config.BufferSize
+            | name when isImportance name -> ImportanceStrategies.strategy name (importanceSettings config) None
+            | other -> invalidArg (nameof config) (sprintf "unknown strategy '%s'" other)
+        let clipped = match config.ClipGrad with Some c -> { baseStrategy with ClipGradValue = Some c } | None -> baseStrategy
+        let penalised =
+            match config.Penalty with
+            | Some name -> clipped |> Strategies.withExtension (ImportanceStrategies.extension name (importanceSettings config))
+            | None -> clipped
         match config.Distill |> Option.bind DistillationKind.parse with
         | Some kind ->
-            strategy
+            penalised
             |> DistillationStrategies.withDistillation
                 { Kind = kind
                   Weight = config.DistillWeight
                   Temperature = config.Temperature
                   SubspaceDim = config.SubspaceDim
                   RelationSamples = 32 }
-        | None -> strategy
+        | None -> penalised
 
     /// Loads the benchmark a configuration names, restricted per class when asked.
     let loadBenchmark (config: ExperimentConfig) : Benchmark =

@@ -44,6 +44,22 @@ module Results =
         match c.TestPerClass with
         | Some n -> w.WriteNumber("testPerClass", n)
         | None -> w.WriteNull("testPerClass")
+        match c.Penalty with
+        | Some p -> w.WriteString("penalty", p)
+        | None -> w.WriteNull("penalty")
+        w.WriteNumber("lambda", c.Lambda)
+        w.WriteNumber("gamma", c.Gamma)
+        w.WriteNumber("xi", c.Xi)
+        w.WriteNumber("fisherAlpha", c.FisherAlpha)
+        w.WriteNumber("scoreEvery", c.ScoreEvery)
+        w.WriteNumber("epsilon", c.Epsilon)
+        w.WriteNumber("slices", c.Slices)
+        w.WriteNumber("scpAlpha", c.ScpAlpha)
+        w.WriteNumber("scpBatch", c.ScpBatch)
+        w.WriteString("fisher", c.Fisher)
+        match c.ClipGrad with
+        | Some v -> w.WriteNumber("clipGrad", v)
+        | None -> w.WriteNull("clipGrad")
         match c.Distill with
         | Some name -> w.WriteString("distill", name)
         | None -> w.WriteNull("distill")

@@ -58,6 +58,10 @@ type Extension() =
     abstract Terms: StepView -> LossTerm list
     /// Called after backward and gradient clipping, before the optimiser step (gradients are in p.grad).
     abstract AfterBackward: Backbone -> Extension
+    /// Called after backward and gradient clipping, before the optimiser step, with the step's view
+    /// (importance estimated from the batch itself, as EWC++ and RWalk do, needs its activations).
+    /// By default it calls AfterBackward with the model.
+    abstract AfterBackwardOn: StepView -> Extension
     /// Called after the optimiser step.
     abstract AfterStep: Backbone -> Extension
     /// Called after the last step of a task, before evaluation.
@@ -73,6 +77,7 @@ type Extension() =
     default this.BeginTask _ = this
     default _.Terms _ = []
     default this.AfterBackward _ = this
+    default this.AfterBackwardOn view = this.AfterBackward view.Model
     default this.AfterStep _ = this
     default this.EndTask _ = this
     default _.ExtraTrainingData() = None

@@ -148,7 +148,7 @@ module Training =
         match strategy.ClipGradValue with
         | Some c -> torch.nn.utils.clip_grad_value_(state.Model.parameters (), c)
         | None -> ()
-        let extensions = state.Extensions |> List.map (fun e -> e.AfterBackward state.Model)
+        let extensions = state.Extensions |> List.map (fun e -> e.AfterBackwardOn view)
         state.Optimiser.step () |> ignore
         let extensions = extensions |> List.map (fun e -> e.AfterStep state.Model)
         let buffer =
@@ -201,6 +201,13 @@ module Training =
                     lossSum <- 0.0
                     lossCount <- 0
         state
+
+    /// Frees what a training state holds.
+    let dispose (state: TrainingState) =
+        state.Buffer |> Option.iter Replay.dispose
+        state.Extensions |> List.iter (fun e -> e.Dispose())
+        state.Optimiser.Dispose()
+        state.Model.Dispose()
 
     /// Runs a strategy over a benchmark's stream (or all at once for JOINT), evaluating after every
     /// task on every task's test set.
@@ -282,10 +289,16 @@ module Training =
                       TestSets = testSets
                       Device = settings.Device }
                 hookSeconds <- hookSeconds + hookClock.Elapsed.TotalSeconds
-        finally
+        with _ ->
+            // A cancelled or failed run frees its model, optimiser, buffer and extensions at once.
             for (_, set) in testSets do
                 set.Inputs.Dispose()
                 set.Labels.Dispose()
+            dispose state
+            reraise ()
+        for (_, set) in testSets do
+            set.Inputs.Dispose()
+            set.Labels.Dispose()
         { ClassIl = classRows.ToArray()
           TaskIl = taskRows.ToArray()
           TaskSeconds = taskSeconds.ToArray()
@@ -295,9 +308,3 @@ module Training =
           Steps = state.StepsTaken
           State = state }
 
-    /// Frees what a training state holds.
-    let dispose (state: TrainingState) =
-        state.Buffer |> Option.iter Replay.dispose
-        state.Extensions |> List.iter (fun e -> e.Dispose())
-        state.Optimiser.Dispose()
-        state.Model.Dispose()

@@ -8,11 +8,8 @@ open FsCheck.FSharp
 open TorchSharp
 open Continual
 
-/// A fixed replay seed so CI sees the same cases every run.
-let config =
-    { FsCheckConfig.defaultConfig with
-        maxTest = 60
-        replay = Some(0x5EED0D15711UL, 0x9E3779B97F4A7C15UL, None) }
+/// The project's fixed replay seed (PropertyConfig), 60 cases a property.
+let config = PropertyConfig.fixedSeed 60
 
 /// Values in [-2, 2] on a 1e-3 grid (finite, bounded float32-friendly).
 let value : Gen<float> = Gen.choose (-2000, 2000) |> Gen.map (fun i -> float i / 1000.0)

@@ -1,0 +1,181 @@
+using System.Collections.ObjectModel;
+using Microsoft.FSharp.Collections;
+using Microsoft.FSharp.Core;
+using TorchSharp;
+using CoreResult = global::Continual.ExperimentResult;
+
+namespace Continual.CSharp;
+
+/// <summary>
+/// A finished experiment: accuracy matrices, metrics, timings, and the trained model. Dispose it to
+/// release the model (its figures stay readable afterwards, and <see cref="WriteResults"/> still works).
+/// Not safe for concurrent use.
+/// </summary>
+public sealed class ExperimentResult : IDisposable
+{
+    private readonly CoreResult _result;
+    private bool _disposed;
+
+    internal ExperimentResult(CoreResult result, ExperimentSettings settings)
+    {
+        _result = result;
+        Settings = settings;
+        var outcome = result.Outcome;
+        ClassIncremental = Matrix(outcome.ClassIl);
+        TaskIncremental = Matrix(outcome.TaskIl);
+        ClassIncrementalAverageAccuracy = global::Continual.Metrics.averageAccuracy(outcome.ClassIl);
+        TaskIncrementalAverageAccuracy = global::Continual.Metrics.averageAccuracy(outcome.TaskIl);
+        ClassIncrementalForgetting = OptionModule.ToNullable(global::Continual.Metrics.forgetting(outcome.ClassIl));
+        TaskIncrementalForgetting = OptionModule.ToNullable(global::Continual.Metrics.forgetting(outcome.TaskIl));
+        ClassIncrementalBackwardTransfer = OptionModule.ToNullable(global::Continual.Metrics.backwardTransfer(outcome.ClassIl));
+        TaskIncrementalBackwardTransfer = OptionModule.ToNullable(global::Continual.Metrics.backwardTransfer(outcome.TaskIl));
+        WallTime = TimeSpan.FromSeconds(result.WallSeconds);
+        TrainingTime = TimeSpan.FromSeconds(outcome.TrainSeconds);
+        EvaluationTime = TimeSpan.FromSeconds(outcome.EvalSeconds);
+        HookTime = TimeSpan.FromSeconds(outcome.HookSeconds);
+        TaskTimes = Array.AsReadOnly(outcome.TaskSeconds.Select(TimeSpan.FromSeconds).ToArray());
+        Steps = outcome.Steps;
+        StartedUtc = result.StartedUtc;
+        var benchmark = result.Benchmark;
+        BenchmarkName = benchmark.Name;
+        InputFeatures = benchmark.InputShape.Item1 * benchmark.InputShape.Item2 * benchmark.InputShape.Item3;
+        ClassCount = benchmark.NumClasses;
+        TrainExamples = benchmark.Train.Count;
+        TestExamples = benchmark.Test.Count;
+        TaskClasses = Array.AsReadOnly(
+            SeqModule.ToArray(benchmark.Tasks)
+                .Select(t => (IReadOnlyList<int>)Array.AsReadOnly(ListModule.ToArray(t.Classes)))
+                .ToArray());
+        Architecture = global::Continual.Models.Backbones.describe(result.Architecture);
+    }
+
+    private static ReadOnlyCollection<IReadOnlyList<double>> Matrix(double[][] rows) =>
+        Array.AsReadOnly(rows.Select(r => (IReadOnlyList<double>)Array.AsReadOnly((double[])r.Clone())).ToArray());
+
+    /// <summary>The configuration the experiment ran with.</summary>
+    public ExperimentSettings Settings { get; }
+
+    /// <summary>
+    /// Class-IL accuracy matrix in percent: <c>ClassIncremental[i][j]</c> is the accuracy on task j's test set
+    /// after training task i (argmax over all classes). One row per task; JOINT has a single row.
+    /// </summary>
+    public IReadOnlyList<IReadOnlyList<double>> ClassIncremental { get; }
+
+    /// <summary>Task-IL accuracy matrix in percent (argmax over the task's own classes), shaped as <see cref="ClassIncremental"/>.</summary>
+    public IReadOnlyList<IReadOnlyList<double>> TaskIncremental { get; }
+
+    /// <summary>Mean Class-IL accuracy over all tasks after the last one (percent).</summary>
+    public double ClassIncrementalAverageAccuracy { get; }
+
+    /// <summary>Mean Task-IL accuracy over all tasks after the last one (percent).</summary>
+    public double TaskIncrementalAverageAccuracy { get; }
+
+    /// <summary>Average Class-IL forgetting (percentage points); null when undefined (a single row, e.g. JOINT).</summary>
+    public double? ClassIncrementalForgetting { get; }
+
+    /// <summary>Average Task-IL forgetting (percentage points); null when undefined.</summary>
+    public double? TaskIncrementalForgetting { get; }
+
+    /// <summary>Class-IL backward transfer (percentage points, negative when tasks are forgotten); null when undefined.</summary>
+    public double? ClassIncrementalBackwardTransfer { get; }
+
+    /// <summary>Task-IL backward transfer (percentage points); null when undefined.</summary>
+    public double? TaskIncrementalBackwardTransfer { get; }
+
+    /// <summary>Whole run: loading, training, evaluation and hooks.</summary>
+    public TimeSpan WallTime { get; }
+
+    /// <summary>Time spent in training steps.</summary>
+    public TimeSpan TrainingTime { get; }
+
+    /// <summary>Time spent evaluating after each task.</summary>
+    public TimeSpan EvaluationTime { get; }
+
+    /// <summary>Time spent in after-task hooks (e.g. model export).</summary>
+    public TimeSpan HookTime { get; }
+
+    /// <summary>Training plus evaluation time of each task.</summary>
+    public IReadOnlyList<TimeSpan> TaskTimes { get; }
+
+    /// <summary>Optimiser steps taken.</summary>
+    public long Steps { get; }
+
+    /// <summary>When the run started (UTC).</summary>
+    public DateTime StartedUtc { get; }
+
+    /// <summary>The benchmark's name.</summary>
+    public string BenchmarkName { get; }
+
+    /// <summary>The backbone, e.g. "mlp 784-100-100-10".</summary>
+    public string Architecture { get; }
+
+    /// <summary>Numbers per input example (e.g. 784 for 28×28 grey images).</summary>
+    public int InputFeatures { get; }
+
+    /// <summary>Number of classes (outputs of the network).</summary>
+    public int ClassCount { get; }
+
+    /// <summary>Training examples used.</summary>
+    public int TrainExamples { get; }
+
+    /// <summary>Test examples used.</summary>
+    public int TestExamples { get; }
+
+    /// <summary>The classes each task brings, in stream order.</summary>
+    public IReadOnlyList<IReadOnlyList<int>> TaskClasses { get; }
+
+    /// <summary>
+    /// Class-IL predictions of the trained network (argmax over all its logits) for examples given as
+    /// consecutive rows of <see cref="InputFeatures"/> numbers, scaled like the training data (pixel / 255).
+    /// </summary>
+    /// <remarks>A strategy that evaluates with a classifier of its own (e.g. nearest mean of exemplars) may predict differently.</remarks>
+    /// <exception cref="ObjectDisposedException">The result was disposed.</exception>
+    /// <exception cref="ArgumentException">The length is not a multiple of <see cref="InputFeatures"/>.</exception>
+    public int[] Predict(ReadOnlySpan<float> inputs)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (inputs.Length % InputFeatures != 0)
+        {
+            throw new ArgumentException($"{inputs.Length} numbers are not whole rows of {InputFeatures}", nameof(inputs));
+        }
+        var count = inputs.Length / InputFeatures;
+        if (count == 0) return [];
+        var model = _result.Outcome.State.Model;
+        var device = global::Continual.Engine.device(_result.Config.Device);
+        using var scope = torch.NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        var x = torch.tensor(inputs.ToArray(), [count, InputFeatures], torch.ScalarType.Float32).to(device);
+        model.eval();
+        try
+        {
+            var predicted = model.forward(x).argmax(1L).cpu();
+            return predicted.data<long>().ToArray().Select(p => (int)p).ToArray();
+        }
+        finally
+        {
+            model.train();
+        }
+    }
+
+    /// <summary>results.json's content: configuration, matrices, metrics, timings and versions.</summary>
+    public string ToJson() =>
+        System.Text.Encoding.UTF8.GetString(global::Continual.Results.toJson(_result, FuncConvert.FromAction<System.Text.Json.Utf8JsonWriter>(_ => { })));
+
+    /// <summary>
+    /// Writes results.json and results.csv into a folder (created when missing), each atomically, in the
+    /// same format as the command line's <c>continual run --out</c>.
+    /// </summary>
+    public void WriteResults(string folder)
+    {
+        ArgumentNullException.ThrowIfNull(folder);
+        global::Continual.Results.write(folder, _result, FuncConvert.FromAction<System.Text.Json.Utf8JsonWriter>(_ => { }));
+    }
+
+    /// <summary>Releases the trained model, optimiser and buffer. Safe to call more than once.</summary>
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        global::Continual.Experiment.release(_result);
+    }
+}

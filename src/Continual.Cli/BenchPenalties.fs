@@ -1,0 +1,201 @@
+/// `continual bench-penalties`: the time of each importance estimator on one 12,000-image task and the
+/// per-step overhead of each penalty against plain SGD, measured in the same process.
+module Continual.Cli.BenchPenalties
+
+open System
+open System.Diagnostics
+open System.IO
+open System.Threading
+open Continual
+open Continual.Data
+open Continual.Models
+open Continual.Penalties
+open Continual.Strategies
+open Spectre.Console
+open TorchSharp
+
+/// An extension that contributes its wrapped extension's loss terms and nothing else: the cost of the
+/// penalty term alone, without the method's per-step bookkeeping.
+type private TermsOnly(inner: Extension) =
+    inherit Extension()
+    override _.Name = inner.Name
+    override _.Terms view = inner.Terms view
+
+let private time (f: unit -> 'a) =
+    let clock = Stopwatch.StartNew()
+    let r = f ()
+    r, clock.Elapsed.TotalSeconds
+
+let private median (xs: float list) =
+    let s = List.sort xs |> Array.ofList
+    if s.Length % 2 = 1 then s.[s.Length / 2] else (s.[s.Length / 2 - 1] + s.[s.Length / 2]) / 2.0
+
+let private disposeSet (s: LabelledSet) =
+    s.Inputs.Dispose()
+    s.Labels.Dispose()
+
+/// Runs the benchmark with the configuration's data, device, seed and SGD settings.
+let run (config: ExperimentConfig) (out: string option) : int =
+    Engine.configureThreads config.Threads
+    let benchmark = Experiment.loadBenchmark config
+    let settings = { Experiment.settings config with ProgressEvery = Int32.MaxValue }
+    let c, h, w = benchmark.InputShape
+    let architecture = Mlp(c * h * w, [ 100; 100 ], benchmark.NumClasses)
+    let tasks = benchmark.Tasks |> Array.ofList
+    let first = Benchmarks.selectClasses tasks.[0].Classes benchmark.Train
+    let second = Benchmarks.selectClasses tasks.[1].Classes benchmark.Train
+    let context (task: int) (data: LabelledSet) (model: Backbone) =
+        { Task = task
+          Classes = tasks.[task].Classes
+          SeenClasses = [ for t in 0 .. task do yield! tasks.[t].Classes ] |> List.sort
+          Train = data
+          Model = model
+          Architecture = architecture
+          Device = settings.Device
+          LearningRate = settings.LearningRate
+          BatchSize = settings.BatchSize }
+    let batches (data: LabelledSet) =
+        let n = data.Count / settings.BatchSize
+        [| for i in 0 .. n - 1 ->
+            let start = i * settings.BatchSize
+            { Inputs = data.Inputs.narrow(0L, int64 start, int64 settings.BatchSize).``to``(settings.Device).DetachFromDisposeScope()
+              Labels = data.Labels.narrow(0L, int64 start, int64 settings.BatchSize).``to``(settings.Device).DetachFromDisposeScope()
+              LabelArray = Array.sub data.LabelArray start settings.BatchSize
+              Task = 1 } |]
+    let stepBatches = batches second
+    try
+        // ---- estimators on the first task's 12,000 images, after one epoch of SGD on it ----
+        AnsiConsole.MarkupLine("estimators on task 1 ({0} images) after one epoch of SGD ...", first.Count)
+        let sgdState = Training.initialise architecture benchmark Strategies.sgd settings
+        let trained = Training.trainOn Strategies.sgd settings 0 first ignore CancellationToken.None sgdState
+        let model = trained.Model
+        let rng = Random.create config.Seed
+        let dispose (ts: Tensor list) = ParameterTensors.dispose ts
+        let estimators =
+            [ for kind in [ Sampled; Empirical; LabelWeighted ] do
+                let (f, _), s = time (fun () -> Estimate.fisher kind model first settings.Device rng)
+                dispose f
+                yield sprintf "Fisher, %s (closed form)" (FisherKind.name kind), s, first.Count
+              let m, s = time (fun () -> Estimate.mas model first settings.Device)
+              dispose m
+              yield "MAS (closed form)", s, first.Count
+              let (g, _), s = time (fun () -> Estimate.scp config.Slices config.ScpBatch model first settings.Device rng)
+              dispose g
+              yield sprintf "SCP, %d slices, batches of %d" config.Slices config.ScpBatch, s, first.Count ]
+        // The one-sample-at-a-time reference on a subset, and the largest relative difference to the closed form.
+        let subsetSize = min 1000 first.Count
+        use subset = first.Inputs.narrow(0L, 0L, int64 subsetSize).``to`` settings.Device
+        let labels = Array.init subsetSize (fun i -> int64 first.LabelArray.[i])
+        let objective = NegativeLogLikelihood(labels, false)
+        let loop, loopSeconds = time (fun () -> PerSample.loopSums model subset objective Squares)
+        let closed, closedSeconds = time (fun () -> PerSample.sums model subset objective Squares)
+        let relative =
+            List.map2 (fun (a: Tensor) (b: Tensor) ->
+                use d = (a - b).abs()
+                d.max().ToDouble() / max 1e-30 (a.abs().max().ToDouble())) loop closed
+            |> List.max
+        dispose loop
+        dispose closed
+        let estimatorTable = Table(Title = TableTitle(sprintf "importance estimation on one task (%d images)" first.Count))
+        for col in [ "estimator"; "images"; "seconds" ] do estimatorTable.AddColumn(col) |> ignore
+        for (name, s, n) in estimators do
+            estimatorTable.AddRow(name, string n, sprintf "%.3f" s) |> ignore
+        estimatorTable.AddRow(sprintf "Fisher, one backward per sample (%d images, x%d)" subsetSize (first.Count / subsetSize), string first.Count,
+                              sprintf "%.3f" (loopSeconds * float first.Count / float subsetSize)) |> ignore
+        AnsiConsole.Write estimatorTable
+        AnsiConsole.MarkupLine(
+            "closed form vs one sample at a time on {0} images: {1:0.000} s vs {2:0.000} s, largest relative difference {3:0.0e+0}",
+            subsetSize, closedSeconds, loopSeconds, relative)
+        Training.dispose trained
+
+        // ---- per-step overhead, after the penalty is active (task 2), blocks interleaved ----
+        let rounds, block = 15, 100
+        AnsiConsole.MarkupLine("step overhead: {0} rounds of {1} steps each of SGD, the method, and its penalty term alone ...", rounds, block)
+        let stepRows =
+            [ for name in ImportanceStrategies.names ->
+                let methodConfig = Experiment.importanceDefaults name { config with Strategy = name; Seed = config.Seed }
+                let strategy = Experiment.strategy methodConfig
+                let mutable state = Training.initialise architecture benchmark strategy settings
+                // A short first task, then its end: the penalty is active from here on.
+                let extensions = state.Extensions |> List.map (fun e -> e.BeginTask(context 0 first state.Model))
+                let warm = { first with Inputs = first.Inputs.narrow(0L, 0L, 3000L); Labels = first.Labels.narrow(0L, 0L, 3000L); LabelArray = Array.sub first.LabelArray 0 3000 }
+                state <- Training.trainOn strategy settings 0 warm ignore CancellationToken.None { state with Extensions = extensions }
+                warm.Inputs.Dispose()
+                warm.Labels.Dispose()
+                let (ended, endSeconds) = time (fun () -> state.Extensions |> List.map (fun e -> e.EndTask(context 0 first state.Model)))
+                state <- { state with Extensions = ended |> List.map (fun e -> e.BeginTask(context 1 second state.Model)) }
+                let mutable cursor = 0
+                let next () =
+                    let b = stepBatches.[cursor % stepBatches.Length]
+                    cursor <- cursor + 1
+                    b
+                // Process CPU time, not wall time: the machine may be shared, and time spent descheduled
+                // is not the step's cost (libtorch runs on one intra-op thread here).
+                let runBlock (s: Strategy) (exts: Extension list) =
+                    let mutable st = { state with Extensions = exts }
+                    use me = Process.GetCurrentProcess()
+                    let before = me.TotalProcessorTime
+                    for _ in 1 .. block do
+                        let _, st' = Training.step s (next ()) st
+                        st <- st'
+                    me.Refresh()
+                    let seconds = (me.TotalProcessorTime - before).TotalSeconds / float block
+                    state <- st
+                    seconds
+                let methodExtensions = ref state.Extensions
+                let plain, full, termOnly = ResizeArray(), ResizeArray(), ResizeArray()
+                // One block of each untimed first (warm-up), then the timed rounds.
+                for round in 0 .. rounds do
+                    let p = runBlock Strategies.sgd []
+                    let f = runBlock strategy methodExtensions.Value
+                    methodExtensions.Value <- state.Extensions
+                    let t = runBlock Strategies.sgd (methodExtensions.Value |> List.map (fun e -> new TermsOnly(e) :> Extension))
+                    if round > 0 then
+                        plain.Add p
+                        full.Add f
+                        termOnly.Add t
+                methodExtensions.Value |> List.iter (fun e -> e.Dispose())
+                Training.dispose { state with Extensions = [] }
+                // Ratios are taken round by round (neighbouring blocks see the same machine), then the median.
+                let fullRatio = median [ for i in 0 .. plain.Count - 1 -> full.[i] / plain.[i] ]
+                let termRatio = median [ for i in 0 .. plain.Count - 1 -> termOnly.[i] / plain.[i] ]
+                let p, f, t = median (List.ofSeq plain), median (List.ofSeq full), median (List.ofSeq termOnly)
+                name, endSeconds, p, f, t, fullRatio, termRatio ]
+        let stepTable = Table(Title = TableTitle(sprintf "per-step CPU time after the first task (medians over %d interleaved rounds of %d steps; batch 10, MLP 784-100-100-10)" rounds block))
+        for col in [ "method"; "task-end estimate s (12,000 images)"; "SGD step µs"; "method step µs"; "overhead"; "penalty-term step µs"; "penalty overhead" ] do
+            stepTable.AddColumn(col) |> ignore
+        for (name, endSeconds, p, f, t, fr, tr) in stepRows do
+            stepTable.AddRow(
+                name,
+                sprintf "%.3f" endSeconds,
+                sprintf "%.0f" (p * 1e6),
+                sprintf "%.0f" (f * 1e6),
+                sprintf "%+.0f%%" ((fr - 1.0) * 100.0),
+                sprintf "%.0f" (t * 1e6),
+                sprintf "%+.0f%%" ((tr - 1.0) * 100.0)) |> ignore
+        AnsiConsole.Write stepTable
+        match out with
+        | Some folder ->
+            let inv (x: float) = x.ToString("R", Globalization.CultureInfo.InvariantCulture)
+            let estimatorLines =
+                [ for (name, s, n) in estimators -> sprintf "    {\"estimator\": \"%s\", \"images\": %d, \"seconds\": %s}" name n (inv s) ]
+            let stepLines =
+                [ for (name, e, p, f, t, fr, tr) in stepRows ->
+                    sprintf "    {\"method\": \"%s\", \"taskEndSeconds\": %s, \"sgdStepSeconds\": %s, \"methodStepSeconds\": %s, \"penaltyTermStepSeconds\": %s, \"methodRatio\": %s, \"penaltyTermRatio\": %s}"
+                        name (inv e) (inv p) (inv f) (inv t) (inv fr) (inv tr) ]
+            let json =
+                "{\n  \"estimators\": [\n" + String.Join(",\n", estimatorLines) + "\n  ],\n"
+                + sprintf "  \"loopSeconds\": {\"images\": %d, \"closedForm\": %s, \"oneAtATime\": %s, \"largestRelativeDifference\": %s},\n" subsetSize (inv closedSeconds) (inv loopSeconds) (inv relative)
+                + "  \"steps\": [\n" + String.Join(",\n", stepLines) + "\n  ]\n}\n"
+            Results.writeAtomically (Path.Combine(folder, "bench-penalties.json")) (Text.Encoding.UTF8.GetBytes json)
+            AnsiConsole.MarkupLine("wrote {0}", Markup.Escape(Path.Combine(folder, "bench-penalties.json")))
+        | None -> ()
+        0
+    finally
+        for b in stepBatches do
+            b.Inputs.Dispose()
+            b.Labels.Dispose()
+        disposeSet first
+        disposeSet second
+        disposeSet benchmark.Train
+        disposeSet benchmark.Test

@@ -1,0 +1,435 @@
+namespace Continual.Onnx
+
+open System
+open System.Diagnostics
+open System.IO
+open System.Runtime.InteropServices
+open System.Text.Json
+open Continual
+open Continual.Data
+open Continual.Models
+open Continual.Strategies
+open TorchSharp
+
+/// A model whose ONNX export does not reproduce it; the message says which check failed and by how much.
+exception VerificationFailed of reason: string
+    with
+        override this.Message = this.reason
+
+/// A .onnx file that cannot be verified (truncated, foreign, damaged, or its data does not match).
+exception InvalidModelFile of path: string * reason: string
+    with
+        override this.Message = sprintf "%s: %s" this.path this.reason
+
+/// How a run's models are exported and verified.
+type ExportSettings =
+    { /// The run's output folder: task-<k>.onnx files go here.
+      Folder: string
+      Strategy: string
+      ConfigHash: string
+      Benchmark: string
+      TestPerClass: int option
+      /// True for JOINT: its one model has seen every class.
+      Joint: bool
+      Provider: ProviderPreference
+      /// The largest absolute difference allowed between ONNX Runtime's and TorchSharp's logits.
+      Tolerance: float
+      /// Test images (spread evenly over the tasks) whose logits are compared one by one.
+      CompareImages: int }
+
+/// Building export settings.
+[<RequireQualifiedAccess>]
+module ExportSettings =
+
+    /// The settings of a run: its configuration, output folder, provider Auto, tolerance 1e-4 and
+    /// 1000 compared images.
+    let ofConfig (config: ExperimentConfig) (folder: string) : ExportSettings =
+        { Folder = folder
+          Strategy = config.Strategy
+          ConfigHash = Results.configHash config
+          Benchmark = config.Benchmark
+          TestPerClass = config.TestPerClass
+          Joint = ((Experiment.strategy config).Schedule = Joint)
+          Provider = Auto
+          Tolerance = 1e-4
+          CompareImages = 1000 }
+
+/// What exporting and verifying one task's model measured.
+type TaskVerification =
+    { /// 1-based task number (the k of task-k.onnx).
+      Task: int
+      File: string
+      Bytes: int64
+      Sha256: string
+      /// The execution provider ONNX Runtime ran on.
+      Provider: string
+      ParameterCount: int64
+      /// Logits compared one by one (images x classes).
+      ComparedImages: int
+      MaxAbsDifference: float
+      TestExamples: int[]
+      TorchClassIlCorrect: int[]
+      TorchTaskIlCorrect: int[]
+      OnnxClassIlCorrect: int[]
+      OnnxTaskIlCorrect: int[]
+      ExportSeconds: float
+      VerifySeconds: float
+      WriteSeconds: float }
+
+/// The outcome of re-checking one exported file (`continual verify`).
+type FileVerification =
+    { Path: string
+      Info: TaskModelInfo
+      Provider: string
+      ProviderNote: string option
+      TestExamples: int[]
+      OnnxClassIlCorrect: int[]
+      OnnxTaskIlCorrect: int[] }
+    /// True when the recomputed counts equal the recorded ones for every task.
+    member this.Reproduced =
+        this.TestExamples = this.Info.TestExamples
+        && this.OnnxClassIlCorrect = this.Info.ClassIlCorrect
+        && this.OnnxTaskIlCorrect = this.Info.TaskIlCorrect
+
+/// Exporting a task's model, verifying it under ONNX Runtime against TorchSharp, and re-checking files.
+[<RequireQualifiedAccess>]
+module Verification =
+
+    /// Index of the largest of `count` values from `offset` (the first one on ties, as TorchSharp's argmax).
+    let private argmaxAt (values: float32[]) (offset: int) (indices: int[]) =
+        let mutable best = indices.[0]
+        let mutable bestValue = values.[offset + best]
+        for i in 1 .. indices.Length - 1 do
+            let v = values.[offset + indices.[i]]
+            if v > bestValue then
+                best <- indices.[i]
+                bestValue <- v
+        best
+
+    /// Correct Class-IL (argmax over all classes) and Task-IL (argmax over `taskClasses`) predictions
+    /// of row-major logits [rows, classes] against labels.
+    let correctCounts (logits: float32[]) (classes: int) (labels: int[]) (taskClasses: int list) : int * int =
+        let all = Array.init classes id
+        let own = taskClasses |> List.sort |> Array.ofList
+        let mutable classIl = 0
+        let mutable taskIl = 0
+        for r in 0 .. labels.Length - 1 do
+            if argmaxAt logits (r * classes) all = labels.[r] then classIl <- classIl + 1
+            if own.Length > 0 && argmaxAt logits (r * classes) own = labels.[r] then taskIl <- taskIl + 1
+        classIl, taskIl
+
+    /// The values of a float tensor as a row-major array.
+    let toArray (t: Tensor) : float32[] =
+        use scope = torch.NewDisposeScope()
+        let cpu = t.detach().cpu().to_type(torch.ScalarType.Float32).contiguous()
+        // A span copy of the storage: TensorAccessor.ToArray walks the elements one by one.
+        MemoryMarshal.Cast<byte, float32>(Span<byte>.op_Implicit cpu.bytes : ReadOnlySpan<byte>).ToArray()
+
+    /// TorchSharp's logits of a module in eval mode (no gradients), the module's mode restored after.
+    let torchLogits (model: torch.nn.Module<Tensor, Tensor>) (device: Device) (inputs: Tensor) : float32[] =
+        let wasTraining = model.training
+        use _ = torch.no_grad ()
+        use scope = torch.NewDisposeScope()
+        model.eval ()
+        try
+            let logits = model.forward (inputs.``to`` device)
+            toArray logits
+        finally
+            if wasTraining then model.train ()
+
+    /// The largest absolute difference between two equally long arrays (infinity when any value is NaN).
+    let maxAbsDifference (a: float32[]) (b: float32[]) : float =
+        if a.Length <> b.Length then invalidArg (nameof b) (sprintf "%d values against %d" a.Length b.Length)
+        let mutable m = 0.0
+        for i in 0 .. a.Length - 1 do
+            let d = abs (float a.[i] - float b.[i])
+            if Double.IsNaN d then m <- Double.PositiveInfinity
+            elif d > m then m <- d
+        m
+
+    let private sha256 (bytes: byte[]) =
+        Convert.ToHexString(Security.Cryptography.SHA256.HashData bytes).ToLowerInvariant()
+
+    /// The file name of task k's model.
+    let fileName (task: int) = $"task-{task}.onnx"
+
+    /// The metadata of the model after a task (1-based `task`).
+    let taskInfo (settings: ExportSettings) (after: AfterTask) (testExamples: int[]) : TaskModelInfo =
+        let b = after.Benchmark
+        let count (acc: float) (n: int) = int (Math.Round(acc * float n / 100.0))
+        { Task = after.Task + 1
+          TaskCount = b.Tasks.Length
+          ClassesSeen =
+            if settings.Joint then b.Tasks |> List.collect (fun t -> t.Classes) |> List.sort
+            else b.Tasks |> List.filter (fun t -> t.Index <= after.Task) |> List.collect (fun t -> t.Classes) |> List.sort
+          ClassToTask = b.TaskOfClass |> Array.map (fun t -> t + 1)
+          Strategy = settings.Strategy
+          ConfigHash = settings.ConfigHash
+          Benchmark = settings.Benchmark
+          Architecture = Backbones.describe after.Architecture
+          TestPerClass = settings.TestPerClass
+          TestExamples = testExamples
+          ClassIlCorrect = Array.map2 count after.Accuracies.ClassIl testExamples
+          TaskIlCorrect = Array.map2 count after.Accuracies.TaskIl testExamples }
+
+    /// Exports the model after a task, verifies it under ONNX Runtime and, only when every check
+    /// passes, writes task-<k>.onnx atomically into the settings' folder. The checks: structural
+    /// validity, strict loading, the exported parameter count equal to the model's, logits on the
+    /// compared images within the tolerance of TorchSharp's eval-mode forward pass, and Class-IL and
+    /// Task-IL accuracy on every task's whole test set equal to TorchSharp's. `testArrays` gives each
+    /// task's test inputs as a row-major array (callers cache them across tasks).
+    /// Raises VerificationFailed naming the failed check.
+    let exportTask (settings: ExportSettings) (testArrays: int -> float32[]) (after: AfterTask) : TaskVerification =
+        let k = after.Task + 1
+        let fail reason = raise (VerificationFailed(sprintf "ONNX verification failed after task %d: %s; %s was not written" k reason (fileName k)))
+        let clock = Stopwatch.StartNew()
+        let testExamples = after.TestSets |> List.map (fun (_, s) -> s.Count) |> Array.ofList
+        let info = taskInfo settings after testExamples
+        let exported = Export.ofBackbone after.Model
+        let model = Metadata.stamp info exported.Model
+        let bytes = Export.toBytes model
+        let exportSeconds = clock.Elapsed.TotalSeconds
+        clock.Restart()
+        match Checks.structural model with
+        | [] -> ()
+        | problems -> fail ("the exported graph is not valid ONNX: " + String.concat "; " problems)
+        let expectedParameters = Backbones.parameterCount after.Model
+        if exported.ParameterCount <> expectedParameters then
+            fail (sprintf "the graph holds %d parameters but the model has %d" exported.ParameterCount expectedParameters)
+        use loaded =
+            try Runtime.load settings.Provider bytes
+            with ModelLoadError reason -> fail reason
+        let classes = loaded.OutputFeatures
+        let perTask = max 1 ((settings.CompareImages + after.TestSets.Length - 1) / max 1 after.TestSets.Length)
+        let onnxCounts = ResizeArray()
+        let comparedOnnx = ResizeArray<float32>()
+        let comparedRows = ResizeArray<Tensor>()
+        try
+            for (i, (task, set)) in List.indexed after.TestSets do
+                let inputs = testArrays i
+                let logits = loaded.Logits(inputs, set.Count)
+                onnxCounts.Add(correctCounts logits classes set.LabelArray task.Classes)
+                let m = min perTask set.Count
+                comparedOnnx.AddRange(ArraySegment(logits, 0, m * classes))
+                comparedRows.Add(set.Inputs.narrow(0L, 0L, int64 m))
+            let compared =
+                use all = torch.cat(comparedRows.ToArray(), 0L)
+                torchLogits after.Model after.Device all
+            let difference = maxAbsDifference compared (comparedOnnx.ToArray())
+            let comparedImages = compared.Length / classes
+            if not (difference <= settings.Tolerance) then
+                fail (sprintf "the largest logit difference between ONNX Runtime (%s) and TorchSharp on %d test images is %.3g, above the tolerance %g"
+                          loaded.Provider comparedImages difference settings.Tolerance)
+            let onnxClassIl = onnxCounts |> Seq.map fst |> Array.ofSeq
+            let onnxTaskIl = onnxCounts |> Seq.map snd |> Array.ofSeq
+            for (scenario, torchCounts, onnx) in [ "Class-IL", info.ClassIlCorrect, onnxClassIl; "Task-IL", info.TaskIlCorrect, onnxTaskIl ] do
+                if torchCounts <> onnx then
+                    let j = Array.zip torchCounts onnx |> Array.findIndex (fun (a, b) -> a <> b)
+                    fail (sprintf "%s accuracy on task %d's test set differs: TorchSharp %d of %d correct, ONNX Runtime (%s) %d"
+                              scenario (j + 1) torchCounts.[j] testExamples.[j] loaded.Provider onnx.[j])
+            let verifySeconds = clock.Elapsed.TotalSeconds
+            clock.Restart()
+            let path = Path.Combine(settings.Folder, fileName k)
+            Results.writeAtomically path bytes
+            { Task = k
+              File = fileName k
+              Bytes = int64 bytes.Length
+              Sha256 = sha256 bytes
+              Provider = loaded.Provider
+              ParameterCount = exported.ParameterCount
+              ComparedImages = comparedImages
+              MaxAbsDifference = difference
+              TestExamples = testExamples
+              TorchClassIlCorrect = info.ClassIlCorrect
+              TorchTaskIlCorrect = info.TaskIlCorrect
+              OnnxClassIlCorrect = onnxClassIl
+              OnnxTaskIlCorrect = onnxTaskIl
+              ExportSeconds = exportSeconds
+              VerifySeconds = verifySeconds
+              WriteSeconds = clock.Elapsed.TotalSeconds }
+        finally
+            for t in comparedRows do t.Dispose()
+
+    /// Writes the "onnx" section of results.json: provider, format, tolerance, per-task figures and
+    /// the time export and verification took, also as a share of the run's wall time.
+    let writeJson (w: Utf8JsonWriter) (settings: ExportSettings) (reports: TaskVerification list) (hookSeconds: float) (wallSeconds: float) =
+        let provider, note = Runtime.resolve settings.Provider
+        let round (v: float) = Math.Round(v, 4)
+        let ints (name: string) (values: int[]) =
+            w.WriteStartArray name
+            for v in values do w.WriteNumberValue v
+            w.WriteEndArray()
+        w.WriteStartObject "onnx"
+        w.WriteString("provider", (match reports with r :: _ -> r.Provider | [] -> provider))
+        match note with
+        | Some n -> w.WriteString("providerNote", n)
+        | None -> ()
+        w.WriteNumber("irVersion", Export.IrVersion)
+        w.WriteNumber("opset", Export.OpsetVersion)
+        w.WriteNumber("tolerance", settings.Tolerance)
+        w.WriteStartArray "tasks"
+        for r in reports do
+            w.WriteStartObject()
+            w.WriteNumber("task", r.Task)
+            w.WriteString("file", r.File)
+            w.WriteNumber("bytes", r.Bytes)
+            w.WriteString("sha256", r.Sha256)
+            w.WriteNumber("parameters", r.ParameterCount)
+            w.WriteNumber("comparedImages", r.ComparedImages)
+            w.WriteNumber("maxAbsDifference", r.MaxAbsDifference)
+            ints "testExamples" r.TestExamples
+            ints "torchClassIlCorrect" r.TorchClassIlCorrect
+            ints "onnxClassIlCorrect" r.OnnxClassIlCorrect
+            ints "torchTaskIlCorrect" r.TorchTaskIlCorrect
+            ints "onnxTaskIlCorrect" r.OnnxTaskIlCorrect
+            w.WriteBoolean("accuracyEqual", r.TorchClassIlCorrect = r.OnnxClassIlCorrect && r.TorchTaskIlCorrect = r.OnnxTaskIlCorrect)
+            w.WriteNumber("exportSeconds", round r.ExportSeconds)
+            w.WriteNumber("verifySeconds", round r.VerifySeconds)
+            w.WriteNumber("writeSeconds", round r.WriteSeconds)
+            w.WriteEndObject()
+        w.WriteEndArray()
+        w.WriteNumber("exportSeconds", round (reports |> List.sumBy (fun r -> r.ExportSeconds)))
+        w.WriteNumber("verifySeconds", round (reports |> List.sumBy (fun r -> r.VerifySeconds + r.WriteSeconds)))
+        w.WriteNumber("hookSeconds", round hookSeconds)
+        w.WriteNumber("shareOfWallTime", round (if wallSeconds > 0.0 then hookSeconds / wallSeconds else 0.0))
+        w.WriteEndObject()
+
+    /// Reads and checks a .onnx file: protobuf, structure and Continual metadata. Raises
+    /// InvalidModelFile with the reason when it is truncated, foreign or damaged.
+    let readFile (path: string) : byte[] * Onnx.ModelProto * TaskModelInfo =
+        let invalid reason = raise (InvalidModelFile(path, reason))
+        if not (File.Exists path) then invalid "file not found"
+        let bytes = File.ReadAllBytes path
+        let model =
+            match Checks.parse bytes with
+            | Ok m -> m
+            | Error reason -> invalid reason
+        match Checks.structural model with
+        | [] -> ()
+        | problems -> invalid ("not a valid ONNX model: " + String.concat "; " problems)
+        match Metadata.read model with
+        | Ok info -> bytes, model, info
+        | Error reason -> invalid reason
+
+    /// The test set of an MNIST-style folder (t10k IDX files), scaled exactly as the training run
+    /// scales it (Benchmarks.readIdxFolder), and restricted per class when the run was.
+    let private readTestSet (folder: string) (classes: int) (testPerClass: int option) : LabelledSet =
+        let imagesPath = Benchmarks.findIdxFile folder "t10k-images-idx3-ubyte"
+        let labelsPath = Benchmarks.findIdxFile folder "t10k-labels-idx1-ubyte"
+        let images = Idx.readImages imagesPath
+        let labels = Idx.readLabels labelsPath
+        if images.Count <> labels.Length then
+            raise (DataFileError(labelsPath, sprintf "%d labels but %d images" labels.Length images.Count))
+        match labels |> Array.tryFindIndex (fun l -> int l >= classes) with
+        | Some i -> raise (DataFileError(labelsPath, sprintf "label %d at index %d is out of range 0..%d" labels.[i] i (classes - 1)))
+        | None -> ()
+        let inputs =
+            use bytes = torch.tensor(images.Pixels, dtype = torch.ScalarType.Byte).reshape(int64 images.Count, int64 (images.Rows * images.Cols))
+            use asFloat = bytes.to_type torch.ScalarType.Float32
+            asFloat.div((255.0f).ToScalar())
+        let labelArray = labels |> Array.map int
+        let full =
+            { Inputs = inputs
+              Labels = torch.tensor(labelArray |> Array.map int64, dtype = torch.ScalarType.Int64)
+              LabelArray = labelArray }
+        match testPerClass with
+        | None -> full
+        | Some n ->
+            let reduced = Benchmarks.takePerClass n full
+            full.Inputs.Dispose()
+            full.Labels.Dispose()
+            reduced
+
+    /// Re-checks an exported file on its own: reads its metadata, rebuilds the run's test sets from
+    /// the IDX files in `dataFolder`, recomputes Class-IL and Task-IL correct counts under ONNX Runtime
+    /// and returns them beside the recorded ones (see FileVerification.Reproduced). Raises
+    /// InvalidModelFile for a truncated, foreign or damaged file, or data that does not fit it.
+    let verifyFile (preference: ProviderPreference) (path: string) (dataFolder: string) : FileVerification =
+        let bytes, _, info = readFile path
+        use loaded =
+            try Runtime.load preference bytes
+            with ModelLoadError reason -> raise (InvalidModelFile(path, reason))
+        let classes = loaded.OutputFeatures
+        if info.ClassToTask.Length <> classes then
+            raise (InvalidModelFile(path, sprintf "the class-to-task map has %d classes but the model has %d logits" info.ClassToTask.Length classes))
+        let test = readTestSet dataFolder classes info.TestPerClass
+        try
+            if int (test.Inputs.shape.[1]) <> loaded.InputFeatures then
+                raise (InvalidModelFile(path, sprintf "the model takes %d features but the images in %s have %d" loaded.InputFeatures dataFolder test.Inputs.shape.[1]))
+            let tasks = [ for t in 1 .. info.TaskCount -> t, [ for c in 0 .. classes - 1 do if info.ClassToTask.[c] = t then c ] ]
+            let results =
+                tasks
+                |> List.map (fun (_, taskClasses) ->
+                    let set = Benchmarks.selectClasses taskClasses test
+                    try
+                        let logits = loaded.Logits(toArray set.Inputs, set.Count)
+                        let c, t = correctCounts logits classes set.LabelArray taskClasses
+                        set.Count, c, t
+                    finally
+                        set.Inputs.Dispose()
+                        set.Labels.Dispose())
+            { Path = path
+              Info = info
+              Provider = loaded.Provider
+              ProviderNote = snd (Runtime.resolve preference)
+              TestExamples = results |> List.map (fun (n, _, _) -> n) |> Array.ofList
+              OnnxClassIlCorrect = results |> List.map (fun (_, c, _) -> c) |> Array.ofList
+              OnnxTaskIlCorrect = results |> List.map (fun (_, _, t) -> t) |> Array.ofList }
+        finally
+            test.Inputs.Dispose()
+            test.Labels.Dispose()
+
+/// Warming up the export and verification path.
+[<RequireQualifiedAccess>]
+module WarmUp =
+
+    /// Runs the whole export and verification path once on a two-by-two model (no random numbers
+    /// are drawn, so a run's streams are untouched), so that a run's first task does not pay for
+    /// ONNX Runtime's start-up and for compiling this code. Safe on a background thread.
+    let exportPath (preference: ProviderPreference) =
+        Runtime.warmUp preference
+        use scope = torch.NewDisposeScope()
+        let tensors = Collections.Generic.Dictionary<string, Tensor>()
+        tensors.["w.weight"] <- torch.eye(2L)
+        tensors.["w.bias"] <- torch.zeros(2L)
+        let exported = Export.ofGraph { Name = "warm-up"; InputFeatures = 2; Layers = [ Gemm "w"; Relu ] } tensors (fun _ -> true)
+        let info =
+            { Task = 1; TaskCount = 1; ClassesSeen = [ 0; 1 ]; ClassToTask = [| 1; 1 |]; Strategy = ""; ConfigHash = ""
+              Benchmark = ""; Architecture = ""; TestPerClass = None; TestExamples = [| 1 |]; ClassIlCorrect = [| 1 |]; TaskIlCorrect = [| 1 |] }
+        let bytes = Export.toBytes (Metadata.stamp info exported.Model)
+        match Checks.parse bytes with
+        | Ok model ->
+            Checks.structural model |> ignore
+            Metadata.read model |> ignore
+        | Error _ -> ()
+        use loaded = Runtime.load preference bytes
+        let logits = loaded.Logits([| 1.0f; 0.0f |], 1)
+        Verification.correctCounts logits 2 [| 0 |] [ 0; 1 ] |> ignore
+        Verification.maxAbsDifference logits logits |> ignore
+
+/// Exports and verifies a run's model after every task (the after-task hook of `continual run`),
+/// keeping each task's figures for results.json.
+type RunExporter(settings: ExportSettings) =
+    let reports = ResizeArray<TaskVerification>()
+    let cache = Collections.Generic.Dictionary<int, float32[]>()
+    // ONNX Runtime's start-up (environment, CUDA probe, first session) overlaps the first task's
+    // training on another thread; failures here resurface, with their message, in the real load.
+    let warmUp = Threading.Tasks.Task.Run(fun () -> try WarmUp.exportPath settings.Provider with _ -> ())
+    /// The settings in use.
+    member _.Settings = settings
+    /// The figures of every task exported so far.
+    member _.Reports = List.ofSeq reports
+    /// The after-task hook: export, verify, write task-<k>.onnx (raises VerificationFailed).
+    member _.AfterTask(after: AfterTask) =
+        warmUp.Wait()
+        let testArray i =
+            match cache.TryGetValue i with
+            | true, a -> a
+            | _ ->
+                let a = Verification.toArray (snd after.TestSets.[i]).Inputs
+                cache.[i] <- a
+                a
+        reports.Add(Verification.exportTask settings testArray after)
+    /// Writes the "onnx" section of results.json (hook and wall seconds come from the run's outcome).
+    member _.WriteJson(w: Text.Json.Utf8JsonWriter, hookSeconds: float, wallSeconds: float) =
+        Verification.writeJson w settings (List.ofSeq reports) hookSeconds wallSeconds

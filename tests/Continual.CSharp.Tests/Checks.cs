@@ -1,0 +1,624 @@
+using System.Globalization;
+using System.Text.Json;
+
+namespace Continual.CSharp.Tests;
+
+/// <summary>Reports progress on the training thread, in order (Progress&lt;T&gt; would post them later).</summary>
+internal sealed class Recorder(Action<TrainingProgress>? onReport = null) : IProgress<TrainingProgress>
+{
+    public List<TrainingProgress> Reports { get; } = [];
+
+    public void Report(TrainingProgress value)
+    {
+        Reports.Add(value);
+        onReport?.Invoke(value);
+    }
+}
+
+internal static class Checks
+{
+    public static List<(string Name, Func<Task> Body)> All() =>
+    [
+        ("surface: no F# type in any public signature", NoFSharpInPublicSignatures),
+        ("surface: the signature check finds F# types where they are", SignatureCheckCanFail),
+        ("builder: defaults are the core's reference defaults", DefaultsAreTheCoresDefaults),
+        ("builder: every With method sets its field", EveryWithMethodSetsItsField),
+        ("builder: WithOption maps names onto real fields", WithOptionMapsOntoFields),
+        ("builder: option values are converted to the field's type or refused", ConversionsToFieldTypes),
+        ("builder: immutable", BuilderIsImmutable),
+        ("builder: null arguments are refused", NullArgumentsAreRefused),
+        ("validate: bad options are rejected with messages", ValidationRejectsBadOptions),
+        ("validate: Run refuses an invalid configuration before any work", RunRefusesInvalidConfiguration),
+        ("run: DER++ gives 5x5 matrices in [0, 100] and consistent metrics", DerppMatrices),
+        ("run: same seed gives identical matrices, another seed differs", SameSeedSameMatrices),
+        ("run: progress is reported for every task", ProgressIsReported),
+        ("run: results files are written", ResultsFilesAreWritten),
+        ("run: Predict agrees with the last row; Dispose releases the model", PredictAndDispose),
+        ("run: Dispose frees every tensor the run kept", DisposeFreesTensors),
+        ("run: JOINT has one row and undefined forgetting", JointHasOneRow),
+        ("run: TrainPerClass / TestPerClass restrict the data", PerClassLimits),
+        ("run: every known strategy runs by name", EveryKnownStrategyRuns),
+        ("run: RunAsync gives the same result as Run", RunAsyncMatchesRun),
+        ("run: a distillation term and a backbone are set by name (WithOption)", DistillationByOption),
+        ("cancel: a cancelled token stops the run within a step", CancellationStopsTheRun),
+        ("cancel: an already cancelled token runs nothing", PreCancelledTokenRunsNothing),
+        ("cancel: RunAsync observes cancellation", RunAsyncCancellation),
+        ("data: missing or corrupt files give ContinualDataException", DataErrors),
+    ];
+
+    private static ExperimentBuilder Subset() =>
+        new ExperimentBuilder().WithBenchmark("split-fmnist").WithDataFolder(TestData.Folder);
+
+    // One DER++ run shared by several checks, with its progress reports.
+    private static readonly Lazy<(ExperimentResult Result, List<TrainingProgress> Reports)> Shared = new(() =>
+    {
+        var recorder = new Recorder();
+        var result = Subset().WithStrategy("derpp").WithBuffer(500).WithSeed(0).Run(recorder);
+        return (result, recorder.Reports);
+    });
+
+    private static Task NoFSharpInPublicSignatures()
+    {
+        var types = typeof(ExperimentBuilder).Assembly.GetExportedTypes();
+        Assert.True(types.Length >= 6, $"only {types.Length} public types found");
+        var mentions = PublicSurface.FSharpMentions(types);
+        Assert.True(mentions.Count == 0, "F# types in public signatures:\n" + string.Join("\n", mentions));
+        Assert.True(types.All(t => t.Namespace == "Continual.CSharp"), "every public type lives in Continual.CSharp");
+        return Task.CompletedTask;
+    }
+
+    private static Task SignatureCheckCanFail()
+    {
+        // The core's own types are F#: the check must flag them, or it proves nothing about the façade.
+        var config = PublicSurface.FSharpMentions([typeof(global::Continual.ExperimentConfig)]);
+        Assert.Contains("TrainPerClass", config);
+        Assert.Contains("FSharpOption", config);
+        var module = PublicSurface.FSharpMentions([typeof(global::Continual.Experiment)]);
+        Assert.Contains("FSharpList", module);
+        Assert.True(PublicSurface.IsFSharp(typeof(global::Continual.TrainingEvent)));
+        Assert.True(!PublicSurface.IsFSharp(typeof(ExperimentResult)));
+        Assert.True(!PublicSurface.IsFSharp(typeof(IReadOnlyList<double>)));
+        return Task.CompletedTask;
+    }
+
+    private static Task DefaultsAreTheCoresDefaults()
+    {
+        foreach (var strategy in ExperimentBuilder.KnownStrategies)
+        {
+            foreach (var buffer in new[] { 200, 500, 5120 })
+            {
+                var expected = global::Continual.Experiment.defaults(strategy, buffer);
+                var settings = new ExperimentBuilder().WithStrategy(strategy).WithBuffer(buffer).Settings;
+                Assert.Equal(expected.LearningRate, settings.LearningRate);
+                Assert.Equal(expected.Minibatch, settings.Minibatch);
+                Assert.Equal(expected.Alpha, settings.Alpha);
+                Assert.Equal(expected.Beta, settings.Beta);
+                Assert.Equal(expected.BatchSize, settings.BatchSize);
+                Assert.Equal(expected.Epochs, settings.Epochs);
+                Assert.Equal(expected.WeightDecay, settings.WeightDecay);
+                Assert.Equal(buffer, settings.BufferSize);
+                Assert.Equal(strategy, settings.Strategy);
+                // Every field, including ones this façade does not name, starts at the core's default...
+                foreach (var (name, value) in settings.Fields.Where(f => f.Key != "BufferSize"))
+                {
+                    var core = typeof(global::Continual.ExperimentConfig).GetProperty(name)!.GetValue(expected);
+                    var plain = core is null ? null : core.GetType().IsGenericType ? core.GetType().GetProperty("Value")!.GetValue(core) : core;
+                    Assert.True(Equals(plain, value) || Equals(plain?.ToString(), value), $"{strategy}/{buffer}: field {name} is {value}, the core's default is {plain}");
+                }
+            }
+        }
+        // ... and without WithBuffer the buffer is the core's choice for the strategy (as on the command line).
+        var sgd = new ExperimentBuilder().WithStrategy("sgd").Settings;
+        Assert.Equal(global::Continual.Experiment.defaults("sgd", ExperimentBuilder.DefaultBufferSize).BufferSize, sgd.BufferSize);
+        var untouched = new ExperimentBuilder().Settings;
+        Assert.Equal(ExperimentBuilder.DefaultStrategy, untouched.Strategy);
+        Assert.Equal(ExperimentBuilder.DefaultBufferSize, untouched.BufferSize);
+        Assert.Equal(global::Continual.Data.Benchmarks.defaultFashionMnistFolder, untouched.DataFolder);
+        Assert.Equal<int?>(null, untouched.TrainPerClass);
+        return Task.CompletedTask;
+    }
+
+    private static Task EveryWithMethodSetsItsField()
+    {
+        var s = new ExperimentBuilder()
+            .WithStrategy(" DER ")
+            .WithBuffer(321)
+            .WithBenchmark("split-mnist")
+            .WithDataFolder("/some/where")
+            .WithLearningRate(0.0123)
+            .WithBatchSize(7)
+            .WithMinibatch(13)
+            .WithAlpha(0.7)
+            .WithBeta(0.3)
+            .WithEpochs(3)
+            .WithWeightDecay(0.001)
+            .WithSeed(42)
+            .WithDevice("cuda:1")
+            .WithThreads(2)
+            .WithTrainPerClass(11)
+            .WithTestPerClass(5)
+            .Settings;
+        Assert.Equal("der", s.Strategy);
+        Assert.Equal(321, s.BufferSize);
+        Assert.Equal("split-mnist", s.Benchmark);
+        Assert.Equal("/some/where", s.DataFolder);
+        Assert.Equal(0.0123, s.LearningRate);
+        Assert.Equal(7, s.BatchSize);
+        Assert.Equal(13, s.Minibatch);
+        Assert.Equal(0.7, s.Alpha);
+        Assert.Equal(0.3, s.Beta);
+        Assert.Equal(3, s.Epochs);
+        Assert.Equal(0.001, s.WeightDecay);
+        Assert.Equal(42L, s.Seed);
+        Assert.Equal("cuda:1", s.Device);
+        Assert.Equal(2, s.Threads);
+        Assert.Equal<int?>(11, s.TrainPerClass);
+        Assert.Equal<int?>(5, s.TestPerClass);
+        Assert.Equal<object?>(0.0123, s.Fields["LearningRate"]);
+        Assert.Equal<object?>(11, s.Fields["TrainPerClass"]);
+        // The JSON is the core's canonical form, so it names the same values.
+        using var json = JsonDocument.Parse(s.ToJson());
+        Assert.Equal(13, json.RootElement.GetProperty("minibatch").GetInt32());
+        Assert.Equal(11, json.RootElement.GetProperty("trainPerClass").GetInt32());
+        // Setting an optional field back to null means "all".
+        Assert.Equal<int?>(null, new ExperimentBuilder().WithTrainPerClass(11).WithTrainPerClass(null).Settings.TrainPerClass);
+        return Task.CompletedTask;
+    }
+
+    private static Task WithOptionMapsOntoFields()
+    {
+        var s = new ExperimentBuilder()
+            .WithOption("lr", 0.5)
+            .WithOption("weight-decay", 0.25)
+            .WithOption("Alpha", 2)
+            .WithOption("minibatch", 64)
+            .WithOption("train_per_class", 30)
+            .WithOption("seed", 9)
+            .WithOption("device", "cpu")
+            .Settings;
+        Assert.Equal(0.5, s.LearningRate);
+        Assert.Equal(0.25, s.WeightDecay);
+        Assert.Equal(2.0, s.Alpha);
+        Assert.Equal(64, s.Minibatch);
+        Assert.Equal<int?>(30, s.TrainPerClass);
+        Assert.Equal(9L, s.Seed);
+        // Strategy and buffer given by name choose the defaults exactly as their own methods do.
+        var byName = new ExperimentBuilder().WithOption("strategy", "der").WithOption("buffer", 200).Settings;
+        var typed = new ExperimentBuilder().WithStrategy("der").WithBuffer(200).Settings;
+        Assert.Equal(typed.ToJson(), byName.ToJson());
+        // Names that are no field, and values a field cannot hold, are reported, not ignored.
+        var bad = new ExperimentBuilder()
+            .WithDataFolder(TestData.Folder)
+            .WithOption("warmth", 2.0)
+            .WithOption("epochs", 2.5)
+            .WithOption("batch-size", 1e12)
+            .WithOption("lr", "fast")
+            .Validate();
+        Assert.Contains("unknown option 'warmth'", bad);
+        Assert.Contains("whole number", bad);
+        Assert.Contains("out of range", bad);
+        Assert.Contains("'fast'", bad);
+        Assert.Equal(4, bad.Count);
+        // A later valid choice of the same field replaces the unusable one.
+        var fixedUp = new ExperimentBuilder().WithDataFolder(TestData.Folder).WithOption("epochs", 2.5).WithEpochs(2);
+        Assert.True(fixedUp.Validate().Count == 0, string.Join("; ", fixedUp.Validate()));
+        Assert.Equal(2, fixedUp.Settings.Epochs);
+        var bufferByName = new ExperimentBuilder().WithDataFolder(TestData.Folder).WithOption("buffer", 1.5);
+        Assert.Contains("whole number", bufferByName.Validate());
+        Assert.True(bufferByName.WithBuffer(200).Validate().Count == 0);
+        Assert.True(ExperimentBuilder.OptionNames.Contains("LearningRate"));
+        return Task.CompletedTask;
+    }
+
+    private static object? Convert(object? value, Type target)
+    {
+        Assert.True(ConfigFields.TryConvert(value, target, out var converted, out var error), $"{value} -> {target.Name}: {error}");
+        return converted;
+    }
+
+    private static string Refused(object? value, Type target)
+    {
+        Assert.True(!ConfigFields.TryConvert(value, target, out _, out var error), $"{value} -> {target.Name} was accepted");
+        return error!;
+    }
+
+    private static Task ConversionsToFieldTypes()
+    {
+        Assert.Equal<object?>(2, Convert(2.0, typeof(int)));
+        Assert.Equal<object?>(3_000_000_000L, Convert(3e9, typeof(long)));
+        Assert.Equal<object?>(0.5, Convert("0.5", typeof(double)));
+        Assert.Equal<object?>(true, Convert("true", typeof(bool)));
+        Assert.Contains("whole number", [Refused(2.5, typeof(int))]);
+        Assert.Contains("whole number", [Refused(double.NaN, typeof(long))]);
+        Assert.Contains("out of range", [Refused(3e9, typeof(int))]);
+        Assert.Contains("number", [Refused("fast", typeof(double))]);
+        Assert.Contains("required", [Refused(null, typeof(double))]);
+        // Optional fields: a value means Some, null means None.
+        var some = Convert(7.0, typeof(Microsoft.FSharp.Core.FSharpOption<int>));
+        Assert.Equal(7, ((Microsoft.FSharp.Core.FSharpOption<int>)some!).Value);
+        Assert.Equal<object?>(null, Convert(null, typeof(Microsoft.FSharp.Core.FSharpOption<int>)));
+        // Choices among named cases (a field kind strategies may add): by case name, any spelling.
+        var schedule = typeof(global::Continual.Strategies.Schedule);
+        Assert.Equal<object?>(global::Continual.Strategies.Schedule.Joint, Convert("JOINT", schedule));
+        Assert.Equal<object?>(global::Continual.Strategies.Schedule.Sequential, Convert("sequential", schedule));
+        var refused = Refused("sideways", schedule);
+        Assert.True(refused.Contains("Sequential") && refused.Contains("Joint"), refused);
+        // Field names: any case, '-' or '_', and the command line's short names.
+        Assert.Equal("WeightDecay", ConfigFields.Find("weight-decay")!.Name);
+        Assert.Equal("LearningRate", ConfigFields.Find("LR")!.Name);
+        Assert.Equal("TrainPerClass", ConfigFields.Find("train_per_class")!.Name);
+        Assert.Equal<object?>(null, ConfigFields.Find("warmth"));
+        return Task.CompletedTask;
+    }
+
+    private static Task BuilderIsImmutable()
+    {
+        var basis = new ExperimentBuilder().WithStrategy("er");
+        var seeded = basis.WithSeed(5).WithLearningRate(0.2);
+        var other = basis.WithOption("nonsense", 1);
+        Assert.Equal(0L, basis.Settings.Seed);
+        Assert.Equal(global::Continual.Experiment.defaults("er", 500).LearningRate, basis.Settings.LearningRate);
+        Assert.Equal(5L, seeded.Settings.Seed);
+        Assert.Equal(0.2, seeded.Settings.LearningRate);
+        Assert.True(!basis.WithDataFolder(TestData.Folder).Validate().Any(e => e.Contains("nonsense")));
+        Assert.Contains("nonsense", other.Validate());
+        return Task.CompletedTask;
+    }
+
+    private static Task NullArgumentsAreRefused()
+    {
+        var b = new ExperimentBuilder();
+        Assert.Throws<ArgumentNullException>(() => b.WithStrategy(null!));
+        Assert.Throws<ArgumentNullException>(() => b.WithBenchmark(null!));
+        Assert.Throws<ArgumentNullException>(() => b.WithDataFolder(null!));
+        Assert.Throws<ArgumentNullException>(() => b.WithDevice(null!));
+        Assert.Throws<ArgumentNullException>(() => b.WithOption(null!, 1.0));
+        Assert.Throws<ArgumentNullException>(() => b.WithOption("device", (string)null!));
+        return Task.CompletedTask;
+    }
+
+    private static Task ValidationRejectsBadOptions()
+    {
+        var good = Subset();
+        Assert.True(good.Validate().Count == 0, "a valid configuration: " + string.Join("; ", good.Validate()));
+        (ExperimentBuilder Builder, string Mentions)[] cases =
+        [
+            (good.WithStrategy("no-such-method"), "unknown strategy 'no-such-method'"),
+            (good.WithBenchmark("imagenet-42"), "unknown benchmark 'imagenet-42'"),
+            (good.WithStrategy("er").WithBuffer(0), "buffer"),
+            (good.WithBuffer(-5), "buffer"),
+            (good.WithLearningRate(0), "lr"),
+            (good.WithLearningRate(double.NaN), "lr"),
+            (good.WithLearningRate(double.PositiveInfinity), "lr"),
+            (good.WithBatchSize(0), "batch-size"),
+            (good.WithMinibatch(-1), "minibatch"),
+            (good.WithEpochs(0), "epochs"),
+            (good.WithAlpha(-0.1), "alpha"),
+            (good.WithBeta(double.NaN), "beta"),
+            (good.WithWeightDecay(-1), "weight-decay"),
+            (good.WithThreads(0), "threads"),
+            (good.WithTrainPerClass(0), "train-per-class"),
+            (good.WithTestPerClass(-3), "test-per-class"),
+            (good.WithDevice("tpu"), "unknown device 'tpu'"),
+            (good.WithDataFolder(Path.Combine(TestData.Folder, "absent")), "does not exist"),
+        ];
+        foreach (var (builder, mentions) in cases)
+        {
+            var errors = builder.Validate();
+            Assert.True(errors.Count >= 1, $"no error for a configuration that should mention '{mentions}'");
+            Assert.Contains(mentions, errors);
+        }
+        // Several problems are reported together.
+        var many = good.WithBatchSize(0).WithEpochs(0).WithStrategy("nope").Validate();
+        Assert.True(many.Count >= 3, $"{many.Count} errors: {string.Join("; ", many)}");
+        return Task.CompletedTask;
+    }
+
+    private static Task RunRefusesInvalidConfiguration()
+    {
+        var builder = Subset().WithEpochs(0).WithOption("nonsense", 1);
+        var recorder = new Recorder();
+        var e = Assert.Throws<ExperimentValidationException>(() => builder.Run(recorder));
+        Assert.True(e.Errors.SequenceEqual(builder.Validate()), "the exception carries Validate's messages");
+        Assert.Contains("epochs", e.Errors);
+        Assert.Contains("nonsense", e.Errors);
+        Assert.True(e is ArgumentException);
+        Assert.Equal(0, recorder.Reports.Count);
+        return Task.CompletedTask;
+    }
+
+    private static double Mean(IEnumerable<double> values) => values.Average();
+
+    private static Task DerppMatrices()
+    {
+        var result = Shared.Value.Result;
+        foreach (var (m, name) in new[] { (result.ClassIncremental, "class-il"), (result.TaskIncremental, "task-il") })
+        {
+            Assert.True(m.Count == 5 && m.All(r => r.Count == 5), $"{name} is {m.Count}x{m.FirstOrDefault()?.Count}");
+            Assert.True(m.SelectMany(r => r).All(v => v >= 0 && v <= 100), $"{name} has values outside [0, 100]");
+        }
+        for (var i = 0; i < 5; i++)
+            for (var j = 0; j < 5; j++)
+                Assert.True(result.TaskIncremental[i][j] >= result.ClassIncremental[i][j],
+                    $"Task-IL below Class-IL at [{i}][{j}]: masking to the task's classes can only help");
+        // It learned: Task-IL (two classes, chance 50%) after the last task is far above chance.
+        Assert.True(result.TaskIncrementalAverageAccuracy > 70, $"Task-IL average {result.TaskIncrementalAverageAccuracy}");
+        // Metrics against a plain reference over the matrices.
+        foreach (var (m, average, forgetting, bwt) in new[]
+                 {
+                     (result.ClassIncremental, result.ClassIncrementalAverageAccuracy, result.ClassIncrementalForgetting, result.ClassIncrementalBackwardTransfer),
+                     (result.TaskIncremental, result.TaskIncrementalAverageAccuracy, result.TaskIncrementalForgetting, result.TaskIncrementalBackwardTransfer),
+                 })
+        {
+            Assert.Close(Mean(m[4]), average, 1e-9);
+            Assert.True(forgetting.HasValue && bwt.HasValue, "forgetting and BWT are defined for a 5x5 matrix");
+            Assert.Close(Mean(Enumerable.Range(0, 4).Select(j => Enumerable.Range(0, 4).Max(i => m[i][j]) - m[4][j])), forgetting!.Value, 1e-9);
+            Assert.Close(Mean(Enumerable.Range(0, 4).Select(j => m[4][j] - m[j][j])), bwt!.Value, 1e-9);
+        }
+        Assert.Equal(TestData.TrainPerClass * 10, result.TrainExamples);
+        Assert.Equal(TestData.TestPerClass * 10, result.TestExamples);
+        Assert.Equal((long)(result.TrainExamples / result.Settings.BatchSize), result.Steps);
+        Assert.Equal(5, result.TaskTimes.Count);
+        Assert.True(result.WallTime >= result.TrainingTime && result.TrainingTime > TimeSpan.Zero);
+        Assert.Equal("derpp", result.Settings.Strategy);
+        Assert.Equal(784, result.InputFeatures);
+        Assert.True(result.TaskClasses.Select(t => string.Join(",", t)).SequenceEqual(["0,1", "2,3", "4,5", "6,7", "8,9"]));
+        // The matrices are read-only views.
+        Assert.True(result.ClassIncremental[0] is not double[] && result.ClassIncremental is not IReadOnlyList<double>[]);
+        return Task.CompletedTask;
+    }
+
+    private static Task SameSeedSameMatrices()
+    {
+        var first = Shared.Value.Result;
+        using var again = Subset().WithStrategy("derpp").WithBuffer(500).WithSeed(0).Run();
+        Assert.Matrix(first.ClassIncremental, again.ClassIncremental, "class-il, same seed");
+        Assert.Matrix(first.TaskIncremental, again.TaskIncremental, "task-il, same seed");
+        using var other = Subset().WithStrategy("derpp").WithBuffer(500).WithSeed(1).Run();
+        var same = first.ClassIncremental.Zip(other.ClassIncremental).All(p => p.First.SequenceEqual(p.Second));
+        Assert.True(!same, "seed 1 gave exactly seed 0's Class-IL matrix: the seed is not applied");
+        return Task.CompletedTask;
+    }
+
+    private static Task ProgressIsReported()
+    {
+        var (result, reports) = Shared.Value;
+        Assert.True(reports.Count > 0, "no progress reported");
+        var started = reports.Where(r => r.Kind == TrainingProgressKind.TaskStarted).ToList();
+        var finished = reports.Where(r => r.Kind == TrainingProgressKind.TaskFinished).ToList();
+        Assert.True(started.Select(r => r.Task).SequenceEqual([0, 1, 2, 3, 4]), "one TaskStarted per task, in order");
+        Assert.True(finished.Select(r => r.Task).SequenceEqual([0, 1, 2, 3, 4]), "one TaskFinished per task, in order");
+        Assert.Equal(result.Steps, (long)started.Sum(r => r.TotalSteps));
+        for (var t = 0; t < 5; t++)
+        {
+            var ofTask = reports.Where(r => r.Task == t).ToList();
+            Assert.Equal(TrainingProgressKind.TaskStarted, ofTask[0].Kind);
+            Assert.Equal(TrainingProgressKind.TaskFinished, ofTask[^1].Kind);
+            var steps = ofTask.Where(r => r.Kind == TrainingProgressKind.StepsCompleted).ToList();
+            Assert.True(steps.Count >= 1, $"task {t}: no StepsCompleted report");
+            Assert.True(steps.All(s => s.MeanLoss is double l && double.IsFinite(l) && l >= 0), $"task {t}: loss not a finite non-negative number");
+            Assert.Equal(ofTask[0].TotalSteps, steps[^1].CompletedSteps);
+            Assert.Equal(1.0, ofTask[^1].Fraction);
+            Assert.True(ofTask[^1].ClassIncrementalAccuracies!.SequenceEqual(result.ClassIncremental[t]), $"task {t}: reported Class-IL differs from the matrix row");
+            Assert.True(ofTask[^1].TaskIncrementalAccuracies!.SequenceEqual(result.TaskIncremental[t]), $"task {t}: reported Task-IL differs from the matrix row");
+            Assert.True(ofTask[^1].TaskTime > TimeSpan.Zero);
+        }
+        return Task.CompletedTask;
+    }
+
+    private static Task ResultsFilesAreWritten()
+    {
+        var result = Shared.Value.Result;
+        var folder = Path.Combine(TestData.NewFolder("results"), "nested", "run");
+        result.WriteResults(folder);
+        var jsonPath = Path.Combine(folder, "results.json");
+        var csvPath = Path.Combine(folder, "results.csv");
+        Assert.True(File.Exists(jsonPath) && File.Exists(csvPath), "results.json and results.csv exist");
+        Assert.True(Directory.GetFiles(folder).Length == 2, "no temporary files are left behind");
+        using var json = JsonDocument.Parse(File.ReadAllText(jsonPath));
+        var root = json.RootElement;
+        Assert.Equal("derpp", root.GetProperty("config").GetProperty("strategy").GetString());
+        Assert.Equal(result.Settings.Hash, root.GetProperty("configHash").GetString());
+        var classIl = root.GetProperty("classIl").EnumerateArray().Select(r => r.EnumerateArray().Select(v => v.GetDouble()).ToList()).ToList();
+        Assert.Equal(5, classIl.Count);
+        for (var i = 0; i < 5; i++)
+            for (var j = 0; j < 5; j++)
+                Assert.Close(result.ClassIncremental[i][j], classIl[i][j], 1e-4);
+        Assert.Close(result.ClassIncrementalAverageAccuracy,
+            root.GetProperty("metrics").GetProperty("classIl").GetProperty("averageAccuracy").GetDouble(), 1e-4);
+        Assert.Equal(result.Steps, root.GetProperty("timings").GetProperty("steps").GetInt64());
+        var lines = File.ReadAllLines(csvPath);
+        Assert.Equal("scenario,after_task,task,accuracy", lines[0]);
+        Assert.Equal(1 + 25 + 25, lines.Length);
+        var last = lines.Single(l => l.StartsWith("task-il,4,4,", StringComparison.Ordinal));
+        Assert.Close(result.TaskIncremental[4][4], double.Parse(last.Split(',')[3], CultureInfo.InvariantCulture), 1e-4);
+        // ToJson is the file's content up to the moment of writing.
+        using var fromString = JsonDocument.Parse(result.ToJson());
+        Assert.Equal(root.GetProperty("configHash").GetString(), fromString.RootElement.GetProperty("configHash").GetString());
+        return Task.CompletedTask;
+    }
+
+    private static Task PredictAndDispose()
+    {
+        using var result = Subset().WithStrategy("er").WithBuffer(200).WithSeed(3).Run();
+        var (images, labels) = TestData.TestSet();
+        var size = images.Rows * images.Cols;
+        for (var task = 0; task < 5; task++)
+        {
+            // Task j's test images, in file order, as the evaluation takes them.
+            var rows = Enumerable.Range(0, labels.Length).Where(i => result.TaskClasses[task].Contains(labels[i])).ToList();
+            var inputs = new float[rows.Count * size];
+            for (var k = 0; k < rows.Count; k++)
+                for (var p = 0; p < size; p++)
+                    inputs[k * size + p] = images.Pixels[rows[k] * size + p] / 255f;
+            var predicted = result.Predict(inputs);
+            Assert.Equal(rows.Count, predicted.Length);
+            Assert.True(predicted.All(c => c >= 0 && c < result.ClassCount));
+            var accuracy = 100.0 * rows.Where((r, k) => predicted[k] == labels[r]).Count() / rows.Count;
+            Assert.Close(result.ClassIncremental[4][task], accuracy, 1e-9);
+        }
+        Assert.Throws<ArgumentException>(() => result.Predict(new float[result.InputFeatures + 1]));
+        Assert.Equal(0, result.Predict(ReadOnlySpan<float>.Empty).Length);
+        var before = result.ClassIncremental;
+        result.Dispose();
+        Assert.Throws<ObjectDisposedException>(() => result.Predict(new float[result.InputFeatures]));
+        result.Dispose(); // a second Dispose is harmless
+        Assert.True(ReferenceEquals(before, result.ClassIncremental), "figures stay readable after Dispose");
+        result.WriteResults(TestData.NewFolder("after-dispose"));
+        return Task.CompletedTask;
+    }
+
+    private static long LiveTensors()
+    {
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        GC.Collect();
+        return TorchSharp.torch.Tensor.TotalCount;
+    }
+
+    private static Task DisposeFreesTensors()
+    {
+        var builder = Subset().WithStrategy("derpp").WithBuffer(200).WithTrainPerClass(20).WithTestPerClass(10);
+        builder.Run().Dispose(); // warm-up: anything libtorch keeps once per process
+        // TorchSharp's live count drifts when a module is made (a parameter takes over its first tensor's
+        // handle without counting down): measure that drift on a bare model of the same architecture.
+        var bare = LiveTensors();
+        global::Continual.Models.Backbones.create(global::Continual.Models.Backbones.referenceMlp).Dispose();
+        var drift = LiveTensors() - bare;
+        var before = LiveTensors();
+        var result = builder.Run();
+        var held = LiveTensors();
+        Assert.True(result.Architecture == "mlp 784-100-100-10", result.Architecture);
+        Assert.True(held > before + drift, $"a finished run holds its model and buffer ({held} live tensors, {before} before)");
+        result.Dispose();
+        var after = LiveTensors();
+        Assert.True(after - before == drift,
+            $"after Dispose {after - before} tensors more than before the run; a bare model accounts for {drift}");
+        Console.WriteLine($"     live tensors: {before} before, {held} while the result is held, {after} after Dispose (drift {drift})");
+        // Diagnostic only: what a cancelled run leaves to the finalizers.
+        using var source = new CancellationTokenSource();
+        var recorder = new Recorder(r => { if (r.Kind == TrainingProgressKind.TaskFinished && r.Task == 0) source.Cancel(); });
+        var leftBefore = LiveTensors();
+        Assert.Throws<OperationCanceledException>(() => builder.Run(recorder, source.Token));
+        Console.WriteLine($"     a cancelled run leaves {LiveTensors() - leftBefore - drift} tensors alive after a garbage collection");
+        return Task.CompletedTask;
+    }
+
+    private static Task JointHasOneRow()
+    {
+        using var result = Subset().WithStrategy("joint").Run();
+        Assert.Equal(1, result.ClassIncremental.Count);
+        Assert.Equal(5, result.ClassIncremental[0].Count);
+        Assert.Equal<double?>(null, result.ClassIncrementalForgetting);
+        Assert.Equal<double?>(null, result.TaskIncrementalBackwardTransfer);
+        Assert.Equal(0, result.Settings.BufferSize);
+        Assert.Equal((long)(result.TrainExamples / result.Settings.BatchSize), result.Steps);
+        return Task.CompletedTask;
+    }
+
+    private static Task PerClassLimits()
+    {
+        using var result = Subset().WithStrategy("sgd").WithTrainPerClass(30).WithTestPerClass(7).WithBatchSize(4).Run();
+        Assert.Equal(300, result.TrainExamples);
+        Assert.Equal(70, result.TestExamples);
+        // 60 examples per task in batches of 4.
+        Assert.Equal(5L * 15, result.Steps);
+        // Each test set has 14 examples, so every accuracy is a multiple of 100/14.
+        Assert.True(result.ClassIncremental.SelectMany(r => r).All(v => Math.Abs(v * 14 / 100 - Math.Round(v * 14 / 100)) < 1e-9));
+        return Task.CompletedTask;
+    }
+
+    private static Task EveryKnownStrategyRuns()
+    {
+        Assert.True(ExperimentBuilder.KnownStrategies.Count >= 5);
+        foreach (var name in ExperimentBuilder.KnownStrategies)
+        {
+            var builder = Subset().WithStrategy(name).WithBuffer(50).WithTrainPerClass(20).WithTestPerClass(10);
+            Assert.True(builder.Validate().Count == 0, $"{name}: {string.Join("; ", builder.Validate())}");
+            using var result = builder.Run();
+            Assert.Equal(name, result.Settings.Strategy);
+            Assert.True(result.ClassIncremental.Count is 1 or 5, $"{name}: {result.ClassIncremental.Count} rows");
+            Assert.True(result.ClassIncremental.All(r => r.Count == 5 && r.All(v => v >= 0 && v <= 100)), $"{name}: bad matrix");
+        }
+        return Task.CompletedTask;
+    }
+
+    private static Task DistillationByOption()
+    {
+        var builder = Subset().WithStrategy("der").WithBuffer(50).WithTrainPerClass(20).WithTestPerClass(10)
+            .WithOption("distill", "sd").WithOption("distill-weight", 0.5).WithOption("backbone", "cnn");
+        Assert.True(builder.Validate().Count == 0, string.Join("; ", builder.Validate()));
+        using var result = builder.Run();
+        Assert.Equal<object?>("sd", result.Settings.Fields["Distill"]);
+        Assert.Equal<object?>(0.5, result.Settings.Fields["DistillWeight"]);
+        Assert.True(result.Architecture.StartsWith("cnn"), result.Architecture);
+        Assert.Contains("unknown distillation term 'nope'", Subset().WithOption("distill", "nope").Validate());
+        return Task.CompletedTask;
+    }
+
+    private static async Task RunAsyncMatchesRun()
+    {
+        var recorder = new Recorder();
+        using var result = await Subset().WithStrategy("derpp").WithBuffer(500).WithSeed(0).RunAsync(recorder);
+        Assert.Matrix(Shared.Value.Result.ClassIncremental, result.ClassIncremental, "class-il, async");
+        Assert.Equal(5, recorder.Reports.Count(r => r.Kind == TrainingProgressKind.TaskFinished));
+    }
+
+    private static Task CancellationStopsTheRun()
+    {
+        using var source = new CancellationTokenSource();
+        // Cancel as soon as task 1 (the second) has been trained and evaluated.
+        var recorder = new Recorder(r =>
+        {
+            if (r.Kind == TrainingProgressKind.TaskFinished && r.Task == 1) source.Cancel();
+        });
+        var builder = Subset().WithStrategy("derpp").WithBuffer(500);
+        Assert.Throws<OperationCanceledException>(() => builder.Run(recorder, source.Token));
+        var afterCancel = recorder.Reports.SkipWhile(r => !(r.Kind == TrainingProgressKind.TaskFinished && r.Task == 1)).Skip(1).ToList();
+        // The shell may announce task 2, but not a single step of it is completed.
+        Assert.True(afterCancel.All(r => r.Kind == TrainingProgressKind.TaskStarted && r.Task == 2),
+            "reports after cancelling: " + string.Join(" | ", afterCancel));
+        Assert.Equal(2, recorder.Reports.Count(r => r.Kind == TrainingProgressKind.TaskFinished));
+        // A run after a cancelled one works normally.
+        using var next = Subset().WithStrategy("sgd").WithTrainPerClass(10).WithTestPerClass(5).Run();
+        Assert.Equal(5, next.ClassIncremental.Count);
+        return Task.CompletedTask;
+    }
+
+    private static Task PreCancelledTokenRunsNothing()
+    {
+        var recorder = new Recorder();
+        Assert.Throws<OperationCanceledException>(() => Subset().Run(recorder, new CancellationToken(true)));
+        Assert.Equal(0, recorder.Reports.Count);
+        return Task.CompletedTask;
+    }
+
+    private static async Task RunAsyncCancellation()
+    {
+        using var source = new CancellationTokenSource();
+        var recorder = new Recorder(r =>
+        {
+            if (r.Kind == TrainingProgressKind.TaskStarted && r.Task == 0) source.Cancel();
+        });
+        await Assert.ThrowsAsync<OperationCanceledException>(() => Subset().WithStrategy("er").RunAsync(recorder, source.Token));
+        Assert.True(recorder.Reports.All(r => r.Kind == TrainingProgressKind.TaskStarted), "no step completed after cancelling");
+        await Assert.ThrowsAsync<OperationCanceledException>(() => Subset().RunAsync(null, new CancellationToken(true)));
+    }
+
+    private static Task DataErrors()
+    {
+        var empty = TestData.NewFolder("empty");
+        var missing = Assert.Throws<ContinualDataException>(() => Subset().WithDataFolder(empty).Run());
+        Assert.True(missing.Path.StartsWith(empty, StringComparison.Ordinal), $"path {missing.Path}");
+        Assert.True(missing is IOException);
+        var corrupt = TestData.NewFolder("corrupt");
+        foreach (var file in Directory.GetFiles(TestData.Folder)) File.Copy(file, Path.Combine(corrupt, Path.GetFileName(file)));
+        var images = Path.Combine(corrupt, "t10k-images-idx3-ubyte");
+        var bytes = File.ReadAllBytes(images);
+        File.WriteAllBytes(images, bytes[..(bytes.Length - 100)]);
+        var truncated = Assert.Throws<ContinualDataException>(() => Subset().WithDataFolder(corrupt).Run());
+        Assert.Equal(images, truncated.Path);
+        Assert.True(truncated.Reason.Contains("truncated"), truncated.Reason);
+        return Task.CompletedTask;
+    }
+}

@@ -1,0 +1,193 @@
+/// Shared pieces of the penalty properties: a fixed FsCheck configuration, tiny synthetic benchmarks,
+/// every importance method's state after real training on them, and plain-array references.
+module Continual.Properties.PenaltiesFixtures
+
+open System
+open System.Threading
+open Expecto
+open FsCheck
+open FsCheck.FSharp
+open Continual
+open Continual.Data
+open Continual.Models
+open Continual.Penalties
+open Continual.Strategies
+open TorchSharp
+
+/// The shared fixed-seed configuration (CI is reproducible), 60 cases per property.
+let config = PropertyConfig.fixedSeed 60
+
+/// Relative-and-absolute closeness of two doubles.
+let close (tolerance: float) (expected: float) (actual: float) =
+    abs (expected - actual) <= tolerance * (1.0 + abs expected)
+
+/// A float32 tensor's values.
+let values (t: Tensor) : float[] =
+    use c = t.detach().cpu().to_type(torch.ScalarType.Float64).contiguous()
+    c.data<float>().ToArray()
+
+/// Per-parameter tensors as one flat double array.
+let flatValues (ts: Tensor list) = ts |> List.map values |> Array.concat
+
+/// The tiny architecture of the properties: 4 inputs, 5 hidden, 4 classes (two tasks of two).
+let architecture = Mlp(4, [ 5 ], 4)
+
+/// Number of scalars in the tiny architecture.
+let parameterCount = 4 * 5 + 5 + 5 * 4 + 4
+
+/// A labelled set of `n` random inputs in [0, 1]^4 labelled from `classes`, drawn from a seed.
+let synthetic (seed: int) (n: int) (classes: int list) : LabelledSet =
+    let rnd = System.Random(seed)
+    let cls = Array.ofList classes
+    let labels = Array.init n (fun i -> cls.[i % cls.Length])
+    // Class-dependent means make the tasks learnable, so importance is not degenerate.
+    let inputs = Array.init (n * 4) (fun k -> float32 (0.5 * rnd.NextDouble() + 0.1 * float (labels.[k / 4] + (k % 4)) / 4.0))
+    { Inputs = torch.tensor(inputs, dtype = torch.ScalarType.Float32).reshape(int64 n, 4L)
+      Labels = torch.tensor(labels |> Array.map int64, dtype = torch.ScalarType.Int64)
+      LabelArray = labels }
+
+/// A two-task benchmark (classes {0,1} then {2,3}) on synthetic data, `perClass` examples per class.
+let benchmark (seed: int) (perClass: int) (taskCount: int) : Benchmark =
+    let train = synthetic seed (4 * perClass) [ 0; 1; 2; 3 ]
+    let test = synthetic (seed + 1) 40 [ 0; 1; 2; 3 ]
+    { Name = "tiny"
+      InputShape = (1, 2, 2)
+      NumClasses = 4
+      Train = train
+      Test = test
+      Tasks = [ { Index = 0; Classes = [ 0; 1 ] }; { Index = 1; Classes = [ 2; 3 ] } ] |> List.truncate taskCount }
+
+/// Default importance settings for the tiny runs (λ given).
+let settings (lambda: float) : ImportanceSettings =
+    { Lambda = lambda
+      Gamma = 1.0
+      Xi = 0.9
+      FisherAlpha = 0.9
+      ScoreEvery = 3
+      Epsilon = 1e-3
+      Slices = 7
+      ScpAlpha = 0.5
+      ScpBatch = 16
+      Fisher = Empirical
+      Seed = 5L }
+
+let trainingSettings : TrainingSettings =
+    { LearningRate = 0.1
+      BatchSize = 8
+      Epochs = 1
+      WeightDecay = 0.0
+      Seed = 3L
+      Device = torch.CPU
+      ProgressEvery = 1000 }
+
+/// Trains a method on the tiny benchmark through `taskCount` tasks and returns the final extension,
+/// the model and a copy of its final parameters (the last anchor), flat.
+let trained (name: string) (lambda: float) (taskCount: int) : Extension * Backbone * float[] =
+    let b = benchmark 11 24 taskCount
+    let fisherOf n = if n = "ewc" then Sampled elif n = "ewc-online" then LabelWeighted else Empirical
+    let strategy = ImportanceStrategies.strategy name { settings lambda with Fisher = fisherOf name } (if name = "si" then Some 1.0 else None)
+    let outcome = Training.run architecture b strategy trainingSettings RunHooks.none CancellationToken.None
+    outcome.State.Extensions.Head, outcome.State.Model, flatValues [ for p in outcome.State.Model.parameters () -> p :> Tensor ]
+
+/// How a method's penalty reads in plain arrays: its coefficient c of `c Σ Ω (θ − θ*)²` and its
+/// (importance, anchor) pairs, taken from the method's state independently of the prepared penalty.
+type Reference =
+    { Name: string
+      Coefficient: float
+      Pairs: (float[] * float[]) list }
+
+/// The plain-array penalty `c Σ_t Σ_i Ω_t,i (θ_i − θ*_t,i)²`.
+let referenceValue (r: Reference) (theta: float[]) =
+    r.Pairs |> List.sumBy (fun (omega, anchor) -> Array.fold2 (fun acc (o: float) (a: float, t: float) -> acc + o * (t - a) * (t - a)) 0.0 omega (Array.zip anchor theta))
+    |> (*) r.Coefficient
+
+/// The plain-array gradient `2 c Σ_t Ω_t (θ − θ*_t)` (that is `λ Ω (θ − θ*)` for the papers' λ/2 form).
+let referenceGradient (r: Reference) (theta: float[]) =
+    let g = Array.zeroCreate theta.Length
+    for (omega, anchor) in r.Pairs do
+        for i in 0 .. theta.Length - 1 do
+            g.[i] <- g.[i] + 2.0 * r.Coefficient * omega.[i] * (theta.[i] - anchor.[i])
+    g
+
+/// The RWalk importance in plain arrays: `F / max F + s / max s`.
+let rwalkReference (fisher: float[]) (scores: float[]) =
+    let fm, sm = Array.max fisher, Array.max scores
+    Array.map2 (fun f s -> (if fm > 0.0 then f / fm else 0.0) + (if sm > 0.0 then s / sm else 0.0)) fisher scores
+
+/// The reference reading of a trained method's state; `anchor` is the model's parameters at the last
+/// task end (every single-anchor method anchors there).
+let reference (name: string) (lambda: float) (extension: Extension) (anchor: float[]) : Reference =
+    let one (omega: Tensor list) = [ flatValues omega, anchor ]
+    match extension with
+    | :? ImportanceExtension<EwcState> as e ->
+        { Name = name; Coefficient = lambda / 2.0; Pairs = e.State.Tasks |> List.map (fun (f, a) -> flatValues f, flatValues a) }
+    | :? ImportanceExtension<OnlineEwcState> as e ->
+        { Name = name; Coefficient = lambda; Pairs = one e.State.Fisher.Value }
+    | :? ImportanceExtension<EwcPlusPlusState> as e ->
+        { Name = name; Coefficient = lambda / 2.0; Pairs = one e.State.Running.Value }
+    | :? ImportanceExtension<SiState> as e ->
+        { Name = name; Coefficient = lambda; Pairs = one e.State.Importance.Value }
+    | :? ImportanceExtension<MasState> as e ->
+        { Name = name; Coefficient = lambda / 2.0; Pairs = one e.State.Importance.Value }
+    | :? ImportanceExtension<RwalkState> as e ->
+        let omega = rwalkReference (flatValues e.State.Running.Value) (flatValues e.State.PreviousScores.Value)
+        { Name = name; Coefficient = lambda / 2.0; Pairs = [ omega, anchor ] }
+    | :? ImportanceExtension<ScpState> as e ->
+        { Name = name; Coefficient = lambda; Pairs = one e.State.Gamma.Value }
+    | _ -> failwithf "no reference for %s" name
+
+/// Writes flat values into a model's parameters.
+let setParameters (model: Backbone) (theta: float[]) =
+    use _ = torch.no_grad ()
+    let mutable offset = 0
+    for p in model.parameters () do
+        let n = int (p.numel ())
+        use src = torch.tensor(Array.sub theta offset n |> Array.map float32, dtype = torch.ScalarType.Float32).reshape(p.shape)
+        p.copy_ src |> ignore
+        offset <- offset + n
+
+/// A step view whose only meaningful field is the model (parameter penalties read nothing else).
+let viewOf (model: Backbone) : StepView =
+    let x = torch.zeros(1L, 4L)
+    { Batch = { Inputs = x; Labels = torch.zeros([| 1L |], dtype = torch.ScalarType.Int64); LabelArray = [| 0 |]; Task = 0 }
+      Output = { Logits = torch.zeros(1L, 4L); Features = [] }
+      Replay = []
+      Model = model }
+
+/// The extension's loss term at θ: its value and the autograd gradient of each parameter, flat.
+let termAt (extension: Extension) (model: Backbone) (theta: float[]) : float * float[] =
+    setParameters model theta
+    model.zero_grad ()
+    match extension.Terms(viewOf model) with
+    | [ term ] ->
+        term.Value.backward ()
+        let grads = [ for p in model.parameters () -> (if isNull p.grad then torch.zeros_like p else p.grad) ]
+        term.Value.ToDouble(), flatValues grads
+    | [] -> 0.0, Array.zeroCreate parameterCount
+    | _ -> failwith "one term expected"
+
+/// A displacement: small float32-exact values, some exactly zero.
+let displacement : Gen<float[]> =
+    Gen.arrayOfLength parameterCount (Gen.frequency [ 1, Gen.constant 0; 4, Gen.choose (-400, 400) ])
+    |> Gen.map (Array.map (fun i -> float (float32 i / 1000.0f)))
+
+/// The names of every importance method.
+let methods = ImportanceStrategies.names
+
+/// Each method trained once per λ (cached: training is the slow part).
+let private cache = System.Collections.Concurrent.ConcurrentDictionary<string * float * int, Lazy<Extension * Backbone * float[]>>()
+
+/// A method trained through `tasks` tasks with strength λ, shared by the properties.
+let methodState (name: string) (lambda: float) (tasks: int) =
+    cache.GetOrAdd((name, lambda, tasks), fun (n, l, t) -> lazy (trained n l t)).Value
+
+/// Tests share models and libtorch state: they run one after another.
+let sequenced (name: string) (tests: Test list) = testSequenced (testList name tests)
+
+/// Asserts two double arrays are close elementwise.
+let arraysClose (tolerance: float) (what: string) (expected: float[]) (actual: float[]) =
+    Expect.equal actual.Length expected.Length (what + ": length")
+    let scale = 1.0 + (expected |> Array.fold (fun m x -> max m (abs x)) 0.0)
+    for i in 0 .. expected.Length - 1 do
+        if abs (expected.[i] - actual.[i]) > tolerance * scale then
+            failtestf "%s: element %d is %g, expected %g (tolerance %g x %g)" what i actual.[i] expected.[i] tolerance scale

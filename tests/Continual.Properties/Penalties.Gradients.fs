@@ -1,0 +1,122 @@
+/// Properties of the per-sample gradient statistics (Penalties.Gradients.fs and the estimators built on
+/// them): the closed form for the MLP equals one autograd pass per sample, on tiny random models.
+module Continual.Properties.PenaltiesGradients
+
+open Expecto
+open FsCheck
+open FsCheck.FSharp
+open Continual
+open Continual.Data
+open Continual.Models
+open Continual.Penalties
+open Continual.Properties.PenaltiesFixtures
+open TorchSharp
+
+/// A tiny random case: a seeded MLP (4 inputs, one or two hidden layers, 3 classes) and n samples.
+type Case =
+    { Seed: int
+      Hidden: int list
+      Samples: int }
+
+let private caseGen : Gen<Case> =
+    gen {
+        let! seed = Gen.choose (0, 100000)
+        let! hidden = Gen.elements [ [ 5 ]; [ 3; 4 ]; [ 6; 2 ] ]
+        let! samples = Gen.choose (1, 12)
+        return { Seed = seed; Hidden = hidden; Samples = samples }
+    }
+
+let private modelOf (c: Case) =
+    torch.manual_seed (int64 c.Seed) |> ignore
+    let m = Backbones.create (Mlp(4, c.Hidden, 3))
+    // Random biases so that some ReLUs are off and the masks matter.
+    use _ = torch.no_grad ()
+    for p in m.parameters () do
+        if p.dim () = 1L then p.uniform_(-0.5, 0.5) |> ignore
+    m
+
+let private dataOf (c: Case) =
+    let rnd = System.Random(c.Seed + 1)
+    let x = Array.init (c.Samples * 4) (fun _ -> float32 (rnd.NextDouble() * 2.0 - 0.5))
+    let labels = Array.init c.Samples (fun _ -> rnd.Next 3)
+    { Inputs = torch.tensor(x, dtype = torch.ScalarType.Float32).reshape(int64 c.Samples, 4L)
+      Labels = torch.tensor(labels |> Array.map int64, dtype = torch.ScalarType.Int64)
+      LabelArray = labels }
+
+let private sameStatistics (what: string) (expected: Tensor list) (actual: Tensor list) =
+    arraysClose 1e-5 what (flatValues expected) (flatValues actual)
+
+[<Tests>]
+let tests =
+    sequenced "per-sample gradients" [
+        testPropertyWithConfig config "closed-form squared gradients equal one backward per sample" (Prop.forAll (Arb.fromGen caseGen) (fun c ->
+            let model = modelOf c
+            let data = dataOf c
+            let labels = data.LabelArray |> Array.map int64
+            for objective in [ NegativeLogLikelihood(labels, false); NegativeLogLikelihood(labels, true); SquaredNorm ] do
+                sameStatistics (sprintf "%A" objective) (PerSample.loopSums model data.Inputs objective Squares) (PerSample.sums model data.Inputs objective Squares)
+            true))
+
+        testPropertyWithConfig config "closed-form gradient magnitudes equal one backward per sample" (Prop.forAll (Arb.fromGen caseGen) (fun c ->
+            let model = modelOf c
+            let data = dataOf c
+            sameStatistics "MAS" (PerSample.loopSums model data.Inputs SquaredNorm Magnitudes) (PerSample.sums model data.Inputs SquaredNorm Magnitudes)
+            true))
+
+        testPropertyWithConfig config "the Fisher is the mean of squared per-sample gradients, for every kind" (Prop.forAll (Arb.fromGen caseGen) (fun c ->
+            let model = modelOf c
+            let data = dataOf c
+            let rng = Random.create (int64 c.Seed)
+            for kind in [ Sampled; Empirical; LabelWeighted ] do
+                let fisher, _ = Estimate.fisher kind model data torch.CPU rng
+                // The reference goes one sample at a time; the "true" Fisher's labels are the same draws
+                // from the same generator.
+                let labels = data.LabelArray |> Array.map int64
+                let objective =
+                    match kind with
+                    | Empirical -> NegativeLogLikelihood(labels, false)
+                    | LabelWeighted -> NegativeLogLikelihood(labels, true)
+                    | Sampled ->
+                        let logits = (use _ = torch.no_grad () in model.forward data.Inputs)
+                        let probabilities = torch.nn.functional.softmax(logits, 1L)
+                        fst (Draws.categorical probabilities rng) |> fun drawn -> NegativeLogLikelihood(drawn, false)
+                let reference = PerSample.loopSums model data.Inputs objective Squares |> List.map (fun t -> t.div((float c.Samples).ToScalar()))
+                sameStatistics (sprintf "Fisher %A" kind) reference fisher
+            true))
+
+        testPropertyWithConfig config "the batch Fisher from a step's own activations equals the reference" (Prop.forAll (Arb.fromGen caseGen) (fun c ->
+            let model = modelOf c
+            let data = dataOf c
+            let output = model.ForwardWithFeatures data.Inputs
+            let labels = data.LabelArray |> Array.map int64
+            let batch, _ = Estimate.batchFisher Empirical model data.Inputs (data.Inputs :: output.Features) output.Logits labels (Random.create 1L)
+            let reference = PerSample.loopSums model data.Inputs (NegativeLogLikelihood(labels, false)) Squares |> List.map (fun t -> t.div((float c.Samples).ToScalar()))
+            sameStatistics "batch Fisher" reference batch
+            true))
+
+        testPropertyWithConfig config "SCP with effective slices equals Σ over the original slices" (Prop.forAll (Arb.fromGen (Gen.zip caseGen (Gen.choose (1, 9)))) (fun (c, slices) ->
+            let model = modelOf c
+            let data = dataOf c
+            let batch = max 1 (c.Samples / 2)
+            let rng = Random.create (int64 c.Seed)
+            let gamma, _ = Estimate.scp slices batch model data torch.CPU rng
+            // Reference: every original slice, one autograd pass each, per batch mean; same draws.
+            let ps = PerSample.parameters model
+            let sums = ps |> List.map (fun p -> torch.zeros_like p)
+            let mutable r = rng
+            let mutable batches = 0
+            for start in 0 .. batch .. c.Samples - 1 do
+                let n = min batch (c.Samples - start)
+                batches <- batches + 1
+                let xi, r' = Draws.unitVectors slices 3 r
+                r <- r'
+                let mean = (model.forward (data.Inputs.narrow(0L, int64 start, int64 n))).mean([| 0L |])
+                for l in 0 .. slices - 1 do
+                    let direction = torch.tensor([| for j in 0 .. 2 -> xi.[l, j] |], dtype = torch.ScalarType.Float32)
+                    let grads = torch.autograd.grad([| mean.dot direction |], Array.ofList ps, null, true, false, true)
+                    use _ = torch.no_grad ()
+                    for (s, g) in Seq.zip sums grads do s.add_(g.square ()) |> ignore
+            let reference = sums |> List.map (fun s -> s.div((float batches).ToScalar()))
+            sameStatistics "SCP" reference gamma
+            true))
+    ]

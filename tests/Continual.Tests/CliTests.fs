@@ -1,0 +1,61 @@
+module Continual.Tests.CliTests
+
+open System.IO
+open System.Text.Json
+open Expecto
+open Continual.Tests.TestData
+
+[<Tests>]
+let tests =
+    testSequenced <| testList "command line" [
+        test "bad options exit 2 before any work and write nothing" {
+            use tmp = new TempFolder()
+            let out = Path.Combine(tmp.Path, "out")
+            for args in [ [| "run"; "--strategy"; "nope" |]
+                          [| "run"; "--buffer"; "-5" |]
+                          [| "run"; "--lr"; "0" |]
+                          [| "run"; "--strategy"; "er"; "--buffer"; "0" |]
+                          [| "run"; "--data"; Path.Combine(tmp.Path, "missing") |]
+                          [| "run"; "--no-such-option" |]
+                          [| "run"; "--seeds"; "1,2" |] ] do
+                let code = Continual.Cli.Program.run (Array.append args [| "--out"; out; "--quiet" |])
+                Expect.equal code 2 (sprintf "exit code of %A" args)
+                Expect.isFalse (Directory.Exists out) "nothing written"
+        }
+
+        test "a corrupt data file exits 1, names the file and writes nothing" {
+            use tmp = new TempFolder()
+            writeSyntheticFolder tmp.Path 5 2
+            File.WriteAllBytes(Path.Combine(tmp.Path, "train-labels-idx1-ubyte.gz"), [| 0x1fuy; 0x8buy; 1uy; 2uy |])
+            let out = Path.Combine(tmp.Path, "out")
+            let code = Continual.Cli.Program.run [| "run"; "--data"; tmp.Path; "--out"; out; "--quiet" |]
+            Expect.equal code 1 "exit code"
+            Expect.isFalse (Directory.Exists out) "nothing written"
+        }
+
+        test "run writes results.json and results.csv with configuration, matrices, metrics, timings and versions" {
+            use tmp = new TempFolder()
+            writeSyntheticFolder tmp.Path 20 5
+            let out = Path.Combine(tmp.Path, "out")
+            let code = Continual.Cli.Program.run [| "run"; "--data"; tmp.Path; "--strategy"; "der"; "--buffer"; "40"; "--seed"; "5"; "--out"; out; "--quiet" |]
+            Expect.equal code 0 "exit code"
+            use doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(out, "results.json")))
+            let root = doc.RootElement
+            let config = root.GetProperty "config"
+            Expect.equal (config.GetProperty("strategy").GetString()) "der" "strategy recorded"
+            Expect.equal (config.GetProperty("buffer").GetInt32()) 40 "buffer recorded"
+            Expect.equal (config.GetProperty("seed").GetInt64()) 5L "seed recorded"
+            Expect.equal (config.GetProperty("lr").GetDouble()) 0.03 "reference lr for DER (nearest buffer 200)"
+            Expect.equal (root.GetProperty("classIl").GetArrayLength()) 5 "Class-IL matrix rows"
+            Expect.equal (root.GetProperty("taskIl").[4].GetArrayLength()) 5 "Task-IL matrix columns"
+            let metrics = root.GetProperty "metrics"
+            Expect.isTrue (metrics.GetProperty("classIl").GetProperty("averageAccuracy").GetDouble() >= 0.0) "metrics"
+            Expect.isTrue (metrics.GetProperty("taskIl").TryGetProperty("forgetting") |> fst) "forgetting"
+            Expect.isGreaterThan (root.GetProperty("timings").GetProperty("steps").GetInt64()) 0L "timings"
+            Expect.isTrue (root.GetProperty("versions").TryGetProperty("torchsharp") |> fst) "versions"
+            let csv = File.ReadAllLines(Path.Combine(out, "results.csv"))
+            Expect.equal csv.[0] "scenario,after_task,task,accuracy" "CSV header"
+            Expect.equal csv.Length (1 + 2 * 25) "one line per scenario, row and task"
+            Expect.isEmpty (Directory.GetFiles(out, "*.tmp")) "no temporary files left"
+        }
+    ]

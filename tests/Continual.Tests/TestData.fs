@@ -1,0 +1,45 @@
+/// Small data sets written in the real IDX format, for tests.
+module Continual.Tests.TestData
+
+open System
+open System.IO
+open Continual.Data
+
+/// A fresh temporary folder, deleted when disposed.
+type TempFolder() =
+    let path = Path.Combine(Path.GetTempPath(), "continual-tests-" + Guid.NewGuid().ToString("N"))
+    do Directory.CreateDirectory path |> ignore
+    member _.Path = path
+    interface IDisposable with
+        member _.Dispose() = try Directory.Delete(path, true) with _ -> ()
+
+/// Synthetic 28x28 images whose class is easy to learn: class c lights a horizontal band of rows.
+let syntheticImages (seed: int) (labels: byte[]) : IdxImages =
+    let rng = Random(seed)
+    let pixels = Array.zeroCreate<byte> (labels.Length * 784)
+    labels |> Array.iteri (fun i label ->
+        for p in 0 .. 783 do
+            let row = p / 28
+            let inBand = row >= int label * 2 + 4 && row < int label * 2 + 6
+            pixels.[i * 784 + p] <- byte (if inBand then 160 + rng.Next 96 else rng.Next 40))
+    { Count = labels.Length; Rows = 28; Cols = 28; Pixels = pixels }
+
+/// Labels 0..9 repeated, `perClass` of each.
+let balancedLabels (perClass: int) : byte[] =
+    Array.init (perClass * 10) (fun i -> byte (i % 10))
+
+/// Writes an MNIST-style folder (four gzip IDX files) of synthetic data.
+let writeSyntheticFolder (folder: string) (trainPerClass: int) (testPerClass: int) =
+    let trainLabels = balancedLabels trainPerClass
+    let testLabels = balancedLabels testPerClass
+    Idx.writeImages (Path.Combine(folder, "train-images-idx3-ubyte.gz")) (syntheticImages 1 trainLabels)
+    Idx.writeLabels (Path.Combine(folder, "train-labels-idx1-ubyte.gz")) trainLabels
+    Idx.writeImages (Path.Combine(folder, "t10k-images-idx3-ubyte.gz")) (syntheticImages 2 testLabels)
+    Idx.writeLabels (Path.Combine(folder, "t10k-labels-idx1-ubyte.gz")) testLabels
+
+/// Where Debian's package puts Fashion-MNIST (the real data the end-to-end tests use).
+let fashionMnist = Benchmarks.defaultFashionMnistFolder
+
+/// True when the real Fashion-MNIST files are present.
+let hasFashionMnist () =
+    Benchmarks.idxFileNames |> List.forall (fun n -> File.Exists(Path.Combine(fashionMnist, n + ".gz")) || File.Exists(Path.Combine(fashionMnist, n)))

@@ -1,0 +1,112 @@
+module Continual.Tests.TrainingTests
+
+open System.Threading
+open Expecto
+open TorchSharp
+open Continual
+open Continual.Data
+open Continual.Models
+open Continual.Strategies
+open Continual.Tests.TestData
+
+let private realSubset trainPerClass testPerClass strategy buffer seed =
+    { Experiment.defaults strategy buffer with
+        DataFolder = fashionMnist
+        Seed = seed
+        TrainPerClass = Some trainPerClass
+        TestPerClass = Some testPerClass }
+
+let private liveTensors () = DisposeScopeManager.Statistics.ThreadTotalLiveCount
+
+[<Tests>]
+let tests =
+    testSequenced <| testList "training" [
+        test "Task-IL masking keeps only the task's classes" {
+            use logits = torch.tensor([| 5.0f; 1.0f; 2.0f; 9.0f; 3.0f; 4.0f; 0.5f; 9.0f |]).reshape(2L, 4L)
+            use masked = Losses.maskToClasses [ 1; 2 ] logits
+            use predicted = masked.argmax(1L)
+            Expect.equal (predicted.data<int64>().ToArray()) [| 2L; 1L |] "argmax within classes 1 and 2"
+            Expect.isTrue (System.Single.IsNegativeInfinity(masked.[0L, 0L].ToSingle())) "class 0 masked to -inf"
+            Expect.equal (masked.[0L, 2L].ToSingle()) 2.0f "task classes untouched"
+        }
+
+        test "the DER term is zero when outputs equal the stored logits and positive otherwise" {
+            use stored = torch.randn(6L, 10L)
+            use same = stored.clone ()
+            use other = stored.add((0.1f).ToScalar())
+            Expect.equal ((Losses.derLogitMatching same stored).ToSingle()) 0.0f "equal logits"
+            Expect.floatClose Accuracy.medium (float ((Losses.derLogitMatching other stored).ToSingle())) 0.01 "mean over entries of 0.1^2"
+        }
+
+        test "live tensor counts stay flat over many DER++ training steps" {
+            use tmp = new TempFolder()
+            writeSyntheticFolder tmp.Path 60 5
+            let benchmark = Benchmarks.splitMnistStyle "synthetic" tmp.Path
+            let strategy = Strategies.derpp 50 10 0.5 0.5
+            let settings =
+                { LearningRate = 0.03; BatchSize = 10; Epochs = 1; WeightDecay = 0.0; Seed = 1L; Device = torch.CPU; ProgressEvery = 1000 }
+            let mutable state = Training.initialise Backbones.referenceMlp benchmark strategy settings
+            let data = Benchmarks.selectClasses [ 0; 1 ] benchmark.Train
+            let stepOnce i =
+                let start = (i * 10) % (data.Count - 10)
+                use x = data.Inputs.narrow(0L, int64 start, 10L)
+                use y = data.Labels.narrow(0L, int64 start, 10L)
+                let batch = { Inputs = x; Labels = y; LabelArray = data.LabelArray.[start .. start + 9]; Task = 0 }
+                let _, next = Training.step strategy batch state
+                state <- next
+            for i in 0 .. 19 do stepOnce i
+            let before = liveTensors ()
+            for i in 20 .. 419 do stepOnce i
+            let after = liveTensors ()
+            Expect.equal after before "no tensor outlives its step"
+            Expect.isGreaterThan state.Buffer.Value.Seen 400L "the buffer saw every example"
+            Training.dispose state
+        }
+
+        test "DER++ beats SGD in Class-IL by a wide margin on a real Fashion-MNIST subset" {
+            if not (hasFashionMnist ()) then skiptest "Fashion-MNIST is not installed"
+            let run strategy =
+                let result = Experiment.run (realSubset 1000 300 strategy 500 0L) RunHooks.none CancellationToken.None
+                Experiment.release result
+                Metrics.averageAccuracy result.Outcome.ClassIl, result.Outcome
+            let sgd, _ = run "sgd"
+            let derpp, outcome = run "derpp"
+            Expect.equal outcome.ClassIl.Length 5 "one row per task"
+            Expect.isTrue (outcome.ClassIl |> Array.forall (fun row -> row.Length = 5 && row |> Array.forall (fun v -> v >= 0.0 && v <= 100.0))) "5x5 percentages"
+            Expect.isLessThan sgd 25.0 (sprintf "SGD forgets: Class-IL %.1f" sgd)
+            Expect.isGreaterThan (derpp - sgd) 30.0 (sprintf "DER++ %.1f vs SGD %.1f" derpp sgd)
+        }
+
+        test "the same seed gives the same accuracy matrices" {
+            if not (hasFashionMnist ()) then skiptest "Fashion-MNIST is not installed"
+            let run seed =
+                let result = Experiment.run (realSubset 300 100 "der" 200 seed) RunHooks.none CancellationToken.None
+                Experiment.release result
+                result.Outcome.ClassIl, result.Outcome.TaskIl
+            let first = run 3L
+            let second = run 3L
+            let other = run 4L
+            Expect.equal second first "identical matrices for the same seed"
+            Expect.notEqual other first "a different seed gives a different run"
+        }
+
+        test "JOINT trains once on every task and reports one row" {
+            use tmp = new TempFolder()
+            writeSyntheticFolder tmp.Path 30 10
+            let config = { Experiment.defaults "joint" 0 with DataFolder = tmp.Path }
+            let result = Experiment.run config RunHooks.none CancellationToken.None
+            Experiment.release result
+            Expect.equal result.Outcome.ClassIl.Length 1 "one row"
+            Expect.equal result.Outcome.ClassIl.[0].Length 5 "every task evaluated"
+            Expect.isGreaterThan (Metrics.averageAccuracy result.Outcome.ClassIl) 80.0 "synthetic bands are learnable"
+        }
+
+        test "cancellation stops a run" {
+            use tmp = new TempFolder()
+            writeSyntheticFolder tmp.Path 30 5
+            use cts = new CancellationTokenSource()
+            let hooks = RunHooks.events (function StepsCompleted _ -> cts.Cancel() | _ -> ())
+            let config = { Experiment.defaults "sgd" 0 with DataFolder = tmp.Path }
+            Expect.throwsT<System.OperationCanceledException> (fun () -> Experiment.run { config with BatchSize = 1 } hooks cts.Token |> ignore) "cancelled"
+        }
+    ]
