@@ -97,8 +97,46 @@ module LayerGraph =
                                "Continual.Onnx has no layer graph for it (add a case to LayerGraph.ofArchitecture)"))
         // One pattern per exportable backbone. The catch-all (warning 26 is off in this file while the
         // MLP is the only case) keeps an architecture added later a clear run-time error.
+        let conv stride padding = { Stride = (stride, stride); Padding = (padding, padding); Dilation = (1, 1); Groups = 1 }
+        let batchNormEpsilon = 1e-5 // TorchSharp's BatchNorm2d default, used by every backbone here
         match architecture with
         | Mlp(inputs, hidden, _) -> mlp inputs hidden
+        | Cnn(channels, height, width, _) ->
+            let pool = MaxPool { Kernel = (2, 2); Stride = (2, 2); Padding = (0, 0) }
+            { Name = "cnn"
+              InputFeatures = channels * height * width
+              Layers =
+                [ Unflatten(channels, height, width)
+                  Conv("conv1", conv 1 1); Relu; pool
+                  Conv("conv2", conv 1 1); Relu; pool
+                  Flatten
+                  Gemm "dense"; Relu
+                  Gemm "classifier" ] }
+        | ResNet18(channels, height, width, baseFilters, _) ->
+            // Mirrors ResNet18Backbone: four stages of two basic blocks; the first block of a stage that
+            // changes width or stride has a 1x1 convolution + batch norm shortcut.
+            let block (name: string) (inPlanes: int) (planes: int) (stride: int) =
+                let body =
+                    [ Conv(name + ".conv1", conv stride 1); BatchNorm(name + ".bn1", batchNormEpsilon); Relu
+                      Conv(name + ".conv2", conv 1 1); BatchNorm(name + ".bn2", batchNormEpsilon) ]
+                let shortcut =
+                    if stride <> 1 || inPlanes <> planes then
+                        [ Conv(name + ".shortcut_conv", conv stride 0); BatchNorm(name + ".shortcut_bn", batchNormEpsilon) ]
+                    else []
+                [ Residual(body, shortcut); Relu ]
+            let f = baseFilters
+            let stages = [ "layer1", f, f, 1; "layer2", f, 2 * f, 2; "layer3", 2 * f, 4 * f, 2; "layer4", 4 * f, 8 * f, 2 ]
+            { Name = "resnet18"
+              InputFeatures = channels * height * width
+              Layers =
+                [ Unflatten(channels, height, width)
+                  Conv("stem", conv 1 1); BatchNorm("stemBn", batchNormEpsilon); Relu
+                  for (name, inPlanes, planes, stride) in stages do
+                      yield! block (name + ".0") inPlanes planes stride
+                      yield! block (name + ".1") planes planes 1
+                  GlobalAveragePool
+                  Flatten
+                  Gemm "classifier" ] }
         | _ -> unsupported ()
 
     let private conv2dOut (size: int) (kernel: int) (stride: int) (padding: int) (dilation: int) =

@@ -111,6 +111,30 @@ let backboneTests =
                 "initializers carry the state-dict names"
             Expect.equal (Checks.structural m) [] "structurally valid"
         }
+        test "the CNN and reduced ResNet-18 backbones export and match TorchSharp" {
+            for architecture in [ Cnn(1, 28, 28, 10); ResNet18(1, 28, 28, 8, 10) ] do
+                torch.manual_seed 5L |> ignore
+                use model = Backbones.create architecture
+                // Batch-norm running statistics away from their initial 0 / 1, as after training.
+                let warmUp () =
+                    use _ = torch.no_grad ()
+                    for _ in 1 .. 3 do
+                        use batch = torch.rand(16L, 784L).mul((2.0).ToScalar())
+                        model.forward batch |> ignore
+                warmUp ()
+                let exported = Export.ofBackbone model
+                Expect.equal (Checks.structural exported.Model) [] "structurally valid"
+                let parameters = model.parameters () |> Seq.sumBy (fun p -> p.numel ())
+                let initialised = exported.Model.Graph.Initializer |> Seq.filter (fun t -> not (t.Name.EndsWith "running_mean" || t.Name.EndsWith "running_var")) |> Seq.sumBy (fun t -> t.Dims |> Seq.fold (*) 1L)
+                Expect.isGreaterThanOrEqual initialised parameters (sprintf "%s: every parameter is in the graph" (Backbones.describe architecture))
+                use loaded = Runtime.load Auto (Export.toBytes exported.Model)
+                let x, array = inputs 9L 9 784
+                use x = x
+                let reference = Verification.torchLogits model torch.CPU x
+                let onnx = loaded.Logits(array, 9, batchSize = 4)
+                let diff = Verification.maxAbsDifference onnx reference
+                Expect.isLessThanOrEqual diff 1e-4 (sprintf "%s: max difference %g" (Backbones.describe architecture) diff)
+        }
         test "the MLP backbone's logits match TorchSharp for batches of 1, 7 and 300" {
             use model = mlp ()
             // Trained-looking weights: not the zero biases of a fresh model.
