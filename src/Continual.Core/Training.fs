@@ -44,6 +44,9 @@ type AfterTask =
       Model: Backbone
       Architecture: Architecture
       Benchmark: Benchmark
+      /// The accuracies of the model's own logits, which an exported model reproduces. They are the
+      /// run's reported figures except where an extension classifies differently (iCaRL's nearest
+      /// mean of exemplars): then they are measured again from the logits.
       Accuracies: TaskAccuracies
       TestSets: Evaluation.TaskTestSets
       Device: Device }
@@ -280,12 +283,16 @@ module Training =
                 state <- { state with NextTask = taskIndex + 1 }
                 hooks.OnEvent (TaskFinished(taskIndex, accuracies, total))
                 let hookClock = Stopwatch.StartNew()
+                let logitAccuracies =
+                    match scores with
+                    | Some _ -> Evaluation.evaluate state.Model settings.Device testSets
+                    | None -> accuracies
                 hooks.AfterTask
                     { Task = taskIndex
                       Model = state.Model
                       Architecture = architecture
                       Benchmark = benchmark
-                      Accuracies = accuracies
+                      Accuracies = logitAccuracies
                       TestSets = testSets
                       Device = settings.Device }
                 hookSeconds <- hookSeconds + hookClock.Elapsed.TotalSeconds

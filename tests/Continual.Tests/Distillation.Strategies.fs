@@ -237,6 +237,27 @@ let memoryTests =
     ]
 
 [<Tests>]
+let afterTaskTests =
+    testSequenced <| testList "strategies.icarl.after-task" [
+        testCase "after-task hooks see the logits' accuracies (what an exported model computes), the run reports NME's" <| fun () ->
+            let config = { Experiment.defaults "icarl" 200 with TrainPerClass = Some 40; TestPerClass = Some 20 }
+            let seen = ResizeArray()
+            let hook (after: AfterTask) =
+                let logits = Evaluation.evaluate after.Model after.Device after.TestSets
+                seen.Add(after.Accuracies, logits)
+            let result = Experiment.run config { RunHooks.none with AfterTask = hook } System.Threading.CancellationToken.None
+            try
+                Expect.equal seen.Count 5 "one hook call per task"
+                for (given, logits) in seen do
+                    Expect.equal given logits "the hook's accuracies are the logits'"
+                // Task 5 is unseen after task 1: NME scores it 0 % in Task-IL, the logits about half.
+                Expect.equal result.Outcome.TaskIl.[0].[4] 0.0 "the run reports NME"
+                Expect.notEqual (fst seen.[0]).TaskIl.[4] 0.0 "the hook sees logits"
+            finally
+                Experiment.release result
+    ]
+
+[<Tests>]
 let endToEndTests =
     testSequenced <| testList "strategies.distillation.end-to-end" [
         testCase "lwf, icarl and der --distill sd run on a small Split Fashion-MNIST; iCaRL scores no class it has not seen" <| fun () ->
