@@ -246,6 +246,9 @@ let run (argv: string[]) : int =
     | DataFileError(path, reason) ->
         Report.error (sprintf "%s: %s (nothing was written)" path reason)
         1
+    | TrainingDiverged _ as e ->
+        Report.error (e.Message + " (nothing was written)")
+        1
     | OnnxCommands.OnnxFailure message ->
         Report.error message
         1

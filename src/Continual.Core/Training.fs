@@ -19,6 +19,13 @@ type TrainingSettings =
       /// Report a StepsCompleted event every this many steps.
       ProgressEvery: int }
 
+/// Training produced a loss that is not a finite number: the run cannot recover, so it stops.
+exception TrainingDiverged of task: int * step: int * loss: float32
+    with
+        override this.Message =
+            sprintf "training diverged in task %d at step %d (loss %g): lower --lr or the penalty/distillation weight"
+                (this.task + 1) this.step this.loss
+
 /// What the shell reports while it works.
 type TrainingEvent =
     | TaskStarted of task: int * steps: int
@@ -196,6 +203,7 @@ module Training =
                 let batch = { Inputs = x; Labels = y; LabelArray = Array.sub labelArray start size; Task = taskIndex }
                 let loss, next = step strategy batch state
                 state <- next
+                if not (System.Single.IsFinite loss) then raise (TrainingDiverged(taskIndex, completed + 1, loss))
                 lossSum <- lossSum + float loss
                 lossCount <- lossCount + 1
                 completed <- completed + 1

@@ -101,6 +101,15 @@ let tests =
             Expect.isGreaterThan (Metrics.averageAccuracy result.Outcome.ClassIl) 80.0 "synthetic bands are learnable"
         }
 
+        test "a diverging run stops with a clear error instead of reporting chance accuracy" {
+            use tmp = new TempFolder()
+            writeSyntheticFolder tmp.Path 30 5
+            let config = { Experiment.defaults "sgd" 0 with DataFolder = tmp.Path; LearningRate = 1e12 }
+            Expect.throwsC (fun () -> Experiment.run config RunHooks.none CancellationToken.None |> ignore) (fun e ->
+                Expect.stringContains e.Message "training diverged in task 1" "names the task"
+                Expect.stringContains e.Message "lower --lr" "says what to do")
+        }
+
         test "cancellation stops a run" {
             use tmp = new TempFolder()
             writeSyntheticFolder tmp.Path 30 5
