@@ -54,21 +54,25 @@ module Benchmarks =
         elif not (Directory.Exists folder) then raise (DataFileError(folder, "data folder not found"))
         else raise (DataFileError(plain, "file not found (nor with .gz); an MNIST-style folder holds " + String.concat ", " idxFileNames))
 
-    let private toSet (imagesPath: string) (labelsPath: string) (images: IdxImages) (labels: byte[]) (numClasses: int) =
-        if images.Count <> labels.Length then
-            raise (DataFileError(labelsPath, sprintf "%d labels but %s holds %d images" labels.Length (Path.GetFileName imagesPath) images.Count))
-        match labels |> Array.tryFindIndex (fun l -> int l >= numClasses) with
-        | Some i -> raise (DataFileError(labelsPath, sprintf "label %d at index %d is out of range 0..%d" labels.[i] i (numClasses - 1)))
-        | None -> ()
-        let features = images.Rows * images.Cols
+    /// A labelled set from raw bytes: `labels.Length` examples of `features` pixel bytes each, one after
+    /// another, scaled to [0, 1].
+    let ofBytes (pixels: byte[]) (features: int) (labels: byte[]) : LabelledSet =
         let inputs =
-            use bytes = torch.tensor(images.Pixels, dtype = torch.ScalarType.Byte).reshape(int64 images.Count, int64 features)
+            use bytes = torch.tensor(pixels, dtype = torch.ScalarType.Byte).reshape(int64 labels.Length, int64 features)
             use asFloat = bytes.to_type torch.ScalarType.Float32
             asFloat.div((255.0f).ToScalar())
         let labelArray = labels |> Array.map int
         { Inputs = inputs
           Labels = torch.tensor(labelArray |> Array.map int64, dtype = torch.ScalarType.Int64)
           LabelArray = labelArray }
+
+    let private toSet (imagesPath: string) (labelsPath: string) (images: IdxImages) (labels: byte[]) (numClasses: int) =
+        if images.Count <> labels.Length then
+            raise (DataFileError(labelsPath, sprintf "%d labels but %s holds %d images" labels.Length (Path.GetFileName imagesPath) images.Count))
+        match labels |> Array.tryFindIndex (fun l -> int l >= numClasses) with
+        | Some i -> raise (DataFileError(labelsPath, sprintf "label %d at index %d is out of range 0..%d" labels.[i] i (numClasses - 1)))
+        | None -> ()
+        ofBytes images.Pixels (images.Rows * images.Cols) labels
 
     /// Reads the four IDX files of an MNIST-style folder (MNIST, Fashion-MNIST). Every file is
     /// checked before any tensor is made.

@@ -57,23 +57,12 @@ module Cifar =
         for i in 0 .. labels.Length - 1 do
             bytes.[i * RecordSize] <- labels.[i]
             System.Buffer.BlockCopy(pixels, i * (RecordSize - 1), bytes, i * RecordSize + 1, RecordSize - 1)
-        let full = Path.GetFullPath path
-        Directory.CreateDirectory(Path.GetDirectoryName full) |> ignore
-        let temporary = full + ".tmp"
-        File.WriteAllBytes(temporary, bytes)
-        File.Move(temporary, full, true)
+        Continual.Files.writeAtomically path bytes
 
     let private toSet (batches: (byte[] * byte[]) list) : LabelledSet =
         let labels = batches |> List.map fst |> Array.concat
         let pixels = batches |> List.map snd |> Array.concat
-        let inputs =
-            use raw = torch.tensor(pixels, dtype = torch.ScalarType.Byte).reshape(int64 labels.Length, int64 (RecordSize - 1))
-            use asFloat = raw.to_type torch.ScalarType.Float32
-            asFloat.div((255.0f).ToScalar())
-        let labelArray = labels |> Array.map int
-        { Inputs = inputs
-          Labels = torch.tensor(labelArray |> Array.map int64, dtype = torch.ScalarType.Int64)
-          LabelArray = labelArray }
+        Benchmarks.ofBytes pixels (RecordSize - 1) labels
 
     /// Reads a CIFAR-10 folder: the five training batches and the test batch, inputs in [0, 1]
     /// flattened channel-first ([n, 3 · 32 · 32]). Every file is checked before any tensor is made.

@@ -82,10 +82,7 @@ module Idx =
         bytes.AsSpan(offset).ToArray()
 
     let private writeAtomically (path: string) (content: byte[]) =
-        let directory = Path.GetDirectoryName(Path.GetFullPath path)
-        Directory.CreateDirectory directory |> ignore
-        let temporary = Path.Combine(directory, sprintf ".%s.%s.tmp" (Path.GetFileName path) (Guid.NewGuid().ToString "N"))
-        let compressed =
+        let bytes =
             if path.EndsWith(".gz", StringComparison.OrdinalIgnoreCase) then
                 use output = new MemoryStream()
                 (use gz = new GZipStream(output, CompressionLevel.Fastest, true)
@@ -93,8 +90,7 @@ module Idx =
                 output.ToArray()
             else
                 content
-        File.WriteAllBytes(temporary, compressed)
-        File.Move(temporary, path, true)
+        Continual.Files.writeAtomically path bytes
 
     let private bigEndianBytes (v: int) =
         [| byte (v >>> 24); byte (v >>> 16); byte (v >>> 8); byte v |]

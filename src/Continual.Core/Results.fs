@@ -10,17 +10,8 @@ open Continual.Models
 [<RequireQualifiedAccess>]
 module Results =
 
-    /// Writes bytes to a path atomically: a temporary file in the same folder, then a rename.
-    let writeAtomically (path: string) (content: byte[]) =
-        let full = Path.GetFullPath path
-        let directory = Path.GetDirectoryName full
-        Directory.CreateDirectory directory |> ignore
-        let temporary = Path.Combine(directory, sprintf ".%s.%s.tmp" (Path.GetFileName full) (Guid.NewGuid().ToString "N"))
-        try
-            File.WriteAllBytes(temporary, content)
-            File.Move(temporary, full, true)
-        finally
-            if File.Exists temporary then File.Delete temporary
+    /// Writes bytes to a path atomically (see Files.writeAtomically).
+    let writeAtomically (path: string) (content: byte[]) = Files.writeAtomically path content
 
     let private writeConfig (w: Utf8JsonWriter) (c: ExperimentConfig) =
         w.WriteStartObject()
