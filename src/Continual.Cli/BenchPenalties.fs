@@ -30,10 +30,6 @@ let private median (xs: float list) =
     let s = List.sort xs |> Array.ofList
     if s.Length % 2 = 1 then s.[s.Length / 2] else (s.[s.Length / 2 - 1] + s.[s.Length / 2]) / 2.0
 
-let private disposeSet (s: LabelledSet) =
-    s.Inputs.Dispose()
-    s.Labels.Dispose()
-
 /// Runs the benchmark with the configuration's data, device, seed and SGD settings.
 let run (config: ExperimentConfig) (out: string option) : int =
     Engine.configureThreads config.Threads
@@ -120,8 +116,7 @@ let run (config: ExperimentConfig) (out: string option) : int =
                 let extensions = state.Extensions |> List.map (fun e -> e.BeginTask(context 0 first state.Model))
                 let warm = { first with Inputs = first.Inputs.narrow(0L, 0L, 3000L); Labels = first.Labels.narrow(0L, 0L, 3000L); LabelArray = Array.sub first.LabelArray 0 3000 }
                 state <- Training.trainOn strategy settings 0 warm ignore CancellationToken.None { state with Extensions = extensions }
-                warm.Inputs.Dispose()
-                warm.Labels.Dispose()
+                warm.Dispose()
                 let (ended, endSeconds) = time (fun () -> state.Extensions |> List.map (fun e -> e.EndTask(context 0 first state.Model)))
                 state <- { state with Extensions = ended |> List.map (fun e -> e.BeginTask(context 1 second state.Model)) }
                 let mutable cursor = 0
@@ -195,7 +190,7 @@ let run (config: ExperimentConfig) (out: string option) : int =
         for b in stepBatches do
             b.Inputs.Dispose()
             b.Labels.Dispose()
-        disposeSet first
-        disposeSet second
-        disposeSet benchmark.Train
-        disposeSet benchmark.Test
+        first.Dispose()
+        second.Dispose()
+        benchmark.Train.Dispose()
+        benchmark.Test.Dispose()

@@ -11,6 +11,10 @@ type LabelledSet =
       /// The labels as a plain array, for selecting by class without touching tensors.
       LabelArray: int[] }
     member this.Count = this.LabelArray.Length
+    /// Frees the set's tensors.
+    member this.Dispose() =
+        this.Inputs.Dispose()
+        this.Labels.Dispose()
 
 /// One task of a split benchmark: the classes it brings.
 type TaskSpec =
@@ -104,6 +108,11 @@ module Benchmarks =
           Train = train
           Test = test
           Tasks = splitTasks 10 2 }
+
+    /// Frees a benchmark's train and test tensors.
+    let dispose (benchmark: Benchmark) =
+        benchmark.Train.Dispose()
+        benchmark.Test.Dispose()
 
     /// The examples of a set whose labels are among the given classes, in their original order.
     let selectClasses (classes: int list) (set: LabelledSet) : LabelledSet =

@@ -316,10 +316,7 @@ module Experiment =
         | None, None -> full
         | train, test ->
             let reduced = Benchmarks.subsample (defaultArg train System.Int32.MaxValue) (defaultArg test System.Int32.MaxValue) full
-            full.Train.Inputs.Dispose()
-            full.Train.Labels.Dispose()
-            full.Test.Inputs.Dispose()
-            full.Test.Labels.Dispose()
+            Benchmarks.dispose full
             reduced
 
     /// The training settings of a configuration.
@@ -360,10 +357,7 @@ module Experiment =
             let result = runOn benchmark config hooks cancellation
             { result with WallSeconds = clock.Elapsed.TotalSeconds }
         finally
-            benchmark.Train.Inputs.Dispose()
-            benchmark.Train.Labels.Dispose()
-            benchmark.Test.Inputs.Dispose()
-            benchmark.Test.Labels.Dispose()
+            Benchmarks.dispose benchmark
 
     /// Frees the model, optimiser, buffer and extensions a finished run still holds.
     let release (result: ExperimentResult) = Training.dispose result.Outcome.State

@@ -272,13 +272,11 @@ module Training =
                     finally
                         if not extra.IsEmpty then
                             for s in trainingData :: extra do
-                                s.Inputs.Dispose()
-                                s.Labels.Dispose()
+                                s.Dispose()
                     state <- { state with Extensions = state.Extensions |> List.map (fun e -> e.EndTask context) }
                 finally
                     if ownsData then
-                        data.Inputs.Dispose()
-                        data.Labels.Dispose()
+                        data.Dispose()
                 let trained = clock.Elapsed.TotalSeconds
                 let scores = state.Extensions |> List.tryPick (fun e -> e.Scores)
                 let accuracies = Evaluation.evaluateWith scores state.Model settings.Device testSets
@@ -307,13 +305,11 @@ module Training =
         with _ ->
             // A cancelled or failed run frees its model, optimiser, buffer and extensions at once.
             for (_, set) in testSets do
-                set.Inputs.Dispose()
-                set.Labels.Dispose()
+                set.Dispose()
             dispose state
             reraise ()
         for (_, set) in testSets do
-            set.Inputs.Dispose()
-            set.Labels.Dispose()
+            set.Dispose()
         { ClassIl = classRows.ToArray()
           TaskIl = taskRows.ToArray()
           TaskSeconds = taskSeconds.ToArray()

@@ -336,8 +336,7 @@ module Verification =
         | None -> full
         | Some n ->
             let reduced = Benchmarks.takePerClass n full
-            full.Inputs.Dispose()
-            full.Labels.Dispose()
+            full.Dispose()
             reduced
 
     /// Re-checks an exported file on its own: reads its metadata, rebuilds the run's test sets from
@@ -376,8 +375,7 @@ module Verification =
               OnnxClassIlCorrect = results |> List.map (fun (_, c, _) -> c) |> Array.ofList
               OnnxTaskIlCorrect = results |> List.map (fun (_, _, t) -> t) |> Array.ofList }
         finally
-            test.Inputs.Dispose()
-            test.Labels.Dispose()
+            test.Dispose()
 
 /// Warming up the export and verification path.
 [<RequireQualifiedAccess>]
