@@ -14,12 +14,13 @@ open Continual.Strategies
 open Spectre.Console
 open TorchSharp
 
-/// An extension that contributes its wrapped extension's loss terms and nothing else: the cost of the
-/// penalty term alone, without the method's per-step bookkeeping.
+/// An extension that contributes its wrapped extension's loss terms and penalties and nothing else:
+/// the cost of the penalty alone, without the method's per-step bookkeeping.
 type private TermsOnly(inner: Extension) =
     inherit Extension()
     override _.Name = inner.Name
     override _.Terms view = inner.Terms view
+    override _.Penalties = inner.Penalties
 
 let private time (f: unit -> 'a) =
     let clock = Stopwatch.StartNew()

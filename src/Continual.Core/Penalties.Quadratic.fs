@@ -132,14 +132,6 @@ module Quadratic =
         let g = d.mul q.Curvature
         [ for part in split q.Shapes g -> part.clone () ]
 
-    /// The value `½ Σ H (θ − θ*)² + Offset` as a double (no autograd).
-    let value (q: Quadratic) (parameters: Tensor list) : float =
-        use _ = torch.no_grad ()
-        use flat = flatParameters q parameters
-        use d = flat.sub q.Anchor
-        use g = d.mul q.Curvature
-        use v = g.dot d
-        0.5 * v.ToDouble() + q.Offset
 
     /// The penalty as a loss term: a scalar whose value is `½ Σ H (θ − θ*)² + Offset` and whose autograd
     /// gradient with respect to each parameter is exactly `H (θ − θ*)`. The gradient g is formed once
@@ -164,6 +156,35 @@ module Quadratic =
         else
             use _ = value
             value.add(q.Offset.ToScalar())
+
+    let private checkFlat (q: Quadratic) (what: string) (t: Tensor) =
+        if t.shape <> q.Anchor.shape then
+            invalidArg what (sprintf "a flat vector of %A elements where the penalty has %d" t.shape q.Anchor.shape.[0])
+
+    /// The penalty's gradient applied in closed form, as the training shell does: adds `H (θ − θ*)`
+    /// to `gradients` in place. `values` and `gradients` are flat vectors in the penalty's order (a
+    /// model's FlatParameters). Two passes over the parameters, whatever their number of tensors, and
+    /// no autograd graph; the value is left to `valueAt`, which the shell needs only when it reports.
+    let addGradient (q: Quadratic) (values: Tensor) (gradients: Tensor) : unit =
+        checkFlat q (nameof values) values
+        checkFlat q (nameof gradients) gradients
+        use _ = torch.no_grad ()
+        use d = values.sub q.Anchor
+        gradients.addcmul_(d, q.Curvature, (1.0).ToScalar()) |> ignore
+
+    /// The value `½ Σ H (θ − θ*)² + Offset` at a flat vector of parameters (no autograd).
+    let valueAt (q: Quadratic) (values: Tensor) : float =
+        checkFlat q (nameof values) values
+        use _ = torch.no_grad ()
+        use d = values.sub q.Anchor
+        use g = d.mul q.Curvature
+        use v = g.dot d
+        0.5 * v.ToDouble() + q.Offset
+
+    /// The value `½ Σ H (θ − θ*)² + Offset` at a list of parameters, as a double (no autograd).
+    let value (q: Quadratic) (parameters: Tensor list) : float =
+        use flat = (use _ = torch.no_grad () in flatParameters q parameters)
+        valueAt q flat
 
     /// Frees the tensors of a prepared penalty.
     let dispose (q: Quadratic) =

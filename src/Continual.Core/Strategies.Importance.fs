@@ -67,9 +67,9 @@ type ImportanceExtension<'State>(method: ImportanceMethod<'State>, state: 'State
     member _.Method = method
     override _.Name = method.Name
     override _.BeginTask context = next (method.BeginTask context state)
-    override _.Terms view =
+    override _.Penalties =
         match method.Penalty state with
-        | Some q -> [ { Name = method.Name; Value = Quadratic.term q (parametersOf view.Model) } ]
+        | Some q -> [ { Name = method.Name; Penalty = q } ]
         | None -> []
     override this.AfterBackwardOn view =
         match method.Observe with

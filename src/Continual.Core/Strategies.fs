@@ -3,6 +3,7 @@ namespace Continual.Strategies
 open Continual
 open Continual.Data
 open Continual.Models
+open Continual.Penalties
 open Continual.Replay
 open TorchSharp
 
@@ -44,6 +45,13 @@ type TaskContext =
       LearningRate: float
       BatchSize: int }
 
+/// A quadratic penalty as a named loss term that the shell applies in closed form: after backward
+/// it adds the penalty's gradient `H (θ − θ*)` to the model's flat gradient and the value to the
+/// reported loss. Same value and gradient as an autograd term, at a few operations per step.
+type PenaltyTerm =
+    { Name: string
+      Penalty: Quadratic }
+
 /// A loss extension with its own state (importance, anchors, an old-model snapshot, path integrals).
 /// Objects are values: every transition returns the extension's next value, which the shell threads
 /// through the run, so all state is explicit. Tensors held inside may be updated in place within a
@@ -56,6 +64,10 @@ type Extension() =
     abstract BeginTask: TaskContext -> Extension
     /// Extra loss terms for one step (pure: reads the view and the extension's state).
     abstract Terms: StepView -> LossTerm list
+    /// The quadratic penalties of the extension's current state (they do not depend on the batch),
+    /// applied in closed form by the shell: their gradients enter every step after backward, before
+    /// clipping and AfterBackwardOn.
+    abstract Penalties: PenaltyTerm list
     /// Called after backward and gradient clipping, before the optimiser step (gradients are in p.grad).
     abstract AfterBackward: Backbone -> Extension
     /// Called after backward and gradient clipping, before the optimiser step, with the step's view
@@ -76,6 +88,7 @@ type Extension() =
     abstract Dispose: unit -> unit
     default this.BeginTask _ = this
     default _.Terms _ = []
+    default _.Penalties = []
     default this.AfterBackward _ = this
     default this.AfterBackwardOn view = this.AfterBackward view.Model
     default this.AfterStep _ = this

@@ -4,6 +4,7 @@ open System.Diagnostics
 open System.Threading
 open Continual.Data
 open Continual.Models
+open Continual.Penalties
 open Continual.Replay
 open Continual.Strategies
 open TorchSharp
@@ -35,6 +36,9 @@ type TrainingEvent =
 /// The state that changes over a run. Everything a run depends on is here, so it can be saved.
 type TrainingState =
     { Model: Backbone
+      /// The model's parameters and gradients as views of two flat vectors (penalties and clipping
+      /// work on them in one operation).
+      Parameters: FlatParameters
       Optimiser: torch.optim.Optimizer
       Buffer: ReplayBuffer option
       /// The strategy's extensions in their current state.
@@ -93,6 +97,7 @@ module Training =
         torch.manual_seed settings.Seed |> ignore
         let model = Backbones.create architecture
         model.``to`` settings.Device |> ignore
+        let flat = FlatParameters.create model
         let optimiser =
             torch.optim.SGD(model.parameters (), settings.LearningRate, weight_decay = settings.WeightDecay) :> torch.optim.Optimizer
         let rng = Random.create settings.Seed
@@ -106,6 +111,7 @@ module Training =
                         Logits = b.Logits.``to``(settings.Device).DetachFromDisposeScope() }
             else None
         { Model = model
+          Parameters = flat
           Optimiser = optimiser
           Buffer = buffer
           Extensions = strategy.Extensions
@@ -113,9 +119,19 @@ module Training =
           NextTask = 0
           StepsTaken = 0L }
 
+    /// The summed value of the extensions' closed-form penalties at the current parameters (0 when
+    /// there are none). Steps add these penalties' gradients but do not evaluate them, which would
+    /// cost as much again; the shell evaluates them when it reports.
+    let penaltyValue (state: TrainingState) : float =
+        match state.Extensions |> List.collect (fun e -> e.Penalties) with
+        | [] -> 0.0
+        | penalties -> penalties |> List.sumBy (fun p -> Quadratic.valueAt p.Penalty state.Parameters.Values)
+
     /// One optimiser step on one batch: draws, a single forward pass over the batch and the draws,
-    /// the strategy's terms, backward, step, and the reservoir update. Every tensor made here dies
-    /// with the step's dispose scope. Returns the summed loss and the new state.
+    /// the strategy's terms, backward, the extensions' penalties' gradients in closed form, clipping,
+    /// step, and the reservoir update. Every tensor made here dies with the step's dispose scope.
+    /// Returns the summed loss of the autograd terms (see `penaltyValue` for the penalties') and the
+    /// new state.
     let step (strategy: Strategy) (batch: StepBatch) (state: TrainingState) : float32 * TrainingState =
         use scope = torch.NewDisposeScope()
         state.Optimiser.zero_grad ()
@@ -153,10 +169,14 @@ module Training =
                   Features = output.Features |> List.map (fun f -> f.narrow(0L, 0L, int64 batchSize)) }
         let view = { Batch = batch; Output = batchOutput; Replay = replay; Model = state.Model }
         let terms = strategy.Terms view @ (state.Extensions |> List.collect (fun e -> e.Terms view))
+        let penalties = state.Extensions |> List.collect (fun e -> e.Penalties)
         let loss = Losses.total terms
         loss.backward ()
+        let flat = state.Parameters
+        for p in penalties do
+            Quadratic.addGradient p.Penalty flat.Values flat.Gradients
         match strategy.ClipGradValue with
-        | Some c -> torch.nn.utils.clip_grad_value_(state.Model.parameters (), c)
+        | Some c -> flat.Gradients.clamp_((-c).ToScalar(), c.ToScalar()) |> ignore
         | None -> ()
         let extensions = state.Extensions |> List.map (fun e -> e.AfterBackwardOn view)
         state.Optimiser.step () |> ignore
@@ -208,7 +228,10 @@ module Training =
                 lossCount <- lossCount + 1
                 completed <- completed + 1
                 if completed % settings.ProgressEvery = 0 || completed = steps then
-                    onEvent (StepsCompleted(taskIndex, completed, steps, lossSum / float lossCount))
+                    // The window's mean loss of the autograd terms, plus the penalties at its last step.
+                    let meanLoss = lossSum / float lossCount + penaltyValue state
+                    if not (System.Double.IsFinite meanLoss) then raise (TrainingDiverged(taskIndex, completed, float32 meanLoss))
+                    onEvent (StepsCompleted(taskIndex, completed, steps, meanLoss))
                     lossSum <- 0.0
                     lossCount <- 0
         state
@@ -218,6 +241,7 @@ module Training =
         state.Buffer |> Option.iter Replay.dispose
         state.Extensions |> List.iter (fun e -> e.Dispose())
         state.Optimiser.Dispose()
+        FlatParameters.dispose state.Parameters
         state.Model.Dispose()
 
     /// Runs a strategy over a benchmark's stream (or all at once for JOINT), evaluating after every
@@ -256,6 +280,8 @@ module Training =
                       LearningRate = settings.LearningRate
                       BatchSize = settings.BatchSize }
                 try
+                    if not (FlatParameters.isBound state.Parameters state.Model) then
+                        invalidOp "the model's parameters no longer sit in their flat layout (was the model moved or a gradient replaced during the run?)"
                     state <- { state with Extensions = state.Extensions |> List.map (fun e -> e.BeginTask context) }
                     // Extensions may add examples (iCaRL's exemplars) to this task's training data.
                     let extra = state.Extensions |> List.choose (fun e -> e.ExtraTrainingData())

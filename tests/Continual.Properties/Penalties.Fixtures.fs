@@ -154,17 +154,21 @@ let viewOf (model: Backbone) : StepView =
       Replay = []
       Model = model }
 
-/// The extension's loss term at θ: its value and the autograd gradient of each parameter, flat.
+/// The extension's penalty at θ as the training shell applies it: in closed form on the model's flat
+/// layout. Returns its value and the gradient it adds, flat.
 let termAt (extension: Extension) (model: Backbone) (theta: float[]) : float * float[] =
-    setParameters model theta
-    model.zero_grad ()
-    match extension.Terms(viewOf model) with
-    | [ term ] ->
-        term.Value.backward ()
-        let grads = [ for p in model.parameters () -> (if isNull p.grad then torch.zeros_like p else p.grad) ]
-        term.Value.ToDouble(), flatValues grads
-    | [] -> 0.0, Array.zeroCreate parameterCount
-    | _ -> failwith "one term expected"
+    let flat = FlatParameters.create model
+    try
+        setParameters model theta
+        (use _ = torch.no_grad () in flat.Gradients.zero_() |> ignore)
+        match extension.Penalties with
+        | [ term ] ->
+            Quadratic.addGradient term.Penalty flat.Values flat.Gradients
+            Quadratic.valueAt term.Penalty flat.Values, flatValues [ flat.Gradients ]
+        | [] -> 0.0, Array.zeroCreate parameterCount
+        | _ -> failwith "one penalty expected"
+    finally
+        FlatParameters.dispose flat
 
 /// A displacement: small float32-exact values, some exactly zero.
 let displacement : Gen<float[]> =

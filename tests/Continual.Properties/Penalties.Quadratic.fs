@@ -119,6 +119,30 @@ let tests =
                     Quadratic.dispose q
                 true))
 
+            testPropertyWithConfig config "the closed form adds the definition's gradient, and valueAt is its value" (Prop.forAll (Arb.fromGen (Gen.zip3 nonNegative anyValues (Gen.zip anyValues anyValues))) (fun (omega, anchor, (theta, earlier)) ->
+                for scale in [ Half; Whole ] do
+                    let q = Quadratic.create scale lambda (tensors omega) (tensors anchor)
+                    let p = tensors theta |> List.map (fun t -> t.requires_grad_ true)
+                    let definition = Quadratic.penalty scale lambda (tensors omega) (tensors anchor) p
+                    definition.backward ()
+                    // Gradients already in the buffer (the task loss's) must be kept and added to.
+                    use values = Quadratic.concatenate (tensors theta)
+                    use gradients = Quadratic.concatenate (tensors earlier)
+                    Quadratic.addGradient q values gradients
+                    let v = Quadratic.valueAt q values
+                    Expect.isTrue (close 1e-5 (definition.ToDouble()) v) "same value"
+                    let expected = Array.map2 (+) earlier (flatValues [ for x in p -> x.grad ])
+                    arraysClose 1e-5 "earlier gradient plus the definition's" expected (flatValues [ gradients ])
+                    Quadratic.dispose q
+                true))
+
+            testCase "the closed form refuses vectors of another length" <| fun () ->
+                let q = Quadratic.create Half lambda (tensors (Array.create parameterCount 1.0)) (tensors (Array.zeroCreate parameterCount))
+                use short = torch.zeros([| int64 parameterCount - 1L |])
+                Expect.throwsT<System.ArgumentException> (fun () -> Quadratic.addGradient q short short) "length checked"
+                Expect.throwsT<System.ArgumentException> (fun () -> Quadratic.valueAt q short |> ignore) "length checked"
+                Quadratic.dispose q
+
             testPropertyWithConfig config "consolidating anchors equals the sum of the tasks' penalties" (Prop.forAll (Arb.fromGen (Gen.zip3 (Gen.listOfLength 3 nonNegative) (Gen.listOfLength 3 anyValues) anyValues)) (fun (omegas, anchors, theta) ->
                 let pairs = List.zip omegas anchors
                 let q = Quadratic.consolidate Half lambda [ for (o, a) in pairs -> tensors o, tensors a ]

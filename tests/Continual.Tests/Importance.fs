@@ -33,19 +33,67 @@ let private configFor (strategy: string) =
 
 let private finite (m: float[][]) = m |> Array.forall (Array.forall (fun x -> x >= 0.0 && x <= 100.0))
 
-/// The extension's term at the current parameters (None when the penalty is not formed yet).
-let private termValue (e: Extension) (model: Backbone) =
+let private viewOf (model: Backbone) =
     let x = torch.zeros(1L, 16L)
-    let view =
-        { Batch = { Inputs = x; Labels = torch.zeros([| 1L |], dtype = torch.ScalarType.Int64); LabelArray = [| 0 |]; Task = 0 }
-          Output = { Logits = torch.zeros(1L, 4L); Features = [] }
-          Replay = []
-          Model = model }
-    e.Terms view |> List.tryHead |> Option.map (fun t -> t.Value.ToDouble())
+    { Batch = { Inputs = x; Labels = torch.zeros([| 1L |], dtype = torch.ScalarType.Int64); LabelArray = [| 0 |]; Task = 0 }
+      Output = { Logits = torch.zeros(1L, 4L); Features = [] }
+      Replay = []
+      Model = model }
+
+/// The extension's penalty at the current parameters (None when the penalty is not formed yet).
+let private termValue (e: Extension) (model: Backbone) =
+    e.Penalties |> List.tryHead |> Option.map (fun t -> Quadratic.value t.Penalty (PerSample.parameters model))
+
+/// A fixed quadratic penalty, either applied in closed form by the shell (Penalties) or as an
+/// autograd loss term (Terms).
+type private FixedPenalty(penalty: Quadratic, closedForm: bool) =
+    inherit Extension()
+    override _.Name = "fixed"
+    override _.Penalties = if closedForm then [ { Name = "fixed"; Penalty = penalty } ] else []
+    override _.Terms view = if closedForm then [] else [ { Name = "fixed"; Value = Quadratic.term penalty (PerSample.parameters view.Model) } ]
 
 [<Tests>]
 let tests =
     testSequenced <| testList "importance" [
+        testCase "a penalty applied in closed form trains exactly as its autograd term, clipping included" <| fun () ->
+            let benchmark = tinyBenchmark ()
+            let architecture = Mlp(16, [ 8 ], 4)
+            let settings = { Experiment.settings (configFor "sgd") with LearningRate = 0.2 }
+            let data = Benchmarks.selectClasses [ 0; 1 ] benchmark.Train
+            let train (closedForm: bool) =
+                let probe = Training.initialise architecture benchmark Strategies.sgd settings
+                let ps = PerSample.parameters probe.Model
+                // Importance between 0 and 3, an anchor away from the start: the penalty is large.
+                torch.manual_seed 10L |> ignore
+                let omega = ps |> List.map (fun p -> torch.rand(p.shape).mul((3.0).ToScalar()))
+                let anchor = ps |> List.map (fun p -> p.detach().add((0.3).ToScalar()))
+                let q = Quadratic.create Whole 1.5 omega anchor
+                Training.dispose probe
+                let strategy = { Strategies.sgd with Extensions = [ new FixedPenalty(q, closedForm) ]; ClipGradValue = Some 0.05 }
+                let state = Training.initialise architecture benchmark strategy settings
+                let losses = ResizeArray()
+                let mutable st = state
+                for i in 0 .. 14 do
+                    let start = (i * 10) % (data.Count - 10)
+                    let batch =
+                        { Inputs = data.Inputs.narrow(0L, int64 start, 10L); Labels = data.Labels.narrow(0L, int64 start, 10L)
+                          LabelArray = Array.sub data.LabelArray start 10; Task = 0 }
+                    // The closed-form penalty is evaluated apart (0 for the autograd variant, whose loss holds it).
+                    let penalty = Training.penaltyValue st
+                    let loss, next = Training.step strategy batch st
+                    losses.Add(float loss + penalty)
+                    st <- next
+                let values = st.Parameters.Values.clone ()
+                Training.dispose st
+                Quadratic.dispose q
+                values, losses.ToArray()
+            let closedValues, closedLosses = train true
+            let autogradValues, autogradLosses = train false
+            Expect.isTrue (closedValues.allclose(autogradValues, 1e-5, 1e-6)) "the same parameters after 15 clipped steps"
+            for (a, b) in Array.zip closedLosses autogradLosses do
+                Expect.floatClose Accuracy.medium a b "the same reported loss, penalty included"
+            Expect.isGreaterThan closedLosses.[0] 1.0 "the penalty dominates the first loss (it is really applied)"
+
         testList "every method runs from a configuration" [
             for name in ImportanceStrategies.names ->
                 testCase name <| fun () ->

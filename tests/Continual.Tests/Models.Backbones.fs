@@ -5,6 +5,7 @@ open Expecto
 open TorchSharp
 open Continual
 open Continual.Models
+open Continual.Penalties
 
 let private shapes (o: ModelOutput) = o.Features |> List.map (fun f -> List.ofArray f.shape)
 
@@ -60,4 +61,57 @@ let backboneTests =
                     l.backward ()
                     optimiser.step () |> ignore
                 Expect.isLessThan ((loss ()).ToDouble()) (0.5 * first) (name + " fits the batch")
+    ]
+
+[<Tests>]
+let flatParameterTests =
+    testSequenced <| testList "models.flat parameters" [
+        for architecture in [ Mlp(16, [ 8 ], 4); Cnn(1, 8, 8, 4); ResNet18(1, 8, 8, 2, 4) ] do
+            yield testCase (Backbones.describe architecture) <| fun () ->
+                use _ = torch.NewDisposeScope()
+                torch.manual_seed 3L |> ignore
+                use model = Backbones.create architecture
+                model.eval ()
+                let features = match architecture with Mlp(i, _, _) -> int64 i | _ -> 64L
+                use x = torch.rand(3L, features)
+                use before = model.forward x
+                let parameters = [ for p in model.parameters () -> p ]
+                let originals = parameters |> List.map (fun p -> p.detach().clone())
+                let flat = FlatParameters.create model
+                Expect.isTrue (FlatParameters.isBound flat model) "bound right after creation"
+                Expect.equal flat.Values.shape.[0] (Backbones.parameterCount model) "one element per scalar"
+                for (p, o) in List.zip parameters originals do
+                    Expect.isTrue (sameValues p o) "values kept"
+                Expect.isTrue (sameValues (model.forward x) before) "same outputs"
+                // Parameters are views of the flat vector: writing to it changes the model.
+                (use _ = torch.no_grad () in flat.Values.add_((0.25).ToScalar()) |> ignore)
+                for (p, o) in List.zip parameters originals do
+                    Expect.isTrue (sameValues p (o.add((0.25).ToScalar()))) "parameters see the flat vector"
+                // Backward accumulates into the flat gradient, an optimiser steps the flat values,
+                // and zero_grad zeroes the gradient in place.
+                use optimiser = torch.optim.SGD(model.parameters (), 0.5)
+                model.train ()
+                for _ in 1 .. 2 do
+                    optimiser.zero_grad ()
+                    Expect.equal (flat.Gradients.abs().sum().ToDouble()) 0.0 "zeroed in place"
+                    use loss = (model.forward x).square().sum()
+                    loss.backward ()
+                    let expected = Quadratic.concatenate [ for p in parameters -> p.grad ]
+                    Expect.isTrue (sameValues flat.Gradients expected) "gradients are views of the flat gradient"
+                    Expect.isGreaterThan (flat.Gradients.abs().sum().ToDouble()) 0.0 "and backward reached them"
+                    use valuesBefore = flat.Values.clone ()
+                    optimiser.step () |> ignore
+                    use expectedValues = valuesBefore.sub(flat.Gradients.mul((0.5).ToScalar()))
+                    Expect.isTrue (flat.Values.allclose(expectedValues, 1e-6, 1e-7)) "the step moved the flat values"
+                Expect.isTrue (FlatParameters.isBound flat model) "still bound after training steps"
+                FlatParameters.dispose flat
+
+        yield testCase "a broken layout is detected" <| fun () ->
+            use _ = torch.NewDisposeScope()
+            use model = Backbones.create (Mlp(6, [ 5 ], 3))
+            let flat = FlatParameters.create model
+            let last = model.parameters () |> Seq.last
+            last.grad <- torch.zeros_like last
+            Expect.isFalse (FlatParameters.isBound flat model) "a replaced gradient shows"
+            FlatParameters.dispose flat
     ]
