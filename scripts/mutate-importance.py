@@ -7,6 +7,9 @@ root=os.path.join(os.path.dirname(os.path.abspath(__file__)), '..') + '/'
 muts=[
  ("term gradient sign", 'src/Continual.Core/Penalties.Quadratic.fs', "            let g = d.mul q.Curvature\n            g, g.dot d", "            let g = d.mul(q.Curvature).neg()\n            g, g.dot d"),
  ("term value drops square", 'src/Continual.Core/Penalties.Quadratic.fs', "            let g = d.mul q.Curvature\n            g, g.dot d", "            let g = d.mul q.Curvature\n            g, g.sum()"),
+ ("closed-form gradient sign", 'src/Continual.Core/Penalties.Quadratic.fs', "        gradients.addcmul_(d, q.Curvature, (1.0).ToScalar()) |> ignore", "        gradients.addcmul_(d, q.Curvature, (-1.0).ToScalar()) |> ignore"),
+ ("closed-form gradient without curvature", 'src/Continual.Core/Penalties.Quadratic.fs', "        gradients.addcmul_(d, q.Curvature, (1.0).ToScalar()) |> ignore", "        gradients.add_(d) |> ignore"),
+ ("valueAt drops square", 'src/Continual.Core/Penalties.Quadratic.fs', "        use g = d.mul q.Curvature\n        use v = g.dot d", "        use g = d.mul q.Curvature\n        use v = g.sum()"),
  ("create drops factor 2", 'src/Continual.Core/Penalties.Quadratic.fs', "        let h = 2.0 * coefficient scale lambda", "        let h = coefficient scale lambda"),
  ("consolidate drops offset", 'src/Continual.Core/Penalties.Quadratic.fs', "              Offset = c * spread.sum().ToDouble()", "              Offset = 0.0"),
  ("closed form abs not square", 'src/Continual.Core/Penalties.Gradients.fs', "                use d2 = d.square ()", "                use d2 = d.abs ()"),

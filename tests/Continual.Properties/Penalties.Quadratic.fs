@@ -64,12 +64,24 @@ let private methodProperties (name: string) =
             let v, _ = termAt e model theta
             close 1e-4 (referenceValue (reference name lambda e anchor) theta) v))
 
-        testPropertyWithConfig config "autograd gradient equals λ Ω (θ − θ*) of the reference" (Prop.forAll (Arb.fromGen displacement) (fun d ->
+        testPropertyWithConfig config "the gradient training applies equals λ Ω (θ − θ*) of the reference" (Prop.forAll (Arb.fromGen displacement) (fun d ->
             let e, model, anchor = twoTasks ()
             let theta = add anchor d
             let _, g = termAt e model theta
             arraysClose 1e-4 "gradient" (referenceGradient (reference name lambda e anchor) theta) g
             true))
+
+        testPropertyWithConfig config "autograd gradient of the penalty as a loss term equals λ Ω (θ − θ*) of the reference" (Prop.forAll (Arb.fromGen displacement) (fun d ->
+            let e, _, anchor = twoTasks ()
+            let theta = add anchor d
+            let p = tensors theta |> List.map (fun t -> t.requires_grad_ true)
+            match e.Penalties with
+            | [ term ] ->
+                let value = Quadratic.term term.Penalty p
+                value.backward ()
+                arraysClose 1e-4 "gradient" (referenceGradient (reference name lambda e anchor) theta) (flatValues [ for x in p -> x.grad ])
+                true
+            | other -> failwithf "one penalty expected, got %d" other.Length))
 
         testPropertyWithConfig config "linear in λ" (Prop.forAll (Arb.fromGen displacement) (fun d ->
             let e1, model1, anchor1 = oneTask ()
