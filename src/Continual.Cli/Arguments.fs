@@ -83,10 +83,10 @@ type RunArgs =
             | Score_Every _ -> "RWalk: steps per path-score window (default 10)."
             | Epsilon _ -> "RWalk's ε in the score's denominator (default 1.19e-7)."
             | Slices _ -> "SCP: random slices per batch (default 50)."
-            | Scp_Alpha _ -> "SCP: weight α of the old Γ across tasks (default 0.5)."
+            | Scp_Alpha _ -> "SCP: weight α of the old Γ across tasks (default 0.9)."
             | Scp_Batch _ -> "SCP: samples per batch mean (default 100)."
             | Fisher _ -> "Fisher labels: true (sampled), empirical or weighted (default: the method's)."
-            | Clip_Grad _ -> "clip every gradient element to [-c, c] before the step (default: 1 for si, none otherwise)."
+            | Clip_Grad _ -> "clip every gradient element to [-c, c] before the step (default: 1 for si and scp, also when added with --penalty; none otherwise)."
             | No_Onnx -> "run only: skip the ONNX export and verification after each task."
 
 /// Options of `continual verify`.

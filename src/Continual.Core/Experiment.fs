@@ -89,8 +89,10 @@ module Experiment =
     /// The importance hyper-parameters of a method (or neutral values for "none"): METHODS.md's
     /// reference settings for online EWC (λ 90, γ 1, p-weighted Fisher) and SI (c 1, ξ 0.9, clipping
     /// at 1); documented values elsewhere (RWalk's α 0.9, 10-step windows and ε as in Chaudhry et al.
-    /// and Avalanche; SCP's 50 slices and α 0.5 as in Kolouri et al.'s code); λ of EWC, EWC++, MAS,
-    /// RWalk and SCP and EWC++'s α chosen on seed 10 of Split Fashion-MNIST (docs/importance.md).
+    /// and Avalanche; SCP's 50 slices as in Kolouri et al.'s code); λ of EWC, EWC++, MAS and RWalk and
+    /// EWC++'s α chosen on seed 10 of Split Fashion-MNIST, SCP's λ, α and clipping on seeds 10-12
+    /// (docs/importance.md). Clipping at 1 keeps SCP's stiff output-layer importance stable at a λ
+    /// that also protects the hidden layers.
     let importanceDefaults (method: string) (config: ExperimentConfig) : ExperimentConfig =
         let neutral =
             { config with
@@ -114,17 +116,19 @@ module Experiment =
         | "si" -> { neutral with Lambda = 1.0; ClipGrad = Some 1.0 }
         | "mas" -> { neutral with Lambda = 0.1 }
         | "rwalk" -> { neutral with Lambda = 10.0 }
-        | "scp" -> { neutral with Lambda = 0.03 }
+        | "scp" -> { neutral with Lambda = 3.0; ScpAlpha = 0.9; ClipGrad = Some 1.0 }
         | _ -> neutral
 
     /// Adds an importance penalty to a configuration's strategy, with that method's default
-    /// hyper-parameters (clipping stays as the strategy has it); None leaves the configuration as is.
+    /// hyper-parameters; the method's gradient clipping (SI, SCP) comes with it unless the strategy
+    /// clips already. None leaves the configuration as is.
     let withPenalty (penalty: string option) (config: ExperimentConfig) : ExperimentConfig =
         match penalty with
         | None -> config
         | Some name ->
             let name = name.Trim().ToLowerInvariant()
-            { importanceDefaults name config with Penalty = Some name; ClipGrad = config.ClipGrad }
+            let method = importanceDefaults name config
+            { method with Penalty = Some name; ClipGrad = (match config.ClipGrad with Some c -> Some c | None -> method.ClipGrad) }
 
     /// The benchmarks this build knows.
     let benchmarkNames = [ "split-fmnist"; "split-mnist"; "split-cifar10" ]

@@ -120,7 +120,11 @@ let tests =
             let config = { (configFor "derpp" |> Experiment.withPenalty (Some "si")) with Minibatch = 8 }
             Expect.equal config.Penalty (Some "si") "penalty recorded"
             Expect.equal config.Lambda 1.0 "SI's default c"
-            Expect.equal config.ClipGrad None "the replay strategy's clipping is kept"
+            Expect.equal config.ClipGrad (Some 1.0) "SI's clipping comes with it"
+            let clipping = { configFor "derpp" with ClipGrad = Some 0.5 } |> Experiment.withPenalty (Some "si")
+            Expect.equal clipping.ClipGrad (Some 0.5) "a strategy's own clipping is kept"
+            let mas = configFor "derpp" |> Experiment.withPenalty (Some "mas")
+            Expect.equal mas.ClipGrad None "MAS brings no clipping"
             let strategy = Experiment.strategy config
             Expect.equal (strategy.Extensions |> List.map (fun e -> e.Name)) [ "si" ] "SI added as an extension"
             Expect.equal strategy.ReplayDraws [ 8; 8 ] "DER++ draws kept"
@@ -135,6 +139,8 @@ let tests =
             Expect.equal (si.Lambda, si.Xi, si.ClipGrad, si.LearningRate) (1.0, 0.9, Some 1.0, 0.1) "SI"
             Expect.equal (Experiment.strategy si).ClipGradValue (Some 1.0) "SI clips gradients to [-1, 1]"
             Expect.equal si.BufferSize 0 "no buffer"
+            let scp = Experiment.defaults "scp" 500
+            Expect.equal (scp.Lambda, scp.ScpAlpha, scp.ClipGrad, scp.Slices) (3.0, 0.9, Some 1.0, 50) "SCP: λ, α and clipping chosen on seeds 10-12"
 
         testCase "invalid importance settings are refused with a message" <| fun () ->
             let base' = configFor "ewc"
