@@ -40,10 +40,15 @@ module FlatParameters =
             let mutable offset = 0L
             for p in parameters do
                 let n = p.numel ()
-                use valueView = values.narrow(0L, offset, n).view(p.shape)
+                // The parameter and its gradient hold their own references to the flat storage; the
+                // views made here are only handles, freed at once.
+                use valueSlice = values.narrow(0L, offset, n)
+                use valueView = valueSlice.view(p.shape)
                 valueView.copy_ p |> ignore
                 p.set_ valueView |> ignore
-                p.grad <- gradients.narrow(0L, offset, n).view(p.shape)
+                use gradientSlice = gradients.narrow(0L, offset, n)
+                use gradientView = gradientSlice.view(p.shape)
+                p.grad <- gradientView
                 offset <- offset + n
             { Values = values; Gradients = gradients; Shapes = parameters |> List.map (fun p -> p.shape) }
 
