@@ -45,6 +45,8 @@ public sealed class ExperimentBuilder
 
     private readonly string _strategy;
     private readonly int? _buffer;
+    // An importance penalty added with its method's defaults (WithPenalty), or null.
+    private readonly string? _penalty;
     // Fields replaced by the caller, in the order they were set (a later choice of a field wins).
     private readonly (PropertyInfo Property, object? Value)[] _replacements;
     // Options whose name or value could not be used, by the field (or unknown name) they concern;
@@ -53,14 +55,15 @@ public sealed class ExperimentBuilder
 
     /// <summary>A builder with every option at its default.</summary>
     public ExperimentBuilder()
-        : this(DefaultStrategy, null, [], [])
+        : this(DefaultStrategy, null, null, [], [])
     {
     }
 
-    private ExperimentBuilder(string strategy, int? buffer, (PropertyInfo, object?)[] replacements, (string, string)[] problems)
+    private ExperimentBuilder(string strategy, int? buffer, string? penalty, (PropertyInfo, object?)[] replacements, (string, string)[] problems)
     {
         _strategy = strategy;
         _buffer = buffer;
+        _penalty = penalty;
         _replacements = replacements;
         _problems = problems;
     }
@@ -81,11 +84,26 @@ public sealed class ExperimentBuilder
     public ExperimentBuilder WithStrategy(string strategy)
     {
         ArgumentNullException.ThrowIfNull(strategy);
-        return new ExperimentBuilder(strategy.Trim().ToLowerInvariant(), _buffer, _replacements, Without(nameof(CoreConfig.Strategy)));
+        return new ExperimentBuilder(strategy.Trim().ToLowerInvariant(), _buffer, _penalty, _replacements, Without(nameof(CoreConfig.Strategy)));
+    }
+
+    /// <summary>
+    /// Adds a parameter-importance penalty to the strategy by name ("ewc", "ewc-online", "ewc++", "si",
+    /// "mas", "rwalk" or "scp"), e.g. DER++ plus SI, with that method's default hyper-parameters and
+    /// gradient clipping, as the command line's --penalty does; options set with
+    /// <see cref="WithOption(string, double)"/> (e.g. "lambda") override them whatever their order.
+    /// Null or "none" removes it. An unknown name is reported by <see cref="Validate"/>.
+    /// </summary>
+    public ExperimentBuilder WithPenalty(string? penalty)
+    {
+        var name = penalty?.Trim().ToLowerInvariant();
+        var chosen = string.IsNullOrEmpty(name) || name == "none" ? null : name;
+        var penaltyField = ConfigFields.Find(nameof(CoreConfig.Penalty))!;
+        return new ExperimentBuilder(_strategy, _buffer, chosen, _replacements.Where(r => r.Property != penaltyField).ToArray(), Without(nameof(CoreConfig.Penalty)));
     }
 
     /// <summary>Replay buffer size; also selects the reference settings of the nearest published size (200, 500, 5120).</summary>
-    public ExperimentBuilder WithBuffer(int size) => new(_strategy, size, _replacements, Without(nameof(CoreConfig.BufferSize)));
+    public ExperimentBuilder WithBuffer(int size) => new(_strategy, size, _penalty, _replacements, Without(nameof(CoreConfig.BufferSize)));
 
     /// <summary>The benchmark by name: "split-fmnist" (default) or "split-mnist".</summary>
     public ExperimentBuilder WithBenchmark(string benchmark) =>
@@ -237,6 +255,8 @@ public sealed class ExperimentBuilder
         }
         // Strategy and buffer size also choose the defaults, exactly as their own methods do.
         if (property.Name == nameof(CoreConfig.Strategy) && value is string strategy) return WithStrategy(strategy);
+        // So does a penalty: it brings its method's defaults, as WithPenalty does.
+        if (property.Name == nameof(CoreConfig.Penalty) && value is string penalty) return WithPenalty(penalty);
         if (property.Name == nameof(CoreConfig.BufferSize)
             && ConfigFields.TryConvert(value, typeof(int), out var size, out _))
         {
@@ -251,17 +271,18 @@ public sealed class ExperimentBuilder
         {
             return Problem(property.Name, $"option '{shownName}' ({property.Name}) {error}");
         }
-        return new ExperimentBuilder(_strategy, _buffer, [.. _replacements, (property, converted)], Without(property.Name));
+        return new ExperimentBuilder(_strategy, _buffer, _penalty, [.. _replacements, (property, converted)], Without(property.Name));
     }
 
     private ExperimentBuilder Problem(string key, string message) =>
-        new(_strategy, _buffer, _replacements, [.. Without(key), (key, message)]);
+        new(_strategy, _buffer, _penalty, _replacements, [.. Without(key), (key, message)]);
 
     private (string, string)[] Without(string key) => _problems.Where(p => p.Key != key).ToArray();
 
     internal CoreConfig BuildConfig()
     {
         var defaults = CoreExperiment.defaults(_strategy, _buffer ?? DefaultBufferSize);
+        if (_penalty is not null) defaults = CoreExperiment.withPenalty(FSharpOption<string>.Some(_penalty), defaults);
         var replacements = new Dictionary<PropertyInfo, object?>();
         if (_buffer is int buffer) replacements[ConfigFields.Find(nameof(CoreConfig.BufferSize))!] = buffer;
         foreach (var (property, value) in _replacements) replacements[property] = value;

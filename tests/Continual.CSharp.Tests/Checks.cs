@@ -40,6 +40,7 @@ internal static class Checks
         ("run: every known strategy runs by name", EveryKnownStrategyRuns),
         ("run: RunAsync gives the same result as Run", RunAsyncMatchesRun),
         ("run: a distillation term and a backbone are set by name (WithOption)", DistillationByOption),
+        ("run: WithPenalty adds an importance penalty with its method's defaults", PenaltyWithDefaults),
         ("cancel: a cancelled token stops the run within a step", CancellationStopsTheRun),
         ("cancel: an already cancelled token runs nothing", PreCancelledTokenRunsNothing),
         ("cancel: RunAsync observes cancellation", RunAsyncCancellation),
@@ -553,6 +554,33 @@ internal static class Checks
         Assert.Equal<object?>(0.5, result.Settings.Fields["DistillWeight"]);
         Assert.True(result.Architecture.StartsWith("cnn"), result.Architecture);
         Assert.Contains("unknown distillation term 'nope'", Subset().WithOption("distill", "nope").Validate());
+        return Task.CompletedTask;
+    }
+
+    private static Task PenaltyWithDefaults()
+    {
+        // The method's defaults come with the penalty, as with the command line's --penalty ...
+        var expected = global::Continual.Experiment.withPenalty(
+            Microsoft.FSharp.Core.FSharpOption<string>.Some("si"), global::Continual.Experiment.defaults("derpp", 500));
+        var si = new ExperimentBuilder().WithStrategy("derpp").WithPenalty("SI").Settings;
+        Assert.Equal<object?>("si", si.Fields["Penalty"]);
+        Assert.Equal<object?>(expected.Lambda, si.Fields["Lambda"]);
+        Assert.Equal<object?>(1.0, si.Fields["Lambda"]);
+        Assert.Equal<object?>(1.0, si.Fields["ClipGrad"]);
+        // ... whichever way it is named, and options set by the caller win whatever their order.
+        var byOption = new ExperimentBuilder().WithStrategy("derpp").WithOption("lambda", 2.5).WithOption("penalty", "si").Settings;
+        Assert.Equal<object?>("si", byOption.Fields["Penalty"]);
+        Assert.Equal<object?>(2.5, byOption.Fields["Lambda"]);
+        var scp = new ExperimentBuilder().WithStrategy("der").WithPenalty("scp").Settings;
+        Assert.Equal<object?>(3.0, scp.Fields["Lambda"]);
+        Assert.Equal<object?>(0.9, scp.Fields["ScpAlpha"]);
+        Assert.Equal<object?>(null, new ExperimentBuilder().WithPenalty("si").WithPenalty(null).Settings.Fields["Penalty"]);
+        Assert.Contains("unknown penalty", Subset().WithPenalty("lwf").Validate());
+        // It runs: DER++ with SI on a subset.
+        var builder = Subset().WithStrategy("derpp").WithBuffer(50).WithTrainPerClass(20).WithTestPerClass(10).WithPenalty("si");
+        Assert.True(builder.Validate().Count == 0, string.Join("; ", builder.Validate()));
+        using var result = builder.Run();
+        Assert.Equal(5, result.TaskIncremental.Count);
         return Task.CompletedTask;
     }
 
