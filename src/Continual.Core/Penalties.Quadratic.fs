@@ -24,7 +24,7 @@ type Quadratic =
       Anchor: Tensor
       /// A non-negative constant added to the value (0 for a single anchor).
       Offset: float
-      /// The shape of each parameter, to split flat vectors back.
+      /// The shape of each parameter, to check the parameters a penalty is applied to.
       Shapes: int64[] list }
 
 /// The quadratic penalty as pure functions of (importance, anchors, parameters).
@@ -67,15 +67,6 @@ module Quadratic =
     /// All tensors flattened and concatenated into one vector (a new tensor; differentiable).
     let concatenate (tensors: Tensor list) : Tensor =
         torch.cat([| for t in tensors -> t.reshape(-1L) |], 0L)
-
-    /// A flat vector split back into tensors of the given shapes (views of it).
-    let split (shapes: int64[] list) (flat: Tensor) : Tensor list =
-        let mutable offset = 0L
-        [ for shape in shapes ->
-            let n = Array.fold (*) 1L shape
-            let part = flat.narrow(0L, offset, n).view(shape)
-            offset <- offset + n
-            part ]
 
     /// A single-anchor penalty `c Σ Ω (θ − θ*)²` prepared for steps (copies its inputs).
     let create (scale: Scale) (lambda: float) (importance: Tensor list) (anchor: Tensor list) : Quadratic =
@@ -124,16 +115,8 @@ module Quadratic =
             invalidArg (nameof parameters) "the parameters do not match the penalty's shapes"
         concatenate parameters
 
-    /// The gradient `H (θ − θ*)` of the penalty, per parameter (no autograd; new tensors).
-    let gradient (q: Quadratic) (parameters: Tensor list) : Tensor list =
-        use _ = torch.no_grad ()
-        use flat = flatParameters q parameters
-        use d = flat.sub q.Anchor
-        let g = d.mul q.Curvature
-        [ for part in split q.Shapes g -> part.clone () ]
-
-
-    /// The penalty as a loss term: a scalar whose value is `½ Σ H (θ − θ*)² + Offset` and whose autograd
+    /// The penalty as an autograd loss term, for callers outside the training shell (which applies
+    /// `addGradient` instead): a scalar whose value is `½ Σ H (θ − θ*)² + Offset` and whose autograd
     /// gradient with respect to each parameter is exactly `H (θ − θ*)`. The gradient g is formed once
     /// without autograd and attached through `⟨θ, g⟩ − ⟨θ, g⟩.detach()` (value 0): a few operations on one
     /// flat vector instead of differentiating a square per parameter tensor. Belongs to the caller's scope.

@@ -33,16 +33,17 @@ type ImportanceSettings =
 type ImportanceMethod<'State> =
     { Name: string
       BeginTask: TaskContext -> 'State -> 'State
-      /// After backward (gradients clipped), before the optimiser step; None when nothing happens per step.
-      Observe: (StepView -> 'State -> 'State) option
-      /// After the optimiser step; None when nothing happens per step.
-      AfterStep: (Backbone -> 'State -> 'State) option
+      /// After backward (gradients clipped), before the optimiser step, with the model's parameters
+      /// (looked up once per model) and the step's view; None when nothing happens per step.
+      Observe: (Tensor list -> StepView -> 'State -> 'State) option
+      /// After the optimiser step, with the model's parameters; None when nothing happens per step.
+      AfterStep: (Tensor list -> 'State -> 'State) option
       EndTask: TaskContext -> 'State -> 'State
       /// The penalty the state defines (None before the first task ends).
       Penalty: 'State -> Quadratic option
       Dispose: 'State -> unit }
 
-/// An importance method as a strategy extension: its loss term is the method's quadratic penalty and
+/// An importance method as a strategy extension: its penalty is the method's quadratic penalty and
 /// its transitions return the next extension value.
 type ImportanceExtension<'State>(method: ImportanceMethod<'State>, state: 'State) =
     inherit Extension()
@@ -73,11 +74,11 @@ type ImportanceExtension<'State>(method: ImportanceMethod<'State>, state: 'State
         | None -> []
     override this.AfterBackwardOn view =
         match method.Observe with
-        | Some observe -> next (observe view state)
+        | Some observe -> next (observe (parametersOf view.Model) view state)
         | None -> this
     override this.AfterStep model =
         match method.AfterStep with
-        | Some step -> next (step model state)
+        | Some step -> next (step (parametersOf model) state)
         | None -> this
     override _.EndTask context = next (method.EndTask context state)
     override _.Dispose() = method.Dispose state
@@ -123,7 +124,7 @@ module ImportanceStrategies =
         { Name = "ewc++"
           BeginTask = fun _ s -> s
           Observe =
-            Some(fun view s ->
+            Some(fun _ view s ->
                 let sums, rng = batchFisherSums settings.Fisher view s.Rng
                 { Importance.ewcPlusPlusObserve settings.FisherAlpha sums view.Batch.LabelArray.Length s with Rng = rng })
           AfterStep = None
@@ -135,7 +136,7 @@ module ImportanceStrategies =
     let siMethod (settings: ImportanceSettings) : ImportanceMethod<SiState> =
         { Name = "si"
           BeginTask = fun c s -> Importance.siBeginTask c.LearningRate (parametersOf c.Model) s
-          Observe = Some(fun view s -> Importance.siObserve (Importance.gradients (parametersOf view.Model)) s)
+          Observe = Some(fun parameters _ s -> Importance.siObserve (Importance.gradients parameters) s)
           AfterStep = None
           EndTask = fun c s -> Importance.siEndTask settings.Lambda settings.Xi (parametersOf c.Model) s
           Penalty = fun s -> s.Penalty
@@ -156,10 +157,10 @@ module ImportanceStrategies =
         { Name = "rwalk"
           BeginTask = fun c s -> Importance.rwalkBeginTask c.LearningRate (parametersOf c.Model) s
           Observe =
-            Some(fun view s ->
+            Some(fun parameters view s ->
                 let sums, rng = batchFisherSums settings.Fisher view s.Rng
-                { Importance.rwalkObserve settings.FisherAlpha sums view.Batch.LabelArray.Length (Importance.gradients (parametersOf view.Model)) s with Rng = rng })
-          AfterStep = Some(fun model s -> Importance.rwalkAfterStep settings.ScoreEvery settings.Epsilon (parametersOf model) s)
+                { Importance.rwalkObserve settings.FisherAlpha sums view.Batch.LabelArray.Length (Importance.gradients parameters) s with Rng = rng })
+          AfterStep = Some(fun parameters s -> Importance.rwalkAfterStep settings.ScoreEvery settings.Epsilon parameters s)
           EndTask = fun c s -> Importance.rwalkEndTask settings.Lambda settings.Epsilon (parametersOf c.Model) s
           Penalty = fun s -> s.Penalty
           Dispose = Importance.rwalkDispose }
