@@ -179,6 +179,50 @@ let private benchCommand (args: ParseResults<RunArgs>) =
     | None -> ()
     0
 
+/// One strategy's figures over the seeds of a comparison, in seed order.
+type private CompareRow =
+    { Label: string
+      Buffer: int
+      ClassIl: float list
+      TaskIl: float list
+      WallSeconds: float }
+
+/// The comparison as JSON: per strategy, the per-seed figures, their means and spreads, and the paired
+/// Task-IL gain over SGD where SGD was run.
+let private compareJson (seeds: int64 list) (rows: CompareRow list) (gain: CompareRow -> (float * float) option) : byte[] =
+    use stream = new MemoryStream()
+    (use w = new Text.Json.Utf8JsonWriter(stream, Text.Json.JsonWriterOptions(Indented = true))
+     w.WriteStartObject()
+     w.WriteStartArray("seeds")
+     for s in seeds do w.WriteNumberValue s
+     w.WriteEndArray()
+     w.WriteStartArray("strategies")
+     for row in rows do
+         w.WriteStartObject()
+         w.WriteString("strategy", row.Label)
+         w.WriteNumber("buffer", row.Buffer)
+         for name, values in [ "classIl", row.ClassIl; "taskIl", row.TaskIl ] do
+             let mean, spread = Metrics.meanAndSpread values
+             w.WriteStartObject(name)
+             w.WriteStartArray("perSeed")
+             for v in values do w.WriteNumberValue v
+             w.WriteEndArray()
+             w.WriteNumber("mean", mean)
+             w.WriteNumber("spread", spread)
+             w.WriteEndObject()
+         match gain row with
+         | Some(g, se) ->
+             w.WriteStartObject("taskIlOverSgd")
+             w.WriteNumber("mean", g)
+             w.WriteNumber("standardError", se)
+             w.WriteEndObject()
+         | None -> ()
+         w.WriteNumber("wallSecondsPerRun", row.WallSeconds)
+         w.WriteEndObject()
+     w.WriteEndArray()
+     w.WriteEndObject())
+    stream.ToArray()
+
 let private compareCommand (args: ParseResults<RunArgs>) =
     refuse args "compare" [ Repeat 0; Strategy ""; Seed 0L; No_Onnx ]
     let split (s: string) = s.Split(',', StringSplitOptions.RemoveEmptyEntries ||| StringSplitOptions.TrimEntries) |> List.ofArray
@@ -189,27 +233,45 @@ let private compareCommand (args: ParseResults<RunArgs>) =
     let configs = [ for s in strategies -> s, [ for seed in seeds -> configOf args (Some s) (Some seed) ] ]
     configs |> List.iter (snd >> List.iter check)
     let out = args.GetResult(Out, defaultValue = "runs/compare")
+    let label (runs: ExperimentConfig list) =
+        match runs.Head.Penalty with Some p -> runs.Head.Strategy + "+" + p | None -> runs.Head.Strategy
+    let rows =
+        [ for (_, runs) in configs ->
+            let results =
+                [ for config in runs ->
+                    AnsiConsole.MarkupLine("{0} seed {1} ...", Markup.Escape(label runs), config.Seed)
+                    let result = runOnce config true ignore
+                    Results.write (Path.Combine(out, Path.GetFileName(defaultOut config))) result ignore
+                    result ]
+            { Label = label runs
+              Buffer = runs.Head.BufferSize
+              ClassIl = results |> List.map (fun r -> Metrics.averageAccuracy r.Outcome.ClassIl)
+              TaskIl = results |> List.map (fun r -> Metrics.averageAccuracy r.Outcome.TaskIl)
+              WallSeconds = results |> List.averageBy (fun r -> r.WallSeconds) } ]
+    // Regularisers are judged by their Task-IL gain over SGD on the same seeds; pairing by seed removes
+    // the swing both share.
+    let baseline = rows |> List.tryFind (fun r -> r.Label = "sgd")
+    let gain (row: CompareRow) =
+        baseline |> Option.filter (fun b -> b.Label <> row.Label) |> Option.map (fun b -> Metrics.pairedDifference row.TaskIl b.TaskIl)
+    let perSeed (values: float list) = String.Join(" / ", values |> List.map (sprintf "%.2f"))
     let table = Table(Title = TableTitle(sprintf "mean ± sample s.d. over seeds %s" (String.Join(", ", seeds))))
-    for c in [ "strategy"; "buffer"; "Class-IL"; "Task-IL"; "Class-IL per seed"; "wall s per run" ] do
+    for c in [ "strategy"; "buffer"; "Class-IL"; "Task-IL"; "Task-IL − SGD (± s.e.)"; "Class-IL per seed"; "Task-IL per seed"; "wall s per run" ] do
         table.AddColumn(c) |> ignore
-    for (name, runs) in configs do
-        let results =
-            [ for config in runs ->
-                AnsiConsole.MarkupLine("{0} seed {1} ...", Markup.Escape name, config.Seed)
-                let result = runOnce config true ignore
-                Results.write (Path.Combine(out, Path.GetFileName(defaultOut config))) result ignore
-                result ]
-        let classIl = results |> List.map (fun r -> Metrics.averageAccuracy r.Outcome.ClassIl)
-        let taskIl = results |> List.map (fun r -> Metrics.averageAccuracy r.Outcome.TaskIl)
-        let (cm, cs), (tm, ts) = Metrics.meanAndSpread classIl, Metrics.meanAndSpread taskIl
+    for row in rows do
+        let (cm, cs), (tm, ts) = Metrics.meanAndSpread row.ClassIl, Metrics.meanAndSpread row.TaskIl
         table.AddRow(
-            (match runs.Head.Penalty with Some p -> name + "+" + p | None -> name),
-            string runs.Head.BufferSize,
+            row.Label,
+            string row.Buffer,
             sprintf "%.2f ± %.2f" cm cs,
             sprintf "%.2f ± %.2f" tm ts,
-            String.Join(" / ", classIl |> List.map (sprintf "%.2f")),
-            sprintf "%.1f" (results |> List.averageBy (fun r -> r.WallSeconds))) |> ignore
+            (match gain row with Some(g, se) -> sprintf "%+.2f ± %.2f" g se | None -> "—"),
+            perSeed row.ClassIl,
+            perSeed row.TaskIl,
+            sprintf "%.1f" row.WallSeconds) |> ignore
     AnsiConsole.Write table
+    let summary = Path.Combine(out, "compare.json")
+    Results.writeAtomically summary (compareJson seeds rows gain)
+    AnsiConsole.MarkupLine("summary: {0}", Markup.Escape summary)
     0
 
 /// Runs the tool on command-line arguments and returns its exit code (never exits the process).

@@ -40,3 +40,14 @@ module Metrics =
             if n < 2 then 0.0
             else sqrt ((values |> List.sumBy (fun v -> (v - mean) ** 2.0)) / float (n - 1))
         mean, spread
+
+    /// Paired difference of two methods run on the same seeds (`values.[k]` and `baseline.[k]` share a
+    /// seed): the mean of `values.[k] − baseline.[k]` and its standard error (sample s.d. / √n; 0 for one
+    /// seed). Pairing removes the seed-to-seed swing both methods share, which is most of a regulariser's
+    /// Task-IL spread.
+    let pairedDifference (values: float list) (baseline: float list) : float * float =
+        if List.length values <> List.length baseline then
+            invalidArg (nameof baseline) (sprintf "paired figures need the same seeds: %d values against %d" (List.length values) (List.length baseline))
+        let differences = List.map2 (-) values baseline
+        let mean, spread = meanAndSpread differences
+        mean, spread / sqrt (float (List.length differences))

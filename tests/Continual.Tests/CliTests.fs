@@ -58,4 +58,31 @@ let tests =
             Expect.equal csv.Length (1 + 2 * 25) "one line per scenario, row and task"
             Expect.isEmpty (Directory.GetFiles(out, "*.tmp")) "no temporary files left"
         }
+
+        test "compare writes compare.json: each run's figures per seed and the paired Task-IL gain over SGD" {
+            use tmp = new TempFolder()
+            writeSyntheticFolder tmp.Path 20 5
+            let out = Path.Combine(tmp.Path, "cmp")
+            let code = Continual.Cli.Program.run [| "compare"; "--data"; tmp.Path; "--strategies"; "sgd,ewc-online"; "--seeds"; "3,4"; "--out"; out; "--quiet" |]
+            Expect.equal code 0 "exit code"
+            use doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(out, "compare.json")))
+            let root = doc.RootElement
+            Expect.sequenceEqual [ for s in root.GetProperty("seeds").EnumerateArray() -> s.GetInt64() ] [ 3L; 4L ] "seeds"
+            let rows = [ for r in root.GetProperty("strategies").EnumerateArray() -> r ]
+            Expect.sequenceEqual [ for r in rows -> r.GetProperty("strategy").GetString() ] [ "sgd"; "ewc-online" ] "strategies in order"
+            // Every per-seed figure is that run's own results.json average accuracy.
+            let fromRun (strategy: string) (seed: int) (scenario: string) =
+                use run = JsonDocument.Parse(File.ReadAllText(Path.Combine(out, sprintf "split-fmnist-%s-s%d" strategy seed, "results.json")))
+                run.RootElement.GetProperty("metrics").GetProperty(scenario).GetProperty("averageAccuracy").GetDouble()
+            let perSeed (row: JsonElement) (scenario: string) = [ for v in row.GetProperty(scenario).GetProperty("perSeed").EnumerateArray() -> v.GetDouble() ]
+            for row in rows do
+                let name = row.GetProperty("strategy").GetString()
+                for scenario in [ "classIl"; "taskIl" ] do
+                    Expect.sequenceEqual (perSeed row scenario) [ fromRun name 3 scenario; fromRun name 4 scenario ] (sprintf "%s %s per seed" name scenario)
+            Expect.isFalse (rows.[0].TryGetProperty("taskIlOverSgd") |> fst) "no gain of SGD over itself"
+            let gain = rows.[1].GetProperty("taskIlOverSgd")
+            let expected, _ = Continual.Metrics.pairedDifference (perSeed rows.[1] "taskIl") (perSeed rows.[0] "taskIl")
+            Expect.floatClose Accuracy.veryHigh (gain.GetProperty("mean").GetDouble()) expected "paired gain"
+            Expect.isEmpty (Directory.GetFiles(out, "*.tmp")) "no temporary files left"
+        }
     ]

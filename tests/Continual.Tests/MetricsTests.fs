@@ -32,4 +32,11 @@ let tests =
             Expect.equal m 2.0 "mean"
             Expect.floatClose Accuracy.veryHigh s 1.0 "sample standard deviation"
         }
+        test "paired difference: mean of per-seed differences and its standard error" {
+            // differences 2, 4, 9: mean 5, sample s.d. sqrt(13), standard error sqrt(13 / 3)
+            let m, se = Metrics.pairedDifference [ 92.0; 95.0; 99.0 ] [ 90.0; 91.0; 90.0 ]
+            Expect.floatClose Accuracy.veryHigh m 5.0 "mean difference"
+            Expect.floatClose Accuracy.veryHigh se (sqrt (13.0 / 3.0)) "standard error"
+            Expect.throwsT<System.ArgumentException> (fun () -> Metrics.pairedDifference [ 1.0 ] [ 1.0; 2.0 ] |> ignore) "different seed counts"
+        }
     ]
