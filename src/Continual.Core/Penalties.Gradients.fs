@@ -35,11 +35,11 @@ module PerSample =
     /// The parameters of a model, in the order of `parameters()` (the order of every importance list).
     let parameters (model: Backbone) : Tensor list = [ for p in model.parameters () -> p :> Tensor ]
 
-    /// The linear chain of a model when it is the MLP backbone (checked by shapes), None otherwise.
-    let chain (model: Backbone) : LinearChain option =
+    /// The linear chain of a model when it is the MLP backbone (checked by shapes), None otherwise, from
+    /// its parameters already listed (a training step's cache: listing them costs a module walk).
+    let chainOf (model: Backbone) (ps: Tensor list) : LinearChain option =
         match model with
         | :? MlpBackbone ->
-            let ps = parameters model
             if ps.Length < 2 || ps.Length % 2 <> 0 then None
             else
                 let layers = [ for i in 0 .. 2 .. ps.Length - 2 -> ps.[i], ps.[i + 1] ]
@@ -48,6 +48,9 @@ module PerSample =
                     && (layers |> List.pairwise |> List.forall (fun ((w1, _), (w2, _)) -> w2.shape.[1] = w1.shape.[0]))
                 if shapesFit then Some { Layers = layers } else None
         | _ -> None
+
+    /// The linear chain of a model when it is the MLP backbone (checked by shapes), None otherwise.
+    let chain (model: Backbone) : LinearChain option = chainOf model (parameters model)
 
     /// The activations entering each layer (the inputs first) and the logits, without autograd.
     let forward (chain: LinearChain) (inputs: Tensor) : Tensor list * Tensor =
@@ -95,6 +98,29 @@ module PerSample =
                 [ da.t().matmul aa; da.sum(0L) ]) activations deltas
         |> List.concat
 
+    /// Blends a batch's `Σ_n w_n g_n²` into running statistics in place, `target ← decay · target +
+    /// scale · Σ_n w_n g_n²`, with one fused `addmm_` (weights) or `addmv_` (biases) per tensor: the
+    /// batch's sums are never materialised. `targets` are in the order of `reduce`'s result.
+    let blendSquares (decay: float) (scale: float) (activations: Tensor list) (deltas: Tensor list) (sampleWeights: Tensor option) (targets: Tensor list) : unit =
+        use _ = torch.no_grad ()
+        let layers = targets |> List.chunkBySize 2
+        if layers.Length <> activations.Length || layers.Length <> deltas.Length then
+            invalidArg (nameof targets) (sprintf "%d targets for %d layers" targets.Length activations.Length)
+        let first: Tensor = List.head deltas
+        use ones = torch.ones([| first.shape.[0] |], dtype = first.dtype, device = first.device)
+        let beta, alpha = float32 decay, float32 scale
+        List.zip3 activations deltas layers
+        |> List.iter (fun (a: Tensor, d: Tensor, layer: Tensor list) ->
+            use squares = d.square ()
+            use weighted = match sampleWeights with Some w -> squares.mul(w.unsqueeze 1L) | None -> squares.alias ()
+            use inputSquares = a.square ()
+            use transposed = weighted.t ()
+            match layer with
+            | [ weight; bias ] ->
+                weight.addmm_(transposed, inputSquares, beta, alpha) |> ignore
+                bias.addmv_(transposed, ones, beta, alpha) |> ignore
+            | _ -> invalidArg (nameof targets) "targets come in (weight, bias) pairs")
+
     /// The gradient of the objective with respect to the logits, per sample, and the per-sample
     /// weights of the squared gradients.
     let outputGradient (objective: Objective) (logits: Tensor) : Tensor * Tensor option =
@@ -121,6 +147,14 @@ module PerSample =
         let delta, weights = outputGradient objective logits
         let deltas = backward chain activations delta
         reduce reduction activations deltas weights |> List.map (fun t -> t.MoveToOuterDisposeScope())
+
+    /// Blends a batch's sums of squared per-sample gradients into running statistics in place (see
+    /// `blendSquares`), from activations already computed (e.g. the training step's own forward pass).
+    let chainBlendSquares (chain: LinearChain) (activations: Tensor list) (logits: Tensor) (objective: Objective) (decay: float) (scale: float) (targets: Tensor list) : unit =
+        use scope = torch.NewDisposeScope()
+        let delta, weights = outputGradient objective logits
+        let deltas = backward chain activations delta
+        blendSquares decay scale activations deltas weights targets
 
     /// The reference: sums of per-sample statistics for any backbone, one autograd pass per sample
     /// (the model's `.grad` fields are not touched). Slow; used for non-MLP backbones and in tests.

@@ -184,6 +184,23 @@ module Estimate =
             | _ -> PerSample.loopSums model inputs objective Squares
         sums, rng'
 
+    /// Blends one training batch's diagonal Fisher into a running Fisher in place, `running ← decay ·
+    /// running + scale · Σ_n g_n²` (EWC++, RWalk): for an MLP fused into one `addmm_`/`addmv_` per tensor
+    /// from the step's own activations (the batch sums are never materialised); other backbones go
+    /// through `batchFisherSums`. `parameters` are the model's, in order.
+    let blendBatchFisher (kind: FisherKind) (model: Backbone) (parameters: Tensor list) (inputs: Tensor) (activations: Tensor list) (logits: Tensor) (labels: int64[]) (decay: float) (scale: float) (running: Tensor list) (rng: RandomState) : RandomState =
+        match PerSample.chainOf model parameters with
+        | Some c when activations.Length = c.Layers.Length ->
+            let objective, rng' = fisherLabels kind logits labels rng
+            PerSample.chainBlendSquares c activations logits objective decay scale running
+            rng'
+        | _ ->
+            use scope = torch.NewDisposeScope()
+            let sums, rng' = batchFisherSums kind model inputs activations logits labels rng
+            use _ = torch.no_grad ()
+            List.iter2 (fun (f: Tensor) (b: Tensor) -> f.mul_(decay.ToScalar()).add_(b, scale.ToScalar()) |> ignore) running sums
+            rng'
+
     /// The diagonal Fisher of one training batch (`batchFisherSums` divided by the batch size).
     let batchFisher (kind: FisherKind) (model: Backbone) (inputs: Tensor) (activations: Tensor list) (logits: Tensor) (labels: int64[]) (rng: RandomState) : Tensor list * RandomState =
         let sums, rng' = batchFisherSums kind model inputs activations logits labels rng
@@ -276,6 +293,11 @@ type OnlineEwcState =
     { Fisher: Tensor list option
       Penalty: Quadratic option
       Rng: RandomState }
+
+/// A batch's Fisher entering a running Fisher in place: `blend decay scale running rng` sets
+/// `running ← decay · running + scale · Σ_n g_n²` (g_n the batch's per-sample gradients) and returns the
+/// generator after any label draws. EWC++ and RWalk observe every step through one.
+type FisherBlend = float -> float -> Tensor list -> RandomState -> RandomState
 
 /// EWC++ (Chaudhry et al. 2018): the Fisher is updated every batch, `F ← α F_batch + (1 − α) F`; at each
 /// task end the penalty `Σ (λ/2) F (θ − θ*)²` is frozen with that Fisher and θ* = θ.
@@ -428,22 +450,27 @@ module Importance =
     /// EWC++'s initial state (the running Fisher starts at zero on the first batch).
     let ewcPlusPlusInitial (rng: RandomState) : EwcPlusPlusState = { Running = None; Penalty = None; Rng = rng }
 
-    /// The running Fisher's update `F ← α F_batch + (1 − α) F` with `F_batch = sums / count`, in place
-    /// (zero before the first batch).
-    let updateRunningFromSums (alpha: float) (sums: Tensor list) (count: int) (running: Tensor list option) : Tensor list =
-        let r = match running with Some r -> r | None -> ParameterTensors.zerosLike sums
+    let private blendInPlace (decay: float) (scale: float) (running: Tensor list) (sums: Tensor list) =
         use _ = torch.no_grad ()
-        let weight = alpha / float count
-        List.iter2 (fun (f: Tensor) (b: Tensor) -> f.mul_((1.0 - alpha).ToScalar()).add_(b, weight.ToScalar()) |> ignore) r sums
-        r
+        List.iter2 (fun (f: Tensor) (b: Tensor) -> f.mul_(decay.ToScalar()).add_(b, scale.ToScalar()) |> ignore) running sums
 
-    /// The running Fisher's update `F ← α F_batch + (1 − α) F`, in place (zero before the first batch).
-    let updateRunning (alpha: float) (batchFisher: Tensor list) (running: Tensor list option) : Tensor list =
-        updateRunningFromSums alpha batchFisher 1 running
+    /// The blend of batch sums already computed (`running ← decay · running + scale · sums`).
+    let blendSums (sums: Tensor list) : FisherBlend =
+        fun decay scale running rng ->
+            blendInPlace decay scale running sums
+            rng
 
-    /// EWC++ after a step's backward: the batch Fisher (`sums / count`) enters the running average.
-    let ewcPlusPlusObserve (alpha: float) (batchSums: Tensor list) (count: int) (state: EwcPlusPlusState) : EwcPlusPlusState =
-        { state with Running = Some(updateRunningFromSums alpha batchSums count state.Running) }
+    /// The running Fisher's update `F ← α F_batch + (1 − α) F` with `F_batch = Σ_n g_n² / count`, in
+    /// place (zero before the first batch); returns the running Fisher and the generator.
+    let blendRunning (alpha: float) (count: int) (blend: FisherBlend) (parameters: Tensor list) (running: Tensor list option) (rng: RandomState) : Tensor list * RandomState =
+        let r = match running with Some r -> r | None -> ParameterTensors.zerosLike parameters
+        let rng' = blend (1.0 - alpha) (alpha / float count) r rng
+        r, rng'
+
+    /// EWC++ after a step's backward: the batch's Fisher (`Σ_n g_n² / count`) enters the running average.
+    let ewcPlusPlusObserve (alpha: float) (count: int) (blend: FisherBlend) (parameters: Tensor list) (state: EwcPlusPlusState) : EwcPlusPlusState =
+        let running, rng = blendRunning alpha count blend parameters state.Running state.Rng
+        { state with Running = Some running; Rng = rng }
 
     /// EWC++ at a task end: the penalty freezes the running Fisher with θ* = θ.
     let ewcPlusPlusEndTask (lambda: float) (parameters: Tensor list) (state: EwcPlusPlusState) : EwcPlusPlusState =
@@ -540,13 +567,14 @@ module Importance =
             WindowSteps = 0
             LearningRate = learningRate }
 
-    /// RWalk after a step's backward: the batch Fisher (`sums / count`) enters the running average and
-    /// `lr g²` the window's loss change.
-    let rwalkObserve (alpha: float) (batchSums: Tensor list) (count: int) (gradients: Tensor list) (state: RwalkState) : RwalkState =
+    /// RWalk after a step's backward: the batch's Fisher (`Σ_n g_n² / count`) enters the running average
+    /// and `lr g²` the window's loss change.
+    let rwalkObserve (alpha: float) (count: int) (blend: FisherBlend) (gradients: Tensor list) (state: RwalkState) : RwalkState =
         match state.WindowLoss with
         | Some loss ->
             accumulatePath state.LearningRate gradients loss
-            { state with Running = Some(updateRunningFromSums alpha batchSums count state.Running) }
+            let running, rng = blendRunning alpha count blend gradients state.Running state.Rng
+            { state with Running = Some running; Rng = rng }
         | None -> invalidOp "RWalk observed a step before its task began"
 
     /// Closes the open window: its score is added to the task's scores; a new window starts at θ.

@@ -92,10 +92,12 @@ module ImportanceStrategies =
 
     let private parametersOf (model: Backbone) = PerSample.parameters model
 
-    let private batchFisherSums (kind: FisherKind) (view: StepView) (rng: RandomState) =
+    /// The step's batch Fisher, blended straight into a running Fisher from the step's own activations.
+    let private batchFisherBlend (kind: FisherKind) (parameters: Tensor list) (view: StepView) : FisherBlend =
         let activations = view.Batch.Inputs :: view.Output.Features
         let labels = view.Batch.LabelArray |> Array.map int64
-        Estimate.batchFisherSums kind view.Model view.Batch.Inputs activations view.Output.Logits labels rng
+        fun decay scale running rng ->
+            Estimate.blendBatchFisher kind view.Model parameters view.Batch.Inputs activations view.Output.Logits labels decay scale running rng
 
     let private rngOf (settings: ImportanceSettings) = Random.split 3L (Random.create settings.Seed)
 
@@ -124,9 +126,8 @@ module ImportanceStrategies =
         { Name = "ewc++"
           BeginTask = fun _ s -> s
           Observe =
-            Some(fun _ view s ->
-                let sums, rng = batchFisherSums settings.Fisher view s.Rng
-                { Importance.ewcPlusPlusObserve settings.FisherAlpha sums view.Batch.LabelArray.Length s with Rng = rng })
+            Some(fun parameters view s ->
+                Importance.ewcPlusPlusObserve settings.FisherAlpha view.Batch.LabelArray.Length (batchFisherBlend settings.Fisher parameters view) parameters s)
           AfterStep = None
           EndTask = fun c s -> Importance.ewcPlusPlusEndTask settings.Lambda (parametersOf c.Model) s
           Penalty = fun s -> s.Penalty
@@ -158,8 +159,7 @@ module ImportanceStrategies =
           BeginTask = fun c s -> Importance.rwalkBeginTask c.LearningRate (parametersOf c.Model) s
           Observe =
             Some(fun parameters view s ->
-                let sums, rng = batchFisherSums settings.Fisher view s.Rng
-                { Importance.rwalkObserve settings.FisherAlpha sums view.Batch.LabelArray.Length (Importance.gradients parameters) s with Rng = rng })
+                Importance.rwalkObserve settings.FisherAlpha view.Batch.LabelArray.Length (batchFisherBlend settings.Fisher parameters view) (Importance.gradients parameters) s)
           AfterStep = Some(fun parameters s -> Importance.rwalkAfterStep settings.ScoreEvery settings.Epsilon parameters s)
           EndTask = fun c s -> Importance.rwalkEndTask settings.Lambda settings.Epsilon (parametersOf c.Model) s
           Penalty = fun s -> s.Penalty

@@ -94,6 +94,22 @@ let tests =
             sameStatistics "batch Fisher" reference batch
             true))
 
+        testPropertyWithConfig config "the batch Fisher blended into a running Fisher in place equals decay · F + scale · Σ of one backward per sample" (Prop.forAll (Arb.fromGen (Gen.zip3 caseGen (Gen.choose (0, 100)) (Gen.choose (1, 300)))) (fun (c, d, s) ->
+            let model = modelOf c
+            let data = dataOf c
+            let output = model.ForwardWithFeatures data.Inputs
+            let labels = data.LabelArray |> Array.map int64
+            let decay, scale = float d / 100.0, float s / 100.0
+            for kind, weighted in [ Empirical, false; LabelWeighted, true ] do
+                torch.manual_seed (int64 c.Seed + 11L) |> ignore
+                let start = PerSample.parameters model |> List.map (fun p -> torch.rand_like p)
+                let running = start |> List.map (fun t -> t.clone ())
+                Estimate.blendBatchFisher kind model (PerSample.parameters model) data.Inputs (data.Inputs :: output.Features) output.Logits labels decay scale running (Random.create 1L) |> ignore
+                let sums = PerSample.loopSums model data.Inputs (NegativeLogLikelihood(labels, weighted)) Squares
+                let expected = List.map2 (fun (f: Tensor) (g: Tensor) -> f.mul(decay.ToScalar()).add(g, scale.ToScalar())) start sums
+                sameStatistics (sprintf "blended %A" kind) expected running
+            true))
+
         testPropertyWithConfig config "SCP with effective slices equals Σ over the original slices" (Prop.forAll (Arb.fromGen (Gen.zip caseGen (Gen.choose (1, 9)))) (fun (c, slices) ->
             let model = modelOf c
             let data = dataOf c

@@ -86,8 +86,12 @@ let tests =
         testPropertyWithConfig config "the EWC++ update is the convex combination α F_batch + (1 − α) F" (Prop.forAll (Arb.fromGen (Gen.zip3 (Gen.choose (0, 100)) (Gen.arrayOfLength 6 (Gen.choose (0, 1000))) (Gen.arrayOfLength 6 (Gen.choose (0, 1000))))) (fun (a, x, y) ->
             let alpha = float a / 100.0
             let batch, running = Array.map float x, Array.map float y
-            let updated = Importance.updateRunning alpha [ vector batch ] (Some [ vector running ])
-            let result = flatValues updated
+            // EWC++'s observe with a batch of `count` samples whose squared gradients sum to count · F_batch.
+            let count = 1 + a % 7
+            let state = { Importance.ewcPlusPlusInitial (Random.create 1L) with Running = Some [ vector running ] }
+            use sums = (vector batch).mul((float count).ToScalar())
+            let updated = Importance.ewcPlusPlusObserve alpha count (Importance.blendSums [ sums ]) [ vector batch ] state
+            let result = flatValues updated.Running.Value
             let expected = Array.map2 (fun b r -> alpha * b + (1.0 - alpha) * r) batch running
             arraysClose 1e-6 "α F_batch + (1 − α) F" expected result
             Array.forall2 (fun (v: float) (b: float, r: float) -> v >= min b r - 1e-3 && v <= max b r + 1e-3) result (Array.zip batch running)))
@@ -177,7 +181,7 @@ let tests =
                 for _ in 1 .. steps do
                     tensorStep w false p
                     use g2 = p.grad.square ()
-                    state <- Importance.rwalkObserve alpha [ g2 ] 1 [ p.grad ] state
+                    state <- Importance.rwalkObserve alpha 1 (Importance.blendSums [ g2 ]) [ p.grad ] state
                     sgdUpdate w.LearningRate p
                     state <- Importance.rwalkAfterStep every epsilon [ p ] state
                 state <- Importance.rwalkEndTask lambda epsilon [ p ] state
