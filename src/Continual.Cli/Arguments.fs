@@ -70,7 +70,7 @@ type RunArgs =
             | Lwf_Balance -> "LwF: weight old and new terms by λ = |Y_old|/|Y_seen| (the lecture's balancing)."
             | Subspace_Dim _ -> "subspace dimension of --distill sd (default 2)."
             | Backbone _ -> "mlp (default, the reference MLP 100-100), cnn (small CNN) or resnet18 (reduced, 20 base filters)."
-            | Out _ -> "folder for results.json and results.csv (default runs/<benchmark>-<strategy>-<buffer>-s<seed>)."
+            | Out _ -> "folder for results.json and results.csv (default runs/<benchmark>-<strategy>-<buffer>-s<seed>); compare: for one such folder per run and compare.json (default runs/compare)."
             | Quiet -> "no progress bars."
             | Repeat _ -> "bench only: number of whole runs to time (default 1)."
             | Strategies _ -> "compare only: comma-separated strategies (default sgd,joint,er,der,derpp)."
@@ -133,7 +133,7 @@ type Command =
             match this with
             | Run _ -> "train a strategy on a benchmark, print the accuracy matrices and write results."
             | Bench _ -> "time a whole run: wall time, steps per second, peak memory."
-            | Compare _ -> "run several strategies over several seeds and print mean and spread (--strategies, --seeds)."
+            | Compare _ -> "run several strategies over several seeds: mean, spread, per-seed figures and each one's paired Task-IL gain over sgd (--strategies, --seeds); writes compare.json."
             | Bench_Penalties _ -> "time each importance estimator on a 12,000-image task and each penalty's step overhead against plain SGD."
             | Verify _ -> "re-check an exported task-<k>.onnx under ONNX Runtime against the accuracy it records."
             | Export _ -> "lay a run's task models out as a model repository (--layout triton --to REPO)."
