@@ -56,6 +56,11 @@ module ParameterTensors =
             use au = u.mul(a.ToScalar())
             au.add(v, b.ToScalar()).DetachFromDisposeScope()) x y
 
+    /// `running ← decay · running + scale · update`, in place, per parameter.
+    let blendInto (decay: float) (scale: float) (running: Tensor list) (update: Tensor list) : unit =
+        use _ = torch.no_grad ()
+        List.iter2 (fun (r: Tensor) (u: Tensor) -> r.mul_(decay.ToScalar()).add_(u, scale.ToScalar()) |> ignore) running update
+
     /// Frees tensors.
     let dispose (tensors: Tensor list) = tensors |> List.iter (fun t -> t.Dispose())
 
@@ -187,19 +192,18 @@ module Estimate =
     /// Blends one training batch's diagonal Fisher into a running Fisher in place, `running ← decay ·
     /// running + scale · Σ_n g_n²` (EWC++, RWalk): for an MLP fused into one `addmm_`/`addmv_` per tensor
     /// from the step's own activations (the batch sums are never materialised); other backbones go
-    /// through `batchFisherSums`. `parameters` are the model's, in order.
+    /// one autograd pass per sample. `parameters` are the model's, in order.
     let blendBatchFisher (kind: FisherKind) (model: Backbone) (parameters: Tensor list) (inputs: Tensor) (activations: Tensor list) (logits: Tensor) (labels: int64[]) (decay: float) (scale: float) (running: Tensor list) (rng: RandomState) : RandomState =
+        let objective, rng' = fisherLabels kind logits labels rng
         match PerSample.chainOf model parameters with
         | Some c when activations.Length = c.Layers.Length ->
-            let objective, rng' = fisherLabels kind logits labels rng
             PerSample.chainBlendSquares c activations logits objective decay scale running
-            rng'
         | _ ->
-            use scope = torch.NewDisposeScope()
-            let sums, rng' = batchFisherSums kind model inputs activations logits labels rng
-            use _ = torch.no_grad ()
-            List.iter2 (fun (f: Tensor) (b: Tensor) -> f.mul_(decay.ToScalar()).add_(b, scale.ToScalar()) |> ignore) running sums
-            rng'
+            // loopSums' results outlive dispose scopes; they are freed here.
+            let sums = PerSample.loopSums model inputs objective Squares
+            ParameterTensors.blendInto decay scale running sums
+            ParameterTensors.dispose sums
+        rng'
 
     /// The diagonal Fisher of one training batch (`batchFisherSums` divided by the batch size).
     let batchFisher (kind: FisherKind) (model: Backbone) (inputs: Tensor) (activations: Tensor list) (logits: Tensor) (labels: int64[]) (rng: RandomState) : Tensor list * RandomState =
@@ -450,14 +454,10 @@ module Importance =
     /// EWC++'s initial state (the running Fisher starts at zero on the first batch).
     let ewcPlusPlusInitial (rng: RandomState) : EwcPlusPlusState = { Running = None; Penalty = None; Rng = rng }
 
-    let private blendInPlace (decay: float) (scale: float) (running: Tensor list) (sums: Tensor list) =
-        use _ = torch.no_grad ()
-        List.iter2 (fun (f: Tensor) (b: Tensor) -> f.mul_(decay.ToScalar()).add_(b, scale.ToScalar()) |> ignore) running sums
-
     /// The blend of batch sums already computed (`running ← decay · running + scale · sums`).
     let blendSums (sums: Tensor list) : FisherBlend =
         fun decay scale running rng ->
-            blendInPlace decay scale running sums
+            ParameterTensors.blendInto decay scale running sums
             rng
 
     /// The running Fisher's update `F ← α F_batch + (1 − α) F` with `F_batch = Σ_n g_n² / count`, in
