@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-src/Continual.Cli/bin/Release/net10.0/linux-x64/continual}
 work=${2:-$(mktemp -d)}
+mkdir -p "$work"
 configs=(
   "sgd|--strategy sgd"
   "joint|--strategy joint"

@@ -10,17 +10,13 @@ open Continual
 open Continual.Data
 open Continual.Models
 open Continual.Penalties
-open Continual.Strategies
+open Continual.Methods
 open Spectre.Console
 open TorchSharp
 
-/// An extension that contributes its wrapped extension's loss terms and penalties and nothing else:
-/// the cost of the penalty alone, without the method's per-step bookkeeping.
-type private TermsOnly(inner: Extension) =
-    inherit Extension()
-    override _.Name = inner.Name
-    override _.Terms view = inner.Terms view
-    override _.Penalties = inner.Penalties
+/// A method that contributes its loss terms and penalties and nothing else: the cost of the penalty
+/// alone, without the method's per-step bookkeeping.
+let private termsOnly (m: MethodInstance) : MethodInstance = { m with Observe = None; AfterStep = None }
 
 let private time (f: unit -> 'a) =
     let clock = Stopwatch.StartNew()
@@ -41,16 +37,8 @@ let run (config: ExperimentConfig) (out: string option) : int =
     let tasks = benchmark.Tasks |> Array.ofList
     let first = Benchmarks.selectClasses tasks.[0].Classes benchmark.Train
     let second = Benchmarks.selectClasses tasks.[1].Classes benchmark.Train
-    let context (task: int) (data: LabelledSet) (model: Backbone) =
-        { Task = task
-          Classes = tasks.[task].Classes
-          SeenClasses = [ for t in 0 .. task do yield! tasks.[t].Classes ] |> List.sort
-          Train = data
-          Model = model
-          Architecture = architecture
-          Device = settings.Device
-          LearningRate = settings.LearningRate
-          BatchSize = settings.BatchSize }
+    let context (task: int) (data: LabelledSet) (state: TrainingState) =
+        Training.taskContext architecture settings state task tasks.[task].Classes ([ for t in 0 .. task do yield! tasks.[t].Classes ] |> List.sort) data
     let batches (data: LabelledSet) =
         let n = data.Count / settings.BatchSize
         [| for i in 0 .. n - 1 ->
@@ -63,8 +51,9 @@ let run (config: ExperimentConfig) (out: string option) : int =
     try
         // ---- estimators on the first task's 12,000 images, after one epoch of SGD on it ----
         AnsiConsole.MarkupLine("estimators on task 1 ({0} images) after one epoch of SGD ...", first.Count)
-        let sgdState = Training.initialise architecture benchmark Strategies.sgd settings
-        let trained = Training.trainOn Strategies.sgd settings 0 first ignore CancellationToken.None sgdState
+        let sgd = Sgd.strategy ()
+        let sgdState = Training.initialise architecture benchmark sgd settings
+        let trained = Training.trainOn sgd settings 0 first ignore CancellationToken.None sgdState
         let model = trained.Model
         let rng = Random.create config.Seed
         let dispose (ts: Tensor list) = ParameterTensors.dispose ts
@@ -109,17 +98,17 @@ let run (config: ExperimentConfig) (out: string option) : int =
         let rounds, block = 15, 100
         AnsiConsole.MarkupLine("step overhead: {0} rounds of {1} steps each of SGD, the method, and its penalty term alone ...", rounds, block)
         let stepRows =
-            [ for name in ImportanceStrategies.names ->
+            [ for name in Experiment.importanceNames ->
                 let methodConfig = Experiment.importanceDefaults name { config with Strategy = name; Seed = config.Seed }
                 let strategy = Experiment.strategy methodConfig
                 let mutable state = Training.initialise architecture benchmark strategy settings
                 // A short first task, then its end: the penalty is active from here on.
-                let extensions = state.Extensions |> List.map (fun e -> e.BeginTask(context 0 first state.Model))
+                state <- Training.beginTask (context 0 first state) state
                 let warm = { first with Inputs = first.Inputs.narrow(0L, 0L, 3000L); Labels = first.Labels.narrow(0L, 0L, 3000L); LabelArray = Array.sub first.LabelArray 0 3000 }
-                state <- Training.trainOn strategy settings 0 warm ignore CancellationToken.None { state with Extensions = extensions }
+                state <- Training.trainOn strategy settings 0 warm ignore CancellationToken.None state
                 warm.Dispose()
-                let (ended, endSeconds) = time (fun () -> state.Extensions |> List.map (fun e -> e.EndTask(context 0 first state.Model)))
-                state <- { state with Extensions = ended |> List.map (fun e -> e.BeginTask(context 1 second state.Model)) }
+                let (ended, endSeconds) = time (fun () -> Training.endTask (context 0 first state) state)
+                state <- Training.beginTask (context 1 second ended) ended
                 let mutable cursor = 0
                 let next () =
                     let b = stepBatches.[cursor % stepBatches.Length]
@@ -127,8 +116,8 @@ let run (config: ExperimentConfig) (out: string option) : int =
                     b
                 // Process CPU time, not wall time: the machine may be shared, and time spent descheduled
                 // is not the step's cost (libtorch runs on one intra-op thread here).
-                let runBlock (s: Strategy) (exts: Extension list) =
-                    let mutable st = { state with Extensions = exts }
+                let runBlock (s: Strategy) (methods: MethodInstance list) =
+                    let mutable st = { state with Methods = methods }
                     use me = Process.GetCurrentProcess()
                     let before = me.TotalProcessorTime
                     for _ in 1 .. block do
@@ -138,20 +127,20 @@ let run (config: ExperimentConfig) (out: string option) : int =
                     let seconds = (me.TotalProcessorTime - before).TotalSeconds / float block
                     state <- st
                     seconds
-                let methodExtensions = ref state.Extensions
+                let methodMethods = ref state.Methods
+                let plainMethods = sgd.Methods
                 let plain, full, termOnly = ResizeArray(), ResizeArray(), ResizeArray()
                 // One block of each untimed first (warm-up), then the timed rounds.
                 for round in 0 .. rounds do
-                    let p = runBlock Strategies.sgd []
-                    let f = runBlock strategy methodExtensions.Value
-                    methodExtensions.Value <- state.Extensions
-                    let t = runBlock Strategies.sgd (methodExtensions.Value |> List.map (fun e -> new TermsOnly(e) :> Extension))
+                    let p = runBlock sgd plainMethods
+                    let f = runBlock strategy methodMethods.Value
+                    methodMethods.Value <- state.Methods
+                    let t = runBlock sgd (methodMethods.Value |> List.map termsOnly)
                     if round > 0 then
                         plain.Add p
                         full.Add f
                         termOnly.Add t
-                methodExtensions.Value |> List.iter (fun e -> e.Dispose())
-                Training.dispose { state with Extensions = [] }
+                Training.dispose { state with Methods = methodMethods.Value }
                 // Ratios are taken round by round (neighbouring blocks see the same machine), then the median.
                 let fullRatio = median [ for i in 0 .. plain.Count - 1 -> full.[i] / plain.[i] ]
                 let termRatio = median [ for i in 0 .. plain.Count - 1 -> termOnly.[i] / plain.[i] ]

@@ -113,7 +113,7 @@ let private distillCosts (args: ParseResults<RunArgs>) =
     let sgdConfig = { configOf args (Some "sgd") None with Distill = None }
     let configs =
         ("sgd", sgdConfig) :: (baseConfig.Strategy, baseConfig)
-        :: [ for name in Continual.Strategies.DistillationKind.names do
+        :: [ for name in Continual.Methods.DistillationKind.names do
                if not (name = "relation" && baseConfig.BufferSize = 0 || name = "relation" && baseConfig.Strategy = "icarl") then
                    yield sprintf "%s + %s" baseConfig.Strategy name, { baseConfig with Distill = Some name } ]
     configs |> List.iter (snd >> check)

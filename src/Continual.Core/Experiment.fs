@@ -3,7 +3,7 @@ namespace Continual
 open System.Threading
 open Continual.Data
 open Continual.Models
-open Continual.Strategies
+open Continual.Methods
 
 /// Everything that defines a run. Every field is a command-line option; `Experiment.defaults` gives
 /// the reference protocol's values for a strategy and buffer size.
@@ -77,14 +77,17 @@ type ExperimentResult =
 [<RequireQualifiedAccess>]
 module Experiment =
 
+    /// The parameter-importance methods, as on the command line.
+    let importanceNames = [ "ewc"; "ewc-online"; "ewc++"; "si"; "mas"; "rwalk"; "scp" ]
+
     /// The strategies this build knows.
-    let strategyNames = [ "sgd"; "joint"; "er"; "der"; "derpp"; "lwf"; "icarl" ] @ ImportanceStrategies.names
+    let strategyNames = [ "sgd"; "joint"; "er"; "der"; "derpp"; "lwf"; "icarl" ] @ importanceNames
 
     /// Strategies that keep a memory of examples (the size given by --buffer).
     let private withMemory = [ "er"; "der"; "derpp"; "icarl" ]
 
     /// Whether a strategy is a parameter-importance method.
-    let isImportance (strategy: string) = List.contains strategy ImportanceStrategies.names
+    let isImportance (strategy: string) = List.contains strategy importanceNames
 
     /// The importance hyper-parameters of a method (or neutral values for "none"): METHODS.md's
     /// reference settings for online EWC (λ 90, γ 1, p-weighted Fisher) and SI (c 1, ξ 0.9, clipping
@@ -220,7 +223,7 @@ module Experiment =
           | _ -> ()
           match config.Penalty with
           | Some p when not (isImportance p) ->
-              sprintf "unknown penalty '%s' (expected one of: %s)" p (String.concat ", " ImportanceStrategies.names)
+              sprintf "unknown penalty '%s' (expected one of: %s)" p (String.concat ", " importanceNames)
           | Some p when isImportance config.Strategy ->
               sprintf "--penalty %s cannot be added to %s, itself an importance method (one per run)" p config.Strategy
           | Some p when config.Strategy = "joint" -> sprintf "--penalty %s has no effect on joint (a single task)" p
@@ -262,50 +265,54 @@ module Experiment =
           if device <> "cpu" && not (device.StartsWith "cuda") then
               sprintf "unknown device '%s' (expected cpu or cuda)" config.Device ]
 
-    /// The importance settings of a configuration.
-    let importanceSettings (config: ExperimentConfig) : ImportanceSettings =
-        { Lambda = config.Lambda
-          Gamma = config.Gamma
-          Xi = config.Xi
-          FisherAlpha = config.FisherAlpha
-          ScoreEvery = config.ScoreEvery
-          Epsilon = config.Epsilon
-          Slices = config.Slices
-          ScpAlpha = config.ScpAlpha
-          ScpBatch = config.ScpBatch
-          Fisher = Penalties.FisherKind.parse config.Fisher
-          Seed = config.Seed }
+    /// An importance method of a configuration, packed with its initial state (its generator drawn
+    /// from the run's seed).
+    let importanceMethod (name: string) (config: ExperimentConfig) : MethodInstance =
+        let fisher = Penalties.FisherKind.parse config.Fisher
+        match name with
+        | "ewc" -> Ewc.create { Lambda = config.Lambda; Fisher = fisher } config.Seed
+        | "ewc-online" -> OnlineEwc.create { Lambda = config.Lambda; Gamma = config.Gamma; Fisher = fisher } config.Seed
+        | "ewc++" -> EwcPlusPlus.create { Lambda = config.Lambda; FisherAlpha = config.FisherAlpha; Fisher = fisher } config.Seed
+        | "si" -> Si.create { C = config.Lambda; Xi = config.Xi }
+        | "mas" -> Mas.create { Lambda = config.Lambda }
+        | "rwalk" ->
+            Rwalk.create
+                { Lambda = config.Lambda; FisherAlpha = config.FisherAlpha; ScoreEvery = config.ScoreEvery; Epsilon = config.Epsilon; Fisher = fisher }
+                config.Seed
+        | "scp" -> Scp.create { Lambda = config.Lambda; Alpha = config.ScpAlpha; Slices = config.Slices; BatchSize = config.ScpBatch } config.Seed
+        | other -> invalidArg (nameof name) (sprintf "unknown importance method '%s' (expected one of: %s)" other (String.concat ", " importanceNames))
 
-    /// The strategy a configuration names, with its hyper-parameters (and its added penalty, if any).
+    /// The strategy a configuration names, with its hyper-parameters (and its added penalty and
+    /// distillation term, if any).
     let strategy (config: ExperimentConfig) : Strategy =
+        let replay: Der.Settings = { BufferSize = config.BufferSize; Minibatch = config.Minibatch; Alpha = config.Alpha; Beta = config.Beta }
         let baseStrategy =
             match config.Strategy with
-            | "sgd" -> Strategies.sgd
-            | "joint" -> Strategies.joint
-            | "er" -> Strategies.er config.BufferSize config.Minibatch
-            | "der" -> Strategies.der config.BufferSize config.Minibatch config.Alpha
-            | "derpp" -> Strategies.derpp config.BufferSize config.Minibatch config.Alpha config.Beta
-            | "lwf" ->
-                DistillationStrategies.lwf
-                    { DistillationStrategies.lwfDefaults with Alpha = config.Alpha; Temperature = config.Temperature; Balanced = config.LwfBalance }
-                    config.Seed
-            | "icarl" -> DistillationStrategies.icarl config.BufferSize
-            | name when isImportance name -> ImportanceStrategies.strategy name (importanceSettings config) None
+            | "sgd" -> Sgd.strategy ()
+            | "joint" -> Sgd.joint ()
+            | "er" -> Er.strategy { BufferSize = config.BufferSize; Minibatch = config.Minibatch }
+            | "der" -> Der.der replay
+            | "derpp" -> Der.derpp replay
+            | "lwf" -> Lwf.strategy { Lwf.Settings.Default with Alpha = config.Alpha; Temperature = config.Temperature; Balanced = config.LwfBalance } config.Seed
+            | "icarl" -> Icarl.strategy { Memory = config.BufferSize }
+            // An importance method on its own is fine-tuning plus its penalty.
+            | name when isImportance name -> { Sgd.strategy () with Name = name } |> Method.add (importanceMethod name config)
             | other -> invalidArg (nameof config) (sprintf "unknown strategy '%s'" other)
         let clipped = match config.ClipGrad with Some c -> { baseStrategy with ClipGradValue = Some c } | None -> baseStrategy
         let penalised =
             match config.Penalty with
-            | Some name -> clipped |> Strategies.withExtension (ImportanceStrategies.extension name (importanceSettings config))
+            | Some name -> clipped |> Method.add (importanceMethod name config)
             | None -> clipped
         match config.Distill |> Option.bind DistillationKind.parse with
         | Some kind ->
             penalised
-            |> DistillationStrategies.withDistillation
-                { Kind = kind
-                  Weight = config.DistillWeight
-                  Temperature = config.Temperature
-                  SubspaceDim = config.SubspaceDim
-                  RelationSamples = 32 }
+            |> Method.add
+                (DistillationTerm.create
+                    { Kind = kind
+                      Weight = config.DistillWeight
+                      Temperature = config.Temperature
+                      SubspaceDim = config.SubspaceDim
+                      RelationSamples = 32 })
         | None -> penalised
 
     /// Loads the benchmark a configuration names, restricted per class when asked.

@@ -173,3 +173,6 @@ module Quadratic =
     let dispose (q: Quadratic) =
         q.Curvature.Dispose()
         q.Anchor.Dispose()
+
+    /// The tensors a prepared penalty owns.
+    let tensors (q: Quadratic) : Tensor list = [ q.Curvature; q.Anchor ]

@@ -6,7 +6,7 @@ open Continual.Data
 open Continual.Models
 open Continual.Penalties
 open Continual.Replay
-open Continual.Strategies
+open Continual.Methods
 open TorchSharp
 
 /// Settings of the optimisation loop (the reference protocol's defaults live in Experiment).
@@ -39,10 +39,15 @@ type TrainingState =
       /// The model's parameters and gradients as views of two flat vectors (penalties and clipping
       /// work on them in one operation).
       Parameters: FlatParameters
+      /// The model's parameters in `parameters()` order, listed once (methods read them every step).
+      ParameterList: Tensor list
+      /// One SGD over the model's parameters and any auxiliary modules' (their own group, no weight decay).
       Optimiser: torch.optim.Optimizer
       Buffer: ReplayBuffer option
-      /// The strategy's extensions in their current state.
-      Extensions: Extension list
+      /// The strategy's methods in their current state, in the order their terms are summed.
+      Methods: MethodInstance list
+      /// Modules the shell trains for a method (FitNets' regressor), by the method's position.
+      Auxiliary: (int * torch.nn.Module<Tensor, Tensor>) list
       Rng: RandomState
       /// Index of the next task to train.
       NextTask: int
@@ -56,7 +61,7 @@ type AfterTask =
       Architecture: Architecture
       Benchmark: Benchmark
       /// The accuracies of the model's own logits, which an exported model reproduces. They are the
-      /// run's reported figures except where an extension classifies differently (iCaRL's nearest
+      /// run's reported figures except where a method classifies differently (iCaRL's nearest
       /// mean of exemplars): then they are measured again from the logits.
       Accuracies: TaskAccuracies
       TestSets: Evaluation.TaskTestSets
@@ -112,23 +117,33 @@ module Training =
             else None
         { Model = model
           Parameters = flat
+          ParameterList = PerSample.parameters model
           Optimiser = optimiser
           Buffer = buffer
-          Extensions = strategy.Extensions
+          Methods = strategy.Methods
+          Auxiliary = []
           Rng = Random.split 2L rng
           NextTask = 0
           StepsTaken = 0L }
 
-    /// The summed value of the extensions' closed-form penalties at the current parameters (0 when
+    /// The summed value of the methods' closed-form penalties at the current parameters (0 when
     /// there are none). Steps add these penalties' gradients but do not evaluate them, which would
     /// cost as much again; the shell evaluates them when it reports.
     let penaltyValue (state: TrainingState) : float =
-        match state.Extensions |> List.collect (fun e -> e.Penalties) with
+        match state.Methods |> List.collect (fun m -> m.Penalties()) with
         | [] -> 0.0
         | penalties -> penalties |> List.sumBy (fun p -> Quadratic.valueAt p.Penalty state.Parameters.Values)
 
+    /// Applies a per-step transition of every method that has one, freeing what each dropped.
+    let private advanceAll (transition: MethodInstance -> (unit -> MethodInstance) option) (methods: MethodInstance list) =
+        methods
+        |> List.map (fun m ->
+            match transition m with
+            | Some next -> Method.advance (fun _ -> next ()) m
+            | None -> m)
+
     /// One optimiser step on one batch: draws, a single forward pass over the batch and the draws,
-    /// the strategy's terms, backward, the extensions' penalties' gradients in closed form, clipping,
+    /// the methods' terms, backward, the methods' penalties' gradients in closed form, clipping,
     /// step, and the reservoir update. Every tensor made here dies with the step's dispose scope.
     /// Returns the summed loss of the autograd terms (see `penaltyValue` for the penalties') and the
     /// new state.
@@ -167,26 +182,30 @@ module Training =
             else
                 { Logits = output.Logits.narrow(0L, 0L, int64 batchSize)
                   Features = output.Features |> List.map (fun f -> f.narrow(0L, 0L, int64 batchSize)) }
-        let view = { Batch = batch; Output = batchOutput; Replay = replay; Model = state.Model }
-        let terms = strategy.Terms view @ (state.Extensions |> List.collect (fun e -> e.Terms view))
-        let penalties = state.Extensions |> List.collect (fun e -> e.Penalties)
+        let view = { Batch = batch; Output = batchOutput; Replay = replay; Model = state.Model; Parameters = state.ParameterList }
+        let terms = state.Methods |> List.collect (fun m -> m.Terms view)
+        let penalties = state.Methods |> List.collect (fun m -> m.Penalties())
         let loss = Losses.total terms
         loss.backward ()
         let flat = state.Parameters
         for p in penalties do
             Quadratic.addGradient p.Penalty flat.Values flat.Gradients
         match strategy.ClipGradValue with
-        | Some c -> flat.Gradients.clamp_((-c).ToScalar(), c.ToScalar()) |> ignore
+        | Some c ->
+            flat.Gradients.clamp_((-c).ToScalar(), c.ToScalar()) |> ignore
+            for (_, m) in state.Auxiliary do
+                for p in m.parameters () do
+                    if not (isNull p.grad) then p.grad.clamp_((-c).ToScalar(), c.ToScalar()) |> ignore
         | None -> ()
-        let extensions = state.Extensions |> List.map (fun e -> e.AfterBackwardOn view)
+        let methods = state.Methods |> advanceAll (fun m -> m.Observe |> Option.map (fun observe () -> observe view))
         state.Optimiser.step () |> ignore
-        let extensions = extensions |> List.map (fun e -> e.AfterStep state.Model)
+        let methods = methods |> advanceAll (fun m -> m.AfterStep |> Option.map (fun after () -> after state.ParameterList))
         let buffer =
             buffer
             |> Option.map (fun b ->
                 use logits = batchOutput.Logits.detach ()
                 Replay.add batch.Task batch.Inputs batch.Labels batch.LabelArray logits b)
-        loss.ToSingle(), { state with Buffer = buffer; Extensions = extensions; StepsTaken = state.StepsTaken + 1L }
+        loss.ToSingle(), { state with Buffer = buffer; Methods = methods; StepsTaken = state.StepsTaken + 1L }
 
     /// Trains one pass of `epochs` over a labelled set as the given task, reporting progress.
     let trainOn
@@ -239,10 +258,123 @@ module Training =
     /// Frees what a training state holds.
     let dispose (state: TrainingState) =
         state.Buffer |> Option.iter Replay.dispose
-        state.Extensions |> List.iter (fun e -> e.Dispose())
+        state.Methods |> List.iter Method.dispose
         state.Optimiser.Dispose()
+        state.Auxiliary |> List.iter (fun (_, m) -> m.Dispose())
         FlatParameters.dispose state.Parameters
         state.Model.Dispose()
+
+    /// Runs `f` with the model in evaluation mode, back in training mode after.
+    let private inEvalMode (model: Backbone) (f: unit -> 'T) : 'T =
+        model.eval ()
+        try f () finally model.train ()
+
+    /// The model's embeddings of inputs in one forward pass, in evaluation mode and without gradients
+    /// (a tensor of the caller's dispose scope).
+    let embed (model: Backbone) (inputs: Tensor) : Tensor =
+        use _ = torch.no_grad ()
+        inEvalMode model (fun () -> (model.ForwardWithFeatures inputs).Embedding)
+
+    /// The model's embeddings of many inputs as host rows, moved to the device and computed in chunks
+    /// of 1000, in evaluation mode and without gradients.
+    let embedRows (model: Backbone) (device: Device) (inputs: Tensor) : float32[][] =
+        use _ = torch.no_grad ()
+        inEvalMode model (fun () ->
+            let n = int inputs.shape.[0]
+            let chunk = 1000
+            [| for start in 0 .. chunk .. n - 1 do
+                   use scope = torch.NewDisposeScope()
+                   let x = inputs.narrow(0L, int64 start, int64 (min chunk (n - start))).``to`` device
+                   let e = (model.ForwardWithFeatures x).Embedding.cpu().contiguous()
+                   let width = int e.shape.[1]
+                   let flat = e.data<float32>().ToArray()
+                   yield! Array.init (int e.shape.[0]) (fun r -> Array.sub flat (r * width) width) |])
+
+    /// The context of a task for the methods: its classes and data, the model and the shell's
+    /// embedding functions.
+    let taskContext (architecture: Architecture) (settings: TrainingSettings) (state: TrainingState) (task: int) (classes: int list) (seen: int list) (train: LabelledSet) : TaskContext =
+        { Task = task
+          Classes = classes
+          SeenClasses = seen
+          Train = train
+          Model = state.Model
+          Parameters = state.ParameterList
+          Architecture = architecture
+          Device = settings.Device
+          LearningRate = settings.LearningRate
+          BatchSize = settings.BatchSize
+          Embed = embed state.Model
+          EmbedRows = embedRows state.Model settings.Device }
+
+    /// LwF's classifier warm-up: `Epochs` passes over the task's data training only the classifier with
+    /// plain SGD at the run's learning rate (no weight decay), CE over the task's own classes, features
+    /// frozen (computed in evaluation mode). Returns the generator after its shuffles.
+    let warmUpClassifier (context: TaskContext) (warmUp: ClassifierWarmUp) : RandomState =
+        let model = context.Model
+        let classifier = model.Classifier
+        use optimiser = torch.optim.SGD(classifier.parameters (), context.LearningRate)
+        let n = context.Train.Count
+        let mutable rng = warmUp.Rng
+        inEvalMode model (fun () ->
+            for _ in 1 .. warmUp.Epochs do
+                let order, next = Random.permutation n rng
+                rng <- next
+                for start in 0 .. context.BatchSize .. n - 1 do
+                    use scope = torch.NewDisposeScope()
+                    let size = min context.BatchSize (n - start)
+                    let index = torch.tensor(Array.sub order start size, dtype = torch.ScalarType.Int64)
+                    let x = context.Train.Inputs.index_select(0L, index).``to`` context.Device
+                    let y = context.Train.Labels.index_select(0L, index).``to`` context.Device
+                    let embedding =
+                        use _ = torch.no_grad ()
+                        (model.ForwardWithFeatures x).Embedding.detach()
+                    optimiser.zero_grad ()
+                    let logits = classifier.forward embedding
+                    let loss = Losses.crossEntropy (Losses.maskToClasses context.Classes logits) y
+                    loss.backward ()
+                    optimiser.step () |> ignore
+            optimiser.zero_grad ())
+        rng
+
+    /// Builds a method's auxiliary module from the model's embedding of one training example, moves it to
+    /// the device and adds its parameters to the optimiser (their own group: the run's learning rate,
+    /// no weight decay).
+    let private buildAuxiliary (context: TaskContext) (build: Tensor -> torch.nn.Module<Tensor, Tensor>) (optimiser: torch.optim.Optimizer) =
+        let auxiliary =
+            use scope = torch.NewDisposeScope()
+            use probe = context.Train.Inputs.narrow(0L, 0L, 1L).``to`` context.Device
+            build (context.Embed probe)
+        auxiliary.``to`` context.Device |> ignore
+        match optimiser with
+        | :? Modules.SGD as sgd ->
+            sgd.add_param_group(Modules.SGD.ParamGroup(auxiliary.parameters (), context.LearningRate, 0.0, 0.0, 0.0, false, false))
+        | other -> invalidOp (sprintf "auxiliary modules need the shell's SGD, not %s" (other.GetType().Name))
+        auxiliary
+
+    /// A task's start for every method, in order: the shell's classifier warm-up where a method asks for
+    /// one, its auxiliary module on first use, then the method's own BeginTask.
+    let beginTask (context: TaskContext) (state: TrainingState) : TrainingState =
+        let mutable auxiliary = state.Auxiliary
+        let methods =
+            state.Methods
+            |> List.mapi (fun i m ->
+                let m =
+                    match m.WarmUp context with
+                    | Some(warmUp, resume) -> Method.advance (fun _ -> resume (warmUpClassifier context warmUp)) m
+                    | None -> m
+                let m =
+                    match m.Auxiliary with
+                    | Some build when not (auxiliary |> List.exists (fun (j, _) -> j = i)) ->
+                        let module' = buildAuxiliary context build state.Optimiser
+                        auxiliary <- auxiliary @ [ i, module' ]
+                        Method.advance (fun m -> m.Attach module') m
+                    | _ -> m
+                Method.advance (fun m -> m.BeginTask context) m)
+        { state with Methods = methods; Auxiliary = auxiliary }
+
+    /// A task's end for every method, in order.
+    let endTask (context: TaskContext) (state: TrainingState) : TrainingState =
+        { state with Methods = state.Methods |> List.map (Method.advance (fun m -> m.EndTask context)) }
 
     /// Runs a strategy over a benchmark's stream (or all at once for JOINT), evaluating after every
     /// task on every task's test set.
@@ -269,22 +401,15 @@ module Training =
         try
             for (taskIndex, classes, data, ownsData) in units do
                 let clock = Stopwatch.StartNew()
-                let context =
-                    { Task = taskIndex
-                      Classes = classes
-                      SeenClasses = benchmark.Tasks |> List.filter (fun t -> t.Index <= taskIndex) |> List.collect (fun t -> t.Classes) |> List.append classes |> List.distinct |> List.sort
-                      Train = data
-                      Model = state.Model
-                      Architecture = architecture
-                      Device = settings.Device
-                      LearningRate = settings.LearningRate
-                      BatchSize = settings.BatchSize }
+                let seen =
+                    benchmark.Tasks |> List.filter (fun t -> t.Index <= taskIndex) |> List.collect (fun t -> t.Classes) |> List.append classes |> List.distinct |> List.sort
+                let context = taskContext architecture settings state taskIndex classes seen data
                 try
                     if not (FlatParameters.isBound state.Parameters state.Model) then
                         invalidOp "the model's parameters no longer sit in their flat layout (was the model moved or a gradient replaced during the run?)"
-                    state <- { state with Extensions = state.Extensions |> List.map (fun e -> e.BeginTask context) }
-                    // Extensions may add examples (iCaRL's exemplars) to this task's training data.
-                    let extra = state.Extensions |> List.choose (fun e -> e.ExtraTrainingData())
+                    state <- beginTask context state
+                    // Methods may add examples (iCaRL's exemplars) to this task's training data.
+                    let extra = state.Methods |> List.choose (fun m -> m.ExtraTrainingData())
                     let trainingData =
                         match extra with
                         | [] -> data
@@ -299,12 +424,12 @@ module Training =
                         if not extra.IsEmpty then
                             for s in trainingData :: extra do
                                 s.Dispose()
-                    state <- { state with Extensions = state.Extensions |> List.map (fun e -> e.EndTask context) }
+                    state <- endTask context state
                 finally
                     if ownsData then
                         data.Dispose()
                 let trained = clock.Elapsed.TotalSeconds
-                let scores = state.Extensions |> List.tryPick (fun e -> e.Scores)
+                let scores = state.Methods |> List.tryPick (fun m -> m.Scores())
                 let accuracies = Evaluation.evaluateWith scores state.Model settings.Device testSets
                 let total = clock.Elapsed.TotalSeconds
                 trainSeconds <- trainSeconds + trained
@@ -329,7 +454,7 @@ module Training =
                       Device = settings.Device }
                 hookSeconds <- hookSeconds + hookClock.Elapsed.TotalSeconds
         with _ ->
-            // A cancelled or failed run frees its model, optimiser, buffer and extensions at once.
+            // A cancelled or failed run frees its model, optimiser, buffer and methods at once.
             for (_, set) in testSets do
                 set.Dispose()
             dispose state

@@ -8,7 +8,7 @@ open System.Text.Json
 open Continual
 open Continual.Data
 open Continual.Models
-open Continual.Strategies
+open Continual.Methods
 open TorchSharp
 
 /// A model whose ONNX export does not reproduce it; the message says which check failed and by how much.

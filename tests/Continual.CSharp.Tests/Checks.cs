@@ -239,9 +239,9 @@ internal static class Checks
         Assert.Equal(7, ((Microsoft.FSharp.Core.FSharpOption<int>)some!).Value);
         Assert.Equal<object?>(null, Convert(null, typeof(Microsoft.FSharp.Core.FSharpOption<int>)));
         // Choices among named cases (a field kind strategies may add): by case name, any spelling.
-        var schedule = typeof(global::Continual.Strategies.Schedule);
-        Assert.Equal<object?>(global::Continual.Strategies.Schedule.Joint, Convert("JOINT", schedule));
-        Assert.Equal<object?>(global::Continual.Strategies.Schedule.Sequential, Convert("sequential", schedule));
+        var schedule = typeof(global::Continual.Methods.Schedule);
+        Assert.Equal<object?>(global::Continual.Methods.Schedule.Joint, Convert("JOINT", schedule));
+        Assert.Equal<object?>(global::Continual.Methods.Schedule.Sequential, Convert("sequential", schedule));
         var refused = Refused("sideways", schedule);
         Assert.True(refused.Contains("Sequential") && refused.Contains("Joint"), refused);
         // Field names: any case, '-' or '_', and the command line's short names.

@@ -1,4 +1,4 @@
-/// Properties of Losses.fs and the DER terms of Strategies.fs.
+/// Properties of Losses.fs and the DER terms of Methods/Der.fs.
 module Continual.Properties.LossProperties
 
 open Expecto

@@ -11,7 +11,7 @@ open Continual
 open Continual.Data
 open Continual.Models
 open Continual.Penalties
-open Continual.Strategies
+open Continual.Methods
 open TorchSharp
 
 /// The shared fixed-seed configuration (CI is reproducible), 60 cases per property.
@@ -57,19 +57,24 @@ let benchmark (seed: int) (perClass: int) (taskCount: int) : Benchmark =
       Test = test
       Tasks = [ { Index = 0; Classes = [ 0; 1 ] }; { Index = 1; Classes = [ 2; 3 ] } ] |> List.truncate taskCount }
 
-/// Default importance settings for the tiny runs (λ given).
-let settings (lambda: float) : ImportanceSettings =
-    { Lambda = lambda
-      Gamma = 1.0
-      Xi = 0.9
-      FisherAlpha = 0.9
-      ScoreEvery = 3
-      Epsilon = 1e-3
-      Slices = 7
-      ScpAlpha = 0.5
-      ScpBatch = 16
-      Fisher = Empirical
-      Seed = 5L }
+/// The seed of the importance methods' own generators in the tiny runs.
+let methodSeed = 5L
+
+/// A method with the tiny runs' settings (λ and the Fisher's labels given): γ 1, ξ 0.9, α 0.9, windows
+/// of 3 steps, ε 1e-3, SCP's 7 slices, α 0.5 and batches of 16.
+let methodWith (name: string) (lambda: float) (fisher: FisherKind) : MethodInstance =
+    match name with
+    | "ewc" -> Ewc.create { Lambda = lambda; Fisher = fisher } methodSeed
+    | "ewc-online" -> OnlineEwc.create { Lambda = lambda; Gamma = 1.0; Fisher = fisher } methodSeed
+    | "ewc++" -> EwcPlusPlus.create { Lambda = lambda; FisherAlpha = 0.9; Fisher = fisher } methodSeed
+    | "si" -> Si.create { C = lambda; Xi = 0.9 }
+    | "mas" -> Mas.create { Lambda = lambda }
+    | "rwalk" -> Rwalk.create { Lambda = lambda; FisherAlpha = 0.9; ScoreEvery = 3; Epsilon = 1e-3; Fisher = fisher } methodSeed
+    | "scp" -> Scp.create { Lambda = lambda; Alpha = 0.5; Slices = 7; BatchSize = 16 } methodSeed
+    | other -> failwithf "unknown method %s" other
+
+/// The generator every importance method starts from in the tiny runs.
+let methodRng () = Importance.generator methodSeed
 
 let trainingSettings : TrainingSettings =
     { LearningRate = 0.1
@@ -80,14 +85,18 @@ let trainingSettings : TrainingSettings =
       Device = torch.CPU
       ProgressEvery = 1000 }
 
-/// Trains a method on the tiny benchmark through `taskCount` tasks and returns the final extension,
+/// A method as a strategy: fine-tuning plus its penalty, with optional gradient clipping.
+let strategyOf (instance: MethodInstance) (clip: float option) : Strategy =
+    { Sgd.strategy () with Name = instance.Name; ClipGradValue = clip } |> Method.add instance
+
+/// Trains a method on the tiny benchmark through `taskCount` tasks and returns the final method,
 /// the model and a copy of its final parameters (the last anchor), flat.
-let trained (name: string) (lambda: float) (taskCount: int) : Extension * Backbone * float[] =
+let trained (name: string) (lambda: float) (taskCount: int) : MethodInstance * Backbone * float[] =
     let b = benchmark 11 24 taskCount
     let fisherOf n = if n = "ewc" then Sampled elif n = "ewc-online" then LabelWeighted else Empirical
-    let strategy = ImportanceStrategies.strategy name { settings lambda with Fisher = fisherOf name } (if name = "si" then Some 1.0 else None)
+    let strategy = strategyOf (methodWith name lambda (fisherOf name)) (if name = "si" then Some 1.0 else None)
     let outcome = Training.run architecture b strategy trainingSettings RunHooks.none CancellationToken.None
-    outcome.State.Extensions.Head, outcome.State.Model, flatValues [ for p in outcome.State.Model.parameters () -> p :> Tensor ]
+    List.last outcome.State.Methods, outcome.State.Model, flatValues [ for p in outcome.State.Model.parameters () -> p :> Tensor ]
 
 /// How a method's penalty reads in plain arrays: its coefficient c of `c Σ Ω (θ − θ*)²` and its
 /// (importance, anchor) pairs, taken from the method's state independently of the prepared penalty.
@@ -116,24 +125,19 @@ let rwalkReference (fisher: float[]) (scores: float[]) =
 
 /// The reference reading of a trained method's state; `anchor` is the model's parameters at the last
 /// task end (every single-anchor method anchors there).
-let reference (name: string) (lambda: float) (extension: Extension) (anchor: float[]) : Reference =
+let reference (name: string) (lambda: float) (instance: MethodInstance) (anchor: float[]) : Reference =
     let one (omega: Tensor list) = [ flatValues omega, anchor ]
-    match extension with
-    | :? ImportanceExtension<EwcState> as e ->
-        { Name = name; Coefficient = lambda / 2.0; Pairs = e.State.Tasks |> List.map (fun (f, a) -> flatValues f, flatValues a) }
-    | :? ImportanceExtension<OnlineEwcState> as e ->
-        { Name = name; Coefficient = lambda; Pairs = one e.State.Fisher.Value }
-    | :? ImportanceExtension<EwcPlusPlusState> as e ->
-        { Name = name; Coefficient = lambda / 2.0; Pairs = one e.State.Running.Value }
-    | :? ImportanceExtension<SiState> as e ->
-        { Name = name; Coefficient = lambda; Pairs = one e.State.Importance.Value }
-    | :? ImportanceExtension<MasState> as e ->
-        { Name = name; Coefficient = lambda / 2.0; Pairs = one e.State.Importance.Value }
-    | :? ImportanceExtension<RwalkState> as e ->
-        let omega = rwalkReference (flatValues e.State.Running.Value) (flatValues e.State.PreviousScores.Value)
+    match instance.State with
+    | :? Ewc.State as s ->
+        { Name = name; Coefficient = lambda / 2.0; Pairs = s.Tasks |> List.map (fun (f, a) -> flatValues f, flatValues a) }
+    | :? OnlineEwc.State as s -> { Name = name; Coefficient = lambda; Pairs = one s.Fisher.Value }
+    | :? EwcPlusPlus.State as s -> { Name = name; Coefficient = lambda / 2.0; Pairs = one s.Running.Value }
+    | :? Si.State as s -> { Name = name; Coefficient = lambda; Pairs = one s.Importance.Value }
+    | :? Mas.State as s -> { Name = name; Coefficient = lambda / 2.0; Pairs = one s.Importance.Value }
+    | :? Rwalk.State as s ->
+        let omega = rwalkReference (flatValues s.Running.Value) (flatValues s.PreviousScores.Value)
         { Name = name; Coefficient = lambda / 2.0; Pairs = [ omega, anchor ] }
-    | :? ImportanceExtension<ScpState> as e ->
-        { Name = name; Coefficient = lambda; Pairs = one e.State.Gamma.Value }
+    | :? Scp.State as s -> { Name = name; Coefficient = lambda; Pairs = one s.Gamma.Value }
     | _ -> failwithf "no reference for %s" name
 
 /// Writes flat values into a model's parameters.
@@ -152,16 +156,17 @@ let viewOf (model: Backbone) : StepView =
     { Batch = { Inputs = x; Labels = torch.zeros([| 1L |], dtype = torch.ScalarType.Int64); LabelArray = [| 0 |]; Task = 0 }
       Output = { Logits = torch.zeros(1L, 4L); Features = [] }
       Replay = []
-      Model = model }
+      Model = model
+      Parameters = PerSample.parameters model }
 
-/// The extension's penalty at θ as the training shell applies it: in closed form on the model's flat
+/// The method's penalty at θ as the training shell applies it: in closed form on the model's flat
 /// layout. Returns its value and the gradient it adds, flat.
-let termAt (extension: Extension) (model: Backbone) (theta: float[]) : float * float[] =
+let termAt (instance: MethodInstance) (model: Backbone) (theta: float[]) : float * float[] =
     let flat = FlatParameters.create model
     try
         setParameters model theta
         (use _ = torch.no_grad () in flat.Gradients.zero_() |> ignore)
-        match extension.Penalties with
+        match instance.Penalties() with
         | [ term ] ->
             Quadratic.addGradient term.Penalty flat.Values flat.Gradients
             Quadratic.valueAt term.Penalty flat.Values, flatValues [ flat.Gradients ]
@@ -176,10 +181,10 @@ let displacement : Gen<float[]> =
     |> Gen.map (Array.map (fun i -> float (float32 i / 1000.0f)))
 
 /// The names of every importance method.
-let methods = ImportanceStrategies.names
+let methods = Experiment.importanceNames
 
 /// Each method trained once per λ (cached: training is the slow part).
-let private cache = System.Collections.Concurrent.ConcurrentDictionary<string * float * int, Lazy<Extension * Backbone * float[]>>()
+let private cache = System.Collections.Concurrent.ConcurrentDictionary<string * float * int, Lazy<MethodInstance * Backbone * float[]>>()
 
 /// A method trained through `tasks` tasks with strength λ, shared by the properties.
 let methodState (name: string) (lambda: float) (tasks: int) =
@@ -195,3 +200,18 @@ let arraysClose (tolerance: float) (what: string) (expected: float[]) (actual: f
     for i in 0 .. expected.Length - 1 do
         if abs (expected.[i] - actual.[i]) > tolerance * scale then
             failtestf "%s: element %d is %g, expected %g (tolerance %g x %g)" what i actual.[i] expected.[i] tolerance scale
+
+/// A task context on the tiny architecture for calling a method's transitions directly.
+let contextOf (model: Backbone) (data: LabelledSet) : TaskContext =
+    { Task = 0
+      Classes = []
+      SeenClasses = []
+      Train = data
+      Model = model
+      Parameters = PerSample.parameters model
+      Architecture = architecture
+      Device = torch.CPU
+      LearningRate = trainingSettings.LearningRate
+      BatchSize = trainingSettings.BatchSize
+      Embed = Training.embed model
+      EmbedRows = Training.embedRows model torch.CPU }

@@ -1,4 +1,4 @@
-/// Properties of the importance estimators and their state transitions (Penalties.Importance.fs):
+/// Properties of the importance estimators and their state transitions (Importance.Estimates.fs and the Methods/ modules):
 /// importance non-negative and finite, online EWC with γ = 1 sums the tasks' Fishers, EWC++ and SCP
 /// updates are convex combinations, SI's and RWalk's scores match a hand-stepped reference.
 module Continual.Properties.PenaltiesImportance
@@ -9,7 +9,7 @@ open FsCheck.FSharp
 open Continual
 open Continual.Models
 open Continual.Penalties
-open Continual.Strategies
+open Continual.Methods
 open Continual.Properties.PenaltiesFixtures
 open TorchSharp
 
@@ -74,12 +74,12 @@ let tests =
             let first = synthetic seed 20 [ 0; 1 ]
             let second = synthetic (seed + 7) 20 [ 2; 3 ]
             let rng = Random.create (int64 seed)
-            let s1 = Importance.onlineEwcEndTask 1.0 1.0 LabelWeighted model first torch.CPU (Importance.onlineEwcInitial rng)
+            let s1 = OnlineEwc.endTask { Lambda = 1.0; Gamma = 1.0; Fisher = LabelWeighted } (contextOf model first) (OnlineEwc.initial rng)
             let f1, _ = Estimate.fisher LabelWeighted model first torch.CPU rng
             // The model moves between the tasks.
             (use _ = torch.no_grad () in for p in model.parameters () do p.add_(torch.randn_like p, 0.3.ToScalar()) |> ignore)
             let f2, _ = Estimate.fisher LabelWeighted model second torch.CPU rng
-            let s2 = Importance.onlineEwcEndTask 1.0 1.0 LabelWeighted model second torch.CPU s1
+            let s2 = OnlineEwc.endTask { Lambda = 1.0; Gamma = 1.0; Fisher = LabelWeighted } (contextOf model second) s1
             arraysClose 1e-6 "F = F_1 + F_2" (Array.map2 (+) (flatValues f1) (flatValues f2)) (flatValues s2.Fisher.Value)
             true))
 
@@ -88,9 +88,9 @@ let tests =
             let batch, running = Array.map float x, Array.map float y
             // EWC++'s observe with a batch of `count` samples whose squared gradients sum to count · F_batch.
             let count = 1 + a % 7
-            let state = { Importance.ewcPlusPlusInitial (Random.create 1L) with Running = Some [ vector running ] }
+            let state = { EwcPlusPlus.initial (Random.create 1L) with Running = Some [ vector running ] }
             use sums = (vector batch).mul((float count).ToScalar())
-            let updated = Importance.ewcPlusPlusObserve alpha count (Importance.blendSums [ sums ]) [ vector batch ] state
+            let updated = EwcPlusPlus.observe alpha count (Importance.blendSums [ sums ]) [ vector batch ] state
             let result = flatValues updated.Running.Value
             let expected = Array.map2 (fun b r -> alpha * b + (1.0 - alpha) * r) batch running
             arraysClose 1e-6 "α F_batch + (1 − α) F" expected result
@@ -103,10 +103,10 @@ let tests =
             let first = synthetic seed 20 [ 0; 1 ]
             let second = synthetic (seed + 3) 20 [ 2; 3 ]
             let rng = Random.create (int64 seed)
-            let s1 = Importance.scpEndTask 1.0 alpha 5 8 model first torch.CPU (Importance.scpInitial rng)
+            let s1 = Scp.endTask { Lambda = 1.0; Alpha = alpha; Slices = 5; BatchSize = 8 } (contextOf model first) (Scp.initial rng)
             let old = flatValues s1.Gamma.Value
             let current, _ = Estimate.scp 5 8 model second torch.CPU s1.Rng
-            let s2 = Importance.scpEndTask 1.0 alpha 5 8 model second torch.CPU s1
+            let s2 = Scp.endTask { Lambda = 1.0; Alpha = alpha; Slices = 5; BatchSize = 8 } (contextOf model second) s1
             let first1, _ = Estimate.scp 5 8 model first torch.CPU rng
             arraysClose 1e-6 "first task: (1 − α) Γ_1" (flatValues first1 |> Array.map (fun g -> (1.0 - alpha) * g)) old
             arraysClose 1e-6 "α Γ_old + (1 − α) Γ_t" (Array.map2 (fun o c -> alpha * o + (1.0 - alpha) * c) old (flatValues current)) (flatValues s2.Gamma.Value)
@@ -128,14 +128,14 @@ let tests =
                 start <- Array.copy theta
             // The transitions on a two-element parameter tensor.
             let p = (vector w.Start).requires_grad_ true
-            let mutable state = Importance.siInitial
+            let mutable state = Si.initial
             for steps in [ fst w.Steps; snd w.Steps ] do
-                state <- Importance.siBeginTask w.LearningRate [ p ] state
+                state <- Si.beginTask w.LearningRate [ p ] state
                 for _ in 1 .. steps do
                     tensorStep w true p
-                    state <- Importance.siObserve [ p.grad ] state
+                    state <- Si.observe [ p.grad ] state
                     sgdUpdate w.LearningRate p
-                state <- Importance.siEndTask c xi [ p ] state
+                state <- Si.endTask c xi [ p ] state
             arraysClose 1e-4 "θ" theta (values p)
             arraysClose 1e-4 "Ω" omegaBig (flatValues state.Importance.Value)
             // Its penalty at a probe point: c Σ Ω (θ − θ_end)².
@@ -175,16 +175,16 @@ let tests =
             let expectedOmega = rwalkReference fisher.Value expectedScores
             // The transitions.
             let p = (vector w.Start).requires_grad_ true
-            let mutable state = Importance.rwalkInitial (Random.create 1L)
+            let mutable state = Rwalk.initial (Random.create 1L)
             for steps in [ fst w.Steps; snd w.Steps ] do
-                state <- Importance.rwalkBeginTask w.LearningRate [ p ] state
+                state <- Rwalk.beginTask w.LearningRate [ p ] state
                 for _ in 1 .. steps do
                     tensorStep w false p
                     use g2 = p.grad.square ()
-                    state <- Importance.rwalkObserve alpha 1 (Importance.blendSums [ g2 ]) [ p.grad ] state
+                    state <- Rwalk.observe alpha 1 (Importance.blendSums [ g2 ]) [ p.grad ] state
                     sgdUpdate w.LearningRate p
-                    state <- Importance.rwalkAfterStep every epsilon [ p ] state
-                state <- Importance.rwalkEndTask lambda epsilon [ p ] state
+                    state <- Rwalk.afterStep every epsilon [ p ] state
+                state <- Rwalk.endTask lambda epsilon [ p ] state
             // Scores divide by ½ F Δθ² + ε: float32 round-off is amplified, hence 1e-3 (a broken formula is off by factors).
             arraysClose 1e-4 "θ" theta.Value (values p)
             arraysClose 1e-3 "F" fisher.Value (flatValues state.Running.Value)

@@ -75,7 +75,7 @@ let private methodProperties (name: string) =
             let e, _, anchor = twoTasks ()
             let theta = add anchor d
             let p = tensors theta |> List.map (fun t -> t.requires_grad_ true)
-            match e.Penalties with
+            match e.Penalties() with
             | [ term ] ->
                 let value = Quadratic.term term.Penalty p
                 value.backward ()

@@ -1,4 +1,5 @@
-/// Example-based tests of src/Continual.Core/Strategies.Distillation.fs: LwF's warm-up and terms,
+/// Example-based tests of the distillation methods (Methods/Lwf.fs, Icarl.fs, DistillationTerm.fs) and the
+/// shell phases they need (Training.fs): LwF's warm-up and terms,
 /// iCaRL's memory and nearest-mean classifier, the --distill terms, and the shell changes they need.
 module Continual.Tests.DistillationStrategies
 
@@ -8,7 +9,7 @@ open Continual
 open Continual.Data
 open Continual.Models
 open Continual.Replay
-open Continual.Strategies
+open Continual.Methods
 
 let private features = 12
 let private architecture = Mlp(features, [ 16; 8 ], 10)
@@ -33,10 +34,25 @@ let private context (model: Backbone) (task: int) (train: LabelledSet) : TaskCon
       SeenClasses = [ 0 .. 2 * task + 1 ]
       Train = train
       Model = model
+      Parameters = [ for p in model.parameters () -> p :> Tensor ]
       Architecture = architecture
       Device = torch.CPU
       LearningRate = 0.1
-      BatchSize = 10 }
+      BatchSize = 10
+      Embed = Training.embed model
+      EmbedRows = Training.embedRows model torch.CPU }
+
+/// A method's task start as the shell runs it: its warm-up when it asks for one, then BeginTask; what
+/// the transitions drop is freed.
+let private begin' (context: TaskContext) (m: MethodInstance) =
+    let m =
+        match m.WarmUp context with
+        | Some(warmUp, resume) -> Method.advance (fun _ -> resume (Training.warmUpClassifier context warmUp)) m
+        | None -> m
+    Method.advance (fun m -> m.BeginTask context) m
+
+/// A method's task end, freeing what it drops.
+let private end' (context: TaskContext) (m: MethodInstance) = Method.advance (fun m -> m.EndTask context) m
 
 let private freshModel (seed: int64) =
     torch.manual_seed seed |> ignore
@@ -50,7 +66,8 @@ let private view (model: Backbone) (set: LabelledSet) (task: int) : StepView =
     { Batch = { Inputs = set.Inputs; Labels = set.Labels; LabelArray = set.LabelArray; Task = task }
       Output = model.ForwardWithFeatures set.Inputs
       Replay = []
-      Model = model }
+      Model = model
+      Parameters = [ for p in model.parameters () -> p :> Tensor ] }
 
 let private disposeSet (s: LabelledSet) =
     s.Inputs.Dispose()
@@ -65,7 +82,7 @@ let lwfTests =
             let train = syntheticSet 2L [ 2; 3 ] 20
             let before = parameterValues model
             let classifier = model.Classifier
-            LwfExtension.WarmUp (context model 1 train) 1 (Random.create 3L) |> ignore
+            Training.warmUpClassifier (context model 1 train) { Epochs = 1; Rng = Random.create 3L } |> ignore
             let after = parameterValues model
             let classifierCount = Seq.length (classifier.parameters ())
             let hiddenBefore, hiddenAfter = List.take (before.Length - classifierCount) before, List.take (after.Length - classifierCount) after
@@ -81,22 +98,22 @@ let lwfTests =
             use _ = torch.NewDisposeScope()
             use model = freshModel 4L
             let first, second = syntheticSet 5L [ 0; 1 ] 10, syntheticSet 6L [ 2; 3 ] 10
-            let settings = DistillationStrategies.lwfDefaults
+            let settings = Lwf.Settings.Default
             let names (terms: LossTerm list) = terms |> List.map (fun t -> t.Name)
-            let e0 = (new LwfExtension(settings, 0L) :> Extension).BeginTask(context model 0 first)
+            let e0 = Method.pack (Lwf.method settings) (Lwf.initial 0L) |> begin' (context model 0 first)
             Expect.equal (names (e0.Terms(view model first 0))) [ "ce" ] "task 1: CE only"
-            let e1 = e0.EndTask(context model 0 first).BeginTask(context model 1 second)
+            let e1 = e0 |> end' (context model 0 first) |> begin' (context model 1 second)
             let plain = e1.Terms(view model second 1)
             Expect.equal (names plain) [ "ce"; "lwf.kd" ] "task 2: CE and the soft-target term"
             // The same run with balancing, on an identical model (the warm-up changes the classifier).
             use twin = freshModel 4L
-            let balanced = (new LwfExtension({ settings with Balanced = true }, 0L) :> Extension).BeginTask(context twin 0 first)
-            let b1 = balanced.EndTask(context twin 0 first).BeginTask(context twin 1 second)
+            let balanced = Method.pack (Lwf.method { settings with Balanced = true }) (Lwf.initial 0L) |> begin' (context twin 0 first)
+            let b1 = balanced |> end' (context twin 0 first) |> begin' (context twin 1 second)
             let bt = b1.Terms(view twin second 1)
             // Two old classes among four seen: λ = 1/2 on both terms.
             for (p, b) in List.zip plain bt do
                 Expect.floatClose Accuracy.medium (b.Value.ToDouble()) (0.5 * p.Value.ToDouble()) (sprintf "%s is halved" p.Name)
-            for e in [ e1; b1 ] do e.Dispose()
+            for e in [ e1; b1 ] do Method.dispose e
             disposeSet first
             disposeSet second
     ]
@@ -108,20 +125,21 @@ let icarlTests =
             use _ = torch.NewDisposeScope()
             use model = freshModel 7L
             let first, second = syntheticSet 8L [ 0; 1 ] 30, syntheticSet 9L [ 2; 3 ] 30
-            let e0 = (new IcarlExtension(20) :> Extension).BeginTask(context model 0 first)
+            let counts (m: MethodInstance) = Exemplars.counts (Method.stateOf<Icarl.State> m).Exemplars
+            let e0 = Method.pack (Icarl.method { Memory = 20 }) Icarl.initial |> begin' (context model 0 first)
             Expect.isNone (e0.ExtraTrainingData()) "no exemplars before the first task ends"
-            let e1 = e0.EndTask(context model 0 first)
-            Expect.equal (e1 :?> IcarlExtension).ExemplarCounts [ 0, 10; 1, 10 ] "20 slots over 2 classes"
-            let e2 = e1.BeginTask(context model 1 second)
+            let e1 = e0 |> end' (context model 0 first)
+            Expect.equal (counts e1) [ 0, 10; 1, 10 ] "20 slots over 2 classes"
+            let e2 = e1 |> begin' (context model 1 second)
             match e2.ExtraTrainingData() with
             | Some extra ->
                 Expect.equal extra.LabelArray (Array.append (Array.create 10 0) (Array.create 10 1)) "the exemplars join task 2's data"
                 Expect.equal extra.Inputs.shape [| 20L; int64 features |] "as inputs"
                 disposeSet extra
             | None -> failtest "iCaRL must add its exemplars to the next task"
-            let e3 = e2.EndTask(context model 1 second)
-            Expect.equal (e3 :?> IcarlExtension).ExemplarCounts [ 0, 5; 1, 5; 2, 5; 3, 5 ] "20 slots over 4 classes"
-            e3.Dispose()
+            let e3 = e2 |> end' (context model 1 second)
+            Expect.equal (counts e3) [ 0, 5; 1, 5; 2, 5; 3, 5 ] "20 slots over 4 classes"
+            Method.dispose e3
             disposeSet first
             disposeSet second
 
@@ -129,8 +147,8 @@ let icarlTests =
             use _ = torch.NewDisposeScope()
             use model = freshModel 10L
             let first = syntheticSet 11L [ 0; 1 ] 30
-            let e = (new IcarlExtension(20) :> Extension).BeginTask(context model 0 first).EndTask(context model 0 first)
-            let score = match e.Scores with Some s -> s | None -> failwith "iCaRL scores after a task"
+            let e = Method.pack (Icarl.method { Memory = 20 }) Icarl.initial |> begin' (context model 0 first) |> end' (context model 0 first)
+            let score = match e.Scores() with Some s -> s | None -> failwith "iCaRL scores after a task"
             use _ = torch.no_grad ()
             model.eval ()
             let output = model.ForwardWithFeatures first.Inputs
@@ -148,7 +166,7 @@ let icarlTests =
                 Expect.isTrue (System.Double.IsNegativeInfinity(scores.[int64 row, int64 c].ToDouble())) (sprintf "class %d has no exemplars" c)
             Expect.equal labels.Length 60 "data"
             disposeSet extra
-            e.Dispose()
+            Method.dispose e
             disposeSet first
     ]
 
@@ -161,9 +179,11 @@ let distillTests =
                 use model = freshModel 12L
                 let first, second = syntheticSet 13L [ 0; 1 ] 10, syntheticSet 14L [ 2; 3 ] 10
                 let settings = { Kind = kind; Weight = 1.0; Temperature = 2.0; SubspaceDim = 2; RelationSamples = 32 }
-                let e0 = (new DistillationExtension(settings) :> Extension).BeginTask(context model 0 first)
+                let e0 = DistillationTerm.create settings |> begin' (context model 0 first)
                 Expect.isEmpty (e0.Terms(view model first 0)) (name + ": no old model on the first task")
-                let e1 = e0.EndTask(context model 0 first).BeginTask(context model 1 second)
+                // FitNets' regressor is the shell's: built here as the shell builds it.
+                let e0 = match e0.Auxiliary with Some build -> e0.Attach(build (Training.embed model (first.Inputs.narrow(0L, 0L, 1L)))) | None -> e0
+                let e1 = e0 |> end' (context model 0 first) |> begin' (context model 1 second)
                 // The relation graph reads a buffer draw: give it one (the first task's data).
                 let draw = { Inputs = first.Inputs; Labels = first.Labels; Logits = torch.zeros(10L, 10L) } : ReplayDraw
                 let all = model.ForwardWithFeatures(torch.cat([| second.Inputs; first.Inputs |], 0L))
@@ -175,7 +195,7 @@ let distillTests =
                 Expect.equal (terms |> List.map (fun t -> t.Name)) [ "distill." + name ] (name + ": one named term")
                 for t in terms do
                     Expect.isLessThan (abs (t.Value.ToDouble())) 1e-4 (name + ": zero at the snapshot")
-                e1.Dispose()
+                Method.dispose e1
                 disposeSet first
                 disposeSet second
 
@@ -184,14 +204,14 @@ let distillTests =
             use model = freshModel 15L
             let first, second = syntheticSet 16L [ 0; 1 ] 10, syntheticSet 17L [ 2; 3 ] 10
             let settings = { Kind = Subspace; Weight = 1.0; Temperature = 2.0; SubspaceDim = 2; RelationSamples = 32 }
-            let e = (new DistillationExtension(settings) :> Extension).BeginTask(context model 0 first).EndTask(context model 0 first).BeginTask(context model 1 second)
+            let e = DistillationTerm.create settings |> begin' (context model 0 first) |> end' (context model 0 first) |> begin' (context model 1 second)
             (use _ = torch.no_grad ()
              for p in model.parameters () do
                  use noise = torch.randn_like p
                  p.add_(noise.mul((0.5).ToScalar())) |> ignore)
             let value = (e.Terms(view model second 1)).Head.Value.ToDouble()
             Expect.isGreaterThan value 1e-3 "SD sees the changed features"
-            e.Dispose()
+            Method.dispose e
             disposeSet first
             disposeSet second
     ]
@@ -201,12 +221,12 @@ let memoryTests =
     testSequenced <| testList "strategies.distillation.memory" [
         testCase "live tensors stay flat over many steps with LwF, iCaRL and every --distill term" <| fun () ->
             let cases =
-                [ yield "lwf", DistillationStrategies.lwf DistillationStrategies.lwfDefaults 0L
-                  yield "icarl", DistillationStrategies.icarl 20
+                [ yield "lwf", Lwf.strategy Lwf.Settings.Default 0L
+                  yield "icarl", Icarl.strategy { Memory = 20 }
                   for (kind, name) in DistillationKind.all ->
                       "der + " + name,
-                      Strategies.der 40 10 0.3
-                      |> DistillationStrategies.withDistillation { Kind = kind; Weight = 1.0; Temperature = 2.0; SubspaceDim = 2; RelationSamples = 32 } ]
+                      Der.der { BufferSize = 40; Minibatch = 10; Alpha = 0.3; Beta = 0.0 }
+                      |> Method.add (DistillationTerm.create { Kind = kind; Weight = 1.0; Temperature = 2.0; SubspaceDim = 2; RelationSamples = 32 }) ]
             for (name, strategy) in cases do
                 let first, second = syntheticSet 20L [ 0; 1 ] 10, syntheticSet 21L [ 2; 3 ] 10
                 let benchmark =
@@ -218,11 +238,11 @@ let memoryTests =
                 let batchOf (set: LabelledSet) task =
                     { Inputs = set.Inputs.narrow(0L, 0L, 10L); Labels = set.Labels.narrow(0L, 0L, 10L); LabelArray = Array.sub set.LabelArray 0 10; Task = task }
                 let b0, b1 = batchOf first 0, batchOf second 1
-                let transition f = state <- { state with Extensions = state.Extensions |> List.map f }
-                transition (fun e -> e.BeginTask(context state.Model 0 first))
+                let contextOf task classes seen data = Training.taskContext architecture settings state task classes seen data
+                state <- Training.beginTask (contextOf 0 [ 0; 1 ] [ 0; 1 ] first) state
                 for _ in 1 .. 5 do state <- snd (Training.step strategy b0 state)
-                transition (fun e -> e.EndTask(context state.Model 0 first))
-                transition (fun e -> e.BeginTask(context state.Model 1 second))
+                state <- Training.endTask (contextOf 0 [ 0; 1 ] [ 0; 1 ] first) state
+                state <- Training.beginTask (contextOf 1 [ 2; 3 ] [ 0 .. 3 ] second) state
                 let live () = DisposeScopeManager.Statistics.ThreadTotalLiveCount
                 for _ in 1 .. 10 do state <- snd (Training.step strategy b1 state)
                 let before = live ()

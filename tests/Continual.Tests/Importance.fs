@@ -1,6 +1,6 @@
 /// Example-based tests of the importance family's wiring: every method runs end to end from an
 /// experiment configuration, a penalty can be added to a replay strategy, configurations are validated
-/// and recorded, and the extensions keep the number of live tensors flat over many steps.
+/// and recorded, and the methods keep the number of live tensors flat over many steps.
 module Continual.Tests.Importance
 
 open System.Threading
@@ -9,7 +9,7 @@ open Continual
 open Continual.Data
 open Continual.Models
 open Continual.Penalties
-open Continual.Strategies
+open Continual.Methods
 open TorchSharp
 
 /// A small synthetic two-task benchmark (inputs 1x4x4, classes {0,1} then {2,3}) held in memory.
@@ -38,19 +38,21 @@ let private viewOf (model: Backbone) =
     { Batch = { Inputs = x; Labels = torch.zeros([| 1L |], dtype = torch.ScalarType.Int64); LabelArray = [| 0 |]; Task = 0 }
       Output = { Logits = torch.zeros(1L, 4L); Features = [] }
       Replay = []
-      Model = model }
+      Model = model
+      Parameters = PerSample.parameters model }
 
-/// The extension's penalty at the current parameters (None when the penalty is not formed yet).
-let private termValue (e: Extension) (model: Backbone) =
-    e.Penalties |> List.tryHead |> Option.map (fun t -> Quadratic.value t.Penalty (PerSample.parameters model))
+/// The method's penalty at the current parameters (None when the penalty is not formed yet).
+let private termValue (e: MethodInstance) (model: Backbone) =
+    e.Penalties() |> List.tryHead |> Option.map (fun t -> Quadratic.value t.Penalty (PerSample.parameters model))
 
 /// A fixed quadratic penalty, either applied in closed form by the shell (Penalties) or as an
 /// autograd loss term (Terms).
-type private FixedPenalty(penalty: Quadratic, closedForm: bool) =
-    inherit Extension()
-    override _.Name = "fixed"
-    override _.Penalties = if closedForm then [ { Name = "fixed"; Penalty = penalty } ] else []
-    override _.Terms view = if closedForm then [] else [ { Name = "fixed"; Value = Quadratic.term penalty (PerSample.parameters view.Model) } ]
+let private fixedPenalty (penalty: Quadratic) (closedForm: bool) : MethodInstance =
+    Method.pack
+        { Method.empty "fixed" with
+            Penalties = fun () -> if closedForm then [ { Name = "fixed"; Penalty = penalty } ] else []
+            Terms = fun () view -> if closedForm then [] else [ { Name = "fixed"; Value = Quadratic.term penalty view.Parameters } ] }
+        ()
 
 [<Tests>]
 let tests =
@@ -61,7 +63,7 @@ let tests =
             let settings = { Experiment.settings (configFor "sgd") with LearningRate = 0.2 }
             let data = Benchmarks.selectClasses [ 0; 1 ] benchmark.Train
             let train (closedForm: bool) =
-                let probe = Training.initialise architecture benchmark Strategies.sgd settings
+                let probe = Training.initialise architecture benchmark (Sgd.strategy ()) settings
                 let ps = PerSample.parameters probe.Model
                 // Importance between 0 and 3, an anchor away from the start: the penalty is large.
                 torch.manual_seed 10L |> ignore
@@ -69,7 +71,7 @@ let tests =
                 let anchor = ps |> List.map (fun p -> p.detach().add((0.3).ToScalar()))
                 let q = Quadratic.create Whole 1.5 omega anchor
                 Training.dispose probe
-                let strategy = { Strategies.sgd with Extensions = [ new FixedPenalty(q, closedForm) ]; ClipGradValue = Some 0.05 }
+                let strategy = { Sgd.strategy () with ClipGradValue = Some 0.05 } |> Method.add (fixedPenalty q closedForm)
                 let state = Training.initialise architecture benchmark strategy settings
                 let losses = ResizeArray()
                 let mutable st = state
@@ -95,16 +97,16 @@ let tests =
             Expect.isGreaterThan closedLosses.[0] 1.0 "the penalty dominates the first loss (it is really applied)"
 
         testList "every method runs from a configuration" [
-            for name in ImportanceStrategies.names ->
+            for name in Experiment.importanceNames ->
                 testCase name <| fun () ->
                     let benchmark = tinyBenchmark ()
                     let result = Experiment.runOn benchmark (configFor name) RunHooks.none CancellationToken.None
                     let o = result.Outcome
                     Expect.equal o.TaskIl.Length 2 "one row per task"
                     Expect.isTrue (finite o.ClassIl && finite o.TaskIl) "accuracies are percentages"
-                    match o.State.Extensions with
-                    | [ e ] ->
-                        Expect.equal e.Name name "the method's extension"
+                    match o.State.Methods with
+                    | [ sgd; e ] ->
+                        Expect.equal (sgd.Name, e.Name) ("sgd", name) "fine-tuning, then the method"
                         match name, termValue e o.State.Model with
                         | "ewc", Some v ->
                             // One anchor per task: at the last one only the first task's term remains.
@@ -112,7 +114,7 @@ let tests =
                         | _, v ->
                             // The model ends at the last (only) anchor: the penalty is formed and exactly zero there.
                             Expect.equal v (Some 0.0) "penalty formed, zero at the anchor"
-                    | other -> failtestf "one extension expected, got %d" other.Length
+                    | other -> failtestf "fine-tuning and the method expected, got %d methods" other.Length
                     Experiment.release result
         ]
 
@@ -126,7 +128,7 @@ let tests =
             let mas = configFor "derpp" |> Experiment.withPenalty (Some "mas")
             Expect.equal mas.ClipGrad None "MAS brings no clipping"
             let strategy = Experiment.strategy config
-            Expect.equal (strategy.Extensions |> List.map (fun e -> e.Name)) [ "si" ] "SI added as an extension"
+            Expect.equal (strategy.Methods |> List.map (fun m -> m.Name)) [ "derpp"; "si" ] "SI added after DER++"
             Expect.equal strategy.ReplayDraws [ 8; 8 ] "DER++ draws kept"
             let result = Experiment.runOn (tinyBenchmark ()) config RunHooks.none CancellationToken.None
             Expect.isTrue (finite result.Outcome.TaskIl) "runs"
@@ -162,7 +164,7 @@ let tests =
             Expect.notEqual (Results.configHash config) (Results.configHash { config with Lambda = 11.0 }) "λ changes the hash"
 
         testList "live tensors stay flat over many steps" [
-            for name in ImportanceStrategies.names ->
+            for name in Experiment.importanceNames ->
                 testCase name <| fun () ->
                     let benchmark = tinyBenchmark ()
                     let config = configFor name
@@ -171,13 +173,11 @@ let tests =
                     let strategy = Experiment.strategy config
                     let mutable state = Training.initialise architecture benchmark strategy settings
                     let data = Benchmarks.selectClasses [ 0; 1 ] benchmark.Train
-                    let context =
-                        { Task = 0; Classes = [ 0; 1 ]; SeenClasses = [ 0; 1 ]; Train = data; Model = state.Model
-                          Architecture = architecture; Device = torch.CPU; LearningRate = settings.LearningRate; BatchSize = 10 }
-                    state <- { state with Extensions = state.Extensions |> List.map (fun e -> e.BeginTask context) }
+                    let context = Training.taskContext architecture { settings with BatchSize = 10 } state 0 [ 0; 1 ] [ 0; 1 ] data
+                    state <- Training.beginTask context state
                     state <- Training.trainOn strategy settings 0 data ignore CancellationToken.None state
-                    state <- { state with Extensions = state.Extensions |> List.map (fun e -> e.EndTask context) }
-                    state <- { state with Extensions = state.Extensions |> List.map (fun e -> e.BeginTask { context with Task = 1 }) }
+                    state <- Training.endTask context state
+                    state <- Training.beginTask { context with Task = 1 } state
                     let batch =
                         { Inputs = data.Inputs.narrow(0L, 0L, 10L); Labels = data.Labels.narrow(0L, 0L, 10L)
                           LabelArray = Array.sub data.LabelArray 0 10; Task = 1 }

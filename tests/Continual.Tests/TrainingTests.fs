@@ -6,7 +6,7 @@ open TorchSharp
 open Continual
 open Continual.Data
 open Continual.Models
-open Continual.Strategies
+open Continual.Methods
 open Continual.Tests.TestData
 
 let private realSubset trainPerClass testPerClass strategy buffer seed =
@@ -42,7 +42,7 @@ let tests =
             use tmp = new TempFolder()
             writeSyntheticFolder tmp.Path 60 5
             let benchmark = Benchmarks.splitMnistStyle "synthetic" tmp.Path
-            let strategy = Strategies.derpp 50 10 0.5 0.5
+            let strategy = Der.derpp { BufferSize = 50; Minibatch = 10; Alpha = 0.5; Beta = 0.5 }
             let settings =
                 { LearningRate = 0.03; BatchSize = 10; Epochs = 1; WeightDecay = 0.0; Seed = 1L; Device = torch.CPU; ProgressEvery = 1000 }
             let mutable state = Training.initialise Backbones.referenceMlp benchmark strategy settings

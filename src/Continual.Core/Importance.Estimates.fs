@@ -285,118 +285,18 @@ module Estimate =
             sums <- accumulate sums batch
         finish model batches.Length sums, r
 
-/// EWC (Kirkpatrick et al. 2017): one (Fisher, anchor) pair per task, penalty `Σ_t Σ (λ/2) F_t (θ − θ*_t)²`.
-type EwcState =
-    { Tasks: (Tensor list * Tensor list) list
-      Penalty: Quadratic option
-      Rng: RandomState }
-
-/// Online EWC (Schwarz et al. 2018): one running Fisher `F ← γ F + F_t` and one anchor; penalty
-/// `λ Σ F (θ − θ*)²` (the reference convention, no ½).
-type OnlineEwcState =
-    { Fisher: Tensor list option
-      Penalty: Quadratic option
-      Rng: RandomState }
-
 /// A batch's Fisher entering a running Fisher in place: `blend decay scale running rng` sets
 /// `running ← decay · running + scale · Σ_n g_n²` (g_n the batch's per-sample gradients) and returns the
 /// generator after any label draws. EWC++ and RWalk observe every step through one.
 type FisherBlend = float -> float -> Tensor list -> RandomState -> RandomState
 
-/// EWC++ (Chaudhry et al. 2018): the Fisher is updated every batch, `F ← α F_batch + (1 − α) F`; at each
-/// task end the penalty `Σ (λ/2) F (θ − θ*)²` is frozen with that Fisher and θ* = θ.
-type EwcPlusPlusState =
-    { Running: Tensor list option
-      Penalty: Quadratic option
-      Rng: RandomState }
-
-/// SI (Zenke et al. 2017): path integral ω accumulated every step (`ω += lr g²`, the reference form of
-/// `−g Δθ` for plain SGD), consolidated at the task end `Ω += ω / ((θ − θ_start)² + ξ)`; penalty
-/// `c Σ Ω (θ − θ*)²` with θ* = θ_start of the next task.
-type SiState =
-    { Omega: Tensor list option
-      Importance: Tensor list option
-      Start: Tensor list option
-      LearningRate: float
-      Penalty: Quadratic option }
-
-/// MAS (Aljundi et al. 2018): Ω accumulated over tasks from output-norm gradients; penalty `Σ (λ/2) Ω (θ − θ*)²`.
-type MasState =
-    { Importance: Tensor list option
-      Penalty: Quadratic option }
-
-/// RWalk (Chaudhry et al. 2018): the EWC++ Fisher plus path scores `s = Σ_windows relu(Σ −g Δθ /
-/// (½ F Δθ² + ε))`, where −g Δθ is accumulated per step (`lr g²` under plain SGD) and Δθ is the
-/// displacement over a window of steps; at a task end scores are averaged with the previous tasks'
-/// and `Ω = F / max F + s / max s` (both normalised to [0, 1] as the paper suggests).
-type RwalkState =
-    { Running: Tensor list option
-      /// Σ −g Δθ over the open window.
-      WindowLoss: Tensor list option
-      /// θ at the start of the open window.
-      WindowStart: Tensor list option
-      /// Scores accumulated over the current task.
-      Scores: Tensor list option
-      /// Scores of the previous tasks (averaged).
-      PreviousScores: Tensor list option
-      /// Steps taken in the open window.
-      WindowSteps: int
-      LearningRate: float
-      Penalty: Quadratic option
-      Rng: RandomState }
-
-/// SCP (Kolouri et al. 2020): `Γ ← α Γ_old + (1 − α) Γ_t` at each task end; penalty `λ Σ Γ (θ − θ*)²`.
-type ScpState =
-    { Gamma: Tensor list option
-      Penalty: Quadratic option
-      Rng: RandomState }
-
-/// The state transitions of every importance method, as functions of explicit values. A transition
-/// consumes the state it is given: tensors it replaces are freed, tensors it keeps may be updated in place.
+/// Pieces the importance methods share (the method-specific formulas live in each method's module).
 [<RequireQualifiedAccess>]
 module Importance =
 
-    let private replacePenalty (old: Quadratic option) (next: Quadratic) =
-        old |> Option.iter Quadratic.dispose
-        Some next
-
-    let private disposeOption (tensors: Tensor list option) = tensors |> Option.iter ParameterTensors.dispose
-
-    /// Online EWC's merge `γ F_old + F_t` (pure).
-    let onlineMerge (gamma: float) (old: Tensor list) (current: Tensor list) : Tensor list =
-        ParameterTensors.combine gamma old 1.0 current
-
-    /// A convex combination `α x + (1 − α) y` (EWC++ with x the batch Fisher; SCP with x the old Γ).
+    /// A convex combination `α x + (1 − α) y` (SCP with x the old Γ).
     let convex (alpha: float) (x: Tensor list) (y: Tensor list) : Tensor list =
         ParameterTensors.combine alpha x (1.0 - alpha) y
-
-    /// SI's consolidation `Ω + ω / ((θ − θ_start)² + ξ)` (pure).
-    let siConsolidate (xi: float) (importance: Tensor list) (omega: Tensor list) (parameters: Tensor list) (start: Tensor list) : Tensor list =
-        use _ = torch.no_grad ()
-        List.zip (List.zip importance omega) (List.zip parameters start)
-        |> List.map (fun ((big: Tensor, small: Tensor), (theta: Tensor, s: Tensor)) ->
-            use d = theta.detach().sub s
-            use denominator = d.square().add(xi.ToScalar())
-            use ratio = small.div denominator
-            big.add(ratio).DetachFromDisposeScope())
-
-    /// RWalk's score for one window: `relu(loss / (½ F Δθ² + ε))`, Δθ = θ − θ_window start (pure).
-    let rwalkScore (epsilon: float) (fisher: Tensor list) (windowLoss: Tensor list) (parameters: Tensor list) (windowStart: Tensor list) : Tensor list =
-        use _ = torch.no_grad ()
-        List.zip (List.zip fisher windowLoss) (List.zip parameters windowStart)
-        |> List.map (fun ((f: Tensor, loss: Tensor), (theta: Tensor, s: Tensor)) ->
-            use d = theta.detach().sub s
-            use denominator = f.mul(d.square()).mul(0.5.ToScalar()).add(epsilon.ToScalar())
-            use ratio = loss.div denominator
-            torch.nn.functional.relu(ratio).DetachFromDisposeScope())
-
-    /// RWalk's importance `F / max F + s / max s` (a zero maximum leaves that part out).
-    let rwalkImportance (fisher: Tensor list) (scores: Tensor list) : Tensor list =
-        let fmax = ParameterTensors.max fisher
-        let smax = ParameterTensors.max scores
-        let a = if fmax > 0.0 then 1.0 / fmax else 0.0
-        let b = if smax > 0.0 then 1.0 / smax else 0.0
-        ParameterTensors.combine a fisher b scores
 
     /// `acc += lr g²` in place for every parameter (SI's ω and RWalk's window loss under plain SGD).
     let accumulatePath (learningRate: float) (gradients: Tensor list) (acc: Tensor list) =
@@ -405,54 +305,6 @@ module Importance =
 
     /// The gradients currently held by parameters (null where a parameter has none).
     let gradients (parameters: Tensor list) : Tensor list = parameters |> List.map (fun p -> p.grad)
-
-    // ---- EWC ----
-
-    /// EWC's initial state.
-    let ewcInitial (rng: RandomState) : EwcState = { Tasks = []; Penalty = None; Rng = rng }
-
-    /// EWC at a task end: a new (Fisher, anchor) pair; the penalty consolidates all pairs.
-    let ewcEndTask (lambda: float) (kind: FisherKind) (model: Backbone) (data: LabelledSet) (device: Device) (state: EwcState) : EwcState =
-        let fisher, rng = Estimate.fisher kind model data device state.Rng
-        let tasks = state.Tasks @ [ fisher, ParameterTensors.copy (PerSample.parameters model) ]
-        { Tasks = tasks; Penalty = replacePenalty state.Penalty (Quadratic.consolidate Half lambda tasks); Rng = rng }
-
-    /// Frees EWC's tensors.
-    let ewcDispose (state: EwcState) =
-        for (f, a) in state.Tasks do
-            ParameterTensors.dispose f
-            ParameterTensors.dispose a
-        state.Penalty |> Option.iter Quadratic.dispose
-
-    // ---- online EWC ----
-
-    /// Online EWC's initial state.
-    let onlineEwcInitial (rng: RandomState) : OnlineEwcState = { Fisher = None; Penalty = None; Rng = rng }
-
-    /// Online EWC at a task end: `F ← γ F + F_t`, θ* = θ.
-    let onlineEwcEndTask (lambda: float) (gamma: float) (kind: FisherKind) (model: Backbone) (data: LabelledSet) (device: Device) (state: OnlineEwcState) : OnlineEwcState =
-        let current, rng = Estimate.fisher kind model data device state.Rng
-        let fisher =
-            match state.Fisher with
-            | None -> current
-            | Some old ->
-                let merged = onlineMerge gamma old current
-                ParameterTensors.dispose old
-                ParameterTensors.dispose current
-                merged
-        { Fisher = Some fisher
-          Penalty = replacePenalty state.Penalty (Quadratic.create Whole lambda fisher (PerSample.parameters model))
-          Rng = rng }
-
-    /// Frees online EWC's tensors.
-    let onlineEwcDispose (state: OnlineEwcState) =
-        disposeOption state.Fisher
-        state.Penalty |> Option.iter Quadratic.dispose
-
-    // ---- EWC++ ----
-
-    /// EWC++'s initial state (the running Fisher starts at zero on the first batch).
-    let ewcPlusPlusInitial (rng: RandomState) : EwcPlusPlusState = { Running = None; Penalty = None; Rng = rng }
 
     /// The blend of batch sums already computed (`running ← decay · running + scale · sums`).
     let blendSums (sums: Tensor list) : FisherBlend =
@@ -467,178 +319,14 @@ module Importance =
         let rng' = blend (1.0 - alpha) (alpha / float count) r rng
         r, rng'
 
-    /// EWC++ after a step's backward: the batch's Fisher (`Σ_n g_n² / count`) enters the running average.
-    let ewcPlusPlusObserve (alpha: float) (count: int) (blend: FisherBlend) (parameters: Tensor list) (state: EwcPlusPlusState) : EwcPlusPlusState =
-        let running, rng = blendRunning alpha count blend parameters state.Running state.Rng
-        { state with Running = Some running; Rng = rng }
+    /// The step's batch Fisher, blended straight into a running Fisher from the step's own activations
+    /// (the inputs and the model's per-layer features of the step's forward pass).
+    let batchFisherBlend (kind: FisherKind) (model: Backbone) (parameters: Tensor list) (inputs: Tensor) (features: Tensor list) (logits: Tensor) (labelArray: int[]) : FisherBlend =
+        let activations = inputs :: features
+        let labels = labelArray |> Array.map int64
+        fun decay scale running rng ->
+            Estimate.blendBatchFisher kind model parameters inputs activations logits labels decay scale running rng
 
-    /// EWC++ at a task end: the penalty freezes the running Fisher with θ* = θ.
-    let ewcPlusPlusEndTask (lambda: float) (parameters: Tensor list) (state: EwcPlusPlusState) : EwcPlusPlusState =
-        let running = match state.Running with Some r -> r | None -> ParameterTensors.zerosLike parameters
-        { state with
-            Running = Some running
-            Penalty = replacePenalty state.Penalty (Quadratic.create Half lambda running parameters) }
-
-    /// Frees EWC++'s tensors.
-    let ewcPlusPlusDispose (state: EwcPlusPlusState) =
-        disposeOption state.Running
-        state.Penalty |> Option.iter Quadratic.dispose
-
-    // ---- SI ----
-
-    /// SI's initial state.
-    let siInitial : SiState = { Omega = None; Importance = None; Start = None; LearningRate = 0.0; Penalty = None }
-
-    /// SI at a task start: θ_start is set on the first task (later tasks start where the last ended).
-    let siBeginTask (learningRate: float) (parameters: Tensor list) (state: SiState) : SiState =
-        { state with
-            Omega = Some(match state.Omega with Some o -> o | None -> ParameterTensors.zerosLike parameters)
-            Start = Some(match state.Start with Some s -> s | None -> ParameterTensors.copy parameters)
-            LearningRate = learningRate }
-
-    /// SI after a step's backward (gradients clipped): `ω += lr g²` in place.
-    let siObserve (gradients: Tensor list) (state: SiState) : SiState =
-        match state.Omega with
-        | Some omega -> accumulatePath state.LearningRate gradients omega
-        | None -> invalidOp "SI observed a step before its task began"
-        state
-
-    /// SI at a task end: `Ω += ω / ((θ − θ_start)² + ξ)`, ω reset, θ_start = θ* = θ.
-    let siEndTask (c: float) (xi: float) (parameters: Tensor list) (state: SiState) : SiState =
-        match state.Omega, state.Start with
-        | Some omega, Some start ->
-            let previous = match state.Importance with Some i -> i | None -> ParameterTensors.zerosLike parameters
-            let importance = siConsolidate xi previous omega parameters start
-            ParameterTensors.dispose previous
-            ParameterTensors.dispose start
-            (use _ = torch.no_grad () in omega |> List.iter (fun o -> o.zero_() |> ignore))
-            let anchor = ParameterTensors.copy parameters
-            { state with
-                Importance = Some importance
-                Start = Some anchor
-                Penalty = replacePenalty state.Penalty (Quadratic.create Whole c importance anchor) }
-        | _ -> invalidOp "SI ended a task it did not begin"
-
-    /// Frees SI's tensors.
-    let siDispose (state: SiState) =
-        disposeOption state.Omega
-        disposeOption state.Importance
-        disposeOption state.Start
-        state.Penalty |> Option.iter Quadratic.dispose
-
-    // ---- MAS ----
-
-    /// MAS's initial state.
-    let masInitial : MasState = { Importance = None; Penalty = None }
-
-    /// MAS at a task end: `Ω ← Ω + Ω_t`, θ* = θ.
-    let masEndTask (lambda: float) (model: Backbone) (data: LabelledSet) (device: Device) (state: MasState) : MasState =
-        let current = Estimate.mas model data device
-        let importance =
-            match state.Importance with
-            | None -> current
-            | Some old ->
-                let merged = ParameterTensors.combine 1.0 old 1.0 current
-                ParameterTensors.dispose old
-                ParameterTensors.dispose current
-                merged
-        { Importance = Some importance
-          Penalty = replacePenalty state.Penalty (Quadratic.create Half lambda importance (PerSample.parameters model)) }
-
-    /// Frees MAS's tensors.
-    let masDispose (state: MasState) =
-        disposeOption state.Importance
-        state.Penalty |> Option.iter Quadratic.dispose
-
-    // ---- RWalk ----
-
-    /// RWalk's initial state.
-    let rwalkInitial (rng: RandomState) : RwalkState =
-        { Running = None; WindowLoss = None; WindowStart = None; Scores = None; PreviousScores = None
-          WindowSteps = 0; LearningRate = 0.0; Penalty = None; Rng = rng }
-
-    /// RWalk at a task start: window and score accumulators start at θ and zero.
-    let rwalkBeginTask (learningRate: float) (parameters: Tensor list) (state: RwalkState) : RwalkState =
-        disposeOption state.WindowStart
-        { state with
-            WindowLoss = Some(match state.WindowLoss with Some w -> w | None -> ParameterTensors.zerosLike parameters)
-            WindowStart = Some(ParameterTensors.copy parameters)
-            Scores = Some(match state.Scores with Some s -> s | None -> ParameterTensors.zerosLike parameters)
-            WindowSteps = 0
-            LearningRate = learningRate }
-
-    /// RWalk after a step's backward: the batch's Fisher (`Σ_n g_n² / count`) enters the running average
-    /// and `lr g²` the window's loss change.
-    let rwalkObserve (alpha: float) (count: int) (blend: FisherBlend) (gradients: Tensor list) (state: RwalkState) : RwalkState =
-        match state.WindowLoss with
-        | Some loss ->
-            accumulatePath state.LearningRate gradients loss
-            let running, rng = blendRunning alpha count blend gradients state.Running state.Rng
-            { state with Running = Some running; Rng = rng }
-        | None -> invalidOp "RWalk observed a step before its task began"
-
-    /// Closes the open window: its score is added to the task's scores; a new window starts at θ.
-    let rwalkCloseWindow (epsilon: float) (parameters: Tensor list) (state: RwalkState) : RwalkState =
-        match state.WindowLoss, state.WindowStart, state.Scores, state.Running with
-        | Some loss, Some start, Some scores, Some fisher when state.WindowSteps > 0 ->
-            let window = rwalkScore epsilon fisher loss parameters start
-            use _ = torch.no_grad ()
-            List.iter2 (fun (s: Tensor) (w: Tensor) -> s.add_ w |> ignore; w.Dispose()) scores window
-            List.iter2 (fun (s: Tensor) (p: Tensor) -> s.copy_(p.detach ()) |> ignore) start parameters
-            loss |> List.iter (fun l -> l.zero_() |> ignore)
-            { state with WindowSteps = 0 }
-        | _ -> state
-
-    /// RWalk after the optimiser step: every `every` steps the window closes.
-    let rwalkAfterStep (every: int) (epsilon: float) (parameters: Tensor list) (state: RwalkState) : RwalkState =
-        let state = { state with WindowSteps = state.WindowSteps + 1 }
-        if state.WindowSteps >= every then rwalkCloseWindow epsilon parameters state else state
-
-    /// RWalk at a task end: the open window closes, scores are averaged with the previous tasks',
-    /// `Ω = F / max F + s / max s`, θ* = θ.
-    let rwalkEndTask (lambda: float) (epsilon: float) (parameters: Tensor list) (state: RwalkState) : RwalkState =
-        let state = rwalkCloseWindow epsilon parameters state
-        let running = match state.Running with Some r -> r | None -> ParameterTensors.zerosLike parameters
-        let scores = match state.Scores with Some s -> s | None -> ParameterTensors.zerosLike parameters
-        let averaged =
-            match state.PreviousScores with
-            | None -> ParameterTensors.copy scores
-            | Some previous ->
-                let a = ParameterTensors.combine 0.5 previous 0.5 scores
-                ParameterTensors.dispose previous
-                a
-        (use _ = torch.no_grad () in scores |> List.iter (fun s -> s.zero_() |> ignore))
-        let importance = rwalkImportance running averaged
-        let penalty = Quadratic.create Half lambda importance parameters
-        ParameterTensors.dispose importance
-        { state with
-            Running = Some running
-            Scores = Some scores
-            PreviousScores = Some averaged
-            Penalty = replacePenalty state.Penalty penalty }
-
-    /// Frees RWalk's tensors.
-    let rwalkDispose (state: RwalkState) =
-        for t in [ state.Running; state.WindowLoss; state.WindowStart; state.Scores; state.PreviousScores ] do disposeOption t
-        state.Penalty |> Option.iter Quadratic.dispose
-
-    // ---- SCP ----
-
-    /// SCP's initial state.
-    let scpInitial (rng: RandomState) : ScpState = { Gamma = None; Penalty = None; Rng = rng }
-
-    /// SCP at a task end: `Γ ← α Γ_old + (1 − α) Γ_t` (Γ_old = 0 before the first task), θ* = θ.
-    let scpEndTask (lambda: float) (alpha: float) (slices: int) (batchSize: int) (model: Backbone) (data: LabelledSet) (device: Device) (state: ScpState) : ScpState =
-        let current, rng = Estimate.scp slices batchSize model data device state.Rng
-        let old = match state.Gamma with Some g -> g | None -> ParameterTensors.zerosLike current
-        let gamma = convex alpha old current
-        ParameterTensors.dispose old
-        ParameterTensors.dispose current
-        { Gamma = Some gamma
-          Penalty = replacePenalty state.Penalty (Quadratic.create Whole lambda gamma (PerSample.parameters model))
-          Rng = rng }
-
-    /// Frees SCP's tensors.
-    let scpDispose (state: ScpState) =
-        disposeOption state.Gamma
-        state.Penalty |> Option.iter Quadratic.dispose
+    /// The seed of an importance method's own generator (sampled Fisher labels, SCP's slices) from the
+    /// run's seed.
+    let generator (seed: int64) : RandomState = Random.split 3L (Random.create seed)

@@ -1,0 +1,20 @@
+namespace Continual.Methods
+
+open Continual
+
+/// Plain fine-tuning (the lower bound) and JOINT (the upper bound): cross-entropy on the batch.
+[<RequireQualifiedAccess>]
+module Sgd =
+
+    /// Cross-entropy of the step's batch, the term most methods start from.
+    let crossEntropy (view: StepView) : LossTerm =
+        { Name = "ce"; Value = Losses.crossEntropy view.Output.Logits view.Batch.Labels }
+
+    /// Fine-tuning as a method: no state.
+    let method : Method<unit> = { Method.empty "sgd" with Terms = fun () view -> [ crossEntropy view ] }
+
+    /// Plain fine-tuning: cross-entropy on the current batch, task after task.
+    let strategy () : Strategy = Method.strategy "sgd" (Method.pack method ())
+
+    /// All data at once with the SGD loss (the upper bound).
+    let joint () : Strategy = { strategy () with Name = "joint"; Schedule = Joint }
