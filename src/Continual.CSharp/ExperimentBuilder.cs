@@ -303,6 +303,10 @@ public sealed class ExperimentBuilder
                     _steps[started.task] = started.steps;
                     progress.Report(new TrainingProgress(TrainingProgressKind.TaskStarted, started.task, 0, started.steps, null, null, null, null));
                     break;
+                case global::Continual.TrainingEvent.PhaseStarted phase:
+                    var total = _steps.GetValueOrDefault(phase.task);
+                    progress.Report(new TrainingProgress(TrainingProgressKind.PhaseStarted, phase.task, total, total, null, null, null, null, phase.phase));
+                    break;
                 case global::Continual.TrainingEvent.StepsCompleted done:
                     progress.Report(new TrainingProgress(TrainingProgressKind.StepsCompleted, done.task, done.completed, done.steps, done.meanLoss, null, null, null));
                     break;

@@ -11,6 +11,10 @@ public enum TrainingProgressKind
 
     /// <summary>A task is trained and evaluated on every task's test set; carries the accuracies.</summary>
     TaskFinished,
+
+    /// <summary>A phase outside the task's steps begins (a warm-up, or the end of a task: importance
+    /// estimation, herding, snapshots); carries its name in <see cref="TrainingProgress.Phase"/>.</summary>
+    PhaseStarted,
 }
 
 /// <summary>A progress report of a running experiment (see <see cref="ExperimentBuilder.Run"/>).</summary>
@@ -24,8 +28,10 @@ public sealed class TrainingProgress
         double? meanLoss,
         IReadOnlyList<double>? classIncremental,
         IReadOnlyList<double>? taskIncremental,
-        TimeSpan? taskTime)
+        TimeSpan? taskTime,
+        string? phase = null)
     {
+        Phase = phase;
         Kind = kind;
         Task = task;
         CompletedSteps = completedSteps;
@@ -60,6 +66,9 @@ public sealed class TrainingProgress
     /// <summary>Time spent training and evaluating this task (TaskFinished only).</summary>
     public TimeSpan? TaskTime { get; }
 
+    /// <summary>The phase that begins, for example "lwf: classifier warm-up" (PhaseStarted only).</summary>
+    public string? Phase { get; }
+
     /// <summary>The fraction of this task's steps done, in [0, 1].</summary>
     public double Fraction => TotalSteps <= 0 ? 0.0 : (double)CompletedSteps / TotalSteps;
 
@@ -68,6 +77,7 @@ public sealed class TrainingProgress
     {
         TrainingProgressKind.TaskStarted => $"task {Task}: started, {TotalSteps} steps",
         TrainingProgressKind.StepsCompleted => $"task {Task}: {CompletedSteps}/{TotalSteps} steps, loss {MeanLoss:0.0000}",
+        TrainingProgressKind.PhaseStarted => $"task {Task}: {Phase}",
         _ => $"task {Task}: finished in {TaskTime?.TotalSeconds:0.00} s",
     };
 }

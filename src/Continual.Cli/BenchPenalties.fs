@@ -38,7 +38,7 @@ let run (config: ExperimentConfig) (out: string option) : int =
     let first = Benchmarks.selectClasses tasks.[0].Classes benchmark.Train
     let second = Benchmarks.selectClasses tasks.[1].Classes benchmark.Train
     let context (task: int) (data: LabelledSet) (state: TrainingState) =
-        Training.taskContext architecture settings state task tasks.[task].Classes ([ for t in 0 .. task do yield! tasks.[t].Classes ] |> List.sort) data
+        Training.taskContext architecture settings CancellationToken.None state task tasks.[task].Classes ([ for t in 0 .. task do yield! tasks.[t].Classes ] |> List.sort) data
     let batches (data: LabelledSet) =
         let n = data.Count / settings.BatchSize
         [| for i in 0 .. n - 1 ->
@@ -103,12 +103,12 @@ let run (config: ExperimentConfig) (out: string option) : int =
                 let strategy = Experiment.strategy methodConfig
                 let mutable state = Training.initialise architecture benchmark strategy settings
                 // A short first task, then its end: the penalty is active from here on.
-                state <- Training.beginTask (context 0 first state) state
+                state <- Training.beginTask ignore (context 0 first state) state
                 let warm = { first with Inputs = first.Inputs.narrow(0L, 0L, 3000L); Labels = first.Labels.narrow(0L, 0L, 3000L); LabelArray = Array.sub first.LabelArray 0 3000 }
                 state <- Training.trainOn strategy settings 0 warm ignore CancellationToken.None state
                 warm.Dispose()
-                let (ended, endSeconds) = time (fun () -> Training.endTask (context 0 first state) state)
-                state <- Training.beginTask (context 1 second ended) ended
+                let (ended, endSeconds) = time (fun () -> Training.endTask ignore (context 0 first state) state)
+                state <- Training.beginTask ignore (context 1 second ended) ended
                 let mutable cursor = 0
                 let next () =
                     let b = stepBatches.[cursor % stepBatches.Length]

@@ -72,6 +72,10 @@ let withProgress (quiet: bool) (taskCount: int) (work: (TrainingEvent -> unit) -
                             (f2 (Array.average (seenOnly task accuracies.ClassIl)))
                             (f2 (Array.average (seenOnly task accuracies.TaskIl)))
                     bar.StopTask()
+                | PhaseStarted(task, phase) ->
+                    match bars.TryGetValue task with
+                    | true, bar -> bar.Description <- sprintf "%s  %s" (bar.Description.Split("  ").[0]) phase
+                    | _ -> ()
             work onEvent)
 
 /// Prints an error in red.

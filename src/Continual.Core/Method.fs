@@ -53,7 +53,9 @@ type TaskContext =
       /// without gradients (a tensor of the caller's dispose scope).
       Embed: Tensor -> Tensor
       /// The model's embeddings of many inputs as host rows, computed in chunks in evaluation mode.
-      EmbedRows: Tensor -> float32[][] }
+      EmbedRows: Tensor -> float32[][]
+      /// The run's cancellation: long phases (warm-ups, embeddings) stop when it is requested.
+      Cancellation: System.Threading.CancellationToken }
 
 /// A quadratic penalty as a named loss term that the shell applies in closed form: after backward
 /// it adds the penalty's gradient `H (θ − θ*)` to the model's flat gradient and the value to the

@@ -32,6 +32,9 @@ type TrainingEvent =
     | TaskStarted of task: int * steps: int
     | StepsCompleted of task: int * completed: int * steps: int * meanLoss: float
     | TaskFinished of task: int * accuracies: TaskAccuracies * seconds: float
+    /// A phase outside the task's steps began: a method's warm-up, or the end of a task (importance
+    /// estimation, herding, snapshots).
+    | PhaseStarted of task: int * phase: string
 
 /// The state that changes over a run. Everything a run depends on is here, so it can be saved.
 type TrainingState =
@@ -277,12 +280,13 @@ module Training =
 
     /// The model's embeddings of many inputs as host rows, moved to the device and computed in chunks
     /// of 1000, in evaluation mode and without gradients.
-    let embedRows (model: Backbone) (device: Device) (inputs: Tensor) : float32[][] =
+    let embedRows (model: Backbone) (device: Device) (cancellation: CancellationToken) (inputs: Tensor) : float32[][] =
         use _ = torch.no_grad ()
         inEvalMode model (fun () ->
             let n = int inputs.shape.[0]
             let chunk = 1000
             [| for start in 0 .. chunk .. n - 1 do
+                   cancellation.ThrowIfCancellationRequested()
                    use scope = torch.NewDisposeScope()
                    let x = inputs.narrow(0L, int64 start, int64 (min chunk (n - start))).``to`` device
                    let e = (model.ForwardWithFeatures x).Embedding.cpu().contiguous()
@@ -292,7 +296,16 @@ module Training =
 
     /// The context of a task for the methods: its classes and data, the model and the shell's
     /// embedding functions.
-    let taskContext (architecture: Architecture) (settings: TrainingSettings) (state: TrainingState) (task: int) (classes: int list) (seen: int list) (train: LabelledSet) : TaskContext =
+    let taskContext
+        (architecture: Architecture)
+        (settings: TrainingSettings)
+        (cancellation: CancellationToken)
+        (state: TrainingState)
+        (task: int)
+        (classes: int list)
+        (seen: int list)
+        (train: LabelledSet)
+        : TaskContext =
         { Task = task
           Classes = classes
           SeenClasses = seen
@@ -304,7 +317,8 @@ module Training =
           LearningRate = settings.LearningRate
           BatchSize = settings.BatchSize
           Embed = embed state.Model
-          EmbedRows = embedRows state.Model settings.Device }
+          EmbedRows = embedRows state.Model settings.Device cancellation
+          Cancellation = cancellation }
 
     /// LwF's classifier warm-up: `Epochs` passes over the task's data training only the classifier with
     /// plain SGD at the run's learning rate (no weight decay), CE over the task's own classes, features
@@ -320,6 +334,7 @@ module Training =
                 let order, next = Random.permutation n rng
                 rng <- next
                 for start in 0 .. context.BatchSize .. n - 1 do
+                    context.Cancellation.ThrowIfCancellationRequested()
                     use scope = torch.NewDisposeScope()
                     let size = min context.BatchSize (n - start)
                     let index = torch.tensor(Array.sub order start size, dtype = torch.ScalarType.Int64)
@@ -352,15 +367,17 @@ module Training =
         auxiliary
 
     /// A task's start for every method, in order: the shell's classifier warm-up where a method asks for
-    /// one, its auxiliary module on first use, then the method's own BeginTask.
-    let beginTask (context: TaskContext) (state: TrainingState) : TrainingState =
+    /// one (reported as a phase), its auxiliary module on first use, then the method's own BeginTask.
+    let beginTask (onEvent: TrainingEvent -> unit) (context: TaskContext) (state: TrainingState) : TrainingState =
         let mutable auxiliary = state.Auxiliary
         let methods =
             state.Methods
             |> List.mapi (fun i m ->
                 let m =
                     match m.WarmUp context with
-                    | Some(warmUp, resume) -> Method.advance (fun _ -> resume (warmUpClassifier context warmUp)) m
+                    | Some(warmUp, resume) ->
+                        onEvent (PhaseStarted(context.Task, sprintf "%s: classifier warm-up" m.Name))
+                        Method.advance (fun _ -> resume (warmUpClassifier context warmUp)) m
                     | None -> m
                 let m =
                     match m.Auxiliary with
@@ -372,9 +389,10 @@ module Training =
                 Method.advance (fun m -> m.BeginTask context) m)
         { state with Methods = methods; Auxiliary = auxiliary }
 
-    /// A task's end for every method, in order.
-    let endTask (context: TaskContext) (state: TrainingState) : TrainingState =
-        { state with Methods = state.Methods |> List.map (Method.advance (fun m -> m.EndTask context)) }
+    /// A task's end for every method, in order (reported as a phase).
+    let endTask (onEvent: TrainingEvent -> unit) (context: TaskContext) (state: TrainingState) : TrainingState =
+        onEvent (PhaseStarted(context.Task, "end of task"))
+        { state with Methods = state.Methods |> List.map (Method.advance (fun m -> context.Cancellation.ThrowIfCancellationRequested(); m.EndTask context)) }
 
     /// Runs a strategy over a benchmark's stream (or all at once for JOINT), evaluating after every
     /// task on every task's test set.
@@ -403,11 +421,11 @@ module Training =
                 let clock = Stopwatch.StartNew()
                 let seen =
                     benchmark.Tasks |> List.filter (fun t -> t.Index <= taskIndex) |> List.collect (fun t -> t.Classes) |> List.append classes |> List.distinct |> List.sort
-                let context = taskContext architecture settings state taskIndex classes seen data
+                let context = taskContext architecture settings cancellation state taskIndex classes seen data
                 try
                     if not (FlatParameters.isBound state.Parameters state.Model) then
                         invalidOp "the model's parameters no longer sit in their flat layout (was the model moved or a gradient replaced during the run?)"
-                    state <- beginTask context state
+                    state <- beginTask hooks.OnEvent context state
                     // Methods may add examples (iCaRL's exemplars) to this task's training data.
                     let extra = state.Methods |> List.choose (fun m -> m.ExtraTrainingData())
                     let trainingData =
@@ -424,7 +442,7 @@ module Training =
                         if not extra.IsEmpty then
                             for s in trainingData :: extra do
                                 s.Dispose()
-                    state <- endTask context state
+                    state <- endTask hooks.OnEvent context state
                 finally
                     if ownsData then
                         data.Dispose()

@@ -214,4 +214,5 @@ let contextOf (model: Backbone) (data: LabelledSet) : TaskContext =
       LearningRate = trainingSettings.LearningRate
       BatchSize = trainingSettings.BatchSize
       Embed = Training.embed model
-      EmbedRows = Training.embedRows model torch.CPU }
+      EmbedRows = Training.embedRows model torch.CPU CancellationToken.None
+      Cancellation = CancellationToken.None }

@@ -40,7 +40,8 @@ let private context (model: Backbone) (task: int) (train: LabelledSet) : TaskCon
       LearningRate = 0.1
       BatchSize = 10
       Embed = Training.embed model
-      EmbedRows = Training.embedRows model torch.CPU }
+      EmbedRows = Training.embedRows model torch.CPU System.Threading.CancellationToken.None
+      Cancellation = System.Threading.CancellationToken.None }
 
 /// A method's task start as the shell runs it: its warm-up when it asks for one, then BeginTask; what
 /// the transitions drop is freed.
@@ -238,11 +239,11 @@ let memoryTests =
                 let batchOf (set: LabelledSet) task =
                     { Inputs = set.Inputs.narrow(0L, 0L, 10L); Labels = set.Labels.narrow(0L, 0L, 10L); LabelArray = Array.sub set.LabelArray 0 10; Task = task }
                 let b0, b1 = batchOf first 0, batchOf second 1
-                let contextOf task classes seen data = Training.taskContext architecture settings state task classes seen data
-                state <- Training.beginTask (contextOf 0 [ 0; 1 ] [ 0; 1 ] first) state
+                let contextOf task classes seen data = Training.taskContext architecture settings System.Threading.CancellationToken.None state task classes seen data
+                state <- Training.beginTask ignore (contextOf 0 [ 0; 1 ] [ 0; 1 ] first) state
                 for _ in 1 .. 5 do state <- snd (Training.step strategy b0 state)
-                state <- Training.endTask (contextOf 0 [ 0; 1 ] [ 0; 1 ] first) state
-                state <- Training.beginTask (contextOf 1 [ 2; 3 ] [ 0 .. 3 ] second) state
+                state <- Training.endTask ignore (contextOf 0 [ 0; 1 ] [ 0; 1 ] first) state
+                state <- Training.beginTask ignore (contextOf 1 [ 2; 3 ] [ 0 .. 3 ] second) state
                 let live () = DisposeScopeManager.Statistics.ThreadTotalLiveCount
                 for _ in 1 .. 10 do state <- snd (Training.step strategy b1 state)
                 let before = live ()

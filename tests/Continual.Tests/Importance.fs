@@ -173,11 +173,11 @@ let tests =
                     let strategy = Experiment.strategy config
                     let mutable state = Training.initialise architecture benchmark strategy settings
                     let data = Benchmarks.selectClasses [ 0; 1 ] benchmark.Train
-                    let context = Training.taskContext architecture { settings with BatchSize = 10 } state 0 [ 0; 1 ] [ 0; 1 ] data
-                    state <- Training.beginTask context state
+                    let context = Training.taskContext architecture { settings with BatchSize = 10 } CancellationToken.None state 0 [ 0; 1 ] [ 0; 1 ] data
+                    state <- Training.beginTask ignore context state
                     state <- Training.trainOn strategy settings 0 data ignore CancellationToken.None state
-                    state <- Training.endTask context state
-                    state <- Training.beginTask { context with Task = 1 } state
+                    state <- Training.endTask ignore context state
+                    state <- Training.beginTask ignore { context with Task = 1 } state
                     let batch =
                         { Inputs = data.Inputs.narrow(0L, 0L, 10L); Labels = data.Labels.narrow(0L, 0L, 10L)
                           LabelArray = Array.sub data.LabelArray 0 10; Task = 1 }
