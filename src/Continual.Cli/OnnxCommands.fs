@@ -83,7 +83,7 @@ let verifyCommand (args: ParseResults<VerifyArgs>) : int =
         Report.error (sprintf "unknown --provider '%s' (expected auto, cpu or cuda)" (args.GetResult Provider))
         2
     | Some preference ->
-        let v = Verification.verifyFile preference path data
+        let v = FileCheck.verifyFile preference path data
         let info = v.Info
         AnsiConsole.MarkupLine(
             "[bold]{0}[/]: {1} on {2} ({3}), after task {4} of {5}, configuration {6}",

@@ -99,7 +99,7 @@ module Repository =
         let checkedFiles =
             files
             |> List.map (fun (k, path) ->
-                let bytes, model, info = Verification.readFile path
+                let bytes, model, info = FileCheck.readFile path
                 if info.Task <> k then
                     raise (InvalidModelFile(path, sprintf "the file name says task %d but its metadata says task %d" k info.Task))
                 let inputs, outputs = inputOutput path model
