@@ -7,7 +7,6 @@ open System.Text.Json
 open Continual
 open Continual.Data
 open Continual.Models
-open Continual.Strategies
 open TorchSharp
 
 /// A model whose ONNX export does not reproduce it; the message says which check failed and by how much.
@@ -15,16 +14,23 @@ exception VerificationFailed of reason: string
     with
         override this.Message = this.reason
 
+/// What a run's model files record about the run (their metadata): all the exporter needs of it,
+/// whatever the run's configuration looks like.
+type RunIdentity =
+    { Strategy: string
+      Benchmark: string
+      /// The hash of the run's configuration (as in results.json): the files of one run share it.
+      ConfigHash: string
+      /// The run's --test-per-class (None: the whole test set), so that `verify` can rebuild its test sets.
+      TestPerClass: int option
+      /// True when the strategy trains one model on every class at once (JOINT): that model has seen every class.
+      Joint: bool }
+
 /// How a run's models are exported and verified.
 type ExportSettings =
     { /// The run's output folder: task-<k>.onnx files go here.
       Folder: string
-      Strategy: string
-      ConfigHash: string
-      Benchmark: string
-      TestPerClass: int option
-      /// True for JOINT: its one model has seen every class.
-      Joint: bool
+      Run: RunIdentity
       Provider: ProviderPreference
       /// The largest absolute difference allowed between ONNX Runtime's and TorchSharp's logits.
       Tolerance: float
@@ -35,15 +41,11 @@ type ExportSettings =
 [<RequireQualifiedAccess>]
 module ExportSettings =
 
-    /// The settings of a run: its configuration, output folder, provider Auto, tolerance 1e-4 and
-    /// 1000 compared images.
-    let ofConfig (config: ExperimentConfig) (folder: string) : ExportSettings =
+    /// The settings of a run: its identity, output folder, provider Auto, tolerance 1e-4 and 1000
+    /// compared images.
+    let forRun (run: RunIdentity) (folder: string) : ExportSettings =
         { Folder = folder
-          Strategy = config.Strategy
-          ConfigHash = Results.configHash config
-          Benchmark = config.Benchmark
-          TestPerClass = config.TestPerClass
-          Joint = ((Experiment.strategy config).Schedule = Joint)
+          Run = run
           Provider = Auto
           Tolerance = 1e-4
           CompareImages = 1000 }
@@ -87,14 +89,14 @@ module TaskExporter =
         { Task = after.Task + 1
           TaskCount = b.Tasks.Length
           ClassesSeen =
-            if settings.Joint then b.Tasks |> List.collect (fun t -> t.Classes) |> List.sort
+            if settings.Run.Joint then b.Tasks |> List.collect (fun t -> t.Classes) |> List.sort
             else b.Tasks |> List.filter (fun t -> t.Index <= after.Task) |> List.collect (fun t -> t.Classes) |> List.sort
           ClassToTask = b.TaskOfClass |> Array.map (fun t -> t + 1)
-          Strategy = settings.Strategy
-          ConfigHash = settings.ConfigHash
-          Benchmark = settings.Benchmark
+          Strategy = settings.Run.Strategy
+          ConfigHash = settings.Run.ConfigHash
+          Benchmark = settings.Run.Benchmark
           Architecture = Backbones.describe after.Architecture
-          TestPerClass = settings.TestPerClass
+          TestPerClass = settings.Run.TestPerClass
           TestExamples = testExamples
           ClassIlCorrect = Array.map2 count after.Accuracies.ClassIl testExamples
           TaskIlCorrect = Array.map2 count after.Accuracies.TaskIl testExamples }
@@ -157,7 +159,7 @@ module TaskExporter =
             let verifySeconds = clock.Elapsed.TotalSeconds
             clock.Restart()
             let path = Path.Combine(settings.Folder, fileName k)
-            Results.writeAtomically path bytes
+            Files.writeAtomically path bytes
             { Task = k
               File = fileName k
               Bytes = int64 bytes.Length

@@ -353,6 +353,10 @@ let private writeData (folder: string) =
     Idx.writeImages (Path.Combine(folder, "t10k-images-idx3-ubyte")) testImages
     Idx.writeLabels (Path.Combine(folder, "t10k-labels-idx1-ubyte")) testLabels
 
+/// The export settings `continual run` uses for a configuration.
+let private exportSettings (config: ExperimentConfig) (out: string) =
+    ExportSettings.forRun (Continual.Cli.OnnxCommands.runIdentity config) out
+
 let private temporaryFolder () =
     let d = Path.Combine(Path.GetTempPath(), "continual-onnx-" + Guid.NewGuid().ToString "N")
     Directory.CreateDirectory d |> ignore
@@ -369,7 +373,7 @@ let private endToEnd =
              { Experiment.defaults "derpp" 50 with
                  DataFolder = data
                  TestPerClass = Some 10 }
-         let exporter = RunExporter(ExportSettings.ofConfig config out)
+         let exporter = RunExporter(exportSettings config out)
          let result = Experiment.run config { RunHooks.none with AfterTask = exporter.AfterTask } Threading.CancellationToken.None
          try
              Results.write out result (fun w -> exporter.WriteJson(w, result.Outcome.HookSeconds, result.WallSeconds))
@@ -382,7 +386,7 @@ let private runWith (settings: ExportSettings -> ExportSettings) (strategy: stri
     let root, data, _, _, _, _ = endToEnd.Force()
     let out = Path.Combine(root, strategy + "-" + Guid.NewGuid().ToString "N")
     let config = { Experiment.defaults strategy 50 with DataFolder = data; TestPerClass = Some 10 }
-    let exporter = RunExporter(settings (ExportSettings.ofConfig config out))
+    let exporter = RunExporter(settings (exportSettings config out))
     let result = Experiment.run config { RunHooks.none with AfterTask = exporter.AfterTask } Threading.CancellationToken.None
     Experiment.release result
     out, exporter
