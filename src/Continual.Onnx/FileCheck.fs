@@ -1,9 +1,7 @@
 namespace Continual.Onnx
 
 open System.IO
-open Continual
 open Continual.Data
-open TorchSharp
 
 /// A .onnx file that cannot be verified (truncated, foreign, damaged, or its data does not match).
 exception InvalidModelFile of path: string * reason: string
@@ -46,38 +44,30 @@ module FileCheck =
         | Ok info -> bytes, model, info
         | Error reason -> invalid reason
 
-    /// The test set of an MNIST-style folder (t10k IDX files), scaled exactly as the training run
-    /// scales it (Benchmarks.readIdxFolder), and restricted per class when the run was.
-    let private readTestSet (folder: string) (classes: int) (testPerClass: int option) : LabelledSet =
-        let imagesPath = Benchmarks.findIdxFile folder "t10k-images-idx3-ubyte"
-        let labelsPath = Benchmarks.findIdxFile folder "t10k-labels-idx1-ubyte"
-        let images = Idx.readImages imagesPath
-        let labels = Idx.readLabels labelsPath
-        if images.Count <> labels.Length then
-            raise (DataFileError(labelsPath, sprintf "%d labels but %d images" labels.Length images.Count))
-        match labels |> Array.tryFindIndex (fun l -> int l >= classes) with
-        | Some i -> raise (DataFileError(labelsPath, sprintf "label %d at index %d is out of range 0..%d" labels.[i] i (classes - 1)))
-        | None -> ()
-        let inputs =
-            use bytes = torch.tensor(images.Pixels, dtype = torch.ScalarType.Byte).reshape(int64 images.Count, int64 (images.Rows * images.Cols))
-            use asFloat = bytes.to_type torch.ScalarType.Float32
-            asFloat.div((255.0f).ToScalar())
-        let labelArray = labels |> Array.map int
-        let full =
-            { Inputs = inputs
-              Labels = torch.tensor(labelArray |> Array.map int64, dtype = torch.ScalarType.Int64)
-              LabelArray = labelArray }
-        match testPerClass with
-        | None -> full
+    /// The test set of the run that wrote `path`, read from `dataFolder` by the reader of the benchmark
+    /// its metadata names (so scaled exactly as the run scaled it), restricted per class when the run was.
+    let private readTestSet (path: string) (info: TaskModelInfo) (dataFolder: string) : LabelledSet =
+        let benchmark =
+            match info.Benchmark with
+            | "split-fmnist"
+            | "split-mnist" -> Benchmarks.splitMnistStyle info.Benchmark dataFolder
+            | "split-cifar10" -> Cifar.splitCifar10 dataFolder
+            | other -> raise (InvalidModelFile(path, sprintf "the benchmark '%s' is not one this build can read" other))
+        // The readers load the training set too; only the test set is needed.
+        benchmark.Train.Dispose()
+        match info.TestPerClass with
+        | None -> benchmark.Test
         | Some n ->
-            let reduced = Benchmarks.takePerClass n full
-            full.Dispose()
+            let reduced = Benchmarks.takePerClass n benchmark.Test
+            benchmark.Test.Dispose()
             reduced
 
     /// Re-checks an exported file on its own: reads its metadata, rebuilds the run's test sets from
-    /// the IDX files in `dataFolder`, recomputes Class-IL and Task-IL correct counts under ONNX Runtime
-    /// and returns them beside the recorded ones (see FileVerification.Reproduced). Raises
-    /// InvalidModelFile for a truncated, foreign or damaged file, or data that does not fit it.
+    /// `dataFolder` (IDX files for Split Fashion-MNIST and Split MNIST, CIFAR-10's binary batches for
+    /// Split CIFAR-10, as the metadata's benchmark says), recomputes Class-IL and Task-IL correct
+    /// counts under ONNX Runtime and returns them beside the recorded ones (see
+    /// FileVerification.Reproduced). Raises InvalidModelFile for a truncated, foreign or damaged file,
+    /// or data that does not fit it, and DataFileError for missing or malformed data files.
     let verifyFile (preference: ProviderPreference) (path: string) (dataFolder: string) : FileVerification =
         let bytes, _, info = readFile path
         use loaded =
@@ -86,7 +76,7 @@ module FileCheck =
         let classes = loaded.OutputFeatures
         if info.ClassToTask.Length <> classes then
             raise (InvalidModelFile(path, sprintf "the class-to-task map has %d classes but the model has %d logits" info.ClassToTask.Length classes))
-        let test = readTestSet dataFolder classes info.TestPerClass
+        let test = readTestSet path info dataFolder
         try
             if int (test.Inputs.shape.[1]) <> loaded.InputFeatures then
                 raise (InvalidModelFile(path, sprintf "the model takes %d features but the images in %s have %d" loaded.InputFeatures dataFolder test.Inputs.shape.[1]))

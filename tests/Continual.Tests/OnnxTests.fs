@@ -353,6 +353,16 @@ let private writeData (folder: string) =
     Idx.writeImages (Path.Combine(folder, "t10k-images-idx3-ubyte")) testImages
     Idx.writeLabels (Path.Combine(folder, "t10k-labels-idx1-ubyte")) testLabels
 
+/// Small CIFAR-10 binary batches in the real format (Cifar.writeBatch): five training batches of 20
+/// records and a test batch of 30, labels cycling through the ten classes, random pixels.
+let private writeCifar (folder: string) =
+    let rng = Random 11
+    for name in Cifar.fileNames do
+        let count = if name = Cifar.testFileName then 30 else 20
+        let labels = Array.init count (fun i -> byte (i % 10))
+        let pixels = Array.init (count * 3072) (fun _ -> byte (rng.Next 256))
+        Cifar.writeBatch (Path.Combine(folder, name)) labels pixels
+
 /// The export settings `continual run` uses for a configuration.
 let private exportSettings (config: ExperimentConfig) (out: string) =
     ExportSettings.forRun (Continual.Cli.OnnxCommands.runIdentity config) out
@@ -463,6 +473,35 @@ let endToEndTests =
             Idx.writeLabels (Path.Combine(other, "t10k-labels-idx1-ubyte")) labels
             let v = FileCheck.verifyFile Auto (Path.Combine(out, "task-5.onnx")) other
             Expect.isFalse v.Reproduced "the recomputed counts differ"
+        }
+        test "verify re-checks a Split CIFAR-10 run's files from CIFAR-10's binary batches" {
+            let root = temporaryFolder ()
+            try
+                let data = Path.Combine(root, "cifar")
+                writeCifar data
+                let out = Path.Combine(root, "run")
+                let config = { Experiment.defaults "sgd" 0 with Benchmark = "split-cifar10"; DataFolder = data; TestPerClass = Some 2 }
+                let exporter = RunExporter(exportSettings config out)
+                let result = Experiment.run config { RunHooks.none with AfterTask = exporter.AfterTask } Threading.CancellationToken.None
+                Experiment.release result
+                let files = [ for k in 1 .. 5 -> Path.Combine(out, sprintf "task-%d.onnx" k) ]
+                for path in files do
+                    let v = FileCheck.verifyFile Auto path data
+                    Expect.equal v.Info.Benchmark "split-cifar10" "the benchmark is recorded"
+                    Expect.equal v.TestExamples [| 4; 4; 4; 4; 4 |] "two test images per class, as in the run"
+                    Expect.isTrue v.Reproduced (sprintf "%s: %A vs %A" path v.OnnxClassIlCorrect v.Info.ClassIlCorrect)
+                // The IDX folder of the other runs is not CIFAR-10 data: the CIFAR-10 reader says what is missing.
+                let _, idxData, _, _, _, _ = endToEnd.Force()
+                Expect.throwsC (fun () -> FileCheck.verifyFile Auto files.[4] idxData |> ignore) (fun e ->
+                    Expect.isTrue (e :? DataFileError) (sprintf "a DataFileError, got %s: %s" (e.GetType().Name) e.Message)
+                    Expect.stringContains e.Message "a CIFAR-10 folder holds" "names the CIFAR-10 files")
+                // Different test labels (rotated by one class) are noticed.
+                let testBatch = Path.Combine(data, Cifar.testFileName)
+                let labels, pixels = Cifar.readBatch testBatch
+                Cifar.writeBatch testBatch (labels |> Array.map (fun l -> byte ((int l + 1) % 10))) pixels
+                Expect.isFalse (FileCheck.verifyFile Auto files.[4] data).Reproduced "the recomputed counts differ"
+            finally
+                Directory.Delete(root, true)
         }
         test "truncated, damaged and foreign files get clear errors" {
             let root, data, out, _, _, _ = endToEnd.Force()
