@@ -5,7 +5,6 @@ open System.Diagnostics
 open System.IO
 open System.Text.Json
 open Continual
-open Continual.Data
 open Continual.Models
 open TorchSharp
 
@@ -18,6 +17,8 @@ exception VerificationFailed of reason: string
 /// whatever the run's configuration looks like.
 type RunIdentity =
     { Strategy: string
+      /// The benchmark's name (split-fmnist, split-mnist, split-cifar10): `verify` reads the run's test
+      /// data with that benchmark's reader.
       Benchmark: string
       /// The hash of the run's configuration (as in results.json): the files of one run share it.
       ConfigHash: string
