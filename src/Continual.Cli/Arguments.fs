@@ -99,7 +99,7 @@ type VerifyArgs =
         member this.Usage =
             match this with
             | Model_File _ -> "a task-<k>.onnx file written by continual run."
-            | Test_Data _ -> "folder with the IDX test files (default /usr/share/datasets/fashion-mnist)."
+            | Test_Data _ -> "folder with the run's data: the IDX files, or CIFAR-10's binary batches for split-cifar10 (default /usr/share/datasets/fashion-mnist)."
             | Provider _ -> "ONNX Runtime execution provider: auto (default: CUDA where it runs, else CPU), cpu or cuda."
 
 /// Options of `continual export`.

@@ -161,18 +161,38 @@ let run (config: ExperimentConfig) (out: string option) : int =
         AnsiConsole.Write stepTable
         match out with
         | Some folder ->
-            let inv (x: float) = x.ToString("R", Globalization.CultureInfo.InvariantCulture)
-            let estimatorLines =
-                [ for (name, s, n) in estimators -> sprintf "    {\"estimator\": \"%s\", \"images\": %d, \"seconds\": %s}" name n (inv s) ]
-            let stepLines =
-                [ for (name, e, p, f, t, fr, tr) in stepRows ->
-                    sprintf "    {\"method\": \"%s\", \"taskEndSeconds\": %s, \"sgdStepSeconds\": %s, \"methodStepSeconds\": %s, \"penaltyTermStepSeconds\": %s, \"methodRatio\": %s, \"penaltyTermRatio\": %s}"
-                        name (inv e) (inv p) (inv f) (inv t) (inv fr) (inv tr) ]
+            // Full precision: System.Text.Json writes the shortest text that reads back as the same double.
             let json =
-                "{\n  \"estimators\": [\n" + String.Join(",\n", estimatorLines) + "\n  ],\n"
-                + sprintf "  \"loopSeconds\": {\"images\": %d, \"closedForm\": %s, \"oneAtATime\": %s, \"largestRelativeDifference\": %s},\n" subsetSize (inv closedSeconds) (inv loopSeconds) (inv relative)
-                + "  \"steps\": [\n" + String.Join(",\n", stepLines) + "\n  ]\n}\n"
-            Results.writeAtomically (Path.Combine(folder, "bench-penalties.json")) (Text.Encoding.UTF8.GetBytes json)
+                Json.toBytes (fun w ->
+                    w.WriteStartObject()
+                    w.WriteStartArray "estimators"
+                    for (name, s, n) in estimators do
+                        w.WriteStartObject()
+                        w.WriteString("estimator", name)
+                        w.WriteNumber("images", n)
+                        w.WriteNumber("seconds", s)
+                        w.WriteEndObject()
+                    w.WriteEndArray()
+                    w.WriteStartObject "loopSeconds"
+                    w.WriteNumber("images", subsetSize)
+                    w.WriteNumber("closedForm", closedSeconds)
+                    w.WriteNumber("oneAtATime", loopSeconds)
+                    w.WriteNumber("largestRelativeDifference", relative)
+                    w.WriteEndObject()
+                    w.WriteStartArray "steps"
+                    for (name, e, p, f, t, fr, tr) in stepRows do
+                        w.WriteStartObject()
+                        w.WriteString("method", name)
+                        w.WriteNumber("taskEndSeconds", e)
+                        w.WriteNumber("sgdStepSeconds", p)
+                        w.WriteNumber("methodStepSeconds", f)
+                        w.WriteNumber("penaltyTermStepSeconds", t)
+                        w.WriteNumber("methodRatio", fr)
+                        w.WriteNumber("penaltyTermRatio", tr)
+                        w.WriteEndObject()
+                    w.WriteEndArray()
+                    w.WriteEndObject())
+            Files.writeAtomically (Path.Combine(folder, "bench-penalties.json")) json
             AnsiConsole.MarkupLine("wrote {0}", Markup.Escape(Path.Combine(folder, "bench-penalties.json")))
         | None -> ()
         0

@@ -8,6 +8,7 @@ open Continual
 open Continual.Cli.Arguments
 open Continual.Data
 open Continual.Onnx
+open Continual.Methods
 open Spectre.Console
 
 let private f2 (v: float) = v.ToString("0.00", Globalization.CultureInfo.InvariantCulture)
@@ -21,9 +22,18 @@ let (|OnnxFailure|_|) (e: exn) =
     | ModelLoadError _ -> Some e.Message
     | _ -> None
 
+/// What the exporter records of a run: the one place where a configuration becomes a run identity,
+/// so that the exporter does not depend on the configuration's type.
+let runIdentity (config: ExperimentConfig) : RunIdentity =
+    { Strategy = config.Strategy
+      Benchmark = config.Benchmark
+      ConfigHash = Results.configHash config
+      TestPerClass = config.TestPerClass
+      Joint = ((Experiment.strategy config).Schedule = Joint) }
+
 /// The exporter of a run (export and verify after every task into the --out folder), None with --no-onnx.
 let exporter (args: ParseResults<RunArgs>) (config: ExperimentConfig) (out: string) : RunExporter option =
-    if args.Contains No_Onnx then None else Some(RunExporter(ExportSettings.ofConfig config out))
+    if args.Contains No_Onnx then None else Some(RunExporter(ExportSettings.forRun (runIdentity config) out))
 
 /// The after-task hook of a run.
 let afterTask (exporter: RunExporter option) : AfterTask -> unit =
@@ -47,7 +57,7 @@ let printSummary (exporter: RunExporter option) (result: ExperimentResult) =
             table.AddColumn(c) |> ignore
         for r in e.Reports do
             // Over the tasks seen so far, as the progress bars show it (JOINT has seen them all).
-            let seen = if e.Settings.Joint then r.TestExamples.Length else min r.Task r.TestExamples.Length
+            let seen = if e.Settings.Run.Joint then r.TestExamples.Length else min r.Task r.TestExamples.Length
             let percent (correct: int[]) (n: int[]) =
                 100.0 * float (Array.sum correct.[.. seen - 1]) / float (max 1 (Array.sum n.[.. seen - 1]))
             table.AddRow(
@@ -83,7 +93,7 @@ let verifyCommand (args: ParseResults<VerifyArgs>) : int =
         Report.error (sprintf "unknown --provider '%s' (expected auto, cpu or cuda)" (args.GetResult Provider))
         2
     | Some preference ->
-        let v = Verification.verifyFile preference path data
+        let v = FileCheck.verifyFile preference path data
         let info = v.Info
         AnsiConsole.MarkupLine(
             "[bold]{0}[/]: {1} on {2} ({3}), after task {4} of {5}, configuration {6}",

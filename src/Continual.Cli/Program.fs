@@ -121,7 +121,7 @@ let private distillCosts (args: ParseResults<RunArgs>) =
     for c in [ "run"; "steps"; "train s"; "ms/step"; "x sgd"; "ms/step over " + baseConfig.Strategy; "class-il" ] do
         table.AddColumn(c) |> ignore
     let mutable sgdMs, baseMs = nan, nan
-    let lines = ResizeArray()
+    let costs = ResizeArray()
     for (label, config) in configs do
         AnsiConsole.MarkupLine("{0} ...", Markup.Escape label)
         let result = runOnce config true ignore
@@ -133,11 +133,23 @@ let private distillCosts (args: ParseResults<RunArgs>) =
             label, string o.Steps, sprintf "%.2f" o.TrainSeconds, sprintf "%.3f" ms, sprintf "%.2f" (ms / sgdMs),
             (if label = "sgd" || label = baseConfig.Strategy then "-" else sprintf "%+.3f" (ms - baseMs)),
             sprintf "%.2f" (Metrics.averageAccuracy o.ClassIl)) |> ignore
-        lines.Add(sprintf "{\"run\": \"%s\", \"steps\": %d, \"trainSeconds\": %.3f, \"msPerStep\": %.4f}" label o.Steps o.TrainSeconds ms)
+        costs.Add((label, o.Steps, o.TrainSeconds, ms))
         Experiment.release result
     AnsiConsole.Write table
     match args.TryGetResult Out with
-    | Some out -> Results.writeAtomically (Path.Combine(out, "distill-costs.json")) (Text.Encoding.UTF8.GetBytes("[\n  " + String.Join(",\n  ", lines) + "\n]\n"))
+    | Some out ->
+        let json =
+            Json.toBytes (fun w ->
+                w.WriteStartArray()
+                for (label, steps, trainSeconds, ms) in costs do
+                    w.WriteStartObject()
+                    w.WriteString("run", label)
+                    w.WriteNumber("steps", steps)
+                    w.WriteNumber("trainSeconds", Json.fixedPoint 3 trainSeconds)
+                    w.WriteNumber("msPerStep", Json.fixedPoint 4 ms)
+                    w.WriteEndObject()
+                w.WriteEndArray())
+        Files.writeAtomically (Path.Combine(out, "distill-costs.json")) json
     | None -> ()
     0
 
@@ -171,11 +183,19 @@ let private benchCommand (args: ParseResults<RunArgs>) =
     AnsiConsole.Write table
     match args.TryGetResult Out with
     | Some out ->
-        let lines =
-            rows |> List.map (fun (r, peak) ->
-                sprintf "{\"wallSeconds\": %.3f, \"trainSeconds\": %.3f, \"evalSeconds\": %.3f, \"steps\": %d, \"peakMemoryMiB\": %.0f}"
-                    r.WallSeconds r.Outcome.TrainSeconds r.Outcome.EvalSeconds r.Outcome.Steps peak)
-        Results.writeAtomically (Path.Combine(out, "bench.json")) (Text.Encoding.UTF8.GetBytes("[\n  " + String.Join(",\n  ", lines) + "\n]\n"))
+        let json =
+            Json.toBytes (fun w ->
+                w.WriteStartArray()
+                for (r, peak) in rows do
+                    w.WriteStartObject()
+                    w.WriteNumber("wallSeconds", Json.fixedPoint 3 r.WallSeconds)
+                    w.WriteNumber("trainSeconds", Json.fixedPoint 3 r.Outcome.TrainSeconds)
+                    w.WriteNumber("evalSeconds", Json.fixedPoint 3 r.Outcome.EvalSeconds)
+                    w.WriteNumber("steps", r.Outcome.Steps)
+                    w.WriteNumber("peakMemoryMiB", Json.fixedPoint 0 peak)
+                    w.WriteEndObject()
+                w.WriteEndArray())
+        Files.writeAtomically (Path.Combine(out, "bench.json")) json
     | None -> ()
     0
 

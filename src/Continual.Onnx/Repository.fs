@@ -99,7 +99,7 @@ module Repository =
         let checkedFiles =
             files
             |> List.map (fun (k, path) ->
-                let bytes, model, info = Verification.readFile path
+                let bytes, model, info = FileCheck.readFile path
                 if info.Task <> k then
                     raise (InvalidModelFile(path, sprintf "the file name says task %d but its metadata says task %d" k info.Task))
                 let inputs, outputs = inputOutput path model
@@ -114,9 +114,9 @@ module Repository =
         if Directory.Exists folder || File.Exists folder then
             raise (InvalidModelFile(folder, "already exists; remove it or choose another --name"))
         for (k, bytes, _, _, _) in checkedFiles do
-            Results.writeAtomically (Path.Combine(folder, string k, "model.onnx")) bytes
+            Files.writeAtomically (Path.Combine(folder, string k, "model.onnx")) bytes
         let configPath = Path.Combine(folder, "config.pbtxt")
-        Results.writeAtomically configPath (Encoding.UTF8.GetBytes(tritonConfig name first inputs outputs))
+        Files.writeAtomically configPath (Encoding.UTF8.GetBytes(tritonConfig name first inputs outputs))
         { ModelFolder = folder
           Name = name
           Versions = checkedFiles |> List.map (fun (k, _, _, _, _) -> k)

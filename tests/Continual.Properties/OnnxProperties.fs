@@ -143,7 +143,7 @@ let private parameterScalarsInGraph (exported: ExportedModel) (model: torch.nn.M
     scalars, Set.isSubset names graphNames
 
 let private agreeWithin (onnx: float32[]) (reference: float32[]) =
-    onnx.Length = reference.Length && Verification.maxAbsDifference onnx reference <= tolerance reference
+    onnx.Length = reference.Length && Comparison.maxAbsDifference onnx reference <= tolerance reference
 
 [<Tests>]
 let properties =
@@ -163,7 +163,7 @@ let properties =
                 let x, array = inputs (int64 case.Seed) rows case.Inputs
                 use x = x
                 let onnx = loaded.Logits(array, rows)
-                let reference = Verification.torchLogits model torch.CPU x
+                let reference = Comparison.torchLogits model torch.CPU x
                 let scalars, allThere = parameterScalarsInGraph exported model
                 let count = Backbones.parameterCount model
                 (agreeWithin onnx reference |> Prop.label "logits agree")
@@ -181,7 +181,7 @@ let properties =
                 let onnx, reference, exported = compare (int64 case.Seed + 1L) rows model graph
                 let scalars, allThere = parameterScalarsInGraph exported model
                 let count = Backbones.parameterCount model
-                (agreeWithin onnx reference |> Prop.label (sprintf "logits agree (max difference %g)" (Verification.maxAbsDifference onnx reference)))
+                (agreeWithin onnx reference |> Prop.label (sprintf "logits agree (max difference %g)" (Comparison.maxAbsDifference onnx reference)))
                 .&. (scalars = count |> Prop.label (sprintf "graph parameters %d = model parameters %d" scalars count))
                 .&. (allThere |> Prop.label "every named parameter is an initializer")
                 .&. (List.isEmpty (Checks.structural exported.Model) |> Prop.label "structurally valid")

@@ -59,6 +59,34 @@ let tests =
             Expect.isEmpty (Directory.GetFiles(out, "*.tmp")) "no temporary files left"
         }
 
+        test "bench writes bench.json, and with --distill all distill-costs.json: one object per run" {
+            use tmp = new TempFolder()
+            writeSyntheticFolder tmp.Path 20 5
+            let out = Path.Combine(tmp.Path, "bench")
+            Expect.equal (Continual.Cli.Program.run [| "bench"; "--data"; tmp.Path; "--strategy"; "sgd"; "--repeat"; "2"; "--out"; out; "--quiet" |]) 0 "bench exit code"
+            let rounded (digits: int) (v: JsonElement) = v.GetDouble() = System.Math.Round(v.GetDouble(), digits)
+            use bench = JsonDocument.Parse(File.ReadAllText(Path.Combine(out, "bench.json")))
+            let runs = [ for r in bench.RootElement.EnumerateArray() -> r ]
+            Expect.equal runs.Length 2 "one object per repeat"
+            for r in runs do
+                Expect.sequenceEqual [ for p in r.EnumerateObject() -> p.Name ] [ "wallSeconds"; "trainSeconds"; "evalSeconds"; "steps"; "peakMemoryMiB" ] "fields"
+                Expect.isGreaterThan (r.GetProperty("steps").GetInt64()) 0L "steps"
+                for name in [ "wallSeconds"; "trainSeconds"; "evalSeconds" ] do
+                    Expect.isTrue (rounded 3 (r.GetProperty name)) (sprintf "%s to the millisecond" name)
+                Expect.isTrue (rounded 0 (r.GetProperty "peakMemoryMiB")) "whole MiB"
+            Expect.equal (Continual.Cli.Program.run [| "bench"; "--distill"; "all"; "--data"; tmp.Path; "--strategy"; "der"; "--buffer"; "20"; "--out"; out; "--quiet" |]) 0 "bench --distill all exit code"
+            use costs = JsonDocument.Parse(File.ReadAllText(Path.Combine(out, "distill-costs.json")))
+            let rows = [ for r in costs.RootElement.EnumerateArray() -> r ]
+            Expect.sequenceEqual
+                [ for r in rows -> r.GetProperty("run").GetString() ]
+                ([ "sgd"; "der" ] @ [ for n in Continual.Strategies.DistillationKind.names -> "der + " + n ])
+                "SGD, the strategy, then the strategy with each term"
+            for r in rows do
+                Expect.sequenceEqual [ for p in r.EnumerateObject() -> p.Name ] [ "run"; "steps"; "trainSeconds"; "msPerStep" ] "fields"
+                Expect.isTrue (rounded 3 (r.GetProperty "trainSeconds") && rounded 4 (r.GetProperty "msPerStep")) "rounded as before"
+            Expect.isEmpty (Directory.GetFiles(out, "*.tmp")) "no temporary files left"
+        }
+
         test "compare writes compare.json: each run's figures per seed and the paired Task-IL gain over SGD" {
             use tmp = new TempFolder()
             writeSyntheticFolder tmp.Path 20 5

@@ -155,5 +155,5 @@ let compare (seed: int64) (rows: int) (model: torch.nn.Module<Tensor, Tensor>) (
     let x, array = inputs seed rows graph.InputFeatures
     use x = x
     let onnx = loaded.Logits(array, rows)
-    let torchLogits = Verification.torchLogits model torch.CPU x
+    let torchLogits = Comparison.torchLogits model torch.CPU x
     onnx, torchLogits, exported

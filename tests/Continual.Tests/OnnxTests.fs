@@ -26,7 +26,7 @@ let private agrees (name: string) (features: int) (parts: Part list) =
         use _ = model
         let onnx, reference, exported = compare 5L 9 model graph
         Expect.equal onnx.Length reference.Length "as many logits from ONNX Runtime as from TorchSharp"
-        let diff = Verification.maxAbsDifference onnx reference
+        let diff = Comparison.maxAbsDifference onnx reference
         Expect.isLessThanOrEqual diff (tolerance reference) (sprintf "%s: max |ONNX - TorchSharp| = %g" name diff)
         // The logits are not all equal: the comparison has something to compare.
         Expect.isGreaterThan (Array.max reference - Array.min reference) 1e-3f "the module's outputs vary"
@@ -130,9 +130,9 @@ let backboneTests =
                 use loaded = Runtime.load Auto (Export.toBytes exported.Model)
                 let x, array = inputs 9L 9 784
                 use x = x
-                let reference = Verification.torchLogits model torch.CPU x
+                let reference = Comparison.torchLogits model torch.CPU x
                 let onnx = loaded.Logits(array, 9, batchSize = 4)
-                let diff = Verification.maxAbsDifference onnx reference
+                let diff = Comparison.maxAbsDifference onnx reference
                 Expect.isLessThanOrEqual diff 1e-4 (sprintf "%s: max difference %g" (Backbones.describe architecture) diff)
         }
         test "the MLP backbone's logits match TorchSharp for batches of 1, 7 and 300" {
@@ -147,9 +147,9 @@ let backboneTests =
             for rows in [ 1; 7; 300 ] do
                 let x, array = inputs (int64 rows) rows 20
                 use x = x
-                let reference = Verification.torchLogits model torch.CPU x
+                let reference = Comparison.torchLogits model torch.CPU x
                 let onnx = loaded.Logits(array, rows, batchSize = 64)
-                let diff = Verification.maxAbsDifference onnx reference
+                let diff = Comparison.maxAbsDifference onnx reference
                 Expect.isLessThanOrEqual diff 1e-4 (sprintf "batch %d: max difference %g" rows diff)
             Expect.isTrue model.training "the model's training mode is restored after the eval-mode forward"
         }
@@ -353,6 +353,20 @@ let private writeData (folder: string) =
     Idx.writeImages (Path.Combine(folder, "t10k-images-idx3-ubyte")) testImages
     Idx.writeLabels (Path.Combine(folder, "t10k-labels-idx1-ubyte")) testLabels
 
+/// Small CIFAR-10 binary batches in the real format (Cifar.writeBatch): five training batches of 20
+/// records and a test batch of 30, labels cycling through the ten classes, random pixels.
+let private writeCifar (folder: string) =
+    let rng = Random 11
+    for name in Cifar.fileNames do
+        let count = if name = Cifar.testFileName then 30 else 20
+        let labels = Array.init count (fun i -> byte (i % 10))
+        let pixels = Array.init (count * 3072) (fun _ -> byte (rng.Next 256))
+        Cifar.writeBatch (Path.Combine(folder, name)) labels pixels
+
+/// The export settings `continual run` uses for a configuration.
+let private exportSettings (config: ExperimentConfig) (out: string) =
+    ExportSettings.forRun (Continual.Cli.OnnxCommands.runIdentity config) out
+
 let private temporaryFolder () =
     let d = Path.Combine(Path.GetTempPath(), "continual-onnx-" + Guid.NewGuid().ToString "N")
     Directory.CreateDirectory d |> ignore
@@ -369,7 +383,7 @@ let private endToEnd =
              { Experiment.defaults "derpp" 50 with
                  DataFolder = data
                  TestPerClass = Some 10 }
-         let exporter = RunExporter(ExportSettings.ofConfig config out)
+         let exporter = RunExporter(exportSettings config out)
          let result = Experiment.run config { RunHooks.none with AfterTask = exporter.AfterTask } Threading.CancellationToken.None
          try
              Results.write out result (fun w -> exporter.WriteJson(w, result.Outcome.HookSeconds, result.WallSeconds))
@@ -382,7 +396,7 @@ let private runWith (settings: ExportSettings -> ExportSettings) (strategy: stri
     let root, data, _, _, _, _ = endToEnd.Force()
     let out = Path.Combine(root, strategy + "-" + Guid.NewGuid().ToString "N")
     let config = { Experiment.defaults strategy 50 with DataFolder = data; TestPerClass = Some 10 }
-    let exporter = RunExporter(settings (ExportSettings.ofConfig config out))
+    let exporter = RunExporter(settings (exportSettings config out))
     let result = Experiment.run config { RunHooks.none with AfterTask = exporter.AfterTask } Threading.CancellationToken.None
     Experiment.release result
     out, exporter
@@ -402,7 +416,7 @@ let endToEndTests =
         test "JOINT leaves one model that has seen every class" {
             let out, exporter = runWith id "joint"
             Expect.equal (exporter.Reports |> List.map (fun r -> r.File)) [ "task-1.onnx" ] "one model"
-            let _, _, info = Verification.readFile (Path.Combine(out, "task-1.onnx"))
+            let _, _, info = FileCheck.readFile (Path.Combine(out, "task-1.onnx"))
             Expect.equal info.ClassesSeen [ 0 .. 9 ] "every class seen"
             Expect.equal info.Strategy "joint" "strategy"
         }
@@ -431,7 +445,7 @@ let endToEndTests =
         }
         test "metadata: task, classes seen, class-to-task map, strategy, hash, TorchSharp accuracy" {
             let _, _, out, config, classIl, _ = endToEnd.Force()
-            let _, _, info = Verification.readFile (Path.Combine(out, "task-3.onnx"))
+            let _, _, info = FileCheck.readFile (Path.Combine(out, "task-3.onnx"))
             Expect.equal info.Task 3 "task"
             Expect.equal info.TaskCount 5 "task count"
             Expect.equal info.ClassesSeen [ 0 .. 5 ] "classes seen after task 3"
@@ -446,7 +460,7 @@ let endToEndTests =
         test "verify reproduces the recorded accuracy of every file exactly" {
             let _, data, out, _, _, _ = endToEnd.Force()
             for k in 1 .. 5 do
-                let v = Verification.verifyFile Auto (Path.Combine(out, sprintf "task-%d.onnx" k)) data
+                let v = FileCheck.verifyFile Auto (Path.Combine(out, sprintf "task-%d.onnx" k)) data
                 Expect.isTrue v.Reproduced (sprintf "task %d: %A vs %A" k v.OnnxClassIlCorrect v.Info.ClassIlCorrect)
         }
         test "verify notices test data that differs from the run's" {
@@ -457,8 +471,37 @@ let endToEndTests =
             // Different test labels: the same images, the labels rotated by one class.
             let labels = Idx.readLabels (Path.Combine(other, "t10k-labels-idx1-ubyte")) |> Array.map (fun l -> byte ((int l + 1) % 10))
             Idx.writeLabels (Path.Combine(other, "t10k-labels-idx1-ubyte")) labels
-            let v = Verification.verifyFile Auto (Path.Combine(out, "task-5.onnx")) other
+            let v = FileCheck.verifyFile Auto (Path.Combine(out, "task-5.onnx")) other
             Expect.isFalse v.Reproduced "the recomputed counts differ"
+        }
+        test "verify re-checks a Split CIFAR-10 run's files from CIFAR-10's binary batches" {
+            let root = temporaryFolder ()
+            try
+                let data = Path.Combine(root, "cifar")
+                writeCifar data
+                let out = Path.Combine(root, "run")
+                let config = { Experiment.defaults "sgd" 0 with Benchmark = "split-cifar10"; DataFolder = data; TestPerClass = Some 2 }
+                let exporter = RunExporter(exportSettings config out)
+                let result = Experiment.run config { RunHooks.none with AfterTask = exporter.AfterTask } Threading.CancellationToken.None
+                Experiment.release result
+                let files = [ for k in 1 .. 5 -> Path.Combine(out, sprintf "task-%d.onnx" k) ]
+                for path in files do
+                    let v = FileCheck.verifyFile Auto path data
+                    Expect.equal v.Info.Benchmark "split-cifar10" "the benchmark is recorded"
+                    Expect.equal v.TestExamples [| 4; 4; 4; 4; 4 |] "two test images per class, as in the run"
+                    Expect.isTrue v.Reproduced (sprintf "%s: %A vs %A" path v.OnnxClassIlCorrect v.Info.ClassIlCorrect)
+                // The IDX folder of the other runs is not CIFAR-10 data: the CIFAR-10 reader says what is missing.
+                let _, idxData, _, _, _, _ = endToEnd.Force()
+                Expect.throwsC (fun () -> FileCheck.verifyFile Auto files.[4] idxData |> ignore) (fun e ->
+                    Expect.isTrue (e :? DataFileError) (sprintf "a DataFileError, got %s: %s" (e.GetType().Name) e.Message)
+                    Expect.stringContains e.Message "a CIFAR-10 folder holds" "names the CIFAR-10 files")
+                // Different test labels (rotated by one class) are noticed.
+                let testBatch = Path.Combine(data, Cifar.testFileName)
+                let labels, pixels = Cifar.readBatch testBatch
+                Cifar.writeBatch testBatch (labels |> Array.map (fun l -> byte ((int l + 1) % 10))) pixels
+                Expect.isFalse (FileCheck.verifyFile Auto files.[4] data).Reproduced "the recomputed counts differ"
+            finally
+                Directory.Delete(root, true)
         }
         test "truncated, damaged and foreign files get clear errors" {
             let root, data, out, _, _, _ = endToEnd.Force()
@@ -466,14 +509,14 @@ let endToEndTests =
             let attempt (name: string) (content: byte[]) (fragment: string) =
                 let path = Path.Combine(root, name)
                 File.WriteAllBytes(path, content)
-                Expect.throwsC (fun () -> Verification.verifyFile Auto path data |> ignore) (fun e ->
+                Expect.throwsC (fun () -> FileCheck.verifyFile Auto path data |> ignore) (fun e ->
                     Expect.isTrue (e :? InvalidModelFile) (sprintf "%s: an InvalidModelFile, got %s: %s" name (e.GetType().Name) e.Message)
                     Expect.stringContains e.Message fragment (sprintf "%s: the message explains" name))
             for cut in [ bytes.Length - 1; bytes.Length - 30; bytes.Length / 2; 100; 3 ] do
                 let path = sprintf "cut-%d.onnx" cut
                 let p = Path.Combine(root, path)
                 File.WriteAllBytes(p, Array.sub bytes 0 cut)
-                Expect.throwsC (fun () -> Verification.verifyFile Auto p data |> ignore) (fun e ->
+                Expect.throwsC (fun () -> FileCheck.verifyFile Auto p data |> ignore) (fun e ->
                     Expect.isTrue (e :? InvalidModelFile) (sprintf "cut at %d: %s: %s" cut (e.GetType().Name) e.Message))
             attempt "empty.onnx" [||] "empty"
             attempt "text.onnx" (Text.Encoding.UTF8.GetBytes "this is not a model\n") "not"

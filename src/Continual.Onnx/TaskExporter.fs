@@ -3,12 +3,9 @@ namespace Continual.Onnx
 open System
 open System.Diagnostics
 open System.IO
-open System.Runtime.InteropServices
 open System.Text.Json
 open Continual
-open Continual.Data
 open Continual.Models
-open Continual.Methods
 open TorchSharp
 
 /// A model whose ONNX export does not reproduce it; the message says which check failed and by how much.
@@ -16,21 +13,25 @@ exception VerificationFailed of reason: string
     with
         override this.Message = this.reason
 
-/// A .onnx file that cannot be verified (truncated, foreign, damaged, or its data does not match).
-exception InvalidModelFile of path: string * reason: string
-    with
-        override this.Message = sprintf "%s: %s" this.path this.reason
+/// What a run's model files record about the run (their metadata): all the exporter needs of it,
+/// whatever the run's configuration looks like.
+type RunIdentity =
+    { Strategy: string
+      /// The benchmark's name (split-fmnist, split-mnist, split-cifar10): `verify` reads the run's test
+      /// data with that benchmark's reader.
+      Benchmark: string
+      /// The hash of the run's configuration (as in results.json): the files of one run share it.
+      ConfigHash: string
+      /// The run's --test-per-class (None: the whole test set), so that `verify` can rebuild its test sets.
+      TestPerClass: int option
+      /// True when the strategy trains one model on every class at once (JOINT): that model has seen every class.
+      Joint: bool }
 
 /// How a run's models are exported and verified.
 type ExportSettings =
     { /// The run's output folder: task-<k>.onnx files go here.
       Folder: string
-      Strategy: string
-      ConfigHash: string
-      Benchmark: string
-      TestPerClass: int option
-      /// True for JOINT: its one model has seen every class.
-      Joint: bool
+      Run: RunIdentity
       Provider: ProviderPreference
       /// The largest absolute difference allowed between ONNX Runtime's and TorchSharp's logits.
       Tolerance: float
@@ -41,15 +42,11 @@ type ExportSettings =
 [<RequireQualifiedAccess>]
 module ExportSettings =
 
-    /// The settings of a run: its configuration, output folder, provider Auto, tolerance 1e-4 and
-    /// 1000 compared images.
-    let ofConfig (config: ExperimentConfig) (folder: string) : ExportSettings =
+    /// The settings of a run: its identity, output folder, provider Auto, tolerance 1e-4 and 1000
+    /// compared images.
+    let forRun (run: RunIdentity) (folder: string) : ExportSettings =
         { Folder = folder
-          Strategy = config.Strategy
-          ConfigHash = Results.configHash config
-          Benchmark = config.Benchmark
-          TestPerClass = config.TestPerClass
-          Joint = ((Experiment.strategy config).Schedule = Joint)
+          Run = run
           Provider = Auto
           Tolerance = 1e-4
           CompareImages = 1000 }
@@ -76,76 +73,9 @@ type TaskVerification =
       VerifySeconds: float
       WriteSeconds: float }
 
-/// The outcome of re-checking one exported file (`continual verify`).
-type FileVerification =
-    { Path: string
-      Info: TaskModelInfo
-      Provider: string
-      ProviderNote: string option
-      TestExamples: int[]
-      OnnxClassIlCorrect: int[]
-      OnnxTaskIlCorrect: int[] }
-    /// True when the recomputed counts equal the recorded ones for every task.
-    member this.Reproduced =
-        this.TestExamples = this.Info.TestExamples
-        && this.OnnxClassIlCorrect = this.Info.ClassIlCorrect
-        && this.OnnxTaskIlCorrect = this.Info.TaskIlCorrect
-
-/// Exporting a task's model, verifying it under ONNX Runtime against TorchSharp, and re-checking files.
+/// Exporting a task's model and verifying it under ONNX Runtime against TorchSharp before it is written.
 [<RequireQualifiedAccess>]
-module Verification =
-
-    /// Index of the largest of `count` values from `offset` (the first one on ties, as TorchSharp's argmax).
-    let private argmaxAt (values: float32[]) (offset: int) (indices: int[]) =
-        let mutable best = indices.[0]
-        let mutable bestValue = values.[offset + best]
-        for i in 1 .. indices.Length - 1 do
-            let v = values.[offset + indices.[i]]
-            if v > bestValue then
-                best <- indices.[i]
-                bestValue <- v
-        best
-
-    /// Correct Class-IL (argmax over all classes) and Task-IL (argmax over `taskClasses`) predictions
-    /// of row-major logits [rows, classes] against labels.
-    let correctCounts (logits: float32[]) (classes: int) (labels: int[]) (taskClasses: int list) : int * int =
-        let all = Array.init classes id
-        let own = taskClasses |> List.sort |> Array.ofList
-        let mutable classIl = 0
-        let mutable taskIl = 0
-        for r in 0 .. labels.Length - 1 do
-            if argmaxAt logits (r * classes) all = labels.[r] then classIl <- classIl + 1
-            if own.Length > 0 && argmaxAt logits (r * classes) own = labels.[r] then taskIl <- taskIl + 1
-        classIl, taskIl
-
-    /// The values of a float tensor as a row-major array.
-    let toArray (t: Tensor) : float32[] =
-        use scope = torch.NewDisposeScope()
-        let cpu = t.detach().cpu().to_type(torch.ScalarType.Float32).contiguous()
-        // A span copy of the storage: TensorAccessor.ToArray walks the elements one by one.
-        MemoryMarshal.Cast<byte, float32>(Span<byte>.op_Implicit cpu.bytes : ReadOnlySpan<byte>).ToArray()
-
-    /// TorchSharp's logits of a module in eval mode (no gradients), the module's mode restored after.
-    let torchLogits (model: torch.nn.Module<Tensor, Tensor>) (device: Device) (inputs: Tensor) : float32[] =
-        let wasTraining = model.training
-        use _ = torch.no_grad ()
-        use scope = torch.NewDisposeScope()
-        model.eval ()
-        try
-            let logits = model.forward (inputs.``to`` device)
-            toArray logits
-        finally
-            if wasTraining then model.train ()
-
-    /// The largest absolute difference between two equally long arrays (infinity when any value is NaN).
-    let maxAbsDifference (a: float32[]) (b: float32[]) : float =
-        if a.Length <> b.Length then invalidArg (nameof b) (sprintf "%d values against %d" a.Length b.Length)
-        let mutable m = 0.0
-        for i in 0 .. a.Length - 1 do
-            let d = abs (float a.[i] - float b.[i])
-            if Double.IsNaN d then m <- Double.PositiveInfinity
-            elif d > m then m <- d
-        m
+module TaskExporter =
 
     let private sha256 (bytes: byte[]) =
         Convert.ToHexString(Security.Cryptography.SHA256.HashData bytes).ToLowerInvariant()
@@ -160,14 +90,14 @@ module Verification =
         { Task = after.Task + 1
           TaskCount = b.Tasks.Length
           ClassesSeen =
-            if settings.Joint then b.Tasks |> List.collect (fun t -> t.Classes) |> List.sort
+            if settings.Run.Joint then b.Tasks |> List.collect (fun t -> t.Classes) |> List.sort
             else b.Tasks |> List.filter (fun t -> t.Index <= after.Task) |> List.collect (fun t -> t.Classes) |> List.sort
           ClassToTask = b.TaskOfClass |> Array.map (fun t -> t + 1)
-          Strategy = settings.Strategy
-          ConfigHash = settings.ConfigHash
-          Benchmark = settings.Benchmark
+          Strategy = settings.Run.Strategy
+          ConfigHash = settings.Run.ConfigHash
+          Benchmark = settings.Run.Benchmark
           Architecture = Backbones.describe after.Architecture
-          TestPerClass = settings.TestPerClass
+          TestPerClass = settings.Run.TestPerClass
           TestExamples = testExamples
           ClassIlCorrect = Array.map2 count after.Accuracies.ClassIl testExamples
           TaskIlCorrect = Array.map2 count after.Accuracies.TaskIl testExamples }
@@ -208,14 +138,14 @@ module Verification =
             for (i, (task, set)) in List.indexed after.TestSets do
                 let inputs = testArrays i
                 let logits = loaded.Logits(inputs, set.Count)
-                onnxCounts.Add(correctCounts logits classes set.LabelArray task.Classes)
+                onnxCounts.Add(Comparison.correctCounts logits classes set.LabelArray task.Classes)
                 let m = min perTask set.Count
                 comparedOnnx.AddRange(ArraySegment(logits, 0, m * classes))
                 comparedRows.Add(set.Inputs.narrow(0L, 0L, int64 m))
             let compared =
                 use all = torch.cat(comparedRows.ToArray(), 0L)
-                torchLogits after.Model after.Device all
-            let difference = maxAbsDifference compared (comparedOnnx.ToArray())
+                Comparison.torchLogits after.Model after.Device all
+            let difference = Comparison.maxAbsDifference compared (comparedOnnx.ToArray())
             let comparedImages = compared.Length / classes
             if not (difference <= settings.Tolerance) then
                 fail (sprintf "the largest logit difference between ONNX Runtime (%s) and TorchSharp on %d test images is %.3g, above the tolerance %g"
@@ -230,7 +160,7 @@ module Verification =
             let verifySeconds = clock.Elapsed.TotalSeconds
             clock.Restart()
             let path = Path.Combine(settings.Folder, fileName k)
-            Results.writeAtomically path bytes
+            Files.writeAtomically path bytes
             { Task = k
               File = fileName k
               Bytes = int64 bytes.Length
@@ -294,89 +224,6 @@ module Verification =
         w.WriteNumber("shareOfWallTime", round (if wallSeconds > 0.0 then hookSeconds / wallSeconds else 0.0))
         w.WriteEndObject()
 
-    /// Reads and checks a .onnx file: protobuf, structure and Continual metadata. Raises
-    /// InvalidModelFile with the reason when it is truncated, foreign or damaged.
-    let readFile (path: string) : byte[] * Onnx.ModelProto * TaskModelInfo =
-        let invalid reason = raise (InvalidModelFile(path, reason))
-        if not (File.Exists path) then invalid "file not found"
-        let bytes = File.ReadAllBytes path
-        let model =
-            match Checks.parse bytes with
-            | Ok m -> m
-            | Error reason -> invalid reason
-        match Checks.structural model with
-        | [] -> ()
-        | problems -> invalid ("not a valid ONNX model: " + String.concat "; " problems)
-        match Metadata.read model with
-        | Ok info -> bytes, model, info
-        | Error reason -> invalid reason
-
-    /// The test set of an MNIST-style folder (t10k IDX files), scaled exactly as the training run
-    /// scales it (Benchmarks.readIdxFolder), and restricted per class when the run was.
-    let private readTestSet (folder: string) (classes: int) (testPerClass: int option) : LabelledSet =
-        let imagesPath = Benchmarks.findIdxFile folder "t10k-images-idx3-ubyte"
-        let labelsPath = Benchmarks.findIdxFile folder "t10k-labels-idx1-ubyte"
-        let images = Idx.readImages imagesPath
-        let labels = Idx.readLabels labelsPath
-        if images.Count <> labels.Length then
-            raise (DataFileError(labelsPath, sprintf "%d labels but %d images" labels.Length images.Count))
-        match labels |> Array.tryFindIndex (fun l -> int l >= classes) with
-        | Some i -> raise (DataFileError(labelsPath, sprintf "label %d at index %d is out of range 0..%d" labels.[i] i (classes - 1)))
-        | None -> ()
-        let inputs =
-            use bytes = torch.tensor(images.Pixels, dtype = torch.ScalarType.Byte).reshape(int64 images.Count, int64 (images.Rows * images.Cols))
-            use asFloat = bytes.to_type torch.ScalarType.Float32
-            asFloat.div((255.0f).ToScalar())
-        let labelArray = labels |> Array.map int
-        let full =
-            { Inputs = inputs
-              Labels = torch.tensor(labelArray |> Array.map int64, dtype = torch.ScalarType.Int64)
-              LabelArray = labelArray }
-        match testPerClass with
-        | None -> full
-        | Some n ->
-            let reduced = Benchmarks.takePerClass n full
-            full.Dispose()
-            reduced
-
-    /// Re-checks an exported file on its own: reads its metadata, rebuilds the run's test sets from
-    /// the IDX files in `dataFolder`, recomputes Class-IL and Task-IL correct counts under ONNX Runtime
-    /// and returns them beside the recorded ones (see FileVerification.Reproduced). Raises
-    /// InvalidModelFile for a truncated, foreign or damaged file, or data that does not fit it.
-    let verifyFile (preference: ProviderPreference) (path: string) (dataFolder: string) : FileVerification =
-        let bytes, _, info = readFile path
-        use loaded =
-            try Runtime.load preference bytes
-            with ModelLoadError reason -> raise (InvalidModelFile(path, reason))
-        let classes = loaded.OutputFeatures
-        if info.ClassToTask.Length <> classes then
-            raise (InvalidModelFile(path, sprintf "the class-to-task map has %d classes but the model has %d logits" info.ClassToTask.Length classes))
-        let test = readTestSet dataFolder classes info.TestPerClass
-        try
-            if int (test.Inputs.shape.[1]) <> loaded.InputFeatures then
-                raise (InvalidModelFile(path, sprintf "the model takes %d features but the images in %s have %d" loaded.InputFeatures dataFolder test.Inputs.shape.[1]))
-            let tasks = [ for t in 1 .. info.TaskCount -> t, [ for c in 0 .. classes - 1 do if info.ClassToTask.[c] = t then c ] ]
-            let results =
-                tasks
-                |> List.map (fun (_, taskClasses) ->
-                    let set = Benchmarks.selectClasses taskClasses test
-                    try
-                        let logits = loaded.Logits(toArray set.Inputs, set.Count)
-                        let c, t = correctCounts logits classes set.LabelArray taskClasses
-                        set.Count, c, t
-                    finally
-                        set.Inputs.Dispose()
-                        set.Labels.Dispose())
-            { Path = path
-              Info = info
-              Provider = loaded.Provider
-              ProviderNote = snd (Runtime.resolve preference)
-              TestExamples = results |> List.map (fun (n, _, _) -> n) |> Array.ofList
-              OnnxClassIlCorrect = results |> List.map (fun (_, c, _) -> c) |> Array.ofList
-              OnnxTaskIlCorrect = results |> List.map (fun (_, _, t) -> t) |> Array.ofList }
-        finally
-            test.Dispose()
-
 /// Warming up the export and verification path.
 [<RequireQualifiedAccess>]
 module WarmUp =
@@ -402,8 +249,8 @@ module WarmUp =
         | Error _ -> ()
         use loaded = Runtime.load preference bytes
         let logits = loaded.Logits([| 1.0f; 0.0f |], 1)
-        Verification.correctCounts logits 2 [| 0 |] [ 0; 1 ] |> ignore
-        Verification.maxAbsDifference logits logits |> ignore
+        Comparison.correctCounts logits 2 [| 0 |] [ 0; 1 ] |> ignore
+        Comparison.maxAbsDifference logits logits |> ignore
 
 /// Exports and verifies a run's model after every task (the after-task hook of `continual run`),
 /// keeping each task's figures for results.json.
@@ -424,10 +271,10 @@ type RunExporter(settings: ExportSettings) =
             match cache.TryGetValue i with
             | true, a -> a
             | _ ->
-                let a = Verification.toArray (snd after.TestSets.[i]).Inputs
+                let a = Comparison.toArray (snd after.TestSets.[i]).Inputs
                 cache.[i] <- a
                 a
-        reports.Add(Verification.exportTask settings testArray after)
+        reports.Add(TaskExporter.exportTask settings testArray after)
     /// Writes the "onnx" section of results.json (hook and wall seconds come from the run's outcome).
     member _.WriteJson(w: Text.Json.Utf8JsonWriter, hookSeconds: float, wallSeconds: float) =
-        Verification.writeJson w settings (List.ofSeq reports) hookSeconds wallSeconds
+        TaskExporter.writeJson w settings (List.ofSeq reports) hookSeconds wallSeconds
