@@ -31,6 +31,19 @@ module Metrics =
         if t < 2 || r |> Array.exists (fun row -> row.Length <> t) then None
         else Some([| for j in 0 .. t - 2 -> r.[t - 1].[j] - r.[j].[j] |] |> Array.average)
 
+    /// Forward transfer (Lopez-Paz & Ranzato, GEM 2017): mean over j ≥ 1 of R[j-1][j] − b[j], how much
+    /// training on tasks before j helps task j before it is trained, against `baseline.[j]`, the accuracy
+    /// (percent) of a randomly initialised model on task j. `baseline.[0]` is not used (no task precedes
+    /// task 0) but must be there: the baseline holds one figure per task. None when the matrix is not
+    /// square or has a single task (the baseline is not read then); otherwise a baseline whose length is
+    /// not the number of tasks throws ArgumentException.
+    let forwardTransfer (r: float[][]) (baseline: float[]) : float option =
+        let t = r.Length
+        if t < 2 || r |> Array.exists (fun row -> row.Length <> t) then None
+        elif baseline.Length <> t then
+            invalidArg (nameof baseline) (sprintf "the baseline needs one accuracy per task: %d figures for %d tasks" baseline.Length t)
+        else Some([| for j in 1 .. t - 1 -> r.[j - 1].[j] - baseline.[j] |] |> Array.average)
+
     /// Mean and sample standard deviation of a list of figures (the spread across seeds).
     let meanAndSpread (values: float list) : float * float =
         let n = List.length values

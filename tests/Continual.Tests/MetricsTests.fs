@@ -22,6 +22,12 @@ let tests =
             // task 1: 50 - 90; task 2: 70 - 80
             Expect.equal (Metrics.backwardTransfer r) (Some -25.0) "BWT"
         }
+        test "forward transfer against a hand-computed matrix" {
+            // task 2: 10 - 8; task 3: 5 - 2 (the baseline's first figure is not used)
+            Expect.equal (Metrics.forwardTransfer r [| 99.0; 8.0; 2.0 |]) (Some 2.5) "FWT"
+            Expect.equal (Metrics.forwardTransfer [| [| 80.0; 90.0 |] |] [| 10.0; 10.0 |]) None "FWT undefined for JOINT"
+            Expect.throwsT<System.ArgumentException> (fun () -> Metrics.forwardTransfer r [| 10.0; 10.0 |] |> ignore) "one baseline figure per task"
+        }
         test "a single row (JOINT) has no forgetting or backward transfer" {
             Expect.equal (Metrics.forgetting [| [| 80.0; 90.0 |] |]) None "F undefined"
             Expect.equal (Metrics.backwardTransfer [| [| 80.0; 90.0 |] |]) None "BWT undefined"
