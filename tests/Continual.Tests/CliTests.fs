@@ -79,7 +79,7 @@ let tests =
             let rows = [ for r in costs.RootElement.EnumerateArray() -> r ]
             Expect.sequenceEqual
                 [ for r in rows -> r.GetProperty("run").GetString() ]
-                ([ "sgd"; "der" ] @ [ for n in Continual.Strategies.DistillationKind.names -> "der + " + n ])
+                ([ "sgd"; "der" ] @ [ for n in Continual.Methods.DistillationKind.names -> "der + " + n ])
                 "SGD, the strategy, then the strategy with each term"
             for r in rows do
                 Expect.sequenceEqual [ for p in r.EnumerateObject() -> p.Name ] [ "run"; "steps"; "trainSeconds"; "msPerStep" ] "fields"
