@@ -13,65 +13,11 @@ module Results =
     /// Writes bytes to a path atomically (see Files.writeAtomically).
     let writeAtomically (path: string) (content: byte[]) = Files.writeAtomically path content
 
-    let private writeConfig (w: Utf8JsonWriter) (c: ExperimentConfig) =
-        w.WriteStartObject()
-        w.WriteString("benchmark", c.Benchmark)
-        w.WriteString("data", c.DataFolder)
-        w.WriteString("strategy", c.Strategy)
-        w.WriteNumber("buffer", c.BufferSize)
-        w.WriteNumber("lr", c.LearningRate)
-        w.WriteNumber("batchSize", c.BatchSize)
-        w.WriteNumber("minibatch", c.Minibatch)
-        w.WriteNumber("alpha", c.Alpha)
-        w.WriteNumber("beta", c.Beta)
-        w.WriteNumber("epochs", c.Epochs)
-        w.WriteNumber("weightDecay", c.WeightDecay)
-        w.WriteNumber("seed", c.Seed)
-        w.WriteString("device", c.Device)
-        w.WriteNumber("threads", c.Threads)
-        match c.TrainPerClass with
-        | Some n -> w.WriteNumber("trainPerClass", n)
-        | None -> w.WriteNull("trainPerClass")
-        match c.TestPerClass with
-        | Some n -> w.WriteNumber("testPerClass", n)
-        | None -> w.WriteNull("testPerClass")
-        match c.Penalty with
-        | Some p -> w.WriteString("penalty", p)
-        | None -> w.WriteNull("penalty")
-        w.WriteNumber("lambda", c.Lambda)
-        w.WriteNumber("gamma", c.Gamma)
-        w.WriteNumber("xi", c.Xi)
-        w.WriteNumber("fisherAlpha", c.FisherAlpha)
-        w.WriteNumber("scoreEvery", c.ScoreEvery)
-        w.WriteNumber("epsilon", c.Epsilon)
-        w.WriteNumber("slices", c.Slices)
-        w.WriteNumber("scpAlpha", c.ScpAlpha)
-        w.WriteNumber("scpBatch", c.ScpBatch)
-        w.WriteString("fisher", c.Fisher)
-        match c.ClipGrad with
-        | Some v -> w.WriteNumber("clipGrad", v)
-        | None -> w.WriteNull("clipGrad")
-        match c.Distill with
-        | Some name -> w.WriteString("distill", name)
-        | None -> w.WriteNull("distill")
-        w.WriteNumber("distillWeight", c.DistillWeight)
-        w.WriteNumber("temperature", c.Temperature)
-        w.WriteBoolean("lwfBalance", c.LwfBalance)
-        w.WriteNumber("subspaceDim", c.SubspaceDim)
-        w.WriteString("backbone", c.Backbone)
-        w.WriteEndObject()
-
     /// The configuration as canonical JSON (fixed field order), the input of the configuration hash.
-    let configJson (config: ExperimentConfig) : string =
-        use stream = new MemoryStream()
-        (use w = new Utf8JsonWriter(stream)
-         writeConfig w config)
-        Encoding.UTF8.GetString(stream.ToArray())
+    let configJson (config: Config) : string = Config.toJson config
 
     /// A short SHA-256 hash of the configuration, stable across runs and machines.
-    let configHash (config: ExperimentConfig) : string =
-        let digest = Security.Cryptography.SHA256.HashData(Encoding.UTF8.GetBytes(configJson config))
-        Convert.ToHexString(digest).ToLowerInvariant().Substring(0, 16)
+    let configHash (config: Config) : string = Config.hash config
 
     let private writeMatrix (w: Utf8JsonWriter) (name: string) (m: float[][]) =
         w.WriteStartArray name
@@ -103,7 +49,7 @@ module Results =
          w.WriteString("started", result.StartedUtc.ToString("o"))
          w.WriteString("configHash", configHash result.Config)
          w.WritePropertyName "config"
-         writeConfig w result.Config
+         Config.write w result.Config
          w.WriteString("architecture", Backbones.describe result.Architecture)
          w.WriteStartObject "benchmark"
          w.WriteString("name", result.Benchmark.Name)
@@ -133,7 +79,7 @@ module Results =
          w.WriteEndArray()
          w.WriteEndObject()
          w.WriteStartObject "versions"
-         w.WriteString("continual", typeof<ExperimentConfig>.Assembly.GetName().Version.ToString())
+         w.WriteString("continual", typeof<Config>.Assembly.GetName().Version.ToString())
          for (k, v) in Engine.versions () do w.WriteString(k, v)
          w.WriteEndObject()
          extra w

@@ -9,15 +9,26 @@ open TorchSharp
 [<RequireQualifiedAccess>]
 module Der =
 
-    /// DER's and DER++'s settings (DER has β = 0 and draws one minibatch).
+    /// DER's settings.
     type Settings =
         { /// Buffer slots.
           BufferSize: int
-          /// Examples in each buffer minibatch.
+          /// Examples in the buffer minibatch.
+          Minibatch: int
+          /// Weight α of the logit-matching term.
+          Alpha: float }
+        /// The reference settings of DER with a 500-slot buffer: minibatch 128, α 1.
+        static member Default = { BufferSize = 500; Minibatch = 128; Alpha = 1.0 }
+
+    /// DER++'s settings.
+    type PlusPlusSettings =
+        { /// Buffer slots.
+          BufferSize: int
+          /// Examples in each of the two buffer minibatches.
           Minibatch: int
           /// Weight α of the logit-matching term.
           Alpha: float
-          /// Weight β of DER++'s label term.
+          /// Weight β of the label term.
           Beta: float }
         /// The reference settings of DER++ with a 500-slot buffer: minibatch 10, α 1, β 0.5.
         static member Default = { BufferSize = 500; Minibatch = 10; Alpha = 1.0; Beta = 0.5 }
@@ -36,7 +47,7 @@ module Der =
                     | _ -> [ Sgd.crossEntropy view ] }
 
     /// DER++ as a method: DER plus β × CE on the labels of a second, independent draw.
-    let derppMethod (settings: Settings) : Method<unit> =
+    let derppMethod (settings: PlusPlusSettings) : Method<unit> =
         { Method.empty "derpp" with
             Terms =
                 fun () view ->
@@ -47,14 +58,14 @@ module Der =
                           { Name = "derpp.labels"; Value = (Losses.crossEntropy second.Logits second.Draw.Labels).mul(settings.Beta.ToScalar()) } ]
                     | _ -> [ Sgd.crossEntropy view ] }
 
-    /// DER as a strategy (β is not used).
+    /// DER as a strategy.
     let der (settings: Settings) : Strategy =
         { Method.strategy "der" (Method.pack (derMethod settings) ()) with
             BufferSize = settings.BufferSize
             ReplayDraws = [ settings.Minibatch ] }
 
     /// DER++ as a strategy.
-    let derpp (settings: Settings) : Strategy =
+    let derpp (settings: PlusPlusSettings) : Strategy =
         { Method.strategy "derpp" (Method.pack (derppMethod settings) ()) with
             BufferSize = settings.BufferSize
             ReplayDraws = [ settings.Minibatch; settings.Minibatch ] }
