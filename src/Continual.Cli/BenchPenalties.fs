@@ -28,8 +28,8 @@ let private median (xs: float list) =
     if s.Length % 2 = 1 then s.[s.Length / 2] else (s.[s.Length / 2 - 1] + s.[s.Length / 2]) / 2.0
 
 /// Runs the benchmark with the configuration's data, device, seed and SGD settings.
-let run (config: ExperimentConfig) (out: string option) : int =
-    Engine.configureThreads config.Threads
+let run (config: Config) (out: string option) : int =
+    Engine.configureThreads config.Run.Threads
     let benchmark = Experiment.loadBenchmark config
     let settings = { Experiment.settings config with ProgressEvery = Int32.MaxValue }
     let c, h, w = benchmark.InputShape
@@ -55,7 +55,8 @@ let run (config: ExperimentConfig) (out: string option) : int =
         let sgdState = Training.initialise architecture benchmark sgd settings
         let trained = Training.trainOn sgd settings 0 first ignore CancellationToken.None sgdState
         let model = trained.Model
-        let rng = Random.create config.Seed
+        let rng = Random.create config.Run.Seed
+        let scp = Scp.Settings.Default
         let dispose (ts: Tensor list) = ParameterTensors.dispose ts
         let estimators =
             [ for kind in [ Sampled; Empirical; LabelWeighted ] do
@@ -65,9 +66,9 @@ let run (config: ExperimentConfig) (out: string option) : int =
               let m, s = time (fun () -> Estimate.mas model first settings.Device)
               dispose m
               yield "MAS (closed form)", s, first.Count
-              let (g, _), s = time (fun () -> Estimate.scp config.Slices config.ScpBatch model first settings.Device rng)
+              let (g, _), s = time (fun () -> Estimate.scp scp.Slices scp.BatchSize model first settings.Device rng)
               dispose g
-              yield sprintf "SCP, %d slices, batches of %d" config.Slices config.ScpBatch, s, first.Count ]
+              yield sprintf "SCP, %d slices, batches of %d" scp.Slices scp.BatchSize, s, first.Count ]
         // The one-sample-at-a-time reference on a subset, and the largest relative difference to the closed form.
         let subsetSize = min 1000 first.Count
         use subset = first.Inputs.narrow(0L, 0L, int64 subsetSize).``to`` settings.Device
@@ -99,7 +100,9 @@ let run (config: ExperimentConfig) (out: string option) : int =
         AnsiConsole.MarkupLine("step overhead: {0} rounds of {1} steps each of SGD, the method, and its penalty term alone ...", rounds, block)
         let stepRows =
             [ for name in Experiment.importanceNames ->
-                let methodConfig = Experiment.importanceDefaults name { config with Strategy = name; Seed = config.Seed }
+                // The method's default settings and clipping, on this run's learning rate and seed.
+                let defaults = Experiment.defaults name 500
+                let methodConfig = { config with Method = defaults.Method; Run = { config.Run with ClipGrad = defaults.Run.ClipGrad } }
                 let strategy = Experiment.strategy methodConfig
                 let mutable state = Training.initialise architecture benchmark strategy settings
                 // A short first task, then its end: the penalty is active from here on.

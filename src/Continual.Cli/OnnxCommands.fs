@@ -24,15 +24,15 @@ let (|OnnxFailure|_|) (e: exn) =
 
 /// What the exporter records of a run: the one place where a configuration becomes a run identity,
 /// so that the exporter does not depend on the configuration's type.
-let runIdentity (config: ExperimentConfig) : RunIdentity =
-    { Strategy = config.Strategy
-      Benchmark = config.Benchmark
-      ConfigHash = Results.configHash config
-      TestPerClass = config.TestPerClass
-      Joint = ((Experiment.strategy config).Schedule = Joint) }
+let runIdentity (config: Config) : RunIdentity =
+    { Strategy = Config.methodName config
+      Benchmark = config.Data.Benchmark
+      ConfigHash = Config.hash config
+      TestPerClass = config.Data.TestPerClass
+      Joint = (config.Method = MethodConfig.Joint) }
 
 /// The exporter of a run (export and verify after every task into the --out folder), None with --no-onnx.
-let exporter (args: ParseResults<RunArgs>) (config: ExperimentConfig) (out: string) : RunExporter option =
+let exporter (args: ParseResults<RunArgs>) (config: Config) (out: string) : RunExporter option =
     if args.Contains No_Onnx then None else Some(RunExporter(ExportSettings.forRun (runIdentity config) out))
 
 /// The after-task hook of a run.

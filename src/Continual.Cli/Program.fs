@@ -15,89 +15,142 @@ let private UsageError = 2
 
 exception private UsageProblem of string list
 
-/// The configuration the options describe, on top of the reference defaults for strategy and buffer.
-let configOf (args: ParseResults<RunArgs>) (strategyOverride: string option) (seedOverride: int64 option) =
-    let strategy = (defaultArg strategyOverride (args.GetResult(Strategy, defaultValue = "derpp"))).Trim().ToLowerInvariant()
-    let buffer = args.GetResult(Buffer, defaultValue = 500)
-    let d = Experiment.defaults strategy buffer |> Experiment.withPenalty (args.TryGetResult Penalty)
-    let benchmark = args.GetResult(Benchmark, defaultValue = d.Benchmark)
-    { d with
-        Benchmark = benchmark
-        DataFolder = args.GetResult(Data, defaultValue = d.DataFolder)
-        BufferSize = (if args.Contains Buffer then buffer else d.BufferSize)
-        Seed = defaultArg seedOverride (args.GetResult(Seed, defaultValue = d.Seed))
-        LearningRate = args.GetResult(Lr, defaultValue = d.LearningRate)
-        BatchSize = args.GetResult(Batch_Size, defaultValue = d.BatchSize)
-        Minibatch = args.GetResult(Minibatch, defaultValue = d.Minibatch)
-        Alpha = args.GetResult(Alpha, defaultValue = d.Alpha)
-        Beta = args.GetResult(Beta, defaultValue = d.Beta)
-        Epochs = args.GetResult(Epochs, defaultValue = d.Epochs)
-        WeightDecay = args.GetResult(Weight_Decay, defaultValue = d.WeightDecay)
-        Device = args.GetResult(Device, defaultValue = d.Device)
-        Threads = args.GetResult(Threads, defaultValue = d.Threads)
-        TrainPerClass = args.TryGetResult Train_Per_Class
-        TestPerClass = args.TryGetResult Test_Per_Class
-        Lambda = args.GetResult(Lambda, defaultValue = d.Lambda)
-        Gamma = args.GetResult(Gamma, defaultValue = d.Gamma)
-        Xi = args.GetResult(Xi, defaultValue = d.Xi)
-        FisherAlpha = args.GetResult(Fisher_Alpha, defaultValue = d.FisherAlpha)
-        ScoreEvery = args.GetResult(Score_Every, defaultValue = d.ScoreEvery)
-        Epsilon = args.GetResult(Epsilon, defaultValue = d.Epsilon)
-        Slices = args.GetResult(Slices, defaultValue = d.Slices)
-        ScpAlpha = args.GetResult(Scp_Alpha, defaultValue = d.ScpAlpha)
-        ScpBatch = args.GetResult(Scp_Batch, defaultValue = d.ScpBatch)
-        Fisher = args.GetResult(Fisher, defaultValue = d.Fisher)
-        ClipGrad = (match args.TryGetResult Clip_Grad with Some c -> Some c | None -> d.ClipGrad)
-        Distill = args.TryGetResult Distill |> Option.map (fun n -> n.Trim().ToLowerInvariant()) |> Option.filter (fun n -> n <> "none")
-        DistillWeight = args.GetResult(Distill_Weight, defaultValue = d.DistillWeight)
-        Temperature = args.GetResult(Temperature, defaultValue = d.Temperature)
-        LwfBalance = args.Contains Lwf_Balance
-        SubspaceDim = args.GetResult(Subspace_Dim, defaultValue = d.SubspaceDim)
-        Backbone = args.GetResult(Backbone, defaultValue = d.Backbone).Trim().ToLowerInvariant() }
+/// The options of the method, its penalty and its distillation terms, as given: (option name without
+/// "--", value as text). Each applies to every component that has it (e.g. --temperature to LwF and KD).
+let private methodOptions (args: ParseResults<RunArgs>) : (string * string) list =
+    let inv (v: float) = v.ToString("R", Globalization.CultureInfo.InvariantCulture)
+    [ for a in args.GetAllResults() do
+          match a with
+          | Minibatch v -> "minibatch", string v
+          | Alpha v -> "alpha", inv v
+          | Beta v -> "beta", inv v
+          | Lambda v -> "lambda", inv v
+          | Gamma v -> "gamma", inv v
+          | Xi v -> "xi", inv v
+          | Fisher_Alpha v -> "fisher-alpha", inv v
+          | Score_Every v -> "score-every", string v
+          | Epsilon v -> "epsilon", inv v
+          | Slices v -> "slices", string v
+          | Scp_Alpha v -> "scp-alpha", inv v
+          | Scp_Batch v -> "scp-batch", string v
+          | Fisher v -> "fisher", v
+          | Temperature v -> "temperature", inv v
+          | Lwf_Balance -> "lwf-balance", "true"
+          | Distill_Weight v -> "distill-weight", inv v
+          | Subspace_Dim v -> "subspace-dim", string v
+          | _ -> () ]
 
-let private defaultOut (config: ExperimentConfig) =
-    let buffer = if config.BufferSize > 0 then sprintf "-%d" config.BufferSize else ""
-    let penalty = match config.Penalty with Some p -> "+" + p | None -> ""
-    let distill = match config.Distill with Some n -> "-" + n | None -> ""
+/// The configuration the options describe, on top of the reference defaults for strategy and buffer.
+/// Method options that apply to none of the run's components are ignored (compare runs several
+/// strategies with one set of options).
+let configOf (args: ParseResults<RunArgs>) (strategyOverride: string option) (seedOverride: int64 option) : Config =
+    let strategy = (defaultArg strategyOverride (args.GetResult(Strategy, defaultValue = "derpp"))).Trim().ToLowerInvariant()
+    if not (List.contains strategy Experiment.strategyNames) then
+        raise (UsageProblem [ sprintf "unknown strategy '%s' (expected one of: %s)" strategy (String.concat ", " Experiment.strategyNames) ])
+    let penalty = args.TryGetResult Penalty |> Option.map (fun p -> p.Trim().ToLowerInvariant())
+    match penalty with
+    | Some p when not (List.contains p Experiment.importanceNames) ->
+        raise (UsageProblem [ sprintf "unknown penalty '%s' (expected one of: %s)" p (String.concat ", " Experiment.importanceNames) ])
+    | _ -> ()
+    let distill = args.TryGetResult Distill |> Option.map (fun n -> n.Trim().ToLowerInvariant()) |> Option.filter (fun n -> n <> "none")
+    let kind =
+        distill
+        |> Option.map (fun name ->
+            match Methods.DistillationKind.parse name with
+            | Some k -> k
+            | None -> raise (UsageProblem [ sprintf "unknown distillation term '%s' (expected one of: %s)" name (String.concat ", " Methods.DistillationKind.names) ]))
+    let d = Experiment.defaults strategy (args.GetResult(Buffer, defaultValue = 500)) |> Experiment.withPenalty penalty
+    let d = match kind with Some k -> Experiment.withDistillation k d | None -> d
+    let config =
+        { d with
+            Run =
+                { d.Run with
+                    Seed = defaultArg seedOverride (args.GetResult(Seed, defaultValue = d.Run.Seed))
+                    LearningRate = args.GetResult(Lr, defaultValue = d.Run.LearningRate)
+                    BatchSize = args.GetResult(Batch_Size, defaultValue = d.Run.BatchSize)
+                    Epochs = args.GetResult(Epochs, defaultValue = d.Run.Epochs)
+                    WeightDecay = args.GetResult(Weight_Decay, defaultValue = d.Run.WeightDecay)
+                    Device = args.GetResult(Device, defaultValue = d.Run.Device)
+                    Threads = args.GetResult(Threads, defaultValue = d.Run.Threads)
+                    ClipGrad = (match args.TryGetResult Clip_Grad with Some c -> Some c | None -> d.Run.ClipGrad) }
+            Data =
+                { d.Data with
+                    Benchmark = args.GetResult(Benchmark, defaultValue = d.Data.Benchmark)
+                    Folder = args.GetResult(Data, defaultValue = d.Data.Folder)
+                    TrainPerClass = args.TryGetResult Train_Per_Class
+                    TestPerClass = args.TryGetResult Test_Per_Class }
+            Backbone = args.GetResult(Backbone, defaultValue = d.Backbone).Trim().ToLowerInvariant() }
+    methodOptions args
+    |> List.fold (fun c (option, value) ->
+        match Experiment.setOption option value c with
+        | Some(Ok next) -> next
+        | Some(Error message) -> raise (UsageProblem [ sprintf "--%s: %s" option message ])
+        | None -> c) config
+
+/// Refuses method options that set nothing in this run's configuration (e.g. --xi with derpp): with one
+/// strategy, an option that does nothing is a mistake worth hearing about.
+let private refuseInapplicable (args: ParseResults<RunArgs>) (config: Config) =
+    let unused =
+        methodOptions args
+        |> List.filter (fun (option, value) -> (Experiment.setOption option value config).IsNone)
+        |> List.map fst
+        |> List.distinct
+    if not unused.IsEmpty then
+        let what =
+            [ yield Config.methodName config
+              yield! Config.penaltyName config |> Option.toList
+              for t in config.Distillation -> "--distill " + Methods.DistillationKind.name t.Kind ]
+        raise (UsageProblem [ for o in unused -> sprintf "--%s does not apply to %s" o (String.concat " with " what) ])
+
+let private defaultOut (config: Config) =
+    let buffer = match Config.bufferSize config with 0 -> "" | b -> sprintf "-%d" b
+    let penalty = match Config.penaltyName config with Some p -> "+" + p | None -> ""
+    let distill = config.Distillation |> List.map (fun t -> "-" + Methods.DistillationKind.name t.Kind) |> String.concat ""
     let backbone = if config.Backbone = "mlp" then "" else "-" + config.Backbone
-    Path.Combine("runs", sprintf "%s%s-%s%s%s%s-s%d" config.Benchmark backbone config.Strategy buffer penalty distill config.Seed)
+    Path.Combine("runs", sprintf "%s%s-%s%s%s%s-s%d" config.Data.Benchmark backbone (Config.methodName config) buffer penalty distill config.Run.Seed)
+
+/// A configuration error as the command line says it: the domain's message and the option that sets it.
+let private describe (e: ConfigError) =
+    match e.Option with
+    | Some option -> sprintf "%s (--%s)" e.Message option
+    | None -> e.Message
 
 /// Checks a configuration and that its data files are there, before any work starts.
-let private check (config: ExperimentConfig) =
+let private check (config: Config) =
     match Experiment.validate config with
     | [] ->
         try
-            if config.Benchmark = "split-cifar10" then
+            if config.Data.Benchmark = "split-cifar10" then
                 for name in Cifar.fileNames do
-                    Cifar.findFile config.DataFolder name |> ignore
+                    Cifar.findFile config.Data.Folder name |> ignore
             else
                 for name in Benchmarks.idxFileNames do
-                    Benchmarks.findIdxFile config.DataFolder name |> ignore
+                    Benchmarks.findIdxFile config.Data.Folder name |> ignore
         with DataFileError(path, reason) ->
             let hint =
-                if config.Benchmark = "split-cifar10" then "point --data at a folder with CIFAR-10's binary batches (data_batch_1.bin ... test_batch.bin)"
+                if config.Data.Benchmark = "split-cifar10" then "point --data at a folder with CIFAR-10's binary batches (data_batch_1.bin ... test_batch.bin)"
                 else "point --data at a folder with the four IDX files; on Debian, apt-get install dataset-fashion-mnist"
             raise (UsageProblem [ sprintf "%s: %s (%s)" path reason hint ])
-    | errors -> raise (UsageProblem errors)
+    | errors -> raise (UsageProblem (errors |> List.map describe))
 
 let private refuse (args: ParseResults<RunArgs>) (command: string) (options: RunArgs list) =
     let given = options |> List.filter (fun o -> args.GetAllResults() |> List.exists (fun r -> r.GetType() = o.GetType() && (string r).Split(' ').[0] = (string o).Split(' ').[0]))
     if not given.IsEmpty then
         raise (UsageProblem [ for o in given -> sprintf "--%s does not apply to '%s'" ((string o).Split(' ').[0].ToLowerInvariant().Replace('_', '-')) command ])
 
-let private runOnce (config: ExperimentConfig) (quiet: bool) (afterTask: AfterTask -> unit) =
-    let taskCount = if config.Strategy = "joint" then 1 else 5
-    Report.withProgress quiet taskCount (fun onEvent ->
+let private runOnce (config: Config) (quiet: bool) (afterTask: AfterTask -> unit) =
+    Report.withProgress quiet (fun onEvent ->
         Experiment.run config { OnEvent = onEvent; AfterTask = afterTask } CancellationToken.None)
 
 let private runCommand (args: ParseResults<RunArgs>) =
     refuse args "run" [ Repeat 0; Strategies ""; Seeds "" ]
     let config = configOf args None None
+    refuseInapplicable args config
     check config
     let out = args.GetResult(Out, defaultValue = defaultOut config)
     AnsiConsole.MarkupLine(
         "[bold]{0}[/] on [bold]{1}[/]  buffer {2}  lr {3}  seed {4}  ->  {5}",
-        Markup.Escape config.Strategy, Markup.Escape config.Benchmark, config.BufferSize, config.LearningRate, config.Seed, Markup.Escape out)
+        Markup.Escape(Config.methodName config), Markup.Escape config.Data.Benchmark, Config.bufferSize config, config.Run.LearningRate, config.Run.Seed, Markup.Escape out)
     let onnx = OnnxCommands.exporter args config out
     let result = runOnce config (args.Contains Quiet) (OnnxCommands.afterTask onnx)
     Report.printResult result
@@ -109,16 +162,19 @@ let private runCommand (args: ParseResults<RunArgs>) =
 /// `bench --distill all`: one run of plain SGD, of the strategy, and of the strategy plus each
 /// distillation term, with the training cost per step of each.
 let private distillCosts (args: ParseResults<RunArgs>) =
-    let baseConfig = { configOf args None None with Distill = None }
-    let sgdConfig = { configOf args (Some "sgd") None with Distill = None }
+    let withoutAll = args.GetAllResults() |> List.filter (function Distill _ -> false | _ -> true)
+    let args = args.Parser.ToParseResults withoutAll
+    let baseConfig = configOf args None None
+    let sgdConfig = configOf args (Some "sgd") None
+    let baseName = Config.methodName baseConfig
     let configs =
-        ("sgd", sgdConfig) :: (baseConfig.Strategy, baseConfig)
-        :: [ for name in Continual.Methods.DistillationKind.names do
-               if not (name = "relation" && baseConfig.BufferSize = 0 || name = "relation" && baseConfig.Strategy = "icarl") then
-                   yield sprintf "%s + %s" baseConfig.Strategy name, { baseConfig with Distill = Some name } ]
+        ("sgd", sgdConfig) :: (baseName, baseConfig)
+        :: [ for (kind, name) in Continual.Methods.DistillationKind.all do
+               if not (name = "relation" && Config.bufferSize baseConfig = 0 || name = "relation" && baseName = "icarl") then
+                   yield sprintf "%s + %s" baseName name, Experiment.withDistillation kind baseConfig ]
     configs |> List.iter (snd >> check)
-    let table = Table(Title = TableTitle(sprintf "training cost per step on %s (one run each, batch %d)" baseConfig.Benchmark baseConfig.BatchSize))
-    for c in [ "run"; "steps"; "train s"; "ms/step"; "x sgd"; "ms/step over " + baseConfig.Strategy; "class-il" ] do
+    let table = Table(Title = TableTitle(sprintf "training cost per step on %s (one run each, batch %d)" baseConfig.Data.Benchmark baseConfig.Run.BatchSize))
+    for c in [ "run"; "steps"; "train s"; "ms/step"; "x sgd"; "ms/step over " + baseName; "class-il" ] do
         table.AddColumn(c) |> ignore
     let mutable sgdMs, baseMs = nan, nan
     let costs = ResizeArray()
@@ -131,7 +187,7 @@ let private distillCosts (args: ParseResults<RunArgs>) =
         elif Double.IsNaN baseMs then baseMs <- ms
         table.AddRow(
             label, string o.Steps, sprintf "%.2f" o.TrainSeconds, sprintf "%.3f" ms, sprintf "%.2f" (ms / sgdMs),
-            (if label = "sgd" || label = baseConfig.Strategy then "-" else sprintf "%+.3f" (ms - baseMs)),
+            (if label = "sgd" || label = baseName then "-" else sprintf "%+.3f" (ms - baseMs)),
             sprintf "%.2f" (Metrics.averageAccuracy o.ClassIl)) |> ignore
         costs.Add((label, o.Steps, o.TrainSeconds, ms))
         Experiment.release result
@@ -157,10 +213,11 @@ let private benchCommand (args: ParseResults<RunArgs>) =
     refuse args "bench" [ Strategies ""; Seeds ""; No_Onnx ]
     if args.TryGetResult Distill |> Option.exists (fun d -> d.Trim().ToLowerInvariant() = "all") then distillCosts args else
     let config = configOf args None None
+    refuseInapplicable args config
     check config
     let repeat = args.GetResult(Repeat, defaultValue = 1)
     if repeat <= 0 then raise (UsageProblem [ sprintf "--repeat must be positive (got %d)" repeat ])
-    let table = Table(Title = TableTitle(sprintf "%s on %s, buffer %d" config.Strategy config.Benchmark config.BufferSize))
+    let table = Table(Title = TableTitle(sprintf "%s on %s, buffer %d" (Config.methodName config) config.Data.Benchmark (Config.bufferSize config)))
     for c in [ "run"; "wall s (load+train+eval)"; "train s"; "eval s"; "steps"; "steps/s"; "peak memory MiB"; "class-il"; "task-il" ] do
         table.AddColumn(c) |> ignore
     let rows =
@@ -253,18 +310,19 @@ let private compareCommand (args: ParseResults<RunArgs>) =
     let configs = [ for s in strategies -> s, [ for seed in seeds -> configOf args (Some s) (Some seed) ] ]
     configs |> List.iter (snd >> List.iter check)
     let out = args.GetResult(Out, defaultValue = "runs/compare")
-    let label (runs: ExperimentConfig list) =
-        match runs.Head.Penalty with Some p -> runs.Head.Strategy + "+" + p | None -> runs.Head.Strategy
+    let label (runs: Config list) =
+        let head = runs.Head
+        match Config.penaltyName head with Some p -> Config.methodName head + "+" + p | None -> Config.methodName head
     let rows =
         [ for (_, runs) in configs ->
             let results =
                 [ for config in runs ->
-                    AnsiConsole.MarkupLine("{0} seed {1} ...", Markup.Escape(label runs), config.Seed)
+                    AnsiConsole.MarkupLine("{0} seed {1} ...", Markup.Escape(label runs), config.Run.Seed)
                     let result = runOnce config true ignore
                     Results.write (Path.Combine(out, Path.GetFileName(defaultOut config))) result ignore
                     result ]
             { Label = label runs
-              Buffer = runs.Head.BufferSize
+              Buffer = Config.bufferSize runs.Head
               ClassIl = results |> List.map (fun r -> Metrics.averageAccuracy r.Outcome.ClassIl)
               TaskIl = results |> List.map (fun r -> Metrics.averageAccuracy r.Outcome.TaskIl)
               WallSeconds = results |> List.averageBy (fun r -> r.WallSeconds) } ]
@@ -313,7 +371,7 @@ let run (argv: string[]) : int =
         | Verify args -> OnnxCommands.verifyCommand args
         | Export args -> OnnxCommands.exportCommand args
         | Version ->
-            printfn "continual %s" (typeof<ExperimentConfig>.Assembly.GetName().Version.ToString())
+            printfn "continual %s" (typeof<Config>.Assembly.GetName().Version.ToString())
             0
     with
     | UsageProblem errors ->

@@ -38,8 +38,9 @@ let printResult (result: ExperimentResult) =
     AnsiConsole.Write(matrixTable "Task-IL accuracy (percent)" result.Outcome.TaskIl)
     AnsiConsole.Write(summaryTable result)
 
-/// Runs `work` with one progress bar per task, fed by the training events it raises.
-let withProgress (quiet: bool) (taskCount: int) (work: (TrainingEvent -> unit) -> 'T) : 'T =
+/// Runs `work` with one progress bar per task, fed by the training events it raises (the number of
+/// tasks comes from the run's first event).
+let withProgress (quiet: bool) (work: (TrainingEvent -> unit) -> 'T) : 'T =
     if quiet then
         work ignore
     else
@@ -53,10 +54,12 @@ let withProgress (quiet: bool) (taskCount: int) (work: (TrainingEvent -> unit) -
                             RemainingTimeColumn() |])
         progress.Start(fun ctx ->
             let bars = Collections.Generic.Dictionary<int, ProgressTask>()
+            let mutable taskCount = 1
             // JOINT trains once on everything: its figures cover every task.
             let seenOnly task (row: float[]) = if taskCount = 1 then row else row.[.. task]
             let onEvent event =
                 match event with
+                | RunStarted tasks -> taskCount <- tasks
                 | TaskStarted(task, steps) ->
                     let label = if taskCount = 1 then "joint" else sprintf "task %d/%d" (task + 1) taskCount
                     let bar = ctx.AddTask(label, true, float steps)

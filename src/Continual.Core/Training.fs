@@ -29,6 +29,8 @@ exception TrainingDiverged of task: int * step: int * loss: float32
 
 /// What the shell reports while it works.
 type TrainingEvent =
+    /// A run begins: it trains this many units (the benchmark's tasks, or one for JOINT).
+    | RunStarted of tasks: int
     | TaskStarted of task: int * steps: int
     | StepsCompleted of task: int * completed: int * steps: int * meanLoss: float
     | TaskFinished of task: int * accuracies: TaskAccuracies * seconds: float
@@ -416,6 +418,7 @@ module Training =
             match strategy.Schedule with
             | Sequential -> benchmark.Tasks |> List.map (fun t -> t.Index, t.Classes, Benchmarks.selectClasses t.Classes benchmark.Train, true)
             | Joint -> [ 0, benchmark.Tasks |> List.collect (fun t -> t.Classes), benchmark.Train, false ]
+        hooks.OnEvent(RunStarted units.Length)
         try
             for (taskIndex, classes, data, ownsData) in units do
                 let clock = Stopwatch.StartNew()

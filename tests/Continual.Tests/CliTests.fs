@@ -42,10 +42,12 @@ let tests =
             use doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(out, "results.json")))
             let root = doc.RootElement
             let config = root.GetProperty "config"
-            Expect.equal (config.GetProperty("strategy").GetString()) "der" "strategy recorded"
-            Expect.equal (config.GetProperty("buffer").GetInt32()) 40 "buffer recorded"
-            Expect.equal (config.GetProperty("seed").GetInt64()) 5L "seed recorded"
-            Expect.equal (config.GetProperty("lr").GetDouble()) 0.03 "reference lr for DER (nearest buffer 200)"
+            Expect.equal (config.GetProperty("version").GetInt32()) 2 "configuration version"
+            Expect.equal (config.GetProperty("method").GetProperty("name").GetString()) "der" "strategy recorded"
+            Expect.equal (config.GetProperty("method").GetProperty("buffer").GetInt32()) 40 "buffer recorded"
+            Expect.equal (config.GetProperty("method").GetProperty("alpha").GetDouble()) 0.2 "reference α for DER (nearest buffer 200)"
+            Expect.equal (config.GetProperty("run").GetProperty("seed").GetInt64()) 5L "seed recorded"
+            Expect.equal (config.GetProperty("run").GetProperty("learningRate").GetDouble()) 0.03 "reference lr for DER (nearest buffer 200)"
             Expect.equal (root.GetProperty("classIl").GetArrayLength()) 5 "Class-IL matrix rows"
             Expect.equal (root.GetProperty("taskIl").[4].GetArrayLength()) 5 "Task-IL matrix columns"
             let metrics = root.GetProperty "metrics"

@@ -226,7 +226,7 @@ let memoryTests =
                   yield "icarl", Icarl.strategy { Memory = 20 }
                   for (kind, name) in DistillationKind.all ->
                       "der + " + name,
-                      Der.der { BufferSize = 40; Minibatch = 10; Alpha = 0.3; Beta = 0.0 }
+                      Der.der { BufferSize = 40; Minibatch = 10; Alpha = 0.3 }
                       |> Method.add (DistillationTerm.create { Kind = kind; Weight = 1.0; Temperature = 2.0; SubspaceDim = 2; RelationSamples = 32 }) ]
             for (name, strategy) in cases do
                 let first, second = syntheticSet 20L [ 0; 1 ] 10, syntheticSet 21L [ 2; 3 ] 10
@@ -261,7 +261,7 @@ let memoryTests =
 let afterTaskTests =
     testSequenced <| testList "strategies.icarl.after-task" [
         testCase "after-task hooks see the logits' accuracies (what an exported model computes), the run reports NME's" <| fun () ->
-            let config = { Experiment.defaults "icarl" 200 with TrainPerClass = Some 40; TestPerClass = Some 20 }
+            let config = { Experiment.defaults "icarl" 200 with Data.TrainPerClass = Some 40; Data.TestPerClass = Some 20 }
             let seen = ResizeArray()
             let hook (after: AfterTask) =
                 let logits = Evaluation.evaluate after.Model after.Device after.TestSets
@@ -282,12 +282,12 @@ let afterTaskTests =
 let endToEndTests =
     testSequenced <| testList "strategies.distillation.end-to-end" [
         testCase "lwf, icarl and der --distill sd run on a small Split Fashion-MNIST; iCaRL scores no class it has not seen" <| fun () ->
-            for strategy, distill in [ "lwf", None; "icarl", None; "der", Some "sd" ] do
+            for strategy, distill in [ "lwf", None; "icarl", None; "der", Some Subspace ] do
                 let config =
                     { Experiment.defaults strategy 200 with
-                        TrainPerClass = Some 40
-                        TestPerClass = Some 20
-                        Distill = distill }
+                        Data.TrainPerClass = Some 40
+                        Data.TestPerClass = Some 20
+                        Distillation = distill |> Option.map DistillationSettings.Of |> Option.toList }
                 let result = Experiment.run config RunHooks.none System.Threading.CancellationToken.None
                 try
                     Expect.equal result.Outcome.ClassIl.Length 5 (strategy + ": one row per task")

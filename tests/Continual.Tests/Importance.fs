@@ -29,7 +29,7 @@ let private tinyBenchmark () : Benchmark =
       Tasks = [ { Index = 0; Classes = [ 0; 1 ] }; { Index = 1; Classes = [ 2; 3 ] } ] }
 
 let private configFor (strategy: string) =
-    { Experiment.defaults strategy 20 with Benchmark = "split-fmnist"; Seed = 4L }
+    { Experiment.defaults strategy 20 with Data.Benchmark = "split-fmnist"; Run.Seed = 4L }
 
 let private finite (m: float[][]) = m |> Array.forall (Array.forall (fun x -> x >= 0.0 && x <= 100.0))
 
@@ -119,14 +119,17 @@ let tests =
         ]
 
         testCase "a penalty is added to a replay strategy (DER++ with SI)" <| fun () ->
-            let config = { (configFor "derpp" |> Experiment.withPenalty (Some "si")) with Minibatch = 8 }
-            Expect.equal config.Penalty (Some "si") "penalty recorded"
-            Expect.equal config.Lambda 1.0 "SI's default c"
-            Expect.equal config.ClipGrad (Some 1.0) "SI's clipping comes with it"
-            let clipping = { configFor "derpp" with ClipGrad = Some 0.5 } |> Experiment.withPenalty (Some "si")
-            Expect.equal clipping.ClipGrad (Some 0.5) "a strategy's own clipping is kept"
+            let withSi = configFor "derpp" |> Experiment.withPenalty (Some "si")
+            let config =
+                match Experiment.setOption "minibatch" "8" withSi with
+                | Some(Ok c) -> c
+                | other -> failtestf "minibatch not set: %A" other
+            Expect.equal config.Penalty (Some(ImportanceConfig.Si Si.Settings.Default)) "SI recorded with its default c 1 and ξ 0.9"
+            Expect.equal config.Run.ClipGrad (Some 1.0) "SI's clipping comes with it"
+            let clipping = { configFor "derpp" with Run.ClipGrad = Some 0.5 } |> Experiment.withPenalty (Some "si")
+            Expect.equal clipping.Run.ClipGrad (Some 0.5) "a strategy's own clipping is kept"
             let mas = configFor "derpp" |> Experiment.withPenalty (Some "mas")
-            Expect.equal mas.ClipGrad None "MAS brings no clipping"
+            Expect.equal mas.Run.ClipGrad None "MAS brings no clipping"
             let strategy = Experiment.strategy config
             Expect.equal (strategy.Methods |> List.map (fun m -> m.Name)) [ "derpp"; "si" ] "SI added after DER++"
             Expect.equal strategy.ReplayDraws [ 8; 8 ] "DER++ draws kept"
@@ -136,32 +139,45 @@ let tests =
 
         testCase "reference settings for online EWC and SI" <| fun () ->
             let ewc = Experiment.defaults "ewc-online" 500
-            Expect.equal (ewc.Lambda, ewc.Gamma, ewc.Fisher, ewc.LearningRate) (90.0, 1.0, "weighted", 0.03) "online EWC"
+            Expect.equal ewc.Method (MethodConfig.Importance(ImportanceConfig.OnlineEwc { Lambda = 90.0; Gamma = 1.0; Fisher = Penalties.LabelWeighted })) "online EWC: λ 90, γ 1, weighted Fisher"
+            Expect.equal ewc.Run.LearningRate 0.03 "online EWC's lr"
             let si = Experiment.defaults "si" 500
-            Expect.equal (si.Lambda, si.Xi, si.ClipGrad, si.LearningRate) (1.0, 0.9, Some 1.0, 0.1) "SI"
+            Expect.equal si.Method (MethodConfig.Importance(ImportanceConfig.Si { C = 1.0; Xi = 0.9 })) "SI: c 1, ξ 0.9"
+            Expect.equal (si.Run.ClipGrad, si.Run.LearningRate) (Some 1.0, 0.1) "SI: clipping and lr"
             Expect.equal (Experiment.strategy si).ClipGradValue (Some 1.0) "SI clips gradients to [-1, 1]"
-            Expect.equal si.BufferSize 0 "no buffer"
+            Expect.equal (Config.bufferSize si) 0 "no buffer"
             let scp = Experiment.defaults "scp" 500
-            Expect.equal (scp.Lambda, scp.ScpAlpha, scp.ClipGrad, scp.Slices) (3.0, 0.9, Some 1.0, 50) "SCP: λ, α and clipping chosen on seeds 10-12"
+            Expect.equal scp.Method (MethodConfig.Importance(ImportanceConfig.Scp { Lambda = 3.0; Alpha = 0.9; Slices = 50; BatchSize = 100 })) "SCP: λ and α chosen on seeds 10-12"
+            Expect.equal scp.Run.ClipGrad (Some 1.0) "SCP's clipping"
 
-        testCase "invalid importance settings are refused with a message" <| fun () ->
+        testCase "invalid importance settings are refused with a message in the domain's words" <| fun () ->
             let base' = configFor "ewc"
-            let errors (c: ExperimentConfig) = Experiment.validate c
-            Expect.isNonEmpty (errors { base' with Fisher = "fisher" }) "unknown Fisher kind"
-            Expect.isNonEmpty (errors { base' with Lambda = -1.0 }) "negative λ"
-            Expect.isNonEmpty (errors { base' with Penalty = Some "si" }) "a penalty on an importance method"
-            Expect.isNonEmpty (errors { configFor "derpp" with Penalty = Some "lwf" }) "unknown penalty"
-            Expect.isNonEmpty (errors { configFor "derpp" with Penalty = Some "si" }) "a penalty of strength 0 (field set without its defaults)"
-            Expect.isNonEmpty (errors { base' with ScpAlpha = 1.0 }) "SCP α must stay below 1"
-            Expect.isNonEmpty (errors { base' with ClipGrad = Some 0.0 }) "clip must be positive"
+            let errors (c: Config) = Experiment.validate c
+            let set option value c =
+                match Experiment.setOption option value c with
+                | Some(Ok c) -> c
+                | other -> failtestf "%s not set: %A" option other
+            Expect.isSome (Experiment.setOption "fisher" "fisher" base' |> Option.filter Result.isError) "unknown Fisher kind"
+            Expect.isNonEmpty (errors (set "lambda" "-1" base')) "negative λ"
+            Expect.isNonEmpty (errors { base' with Penalty = Some(ImportanceConfig.Si Si.Settings.Default) }) "a penalty on an importance method"
+            Expect.isNonEmpty (errors { configFor "derpp" with Penalty = Some(ImportanceConfig.Si { Si.Settings.Default with C = 0.0 }) }) "a penalty of strength 0"
+            Expect.isNonEmpty (errors (set "scp-alpha" "1" (configFor "scp"))) "SCP α must stay below 1"
+            Expect.isNonEmpty (errors { base' with Run.ClipGrad = Some 0.0 }) "clip must be positive"
             Expect.isEmpty (errors (configFor "derpp" |> Experiment.withPenalty (Some "ewc-online"))) "DER++ with online EWC is valid"
+            for e in errors (set "lambda" "-1" base') @ errors { base' with Run.LearningRate = -1.0 } do
+                Expect.isFalse (e.Message.Contains "--") (sprintf "no command-line option in the core's message: %s" e.Message)
+            Expect.equal (errors { base' with Run.LearningRate = -1.0 } |> List.map (fun e -> e.Path, e.Option)) [ "run.learningRate", Some "lr" ] "where the error is"
 
-        testCase "the configuration JSON records the importance settings" <| fun () ->
+        testCase "the configuration JSON records the importance settings and reads back" <| fun () ->
             let config = configFor "derpp" |> Experiment.withPenalty (Some "rwalk")
             let json = Results.configJson config
-            for fragment in [ "\"penalty\":\"rwalk\""; "\"lambda\":10"; "\"fisherAlpha\":0.9"; "\"scoreEvery\":10"; "\"fisher\":\"empirical\"" ] do
+            for fragment in [ "\"penalty\":{\"name\":\"rwalk\""; "\"lambda\":10"; "\"fisherAlpha\":0.9"; "\"scoreEvery\":10"; "\"fisher\":\"empirical\"" ] do
                 Expect.stringContains json fragment fragment
-            Expect.notEqual (Results.configHash config) (Results.configHash { config with Lambda = 11.0 }) "λ changes the hash"
+            let stronger = match Experiment.setOption "lambda" "11" config with Some(Ok c) -> c | other -> failtestf "%A" other
+            Expect.notEqual (Results.configHash config) (Results.configHash stronger) "λ changes the hash"
+            for c in [ config; stronger; Experiment.defaults "lwf" 500 |> Experiment.withDistillation Methods.Kd; Experiment.defaults "icarl" 2000 ] do
+                use doc = System.Text.Json.JsonDocument.Parse(Results.configJson c)
+                Expect.equal (Config.ofJson doc.RootElement) c "the JSON form reads back to the same configuration"
 
         testList "live tensors stay flat over many steps" [
             for name in Experiment.importanceNames ->

@@ -364,7 +364,7 @@ let private writeCifar (folder: string) =
         Cifar.writeBatch (Path.Combine(folder, name)) labels pixels
 
 /// The export settings `continual run` uses for a configuration.
-let private exportSettings (config: ExperimentConfig) (out: string) =
+let private exportSettings (config: Config) (out: string) =
     ExportSettings.forRun (Continual.Cli.OnnxCommands.runIdentity config) out
 
 let private temporaryFolder () =
@@ -381,8 +381,8 @@ let private endToEnd =
          let out = Path.Combine(root, "run")
          let config =
              { Experiment.defaults "derpp" 50 with
-                 DataFolder = data
-                 TestPerClass = Some 10 }
+                 Data.Folder = data
+                 Data.TestPerClass = Some 10 }
          let exporter = RunExporter(exportSettings config out)
          let result = Experiment.run config { RunHooks.none with AfterTask = exporter.AfterTask } Threading.CancellationToken.None
          try
@@ -395,7 +395,7 @@ let private endToEnd =
 let private runWith (settings: ExportSettings -> ExportSettings) (strategy: string) =
     let root, data, _, _, _, _ = endToEnd.Force()
     let out = Path.Combine(root, strategy + "-" + Guid.NewGuid().ToString "N")
-    let config = { Experiment.defaults strategy 50 with DataFolder = data; TestPerClass = Some 10 }
+    let config = { Experiment.defaults strategy 50 with Data.Folder = data; Data.TestPerClass = Some 10 }
     let exporter = RunExporter(settings (exportSettings config out))
     let result = Experiment.run config { RunHooks.none with AfterTask = exporter.AfterTask } Threading.CancellationToken.None
     Experiment.release result
@@ -480,7 +480,7 @@ let endToEndTests =
                 let data = Path.Combine(root, "cifar")
                 writeCifar data
                 let out = Path.Combine(root, "run")
-                let config = { Experiment.defaults "sgd" 0 with Benchmark = "split-cifar10"; DataFolder = data; TestPerClass = Some 2 }
+                let config = { Experiment.defaults "sgd" 0 with Data.Benchmark = "split-cifar10"; Data.Folder = data; Data.TestPerClass = Some 2 }
                 let exporter = RunExporter(exportSettings config out)
                 let result = Experiment.run config { RunHooks.none with AfterTask = exporter.AfterTask } Threading.CancellationToken.None
                 Experiment.release result

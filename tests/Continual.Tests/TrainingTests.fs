@@ -11,10 +11,10 @@ open Continual.Tests.TestData
 
 let private realSubset trainPerClass testPerClass strategy buffer seed =
     { Experiment.defaults strategy buffer with
-        DataFolder = fashionMnist
-        Seed = seed
-        TrainPerClass = Some trainPerClass
-        TestPerClass = Some testPerClass }
+        Data.Folder = fashionMnist
+        Run.Seed = seed
+        Data.TrainPerClass = Some trainPerClass
+        Data.TestPerClass = Some testPerClass }
 
 let private liveTensors () = DisposeScopeManager.Statistics.ThreadTotalLiveCount
 
@@ -93,7 +93,7 @@ let tests =
         test "JOINT trains once on every task and reports one row" {
             use tmp = new TempFolder()
             writeSyntheticFolder tmp.Path 30 10
-            let config = { Experiment.defaults "joint" 0 with DataFolder = tmp.Path }
+            let config = { Experiment.defaults "joint" 0 with Data.Folder = tmp.Path }
             let result = Experiment.run config RunHooks.none CancellationToken.None
             Experiment.release result
             Expect.equal result.Outcome.ClassIl.Length 1 "one row"
@@ -104,7 +104,7 @@ let tests =
         test "a diverging run stops with a clear error instead of reporting chance accuracy" {
             use tmp = new TempFolder()
             writeSyntheticFolder tmp.Path 30 5
-            let config = { Experiment.defaults "sgd" 0 with DataFolder = tmp.Path; LearningRate = 1e12 }
+            let config = { Experiment.defaults "sgd" 0 with Data.Folder = tmp.Path; Run.LearningRate = 1e12 }
             Expect.throwsC (fun () -> Experiment.run config RunHooks.none CancellationToken.None |> ignore) (fun e ->
                 Expect.stringContains e.Message "training diverged in task 1" "names the task"
                 Expect.stringContains e.Message "lower --lr" "says what to do")
@@ -115,7 +115,7 @@ let tests =
             writeSyntheticFolder tmp.Path 30 5
             use cts = new CancellationTokenSource()
             let hooks = RunHooks.events (function StepsCompleted _ -> cts.Cancel() | _ -> ())
-            let config = { Experiment.defaults "sgd" 0 with DataFolder = tmp.Path }
-            Expect.throwsT<System.OperationCanceledException> (fun () -> Experiment.run { config with BatchSize = 1 } hooks cts.Token |> ignore) "cancelled"
+            let config = { Experiment.defaults "sgd" 0 with Data.Folder = tmp.Path }
+            Expect.throwsT<System.OperationCanceledException> (fun () -> Experiment.run { config with Run.BatchSize = 1 } hooks cts.Token |> ignore) "cancelled"
         }
     ]
