@@ -7,6 +7,7 @@ open Argu
 open Continual
 open Continual.Cli.Arguments
 open Continual.Data
+open Continual.Methods
 open Spectre.Console
 
 /// Exit codes: 0 success, 1 the work failed (bad data, a failed check), 2 bad usage.

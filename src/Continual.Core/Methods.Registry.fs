@@ -3,6 +3,33 @@ namespace Continual.Methods
 open System.Text.Json
 open Continual
 
+/// A parameter-importance method with its settings: a strategy of its own (fine-tuning plus its
+/// penalty) or a penalty added to another strategy.
+[<RequireQualifiedAccess>]
+type ImportanceConfig =
+    | Ewc of Ewc.Settings
+    | OnlineEwc of OnlineEwc.Settings
+    | EwcPlusPlus of EwcPlusPlus.Settings
+    | Si of Si.Settings
+    | Mas of Mas.Settings
+    | Rwalk of Rwalk.Settings
+    | Scp of Scp.Settings
+
+/// The method a run trains with, with its own settings.
+[<RequireQualifiedAccess>]
+type MethodConfig =
+    /// Fine-tuning (the lower bound).
+    | Sgd
+    /// All tasks at once (the upper bound).
+    | Joint
+    | Er of Er.Settings
+    | Der of Der.Settings
+    | Derpp of Der.PlusPlusSettings
+    | Lwf of Lwf.Settings
+    | Icarl of Icarl.Settings
+    /// An importance method alone: fine-tuning plus its penalty.
+    | Importance of ImportanceConfig
+
 /// What the registry knows of an importance method: its name, defaults, the gradient clipping its
 /// defaults were chosen with, its settings (JSON keys, command-line options, checks) and how to build it.
 type ImportanceEntry =
