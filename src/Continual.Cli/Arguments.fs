@@ -50,7 +50,7 @@ type RunArgs =
             match this with
             | Benchmark _ -> "benchmark: split-fmnist (default), split-mnist or split-cifar10 (binary batches, --data FOLDER)."
             | Data _ -> "folder with the four IDX files (default /usr/share/datasets/fashion-mnist), or CIFAR-10's binary batches."
-            | Strategy _ -> "sgd, joint, er, der, derpp, lwf, icarl, ewc, ewc-online, ewc++, si, mas, rwalk or scp (default derpp)."
+            | Strategy _ -> sprintf "%s (default derpp)." (String.concat ", " Continual.Methods.Registry.methodNames)
             | Buffer _ -> "replay buffer size, iCaRL's memory (default 500; the reference settings exist for 200, 500, 5120)."
             | Seed _ -> "random seed (default 0)."
             | Lr _ -> "learning rate (default: the reference setting of the strategy and buffer)."
@@ -75,7 +75,7 @@ type RunArgs =
             | Repeat _ -> "bench only: number of whole runs to time (default 1)."
             | Strategies _ -> "compare only: comma-separated strategies (default sgd,joint,er,der,derpp)."
             | Seeds _ -> "compare only: comma-separated seeds (default 0,1,2)."
-            | Penalty _ -> "add an importance penalty to the strategy: ewc, ewc-online, ewc++, si, mas, rwalk or scp (e.g. derpp with si)."
+            | Penalty _ -> sprintf "add an importance penalty to the strategy: %s (e.g. derpp with si)." (String.concat ", " Continual.Methods.Registry.importanceNames)
             | Lambda _ -> "importance penalty strength λ, SI's c (default: the method's, see docs/importance.md)."
             | Gamma _ -> "online EWC's Fisher decay γ (default 1)."
             | Xi _ -> "SI's damping ξ (default 0.9)."

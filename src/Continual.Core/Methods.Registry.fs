@@ -14,6 +14,7 @@ type ImportanceConfig =
     | Mas of Mas.Settings
     | Rwalk of Rwalk.Settings
     | Scp of Scp.Settings
+    | L2 of L2.Settings
 
 /// The method a run trains with, with its own settings.
 [<RequireQualifiedAccess>]
@@ -105,6 +106,9 @@ module Registry =
           Setting.float "epsilon" "epsilon" "RWalk's ε" (fun s -> s.Epsilon) (fun v s -> { s with Epsilon = v }) (Setting.positive "RWalk's ε")
           Setting.fisher (fun s -> s.Fisher) (fun v s -> { s with Fisher = v }) ]
 
+    let private l2Settings : Setting<L2.Settings> list =
+        [ lambda "L2's strength λ" (fun s -> s.Lambda) (fun v s -> { s with Lambda = v }) ]
+
     let private scpSettings : Setting<Scp.Settings> list =
         [ lambda "SCP's strength λ" (fun s -> s.Lambda) (fun v s -> { s with Lambda = v })
           Setting.float "alpha" "scp-alpha" "SCP's weight α of the old Γ" (fun s -> s.Alpha) (fun v s -> { s with Alpha = v }) (Setting.belowOne "SCP's weight α of the old Γ")
@@ -127,7 +131,8 @@ module Registry =
           entry "si" "SI: path integrals of every parameter's contribution" Si.Settings.Default ImportanceConfig.Si (function ImportanceConfig.Si s -> Some s | _ -> None) (Some Si.clipGradValue) (fun s -> s.C) siSettings (fun s _ -> Si.create s)
           entry "mas" "MAS: sensitivity of the output norm" Mas.Settings.Default ImportanceConfig.Mas (function ImportanceConfig.Mas s -> Some s | _ -> None) None (fun s -> s.Lambda) masSettings (fun s _ -> Mas.create s)
           entry "rwalk" "RWalk: EWC++'s Fisher plus path scores" Rwalk.Settings.Default ImportanceConfig.Rwalk (function ImportanceConfig.Rwalk s -> Some s | _ -> None) None (fun s -> s.Lambda) rwalkSettings Rwalk.create
-          entry "scp" "SCP: sliced Cramér preservation" Scp.Settings.Default ImportanceConfig.Scp (function ImportanceConfig.Scp s -> Some s | _ -> None) (Some Scp.clipGradValue) (fun s -> s.Lambda) scpSettings Scp.create ]
+          entry "scp" "SCP: sliced Cramér preservation" Scp.Settings.Default ImportanceConfig.Scp (function ImportanceConfig.Scp s -> Some s | _ -> None) (Some Scp.clipGradValue) (fun s -> s.Lambda) scpSettings Scp.create
+          entry "l2" "L2: every parameter anchored equally" L2.Settings.Default ImportanceConfig.L2 (function ImportanceConfig.L2 s -> Some s | _ -> None) None (fun s -> s.Lambda) l2Settings (fun s _ -> L2.create s) ]
 
     /// The importance methods' names.
     let importanceNames = importance |> List.map (fun e -> e.Name)
@@ -143,6 +148,7 @@ module Registry =
             | ImportanceConfig.Mas _ -> "mas"
             | ImportanceConfig.Rwalk _ -> "rwalk"
             | ImportanceConfig.Scp _ -> "scp"
+            | ImportanceConfig.L2 _ -> "l2"
         importance |> List.find (fun e -> e.Name = name)
 
     /// The importance method of a name, None when there is none.

@@ -71,6 +71,7 @@ let methodWith (name: string) (lambda: float) (fisher: FisherKind) : MethodInsta
     | "mas" -> Mas.create { Lambda = lambda }
     | "rwalk" -> Rwalk.create { Lambda = lambda; FisherAlpha = 0.9; ScoreEvery = 3; Epsilon = 1e-3; Fisher = fisher } methodSeed
     | "scp" -> Scp.create { Lambda = lambda; Alpha = 0.5; Slices = 7; BatchSize = 16 } methodSeed
+    | "l2" -> L2.create { Lambda = lambda }
     | other -> failwithf "unknown method %s" other
 
 /// The generator every importance method starts from in the tiny runs.
@@ -138,6 +139,7 @@ let reference (name: string) (lambda: float) (instance: MethodInstance) (anchor:
         let omega = rwalkReference (flatValues s.Running.Value) (flatValues s.PreviousScores.Value)
         { Name = name; Coefficient = lambda / 2.0; Pairs = [ omega, anchor ] }
     | :? Scp.State as s -> { Name = name; Coefficient = lambda; Pairs = one s.Gamma.Value }
+    | :? L2.State -> { Name = name; Coefficient = lambda / 2.0; Pairs = [ Array.create anchor.Length 1.0, anchor ] }
     | _ -> failwithf "no reference for %s" name
 
 /// Writes flat values into a model's parameters.
