@@ -62,7 +62,8 @@ module FlatParameters =
         && (let mutable offset = 0L
             let mutable ok = true
             for (p, shape) in List.zip parameters flat.Shapes do
-                let grad = p.grad
+                // `grad` makes a new handle on the gradient: free it, not the gradient.
+                use grad = p.grad
                 ok <- ok
                       && p.shape = shape
                       && p.storage_offset () = offset

@@ -24,7 +24,7 @@ type TrainingSettings =
 exception TrainingDiverged of task: int * step: int * loss: float32
     with
         override this.Message =
-            sprintf "training diverged in task %d at step %d (loss %g): lower --lr or the penalty/distillation weight"
+            sprintf "training diverged in task %d at step %d (loss %g): lower the learning rate or the penalty or distillation weight"
                 (this.task + 1) this.step this.loss
 
 /// What the shell reports while it works.
@@ -115,10 +115,12 @@ module Training =
         let buffer =
             if strategy.BufferSize > 0 then
                 let b = Replay.create strategy.BufferSize features benchmark.NumClasses (Random.split 1L rng)
-                Some { b with
-                        Examples = b.Examples.``to``(settings.Device).DetachFromDisposeScope()
-                        Labels = b.Labels.``to``(settings.Device).DetachFromDisposeScope()
-                        Logits = b.Logits.``to``(settings.Device).DetachFromDisposeScope() }
+                // `to` makes a new handle even on the same device; the first one is freed.
+                let moved (t: Tensor) =
+                    let m = t.``to``(settings.Device).DetachFromDisposeScope()
+                    if not (obj.ReferenceEquals(m, t)) then t.Dispose()
+                    m
+                Some { b with Examples = moved b.Examples; Labels = moved b.Labels; Logits = moved b.Logits }
             else None
         { Model = model
           Parameters = flat
@@ -235,8 +237,11 @@ module Training =
             let order, rng = Random.permutation n state.Rng
             state <- { state with Rng = rng }
             use index = torch.tensor(order, dtype = torch.ScalarType.Int64)
-            use inputs = data.Inputs.index_select(0L, index).``to`` settings.Device
-            use labels = data.Labels.index_select(0L, index).``to`` settings.Device
+            // `to` makes a new handle even on the same device: both the shuffled copy and the moved one are freed.
+            use shuffledInputs = data.Inputs.index_select(0L, index)
+            use shuffledLabels = data.Labels.index_select(0L, index)
+            use inputs = shuffledInputs.``to`` settings.Device
+            use labels = shuffledLabels.``to`` settings.Device
             let labelArray = order |> Array.map (fun i -> data.LabelArray.[int i])
             for s in 0 .. stepsPerEpoch - 1 do
                 cancellation.ThrowIfCancellationRequested()
@@ -322,6 +327,28 @@ module Training =
           EmbedRows = embedRows state.Model settings.Device cancellation
           Cancellation = cancellation }
 
+    /// Keeps a tensor, or a module's parameters and buffers, out of the current dispose scope.
+    let private keep (owned: System.IDisposable) =
+        match owned with
+        | :? Tensor as t -> t.DetachFromDisposeScope() |> ignore
+        | :? torch.nn.Module as m ->
+            for p in m.parameters () do p.DetachFromDisposeScope() |> ignore
+            for b in m.buffers () do b.DetachFromDisposeScope() |> ignore
+        | _ -> ()
+
+    /// A task-boundary transition in a dispose scope of its own: what the next state owns is moved out
+    /// of it, every other tensor the transition made dies with it, and what the transition dropped from
+    /// the state is freed. Methods never manage lifetimes; the shell does it here and in `step`.
+    let phase (transition: MethodInstance -> MethodInstance) (instance: MethodInstance) : MethodInstance =
+        let next =
+            use scope = torch.NewDisposeScope()
+            let next = transition instance
+            for owned in next.Owned() do
+                keep owned
+            next
+        Method.release instance next
+        next
+
     /// LwF's classifier warm-up: `Epochs` passes over the task's data training only the classifier with
     /// plain SGD at the run's learning rate (no weight decay), CE over the task's own classes, features
     /// frozen (computed in evaluation mode). Returns the generator after its shuffles.
@@ -379,22 +406,22 @@ module Training =
                     match m.WarmUp context with
                     | Some(warmUp, resume) ->
                         onEvent (PhaseStarted(context.Task, sprintf "%s: classifier warm-up" m.Name))
-                        Method.advance (fun _ -> resume (warmUpClassifier context warmUp)) m
+                        phase (fun _ -> resume (warmUpClassifier context warmUp)) m
                     | None -> m
                 let m =
                     match m.Auxiliary with
                     | Some build when not (auxiliary |> List.exists (fun (j, _) -> j = i)) ->
                         let module' = buildAuxiliary context build state.Optimiser
                         auxiliary <- auxiliary @ [ i, module' ]
-                        Method.advance (fun m -> m.Attach module') m
+                        phase (fun m -> m.Attach module') m
                     | _ -> m
-                Method.advance (fun m -> m.BeginTask context) m)
+                phase (fun m -> m.BeginTask context) m)
         { state with Methods = methods; Auxiliary = auxiliary }
 
     /// A task's end for every method, in order (reported as a phase).
     let endTask (onEvent: TrainingEvent -> unit) (context: TaskContext) (state: TrainingState) : TrainingState =
         onEvent (PhaseStarted(context.Task, "end of task"))
-        { state with Methods = state.Methods |> List.map (Method.advance (fun m -> context.Cancellation.ThrowIfCancellationRequested(); m.EndTask context)) }
+        { state with Methods = state.Methods |> List.map (phase (fun m -> context.Cancellation.ThrowIfCancellationRequested(); m.EndTask context)) }
 
     /// Runs a strategy over a benchmark's stream (or all at once for JOINT), evaluating after every
     /// task on every task's test set.

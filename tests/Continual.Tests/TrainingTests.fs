@@ -107,7 +107,7 @@ let tests =
             let config = { Experiment.defaults "sgd" 0 with Data.Folder = tmp.Path; Run.LearningRate = 1e12 }
             Expect.throwsC (fun () -> Experiment.run config RunHooks.none CancellationToken.None |> ignore) (fun e ->
                 Expect.stringContains e.Message "training diverged in task 1" "names the task"
-                Expect.stringContains e.Message "lower --lr" "says what to do")
+                Expect.stringContains e.Message "lower the learning rate" "says what to do, in the domain's words")
         }
 
         test "cancellation stops a run" {
@@ -117,5 +117,69 @@ let tests =
             let hooks = RunHooks.events (function StepsCompleted _ -> cts.Cancel() | _ -> ())
             let config = { Experiment.defaults "sgd" 0 with Data.Folder = tmp.Path }
             Expect.throwsT<System.OperationCanceledException> (fun () -> Experiment.run { config with Run.BatchSize = 1 } hooks cts.Token |> ignore) "cancelled"
+        }
+    
+        test "the shell runs LwF's warm-up and every task end as phases it reports, and cancellation stops a warm-up" {
+            use tmp = new TempFolder()
+            writeSyntheticFolder tmp.Path 20 5
+            let config = { Experiment.defaults "lwf" 0 with Data.Folder = tmp.Path }
+            let phases = ResizeArray()
+            let result = Experiment.run config (RunHooks.events (function PhaseStarted(t, p) -> phases.Add(t, p) | _ -> ())) CancellationToken.None
+            Experiment.release result
+            Expect.sequenceEqual
+                phases
+                [ yield 0, "end of task"
+                  for t in 1 .. 4 do
+                      yield t, "lwf: classifier warm-up"
+                      yield t, "end of task" ]
+                "a warm-up before every task after the first, an end after every task"
+            use cts = new CancellationTokenSource()
+            let cancelAtWarmUp = RunHooks.events (function PhaseStarted(_, p) when p.Contains "warm-up" -> cts.Cancel() | _ -> ())
+            Expect.throwsT<System.OperationCanceledException> (fun () -> Experiment.run config cancelAtWarmUp cts.Token |> ignore) "cancelled inside the warm-up"
+        }
+
+        test "FitNets' regressor is the shell's: built once, in the optimiser, trained with the model and clipped with it" {
+            use tmp = new TempFolder()
+            writeSyntheticFolder tmp.Path 20 5
+            let benchmark = Benchmarks.splitMnistStyle "synthetic" tmp.Path
+            let clip, lr = 1e-6, 0.03
+            let strategy =
+                { Sgd.strategy () with ClipGradValue = Some clip }
+                |> Method.add (DistillationTerm.create (DistillationSettings.Of FitNets))
+            let settings = { Experiment.settings (Experiment.defaults "sgd" 0) with LearningRate = lr }
+            let outcome = Training.run Backbones.referenceMlp benchmark strategy settings RunHooks.none CancellationToken.None
+            try
+                match outcome.State.Auxiliary with
+                | [ 1, regressor ] ->
+                    let groups = (outcome.State.Optimiser :?> Modules.SGD).ParamGroups |> Seq.length
+                    Expect.equal groups 2 "the model's parameters and the regressor's, one optimiser"
+                    let weight = regressor.parameters () |> Seq.head
+                    use identity = torch.eye(weight.shape.[0])
+                    use moved = (weight.detach() - identity).abs().max()
+                    let change = moved.ToDouble()
+                    // The term exists from task 2 on: 4 tasks × 40 steps, each moving an entry by at most lr × clip.
+                    Expect.isGreaterThan change 0.0 "the regressor learns"
+                    Expect.isLessThanOrEqual change (4.0 * 40.0 * lr * clip * 1.01) "its gradients are clipped with the model's"
+                | other -> failtestf "one regressor expected for the method at position 1, got %d" other.Length
+            finally
+                Training.dispose outcome.State
+                Benchmarks.dispose benchmark
+        }
+
+        test "what a method's transitions drop is freed: no tensor outlives a run of SGD, DER++, LwF, iCaRL, EWC, RWalk or SI" {
+            use tmp = new TempFolder()
+            writeSyntheticFolder tmp.Path 20 5
+            let benchmark = Benchmarks.splitMnistStyle "synthetic" tmp.Path
+            try
+                let leaks =
+                    [ for name in [ "sgd"; "derpp"; "lwf"; "icarl"; "ewc"; "rwalk"; "si" ] ->
+                        let config = { Experiment.defaults name 20 with Data.Folder = tmp.Path }
+                        let before = liveTensors ()
+                        let result = Experiment.runOn benchmark config RunHooks.none CancellationToken.None
+                        Experiment.release result
+                        name, liveTensors () - before ]
+                Expect.equal leaks [ for (name, _) in leaks -> name, 0L ] "live tensors left after each run and its release"
+            finally
+                Benchmarks.dispose benchmark
         }
     ]
