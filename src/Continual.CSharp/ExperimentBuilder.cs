@@ -347,11 +347,11 @@ public sealed class ExperimentBuilder
     public Task<ExperimentResult> RunAsync(IProgress<TrainingProgress>? progress = null, CancellationToken cancellationToken = default) =>
         Task.Run(() => Run(progress, cancellationToken), cancellationToken);
 
-    /// <summary>The configuration's canonical JSON, or its problems when it names something unknown.</summary>
+    /// <summary>The configuration's canonical JSON (see <see cref="ExperimentSettings.ToString"/>), or its problems when it names something unknown.</summary>
     public override string ToString()
     {
         var built = Build();
-        return built.Fatal.Count > 0 ? string.Join("; ", built.Fatal) : new ExperimentSettings(built.Config).ToJson();
+        return built.Fatal.Count > 0 ? string.Join("; ", built.Fatal) : new ExperimentSettings(built.Config).ToString();
     }
 
     private static T NotNull<T>(T value, [System.Runtime.CompilerServices.CallerArgumentExpression(nameof(value))] string? name = null)
@@ -371,12 +371,12 @@ public sealed class ExperimentBuilder
             return SetBuilderOption(canonical, setter, name, value);
         }
         var key = Options.Normalise(name);
-        if (!Options.IsComponentOption(name))
+        if (Options.ComponentOption(name) is not string option)
         {
             return Problem(key, $"unknown option '{name}' (known: {string.Join(", ", OptionNames)}) ({nameof(WithOption)})");
         }
         var text = Options.Text(value);
-        return new(_s.Without(key) with { Options = [.. _s.Options.Where(o => o.Key != key), (key, name.Trim(), text)] });
+        return new(_s.Without(key) with { Options = [.. _s.Options.Where(o => o.Key != key), (key, option.Trim(), text)] });
     }
 
     private ExperimentBuilder SetBuilderOption(string canonical, string setter, string shown, object value)
@@ -549,10 +549,11 @@ public sealed class ExperimentBuilder
             var result = CoreExperiment.setOption(option, text, config);
             if (result is null)
             {
-                var parts = config.Penalty is null ? "" : ", its penalty";
-                if (!config.Distillation.IsEmpty) parts += " or its distillation terms";
-                var methodName = global::Continual.ConfigModule.methodName(config);
-                problems.Add($"option '{option}' does not apply: neither the method {methodName}{parts} has it ({nameof(WithOption)})");
+                var parts = new List<string> { "the method " + global::Continual.ConfigModule.methodName(config) };
+                if (config.Penalty is not null) parts.Add("its penalty");
+                if (!config.Distillation.IsEmpty) parts.Add("its distillation terms");
+                var owners = parts.Count == 1 ? parts[0] + " has" : string.Join(", ", parts[..^1]) + " and " + parts[^1] + " have";
+                problems.Add($"option '{option}' does not apply: {owners} no such setting ({nameof(WithOption)})");
             }
             else if (result.Value.IsError)
             {

@@ -76,11 +76,23 @@ public sealed class ExperimentSettings
     public double? GradientClipping => OptionModule.ToNullable(Config.Run.ClipGrad);
 
     /// <summary>The configuration as canonical JSON (the "config" section of results.json), the input of <see cref="Hash"/>.</summary>
+    /// <exception cref="ArgumentException">A number is infinite or NaN, which JSON cannot hold (such a configuration does not validate).</exception>
     public string ToJson() => CoreConfigs.toJson(Config);
 
     /// <summary>A short hash of the configuration, stable across runs and machines.</summary>
+    /// <exception cref="ArgumentException">A number is infinite or NaN (see <see cref="ToJson"/>).</exception>
     public string Hash => CoreConfigs.hash(Config);
 
-    /// <inheritdoc />
-    public override string ToString() => ToJson();
+    /// <summary>The canonical JSON (<see cref="ToJson"/>); where a number is infinite or NaN, a note saying so instead.</summary>
+    public override string ToString()
+    {
+        try
+        {
+            return ToJson();
+        }
+        catch (ArgumentException)
+        {
+            return $"{Strategy} (no JSON: a number is infinite or NaN)";
+        }
+    }
 }

@@ -75,13 +75,27 @@ internal static class Options
     }
 
     /// <summary>
-    /// Whether some method, importance method or distillation term of the registry has a setting of this
-    /// name (its JSON name in any spelling, or its command-line name), by the core's own matching rule.
+    /// The name to give the core for a setting of some method, importance method or distillation term of the
+    /// registry (<c>Experiment.setOption</c>), or null when none has it: the name itself where the core's own
+    /// rule matches it (a JSON name in any spelling, or a command-line name), else the command-line name it
+    /// spells with other case or separators ("SCP_Alpha" for "scp-alpha").
     /// </summary>
-    internal static bool IsComponentOption(string name) =>
+    internal static string? ComponentOption(string name)
+    {
+        if (Matches(name)) return name;
+        var key = Normalise(name);
+        return AllSettings().Select(s => s.Option).FirstOrDefault(o => Normalise(o) == key);
+    }
+
+    private static bool Matches(string name) =>
         Registry.methods.Any(e => Registry.parseOption(e.Settings, name, "0", e.Default.Invoke(ExperimentBuilder.DefaultBufferSize)) is not null)
         || Registry.importance.Any(e => Registry.parseOption(e.Settings, name, "0", e.Default) is not null)
         || Registry.parseOption(Registry.distillationSettings, name, "0", DistillationSettings.Reference(global::Continual.Methods.DistillationKind.Kd)) is not null;
+
+    private static IEnumerable<(string Name, string Option)> AllSettings() =>
+        Registry.methods.SelectMany(e => e.Settings.Select(s => (s.Name, s.Option)))
+            .Concat(Registry.importance.SelectMany(e => e.Settings.Select(s => (s.Name, s.Option))))
+            .Concat(Registry.distillationSettings.Select(s => (s.Name, s.Option)));
 
     /// <summary>
     /// The names of every setting of the registry's methods, importance methods and distillation terms: the
@@ -89,9 +103,7 @@ internal static class Options
     /// "batchSize" is "scp-batch"; the replay methods' "buffer" is the builder's).
     /// </summary>
     internal static IEnumerable<string> ComponentOptionNames() =>
-        Registry.methods.SelectMany(e => e.Settings.Select(s => (s.Name, s.Option)))
-            .Concat(Registry.importance.SelectMany(e => e.Settings.Select(s => (s.Name, s.Option))))
-            .Concat(Registry.distillationSettings.Select(s => (s.Name, s.Option)))
+        AllSettings()
             .Select(s => BuilderOption(s.Name) is null ? s.Name : BuilderOption(s.Option) is null ? s.Option : null)
             .OfType<string>()
             .Distinct();
