@@ -1,5 +1,4 @@
 using System.Runtime.CompilerServices;
 
-// The checks exercise the name and value conversions directly, including field types the
-// configuration does not have yet (choices among named cases).
+// The checks exercise the option table, the value conversions and the error translation directly.
 [assembly: InternalsVisibleTo("Continual.CSharp.Tests")]

@@ -1,35 +1,38 @@
-using System.Reflection;
 using Microsoft.FSharp.Collections;
 using Microsoft.FSharp.Core;
 using Continual.Data;
-using CoreConfig = global::Continual.ExperimentConfig;
+using CoreConfig = global::Continual.Config;
+using CoreData = global::Continual.DataSettings;
 using CoreExperiment = global::Continual.Experiment;
+using CoreRun = global::Continual.RunSettings;
+using Registry = global::Continual.Methods.Registry;
 
 namespace Continual.CSharp;
 
 /// <summary>
-/// Configures and runs a continual-learning experiment: a strategy trained on a benchmark's stream of
+/// Configures and runs a continual-learning experiment: a method trained on a benchmark's stream of
 /// tasks, evaluated after every task.
 /// </summary>
 /// <remarks>
 /// <para>
 /// The builder is immutable: every <c>With…</c> method returns a new builder, so one base configuration can
-/// be varied freely (e.g. over seeds). Options not set take the reference protocol's defaults for the
-/// strategy and buffer size (the command line's defaults): strategy "derpp", buffer 500, benchmark
-/// "split-fmnist" read from /usr/share/datasets/fashion-mnist, learning rate, minibatch, alpha and beta
-/// from the published settings, batch 10, one epoch, seed 0, CPU.
+/// be varied freely (e.g. over seeds). The method is typed (<see cref="WithMethod"/> with <see cref="Methods"/>)
+/// or named (<see cref="WithStrategy"/>); either way it brings the reference protocol's run settings
+/// (learning rate, weight decay, gradient clipping), and an added penalty brings its clipping, unless the
+/// caller sets them, in any order. Options not set take the command line's defaults: DER++ with a
+/// 500-slot buffer, Split Fashion-MNIST read from /usr/share/datasets/fashion-mnist, the reference MLP,
+/// batch 10, one epoch, seed 0, CPU.
 /// </para>
 /// <para>
-/// Strategy and benchmark names are passed through as text, so every strategy the core knows
-/// (<see cref="KnownStrategies"/>) can be run without changes to this class.
+/// Values are checked by <see cref="Validate"/> (and before <see cref="Run"/>), whose messages name the C#
+/// member that sets the value at fault.
 /// </para>
 /// </remarks>
 /// <example>
 /// <code>
 /// using var result = new ExperimentBuilder()
-///     .WithBenchmark("split-fmnist")
-///     .WithStrategy("derpp")
-///     .WithBuffer(500)
+///     .WithMethod(Methods.Derpp(buffer: 500).WithAlpha(0.3))
+///     .WithPenalty(Penalties.Si(c: 1))
 ///     .WithSeed(0)
 ///     .Run();
 /// Console.WriteLine(result.ClassIncrementalAverageAccuracy);
@@ -43,29 +46,76 @@ public sealed class ExperimentBuilder
     /// <summary>The buffer size whose reference settings apply when none is chosen (as on the command line).</summary>
     public const int DefaultBufferSize = 500;
 
-    private readonly string _strategy;
-    private readonly int? _buffer;
-    // An importance penalty added with its method's defaults (WithPenalty), or null.
-    private readonly string? _penalty;
-    // Fields replaced by the caller, in the order they were set (a later choice of a field wins).
-    private readonly (PropertyInfo Property, object? Value)[] _replacements;
-    // Options whose name or value could not be used, by the field (or unknown name) they concern;
-    // reported by Validate. A later valid choice of the same field clears its problem.
-    private readonly (string Key, string Message)[] _problems;
+    private readonly State _s;
 
     /// <summary>A builder with every option at its default.</summary>
     public ExperimentBuilder()
-        : this(DefaultStrategy, null, null, [], [])
+        : this(new State())
     {
     }
 
-    private ExperimentBuilder(string strategy, int? buffer, string? penalty, (PropertyInfo, object?)[] replacements, (string, string)[] problems)
+    private ExperimentBuilder(State state)
     {
-        _strategy = strategy;
-        _buffer = buffer;
-        _penalty = penalty;
-        _replacements = replacements;
-        _problems = problems;
+        _s = state;
+    }
+
+    /// <summary>What the caller chose; everything else is the defaults'.</summary>
+    private sealed record State
+    {
+        // The method: by name (WithStrategy) or typed (WithMethod); exactly one is set.
+        public string? Strategy { get; init; } = DefaultStrategy;
+
+        public MethodSettings? Method { get; init; }
+
+        // The buffer size: with a named method it chooses the reference settings; with a typed one it
+        // resizes the method's memory (a later WithMethod clears it).
+        public int? Buffer { get; init; }
+
+        // The added penalty: by name, typed, or none.
+        public string? PenaltyName { get; init; }
+
+        public PenaltySettings? Penalty { get; init; }
+
+        public DistillationSettings[] Distillation { get; init; } = [];
+
+        public string? Benchmark { get; init; }
+
+        public string? DataFolder { get; init; }
+
+        public int? TrainPerClass { get; init; }
+
+        public int? TestPerClass { get; init; }
+
+        public string? Backbone { get; init; }
+
+        public double? LearningRate { get; init; }
+
+        public int? BatchSize { get; init; }
+
+        public int? Epochs { get; init; }
+
+        public double? WeightDecay { get; init; }
+
+        public long? Seed { get; init; }
+
+        public string? Device { get; init; }
+
+        public int? Threads { get; init; }
+
+        // Set explicitly (a bound, or null for no clipping) when ClipGradSet.
+        public bool ClipGradSet { get; init; }
+
+        public double? ClipGrad { get; init; }
+
+        // Settings of the method, the penalty or the distillation terms set by name (WithOption), applied
+        // in order over the typed ones; one per normalised name (a later value replaces an earlier one).
+        public (string Key, string Name, string Text)[] Options { get; init; } = [];
+
+        // Options whose name or value could not be used, by the option they concern; reported by
+        // Validate. A later valid choice of the same option clears its problem.
+        public (string Key, string Message)[] Problems { get; init; } = [];
+
+        public State Without(string key) => this with { Problems = Problems.Where(p => p.Key != key).ToArray() };
     }
 
     /// <summary>The strategies this build knows (e.g. sgd, joint, er, der, derpp).</summary>
@@ -75,115 +125,184 @@ public sealed class ExperimentBuilder
     public static IReadOnlyList<string> KnownBenchmarks => ListModule.ToArray(CoreExperiment.benchmarkNames);
 
     /// <summary>
-    /// The names <see cref="WithOption(string, double)"/> accepts: every field of the configuration
-    /// (matched ignoring case, '-' and '_'; the command line's "lr", "buffer" and "data" work too).
+    /// The names <see cref="WithOption(string, double)"/> accepts: the builder's own options (learningRate,
+    /// batchSize, seed, …, strategy, buffer, penalty, distill) and every setting of the methods, importance
+    /// methods and distillation terms by its name in results.json (alpha, lambda, fisherAlpha, …; SCP's
+    /// batchSize is "scp-batch"). Names match ignoring case, '-' and '_'.
     /// </summary>
-    public static IReadOnlyList<string> OptionNames => ConfigFields.All.Select(f => f.Name).ToArray();
+    public static IReadOnlyList<string> OptionNames =>
+        Options.BuilderOptions.Select(o => o.Name).Concat(Options.ComponentOptionNames()).ToArray();
 
-    /// <summary>Chooses the strategy by name, e.g. "sgd", "joint", "er", "der", "derpp" (default "derpp").</summary>
+    /// <summary>
+    /// Chooses the method by name, e.g. "sgd", "joint", "er", "der", "derpp", "si" (default "derpp"), with
+    /// its reference settings for the buffer size (<see cref="WithBuffer"/>). An unknown name is reported by
+    /// <see cref="Validate"/>. Replaces a method chosen by <see cref="WithMethod"/>.
+    /// </summary>
     public ExperimentBuilder WithStrategy(string strategy)
     {
         ArgumentNullException.ThrowIfNull(strategy);
-        return new ExperimentBuilder(strategy.Trim().ToLowerInvariant(), _buffer, _penalty, _replacements, Without(nameof(CoreConfig.Strategy)));
+        return new(_s.Without("strategy") with { Strategy = strategy.Trim().ToLowerInvariant(), Method = null });
     }
 
     /// <summary>
-    /// Adds a parameter-importance penalty to the strategy by name ("ewc", "ewc-online", "ewc++", "si",
-    /// "mas", "rwalk" or "scp"), e.g. DER++ plus SI, with that method's default hyper-parameters and
-    /// gradient clipping, as the command line's --penalty does; options set with
-    /// <see cref="WithOption(string, double)"/> (e.g. "lambda") override them whatever their order.
+    /// Chooses the method with its settings, e.g. <c>Methods.Derpp(buffer: 500).WithAlpha(0.3)</c>. It brings
+    /// its reference run settings (learning rate, weight decay, gradient clipping) unless they are set on this
+    /// builder. Replaces a method chosen by name or an earlier one; its buffer size replaces an earlier
+    /// <see cref="WithBuffer"/>.
+    /// </summary>
+    public ExperimentBuilder WithMethod(MethodSettings method)
+    {
+        ArgumentNullException.ThrowIfNull(method);
+        return new(_s.Without("strategy").Without("buffer") with { Method = method, Strategy = null, Buffer = null });
+    }
+
+    /// <summary>
+    /// Replay buffer size (iCaRL: exemplar memory). With a method chosen by name it also selects the reference
+    /// settings of the nearest published size (200, 500, 5120); with one chosen by <see cref="WithMethod"/> it
+    /// resizes that method's memory and keeps its other settings. Ignored by methods without a memory.
+    /// </summary>
+    public ExperimentBuilder WithBuffer(int size) => new(_s.Without("buffer") with { Buffer = size });
+
+    /// <summary>
+    /// Adds a parameter-importance penalty to the method by name ("ewc", "ewc-online", "ewc++", "si", "mas",
+    /// "rwalk" or "scp"), e.g. DER++ plus SI, with that method's reference settings and gradient clipping.
     /// Null or "none" removes it. An unknown name is reported by <see cref="Validate"/>.
     /// </summary>
     public ExperimentBuilder WithPenalty(string? penalty)
     {
         var name = penalty?.Trim().ToLowerInvariant();
         var chosen = string.IsNullOrEmpty(name) || name == "none" ? null : name;
-        var penaltyField = ConfigFields.Find(nameof(CoreConfig.Penalty))!;
-        return new ExperimentBuilder(_strategy, _buffer, chosen, _replacements.Where(r => r.Property != penaltyField).ToArray(), Without(nameof(CoreConfig.Penalty)));
+        return new(_s.Without("penalty") with { PenaltyName = chosen, Penalty = null });
     }
 
-    /// <summary>Replay buffer size; also selects the reference settings of the nearest published size (200, 500, 5120).</summary>
-    public ExperimentBuilder WithBuffer(int size) => new(_strategy, size, _penalty, _replacements, Without(nameof(CoreConfig.BufferSize)));
+    /// <summary>
+    /// Adds a parameter-importance penalty with its settings, e.g. <c>Penalties.Si(c: 1)</c>, to the method
+    /// (one penalty per run: it replaces an earlier one). Its gradient clipping (SI, SCP) comes with it unless
+    /// the method clips already or <see cref="WithGradientClipping"/> is set.
+    /// </summary>
+    public ExperimentBuilder WithPenalty(PenaltySettings penalty)
+    {
+        ArgumentNullException.ThrowIfNull(penalty);
+        return new(_s.Without("penalty") with { Penalty = penalty, PenaltyName = null });
+    }
 
-    /// <summary>The benchmark by name: "split-fmnist" (default) or "split-mnist".</summary>
-    public ExperimentBuilder WithBenchmark(string benchmark) =>
-        Set(nameof(CoreConfig.Benchmark), NotNull(benchmark).Trim().ToLowerInvariant());
-
-    /// <summary>The folder holding the benchmark's files (for the MNIST family: the four IDX files, plain or .gz).</summary>
-    public ExperimentBuilder WithDataFolder(string folder) => Set(nameof(CoreConfig.DataFolder), NotNull(folder));
-
-    /// <summary>Learning rate of plain SGD (default: the strategy's reference setting).</summary>
-    public ExperimentBuilder WithLearningRate(double learningRate) => Set(nameof(CoreConfig.LearningRate), learningRate);
-
-    /// <summary>Training examples per step (default 10).</summary>
-    public ExperimentBuilder WithBatchSize(int batchSize) => Set(nameof(CoreConfig.BatchSize), batchSize);
-
-    /// <summary>Buffer examples drawn per step (default: the strategy's reference setting).</summary>
-    public ExperimentBuilder WithMinibatch(int minibatch) => Set(nameof(CoreConfig.Minibatch), minibatch);
-
-    /// <summary>DER / DER++ logit-matching weight α (default: the reference setting).</summary>
-    public ExperimentBuilder WithAlpha(double alpha) => Set(nameof(CoreConfig.Alpha), alpha);
-
-    /// <summary>DER++ buffer-label weight β (default: the reference setting).</summary>
-    public ExperimentBuilder WithBeta(double beta) => Set(nameof(CoreConfig.Beta), beta);
-
-    /// <summary>Epochs per task (default 1).</summary>
-    public ExperimentBuilder WithEpochs(int epochs) => Set(nameof(CoreConfig.Epochs), epochs);
-
-    /// <summary>SGD weight decay (default 0).</summary>
-    public ExperimentBuilder WithWeightDecay(double weightDecay) => Set(nameof(CoreConfig.WeightDecay), weightDecay);
-
-    /// <summary>Random seed of the initialisation, the data order and the buffer (default 0). Same seed, same results.</summary>
-    public ExperimentBuilder WithSeed(long seed) => Set(nameof(CoreConfig.Seed), seed);
-
-    /// <summary>"cpu" (default) or "cuda" / "cuda:N" (needs the CUDA build of libtorch).</summary>
-    public ExperimentBuilder WithDevice(string device) => Set(nameof(CoreConfig.Device), NotNull(device));
-
-    /// <summary>libtorch intra-op threads (default 1). libtorch takes this once per process: the first run's value stays.</summary>
-    public ExperimentBuilder WithThreads(int threads) => Set(nameof(CoreConfig.Threads), threads);
-
-    /// <summary>Use at most this many training examples per class (null: all).</summary>
-    public ExperimentBuilder WithTrainPerClass(int? count) => Set(nameof(CoreConfig.TrainPerClass), count);
-
-    /// <summary>Use at most this many test examples per class (null: all).</summary>
-    public ExperimentBuilder WithTestPerClass(int? count) => Set(nameof(CoreConfig.TestPerClass), count);
+    /// <summary>Removes the added penalty, if any.</summary>
+    public ExperimentBuilder WithoutPenalty() => new(_s.Without("penalty") with { Penalty = null, PenaltyName = null });
 
     /// <summary>
-    /// Sets any numeric field of the configuration by name, including hyper-parameters that strategies
-    /// add to it (see <see cref="OptionNames"/>). Names match ignoring case, '-' and '_', so "weight-decay"
-    /// and "WeightDecay" are the same option. Integer fields take whole numbers only. An unknown name or an
-    /// unusable value is reported by <see cref="Validate"/>.
+    /// Adds a distillation term against the previous task's model, e.g. <c>Distillation.Kd(temperature: 2)</c>;
+    /// several terms are added in order.
+    /// </summary>
+    public ExperimentBuilder WithDistillation(DistillationSettings term)
+    {
+        ArgumentNullException.ThrowIfNull(term);
+        return new(_s with { Distillation = [.. _s.Distillation, term] });
+    }
+
+    /// <summary>Removes every distillation term.</summary>
+    public ExperimentBuilder WithoutDistillation() =>
+        new(_s with { Distillation = [], Problems = _s.Problems.Where(p => !p.Key.StartsWith("distill", StringComparison.Ordinal)).ToArray() });
+
+    /// <summary>The benchmark by name: "split-fmnist" (default), "split-mnist" or "split-cifar10".</summary>
+    public ExperimentBuilder WithBenchmark(string benchmark) =>
+        new(_s.Without("benchmark") with { Benchmark = NotNull(benchmark).Trim().ToLowerInvariant() });
+
+    /// <summary>The folder holding the benchmark's files (for the MNIST family: the four IDX files, plain or .gz).</summary>
+    public ExperimentBuilder WithDataFolder(string folder) => new(_s.Without("dataFolder") with { DataFolder = NotNull(folder) });
+
+    /// <summary>Use at most this many training examples per class (null: all).</summary>
+    public ExperimentBuilder WithTrainPerClass(int? count) => new(_s.Without("trainPerClass") with { TrainPerClass = count });
+
+    /// <summary>Use at most this many test examples per class (null: all).</summary>
+    public ExperimentBuilder WithTestPerClass(int? count) => new(_s.Without("testPerClass") with { TestPerClass = count });
+
+    /// <summary>The backbone by name: "mlp" (default, the reference MLP), "cnn" or "resnet18".</summary>
+    public ExperimentBuilder WithBackbone(string backbone) =>
+        new(_s.Without("backbone") with { Backbone = NotNull(backbone).Trim().ToLowerInvariant() });
+
+    /// <summary>Learning rate of plain SGD (default: the method's reference setting).</summary>
+    public ExperimentBuilder WithLearningRate(double learningRate) => new(_s.Without("learningRate") with { LearningRate = learningRate });
+
+    /// <summary>Training examples per step (default 10).</summary>
+    public ExperimentBuilder WithBatchSize(int batchSize) => new(_s.Without("batchSize") with { BatchSize = batchSize });
+
+    /// <summary>Epochs per task (default 1).</summary>
+    public ExperimentBuilder WithEpochs(int epochs) => new(_s.Without("epochs") with { Epochs = epochs });
+
+    /// <summary>SGD weight decay (default: the method's reference setting, 0 but for LwF).</summary>
+    public ExperimentBuilder WithWeightDecay(double weightDecay) => new(_s.Without("weightDecay") with { WeightDecay = weightDecay });
+
+    /// <summary>Random seed of the initialisation, the data order and the buffer (default 0). Same seed, same results.</summary>
+    public ExperimentBuilder WithSeed(long seed) => new(_s.Without("seed") with { Seed = seed });
+
+    /// <summary>"cpu" (default) or "cuda" / "cuda:N" (needs the CUDA build of libtorch).</summary>
+    public ExperimentBuilder WithDevice(string device) => new(_s.Without("device") with { Device = NotNull(device) });
+
+    /// <summary>libtorch intra-op threads (default 1). libtorch takes this once per process: the first run's value stays.</summary>
+    public ExperimentBuilder WithThreads(int threads) => new(_s.Without("threads") with { Threads = threads });
+
+    /// <summary>
+    /// Clips every gradient element to [-bound, bound] before each step; null for no clipping. Default: the
+    /// method's reference clipping (SI, SCP), or the added penalty's.
+    /// </summary>
+    public ExperimentBuilder WithGradientClipping(double? bound) => new(_s.Without("clipGrad") with { ClipGradSet = true, ClipGrad = bound });
+
+    /// <summary>
+    /// The escape hatch: sets an option by name (see <see cref="OptionNames"/>). The builder's own options
+    /// (e.g. "learningRate" or "lr", "epochs", "seed", "buffer") go to their <c>With…</c> method; any other name is
+    /// a setting of the method, the penalty or the distillation terms (e.g. "alpha", "lambda", "fisher-alpha"),
+    /// set on every one of them that has it, over their typed settings whatever the order. Names match ignoring
+    /// case, '-' and '_'. An unknown name, an unusable value (2.5 for a whole number) or a setting that nothing in
+    /// the configuration has is reported by <see cref="Validate"/>.
     /// </summary>
     public ExperimentBuilder WithOption(string name, double value) => SetByName(name, value);
 
     /// <summary>
-    /// Sets any text, boolean or named-choice field of the configuration by name, e.g. a field naming an
-    /// extra penalty that a strategy adds (numbers written as text are accepted for numeric fields). See
-    /// <see cref="WithOption(string, double)"/> for how names match; choices match their case names the same way.
+    /// Sets an option from text (see <see cref="WithOption(string, double)"/>): names such as "strategy",
+    /// "penalty", "distill" (adds a term by name: kd, fitnets, nst, at, rkd, pod, sd, relation), "backbone",
+    /// "device" or "fisher" (true, empirical, weighted); numbers written as text are accepted for numeric
+    /// options, and "none" clears the optional ones (clipGrad, trainPerClass, testPerClass, penalty, distill).
     /// </summary>
     public ExperimentBuilder WithOption(string name, string value) => SetByName(name, NotNull(value));
 
-    /// <summary>The effective configuration this builder describes (defaults plus choices).</summary>
-    public ExperimentSettings Settings => new(BuildConfig());
+    /// <summary>
+    /// The effective configuration this builder describes (defaults plus choices).
+    /// </summary>
+    /// <exception cref="ExperimentValidationException">
+    /// The builder names a method, penalty or distillation term this build does not know, so there is no
+    /// configuration to describe (other problems are reported by <see cref="Validate"/> only).
+    /// </exception>
+    public ExperimentSettings Settings
+    {
+        get
+        {
+            var built = Build();
+            if (built.Fatal.Count > 0) throw new ExperimentValidationException(built.Fatal);
+            return new ExperimentSettings(built.Config);
+        }
+    }
 
     /// <summary>
-    /// Every problem of the configuration, as messages a user can act on; empty when it can run.
-    /// Checks the options' names and values, the core's rules (strategy, benchmark, ranges), that the
-    /// data folder exists and that a CUDA device is available when one is asked for.
+    /// Every problem of the configuration, as messages a user can act on, each naming the C# member that sets
+    /// the value at fault (e.g. "(WithLearningRate)", "(DerppSettings.WithAlpha)"); empty when it can run.
+    /// Checks the options' names and values, the core's rules (method, benchmark, ranges, combinations), that
+    /// the data folder exists and that a CUDA device is available when one is asked for.
     /// </summary>
     public IReadOnlyList<string> Validate()
     {
-        var errors = _problems.Select(p => p.Message).ToList();
-        var config = BuildConfig();
-        errors.AddRange(CoreExperiment.validate(config));
-        if (!Directory.Exists(config.DataFolder))
+        var built = Build();
+        var errors = new List<string>(built.Fatal);
+        errors.AddRange(built.Problems);
+        var config = built.Config;
+        errors.AddRange(CoreExperiment.validate(config).Select(e => Options.Translate(e, config)));
+        if (!Directory.Exists(config.Data.Folder))
         {
-            errors.Add($"data folder '{config.DataFolder}' does not exist");
+            errors.Add($"data folder '{config.Data.Folder}' does not exist ({nameof(WithDataFolder)})");
         }
-        var device = config.Device.Trim().ToLowerInvariant();
+        var device = config.Run.Device.Trim().ToLowerInvariant();
         if (device.StartsWith("cuda", StringComparison.Ordinal) && !TorchSharp.torch.cuda.is_available())
         {
-            errors.Add($"device '{config.Device}' was asked for, but CUDA is not available (this build uses the CPU build of libtorch)");
+            errors.Add($"device '{config.Run.Device}' was asked for, but CUDA is not available (this build uses the CPU build of libtorch) ({nameof(WithDevice)})");
         }
         return errors.AsReadOnly();
     }
@@ -206,7 +325,7 @@ public sealed class ExperimentBuilder
         var errors = Validate();
         if (errors.Count > 0) throw new ExperimentValidationException(errors);
         cancellationToken.ThrowIfCancellationRequested();
-        var config = BuildConfig();
+        var config = Build().Config;
         var events = new ProgressTranslator(progress);
         var hooks = global::Continual.RunHooksModule.events(FuncConvert.FromAction<global::Continual.TrainingEvent>(events.OnEvent));
         global::Continual.ExperimentResult result;
@@ -228,8 +347,12 @@ public sealed class ExperimentBuilder
     public Task<ExperimentResult> RunAsync(IProgress<TrainingProgress>? progress = null, CancellationToken cancellationToken = default) =>
         Task.Run(() => Run(progress, cancellationToken), cancellationToken);
 
-    /// <inheritdoc />
-    public override string ToString() => Settings.ToJson();
+    /// <summary>The configuration's canonical JSON (see <see cref="ExperimentSettings.ToString"/>), or its problems when it names something unknown.</summary>
+    public override string ToString()
+    {
+        var built = Build();
+        return built.Fatal.Count > 0 ? string.Join("; ", built.Fatal) : new ExperimentSettings(built.Config).ToString();
+    }
 
     private static T NotNull<T>(T value, [System.Runtime.CompilerServices.CallerArgumentExpression(nameof(value))] string? name = null)
         where T : class
@@ -238,56 +361,218 @@ public sealed class ExperimentBuilder
         return value;
     }
 
-    private ExperimentBuilder Set(string field, object? value)
-    {
-        var property = ConfigFields.Find(field)
-            ?? throw new InvalidOperationException($"the core's configuration has no field '{field}'");
-        return Replace(property, value, field);
-    }
+    // ---- the escape hatch ----
 
     private ExperimentBuilder SetByName(string name, object value)
     {
         ArgumentNullException.ThrowIfNull(name);
-        var property = ConfigFields.Find(name);
-        if (property is null)
+        if (Options.BuilderOption(name) is var (canonical, setter))
         {
-            return Problem(ConfigFields.Normalise(name), $"unknown option '{name}' (known: {string.Join(", ", OptionNames)})");
+            return SetBuilderOption(canonical, setter, name, value);
         }
-        // Strategy and buffer size also choose the defaults, exactly as their own methods do.
-        if (property.Name == nameof(CoreConfig.Strategy) && value is string strategy) return WithStrategy(strategy);
-        // So does a penalty: it brings its method's defaults, as WithPenalty does.
-        if (property.Name == nameof(CoreConfig.Penalty) && value is string penalty) return WithPenalty(penalty);
-        if (property.Name == nameof(CoreConfig.BufferSize)
-            && ConfigFields.TryConvert(value, typeof(int), out var size, out _))
+        var key = Options.Normalise(name);
+        if (Options.ComponentOption(name) is not string option)
         {
-            return WithBuffer((int)size!);
+            return Problem(key, $"unknown option '{name}' (known: {string.Join(", ", OptionNames)}) ({nameof(WithOption)})");
         }
-        return Replace(property, value, name);
+        var text = Options.Text(value);
+        return new(_s.Without(key) with { Options = [.. _s.Options.Where(o => o.Key != key), (key, option.Trim(), text)] });
     }
 
-    private ExperimentBuilder Replace(PropertyInfo property, object? value, string shownName)
+    private ExperimentBuilder SetBuilderOption(string canonical, string setter, string shown, object value)
     {
-        if (!ConfigFields.TryConvert(value, property.PropertyType, out var converted, out var error))
+        string? error;
+        switch (canonical)
         {
-            return Problem(property.Name, $"option '{shownName}' ({property.Name}) {error}");
+            case "strategy":
+                if (Options.TryText(value, out var strategy, out error)) return WithStrategy(strategy);
+                break;
+            case "buffer":
+                if (Options.TryInt(value, out var buffer, out error)) return WithBuffer(buffer);
+                break;
+            case "penalty":
+                if (Options.TryText(value, out var penalty, out error)) return WithPenalty(penalty);
+                break;
+            case "distill":
+                if (Options.IsNone(value)) return WithoutDistillation();
+                if (!Options.TryText(value, out var term, out error)) break;
+                var kind = global::Continual.Methods.DistillationKindModule.parse(term);
+                if (kind is null)
+                {
+                    var known = string.Join(", ", global::Continual.Methods.DistillationKindModule.names);
+                    return Problem("distill:" + term, $"unknown distillation term '{term}' (expected one of: {known}) ({nameof(WithDistillation)})");
+                }
+                return WithDistillation(DistillationSettings.FromCore(DistillationSettings.Reference(kind.Value)));
+            case "benchmark":
+                if (Options.TryText(value, out var benchmark, out error)) return WithBenchmark(benchmark);
+                break;
+            case "dataFolder":
+                if (Options.TryText(value, out var folder, out error)) return WithDataFolder(folder);
+                break;
+            case "trainPerClass":
+                if (Options.IsNone(value)) return WithTrainPerClass(null);
+                if (Options.TryInt(value, out var train, out error)) return WithTrainPerClass(train);
+                break;
+            case "testPerClass":
+                if (Options.IsNone(value)) return WithTestPerClass(null);
+                if (Options.TryInt(value, out var test, out error)) return WithTestPerClass(test);
+                break;
+            case "backbone":
+                if (Options.TryText(value, out var backbone, out error)) return WithBackbone(backbone);
+                break;
+            case "learningRate":
+                if (Options.TryDouble(value, out var lr, out error)) return WithLearningRate(lr);
+                break;
+            case "batchSize":
+                if (Options.TryInt(value, out var batch, out error)) return WithBatchSize(batch);
+                break;
+            case "epochs":
+                if (Options.TryInt(value, out var epochs, out error)) return WithEpochs(epochs);
+                break;
+            case "weightDecay":
+                if (Options.TryDouble(value, out var decay, out error)) return WithWeightDecay(decay);
+                break;
+            case "seed":
+                if (Options.TryLong(value, out var seed, out error)) return WithSeed(seed);
+                break;
+            case "device":
+                if (Options.TryText(value, out var device, out error)) return WithDevice(device);
+                break;
+            case "threads":
+                if (Options.TryInt(value, out var threads, out error)) return WithThreads(threads);
+                break;
+            case "clipGrad":
+                if (Options.IsNone(value)) return WithGradientClipping(null);
+                if (Options.TryDouble(value, out var clip, out error)) return WithGradientClipping(clip);
+                break;
+            default:
+                throw new InvalidOperationException($"the option '{canonical}' has no setter");
         }
-        return new ExperimentBuilder(_strategy, _buffer, _penalty, [.. _replacements, (property, converted)], Without(property.Name));
+        return Problem(canonical, $"option '{shown}' {error} ({setter})");
     }
 
     private ExperimentBuilder Problem(string key, string message) =>
-        new(_strategy, _buffer, _penalty, _replacements, [.. Without(key), (key, message)]);
+        new(_s.Without(key) with { Problems = [.. _s.Without(key).Problems, (key, message)] });
 
-    private (string, string)[] Without(string key) => _problems.Where(p => p.Key != key).ToArray();
+    // ---- the configuration ----
 
-    internal CoreConfig BuildConfig()
+    /// <summary>
+    /// A configuration, the problems found building it (options that could not be used) and the fatal ones
+    /// (an unknown method, penalty or distillation term: the configuration shows the defaults there instead).
+    /// </summary>
+    private sealed record Built(CoreConfig Config, List<string> Problems, List<string> Fatal);
+
+    private static MethodSettings Resized(MethodSettings method, int size) => method switch
     {
-        var defaults = CoreExperiment.defaults(_strategy, _buffer ?? DefaultBufferSize);
-        if (_penalty is not null) defaults = CoreExperiment.withPenalty(FSharpOption<string>.Some(_penalty), defaults);
-        var replacements = new Dictionary<PropertyInfo, object?>();
-        if (_buffer is int buffer) replacements[ConfigFields.Find(nameof(CoreConfig.BufferSize))!] = buffer;
-        foreach (var (property, value) in _replacements) replacements[property] = value;
-        return ConfigFields.With(defaults, replacements);
+        ErSettings s => s with { BufferSize = size },
+        DerSettings s => s with { BufferSize = size },
+        DerppSettings s => s with { BufferSize = size },
+        IcarlSettings s => s with { Memory = size },
+        _ => method,
+    };
+
+    private static int? BufferOf(MethodSettings method) => method switch
+    {
+        ErSettings s => s.BufferSize,
+        DerSettings s => s.BufferSize,
+        DerppSettings s => s.BufferSize,
+        IcarlSettings s => s.Memory,
+        _ => null,
+    };
+
+    private Built Build()
+    {
+        var problems = _s.Problems.Select(p => p.Message).ToList();
+        var fatal = new List<string>();
+
+        // The method, with the reference protocol's run settings for it (Experiment.defaults).
+        CoreConfig config;
+        if (_s.Method is MethodSettings typed)
+        {
+            var method = _s.Buffer is int size ? Resized(typed, size) : typed;
+            var reference = CoreExperiment.defaults(method.Name, BufferOf(method) ?? DefaultBufferSize);
+            config = With(reference, method: method.ToCore());
+        }
+        else if (_s.Strategy is string name && Registry.tryMethod(name) is not null)
+        {
+            config = CoreExperiment.defaults(name, _s.Buffer ?? DefaultBufferSize);
+        }
+        else
+        {
+            fatal.Add($"unknown strategy '{_s.Strategy}' (expected one of: {string.Join(", ", KnownStrategies)}) ({nameof(WithStrategy)})");
+            config = CoreExperiment.defaults(DefaultStrategy, _s.Buffer ?? DefaultBufferSize);
+        }
+
+        // The penalty, with its clipping unless the method clips (Experiment.withPenalty).
+        if (_s.Penalty is PenaltySettings penalty)
+        {
+            config = CoreExperiment.withPenalty(FSharpOption<string>.Some(penalty.Name), config);
+            config = With(config, penalty: FSharpOption<global::Continual.ImportanceConfig>.Some(penalty.ToImportance()));
+        }
+        else if (_s.PenaltyName is string penaltyName)
+        {
+            if (Registry.tryImportance(penaltyName) is not null)
+            {
+                config = CoreExperiment.withPenalty(FSharpOption<string>.Some(penaltyName), config);
+            }
+            else
+            {
+                var known = string.Join(", ", CoreExperiment.importanceNames);
+                fatal.Add($"unknown penalty '{penaltyName}' (expected one of: {known}) ({nameof(WithPenalty)})");
+            }
+        }
+
+        config = With(config, distillation: Options.List(_s.Distillation.Select(d => d.ToCore())));
+
+        // The data, the backbone and the run settings the caller chose.
+        var d = config.Data;
+        var data = new CoreData(
+            _s.Benchmark ?? d.Benchmark,
+            _s.DataFolder ?? d.Folder,
+            _s.TrainPerClass is int train ? FSharpOption<int>.Some(train) : FSharpOption<int>.None,
+            _s.TestPerClass is int test ? FSharpOption<int>.Some(test) : FSharpOption<int>.None);
+        var r = config.Run;
+        var run = new CoreRun(
+            _s.LearningRate ?? r.LearningRate,
+            _s.BatchSize ?? r.BatchSize,
+            _s.Epochs ?? r.Epochs,
+            _s.WeightDecay ?? r.WeightDecay,
+            _s.Seed ?? r.Seed,
+            _s.Device ?? r.Device,
+            _s.Threads ?? r.Threads,
+            !_s.ClipGradSet ? r.ClipGrad : _s.ClipGrad is double clip ? FSharpOption<double>.Some(clip) : FSharpOption<double>.None);
+        config = new CoreConfig(run, data, _s.Backbone ?? config.Backbone, config.Method, config.Penalty, config.Distillation);
+
+        // Settings set by name, over the typed ones.
+        foreach (var (_, option, text) in _s.Options)
+        {
+            var result = CoreExperiment.setOption(option, text, config);
+            if (result is null)
+            {
+                var parts = new List<string> { "the method " + global::Continual.ConfigModule.methodName(config) };
+                if (config.Penalty is not null) parts.Add("its penalty");
+                if (!config.Distillation.IsEmpty) parts.Add("its distillation terms");
+                var owners = parts.Count == 1 ? parts[0] + " has" : string.Join(", ", parts[..^1]) + " and " + parts[^1] + " have";
+                problems.Add($"option '{option}' does not apply: {owners} no such setting ({nameof(WithOption)})");
+            }
+            else if (result.Value.IsError)
+            {
+                problems.Add($"{result.Value.ErrorValue} ({nameof(WithOption)}(\"{option}\", …))");
+            }
+            else
+            {
+                config = result.Value.ResultValue;
+            }
+        }
+        return new Built(config, problems, fatal);
     }
+
+    private static CoreConfig With(
+        CoreConfig config,
+        global::Continual.MethodConfig? method = null,
+        FSharpOption<global::Continual.ImportanceConfig>? penalty = null,
+        FSharpList<global::Continual.Methods.DistillationSettings>? distillation = null) =>
+        new(config.Run, config.Data, config.Backbone, method ?? config.Method, penalty ?? config.Penalty, distillation ?? config.Distillation);
 
     /// <summary>Turns the core's events into <see cref="TrainingProgress"/> reports.</summary>
     private sealed class ProgressTranslator(IProgress<TrainingProgress>? progress)

@@ -141,7 +141,7 @@ public sealed class ExperimentResult : IDisposable
         var count = inputs.Length / InputFeatures;
         if (count == 0) return [];
         var model = _result.Outcome.State.Model;
-        var device = global::Continual.Engine.device(_result.Config.Device);
+        var device = global::Continual.Engine.device(_result.Config.Run.Device);
         using var scope = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
         var x = torch.tensor(inputs.ToArray(), [count, InputFeatures], torch.ScalarType.Float32).to(device);

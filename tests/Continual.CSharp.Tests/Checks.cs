@@ -15,16 +15,16 @@ internal sealed class Recorder(Action<TrainingProgress>? onReport = null) : IPro
     }
 }
 
-internal static class Checks
+internal static partial class Checks
 {
     public static List<(string Name, Func<Task> Body)> All() =>
     [
         ("surface: no F# type in any public signature", NoFSharpInPublicSignatures),
         ("surface: the signature check finds F# types where they are", SignatureCheckCanFail),
         ("builder: defaults are the core's reference defaults", DefaultsAreTheCoresDefaults),
-        ("builder: every With method sets its field", EveryWithMethodSetsItsField),
-        ("builder: WithOption maps names onto real fields", WithOptionMapsOntoFields),
-        ("builder: option values are converted to the field's type or refused", ConversionsToFieldTypes),
+        ("builder: every With method sets its part of the configuration", EveryWithMethodSetsItsField),
+        ("builder: WithOption maps names onto the builder's setters and the method's settings", WithOptionMapsOntoFields),
+        ("builder: option values are converted to the option's type or refused", ConversionsToFieldTypes),
         ("builder: immutable", BuilderIsImmutable),
         ("builder: null arguments are refused", NullArgumentsAreRefused),
         ("validate: bad options are rejected with messages", ValidationRejectsBadOptions),
@@ -41,6 +41,7 @@ internal static class Checks
         ("run: RunAsync gives the same result as Run", RunAsyncMatchesRun),
         ("run: a distillation term and a backbone are set by name (WithOption)", DistillationByOption),
         ("run: WithPenalty adds an importance penalty with its method's defaults", PenaltyWithDefaults),
+        .. TypedChecks,
         ("cancel: a cancelled token stops the run within a step", CancellationStopsTheRun),
         ("cancel: an already cancelled token runs nothing", PreCancelledTokenRunsNothing),
         ("cancel: RunAsync observes cancellation", RunAsyncCancellation),
@@ -61,7 +62,9 @@ internal static class Checks
     private static Task NoFSharpInPublicSignatures()
     {
         var types = typeof(ExperimentBuilder).Assembly.GetExportedTypes();
-        Assert.True(types.Length >= 6, $"only {types.Length} public types found");
+        // The typed settings are part of the surface the check covers.
+        foreach (var expected in TypedSurface)
+            Assert.True(types.Contains(expected), $"{expected.Name} is not exported");
         var mentions = PublicSurface.FSharpMentions(types);
         Assert.True(mentions.Count == 0, "F# types in public signatures:\n" + string.Join("\n", mentions));
         Assert.True(types.All(t => t.Namespace == "Continual.CSharp"), "every public type lives in Continual.CSharp");
@@ -71,12 +74,18 @@ internal static class Checks
     private static Task SignatureCheckCanFail()
     {
         // The core's own types are F#: the check must flag them, or it proves nothing about the façade.
-        var config = PublicSurface.FSharpMentions([typeof(global::Continual.ExperimentConfig)]);
-        Assert.Contains("TrainPerClass", config);
-        Assert.Contains("FSharpOption", config);
+        var config = PublicSurface.FSharpMentions([typeof(global::Continual.Config)]);
+        Assert.Contains("Penalty: Microsoft.FSharp.Core.FSharpOption", config);
+        Assert.Contains("Distillation: Microsoft.FSharp.Collections.FSharpList", config);
+        Assert.Contains("Method: Continual.MethodConfig", config);
+        var data = PublicSurface.FSharpMentions([typeof(global::Continual.DataSettings)]);
+        Assert.Contains("TrainPerClass", data);
         var module = PublicSurface.FSharpMentions([typeof(global::Continual.Experiment)]);
         Assert.Contains("FSharpList", module);
         Assert.True(PublicSurface.IsFSharp(typeof(global::Continual.TrainingEvent)));
+        Assert.True(PublicSurface.IsFSharp(typeof(global::Continual.ImportanceConfig)));
+        Assert.True(PublicSurface.IsFSharp(typeof(global::Continual.Methods.Der.PlusPlusSettings)));
+        Assert.True(!PublicSurface.IsFSharp(typeof(DerppSettings)));
         Assert.True(!PublicSurface.IsFSharp(typeof(ExperimentResult)));
         Assert.True(!PublicSurface.IsFSharp(typeof(IReadOnlyList<double>)));
         return Task.CompletedTask;
@@ -86,39 +95,37 @@ internal static class Checks
     {
         foreach (var strategy in ExperimentBuilder.KnownStrategies)
         {
+            var usesBuffer = global::Continual.Methods.Registry.tryMethod(strategy).Value.UsesBuffer;
             foreach (var buffer in new[] { 200, 500, 5120 })
             {
                 var expected = global::Continual.Experiment.defaults(strategy, buffer);
                 var settings = new ExperimentBuilder().WithStrategy(strategy).WithBuffer(buffer).Settings;
-                Assert.Equal(expected.LearningRate, settings.LearningRate);
-                Assert.Equal(expected.Minibatch, settings.Minibatch);
-                Assert.Equal(expected.Alpha, settings.Alpha);
-                Assert.Equal(expected.Beta, settings.Beta);
-                Assert.Equal(expected.BatchSize, settings.BatchSize);
-                Assert.Equal(expected.Epochs, settings.Epochs);
-                Assert.Equal(expected.WeightDecay, settings.WeightDecay);
-                Assert.Equal(buffer, settings.BufferSize);
+                Assert.Equal(expected.Run.LearningRate, settings.LearningRate);
+                Assert.Equal(expected.Run.BatchSize, settings.BatchSize);
+                Assert.Equal(expected.Run.Epochs, settings.Epochs);
+                Assert.Equal(expected.Run.WeightDecay, settings.WeightDecay);
+                Assert.Equal(Microsoft.FSharp.Core.OptionModule.ToNullable(expected.Run.ClipGrad), settings.GradientClipping);
+                Assert.Equal(usesBuffer ? buffer : 0, settings.BufferSize);
                 Assert.Equal(strategy, settings.Strategy);
-                // Every field, including ones this façade does not name, starts at the core's default...
-                foreach (var (name, value) in settings.Fields.Where(f => f.Key != "BufferSize"))
-                {
-                    var core = typeof(global::Continual.ExperimentConfig).GetProperty(name)!.GetValue(expected);
-                    var plain = core is null ? null : core.GetType().IsGenericType ? core.GetType().GetProperty("Value")!.GetValue(core) : core;
-                    Assert.True(Equals(plain, value) || Equals(plain?.ToString(), value), $"{strategy}/{buffer}: field {name} is {value}, the core's default is {plain}");
-                }
+                Assert.Equal<PenaltySettings?>(null, settings.Penalty);
+                Assert.Equal(0, settings.Distillation.Count);
+                // Everything, including settings this façade does not name, is the core's default: the
+                // canonical JSON is the same.
+                Assert.Equal(global::Continual.ConfigModule.toJson(expected), settings.ToJson());
             }
         }
-        // ... and without WithBuffer the buffer is the core's choice for the strategy (as on the command line).
+        // ... and without WithBuffer the buffer is the default size (as on the command line).
         var sgd = new ExperimentBuilder().WithStrategy("sgd").Settings;
-        Assert.Equal(global::Continual.Experiment.defaults("sgd", ExperimentBuilder.DefaultBufferSize).BufferSize, sgd.BufferSize);
+        Assert.Equal(0, sgd.BufferSize);
         var untouched = new ExperimentBuilder().Settings;
         Assert.Equal(ExperimentBuilder.DefaultStrategy, untouched.Strategy);
         Assert.Equal(ExperimentBuilder.DefaultBufferSize, untouched.BufferSize);
         Assert.Equal(global::Continual.Data.Benchmarks.defaultFashionMnistFolder, untouched.DataFolder);
         Assert.Equal<int?>(null, untouched.TrainPerClass);
+        Assert.Equal("mlp", untouched.Backbone);
+        Assert.Equal(global::Continual.ConfigModule.toJson(global::Continual.Experiment.defaults("derpp", 500)), untouched.ToJson());
         return Task.CompletedTask;
     }
-
     private static Task EveryWithMethodSetsItsField()
     {
         var s = new ExperimentBuilder()
@@ -128,9 +135,6 @@ internal static class Checks
             .WithDataFolder("/some/where")
             .WithLearningRate(0.0123)
             .WithBatchSize(7)
-            .WithMinibatch(13)
-            .WithAlpha(0.7)
-            .WithBeta(0.3)
             .WithEpochs(3)
             .WithWeightDecay(0.001)
             .WithSeed(42)
@@ -138,6 +142,10 @@ internal static class Checks
             .WithThreads(2)
             .WithTrainPerClass(11)
             .WithTestPerClass(5)
+            .WithBackbone(" CNN ")
+            .WithGradientClipping(0.5)
+            .WithPenalty(Penalties.Mas(lambda: 0.25))
+            .WithDistillation(Distillation.Nst().WithWeight(0.75))
             .Settings;
         Assert.Equal("der", s.Strategy);
         Assert.Equal(321, s.BufferSize);
@@ -145,9 +153,6 @@ internal static class Checks
         Assert.Equal("/some/where", s.DataFolder);
         Assert.Equal(0.0123, s.LearningRate);
         Assert.Equal(7, s.BatchSize);
-        Assert.Equal(13, s.Minibatch);
-        Assert.Equal(0.7, s.Alpha);
-        Assert.Equal(0.3, s.Beta);
         Assert.Equal(3, s.Epochs);
         Assert.Equal(0.001, s.WeightDecay);
         Assert.Equal(42L, s.Seed);
@@ -155,17 +160,26 @@ internal static class Checks
         Assert.Equal(2, s.Threads);
         Assert.Equal<int?>(11, s.TrainPerClass);
         Assert.Equal<int?>(5, s.TestPerClass);
-        Assert.Equal<object?>(0.0123, s.Fields["LearningRate"]);
-        Assert.Equal<object?>(11, s.Fields["TrainPerClass"]);
+        Assert.Equal("cnn", s.Backbone);
+        Assert.Equal<double?>(0.5, s.GradientClipping);
+        Assert.Equal(321, ((DerSettings)s.Method).BufferSize);
+        Assert.Equal(0.25, ((MasSettings)s.Penalty!).Lambda);
+        Assert.Equal(0.75, ((NstDistillation)s.Distillation.Single()).Weight);
         // The JSON is the core's canonical form, so it names the same values.
         using var json = JsonDocument.Parse(s.ToJson());
-        Assert.Equal(13, json.RootElement.GetProperty("minibatch").GetInt32());
-        Assert.Equal(11, json.RootElement.GetProperty("trainPerClass").GetInt32());
-        // Setting an optional field back to null means "all".
+        var root = json.RootElement;
+        Assert.Equal(321, root.GetProperty("method").GetProperty("buffer").GetInt32());
+        Assert.Equal(11, root.GetProperty("data").GetProperty("trainPerClass").GetInt32());
+        Assert.Equal(0.0123, root.GetProperty("run").GetProperty("learningRate").GetDouble());
+        Assert.Equal(0.5, root.GetProperty("run").GetProperty("clipGrad").GetDouble());
+        Assert.Equal("mas", root.GetProperty("penalty").GetProperty("name").GetString());
+        Assert.Equal("nst", root.GetProperty("distillation")[0].GetProperty("name").GetString());
+        // Setting an optional value back to null means "all" / "none".
         Assert.Equal<int?>(null, new ExperimentBuilder().WithTrainPerClass(11).WithTrainPerClass(null).Settings.TrainPerClass);
+        Assert.Equal<double?>(null, new ExperimentBuilder().WithPenalty("si").WithGradientClipping(null).Settings.GradientClipping);
+        Assert.Equal(0, new ExperimentBuilder().WithDistillation(Distillation.Pod()).WithoutDistillation().Settings.Distillation.Count);
         return Task.CompletedTask;
     }
-
     private static Task WithOptionMapsOntoFields()
     {
         var s = new ExperimentBuilder()
@@ -176,18 +190,22 @@ internal static class Checks
             .WithOption("train_per_class", 30)
             .WithOption("seed", 9)
             .WithOption("device", "cpu")
+            .WithOption("clip-grad", "0.75")
             .Settings;
         Assert.Equal(0.5, s.LearningRate);
         Assert.Equal(0.25, s.WeightDecay);
-        Assert.Equal(2.0, s.Alpha);
-        Assert.Equal(64, s.Minibatch);
+        var derpp = (DerppSettings)s.Method;
+        Assert.Equal(2.0, derpp.Alpha);
+        Assert.Equal(64, derpp.Minibatch);
         Assert.Equal<int?>(30, s.TrainPerClass);
         Assert.Equal(9L, s.Seed);
+        Assert.Equal<double?>(0.75, s.GradientClipping);
         // Strategy and buffer given by name choose the defaults exactly as their own methods do.
         var byName = new ExperimentBuilder().WithOption("strategy", "der").WithOption("buffer", 200).Settings;
         var typed = new ExperimentBuilder().WithStrategy("der").WithBuffer(200).Settings;
         Assert.Equal(typed.ToJson(), byName.ToJson());
-        // Names that are no field, and values a field cannot hold, are reported, not ignored.
+        // Names that are no option, values an option cannot hold, and settings nothing in the
+        // configuration has are reported, not ignored.
         var bad = new ExperimentBuilder()
             .WithDataFolder(TestData.Folder)
             .WithOption("warmth", 2.0)
@@ -200,55 +218,66 @@ internal static class Checks
         Assert.Contains("out of range", bad);
         Assert.Contains("'fast'", bad);
         Assert.Equal(4, bad.Count);
-        // A later valid choice of the same field replaces the unusable one.
+        var notApplicable = new ExperimentBuilder().WithDataFolder(TestData.Folder).WithStrategy("sgd").WithOption("alpha", 1).Validate();
+        Assert.Contains("option 'alpha' does not apply", notApplicable);
+        var unparsable = new ExperimentBuilder().WithDataFolder(TestData.Folder).WithOption("minibatch", 2.5).Validate();
+        Assert.Contains("whole number (got '2.5')", unparsable);
+        Assert.Contains("WithOption(\"minibatch\"", unparsable);
+        // A later valid choice of the same option replaces the unusable one.
         var fixedUp = new ExperimentBuilder().WithDataFolder(TestData.Folder).WithOption("epochs", 2.5).WithEpochs(2);
         Assert.True(fixedUp.Validate().Count == 0, string.Join("; ", fixedUp.Validate()));
         Assert.Equal(2, fixedUp.Settings.Epochs);
         var bufferByName = new ExperimentBuilder().WithDataFolder(TestData.Folder).WithOption("buffer", 1.5);
         Assert.Contains("whole number", bufferByName.Validate());
         Assert.True(bufferByName.WithBuffer(200).Validate().Count == 0);
-        Assert.True(ExperimentBuilder.OptionNames.Contains("LearningRate"));
+        var minibatchFixed = new ExperimentBuilder().WithDataFolder(TestData.Folder).WithOption("minibatch", "x").WithOption("minibatch", 16);
+        Assert.True(minibatchFixed.Validate().Count == 0, string.Join("; ", minibatchFixed.Validate()));
+        Assert.Equal(16, ((DerppSettings)minibatchFixed.Settings.Method).Minibatch);
+        foreach (var name in new[] { "learningRate", "batchSize", "clipGrad", "alpha", "lambda", "fisherAlpha", "temperature", "scp-batch" })
+            Assert.True(ExperimentBuilder.OptionNames.Contains(name), $"OptionNames lacks {name}");
+        Assert.True(ExperimentBuilder.OptionNames.Distinct().Count() == ExperimentBuilder.OptionNames.Count, "OptionNames has duplicates");
+        // Every listed name is accepted.
+        foreach (var name in ExperimentBuilder.OptionNames)
+            Assert.True(!new ExperimentBuilder().WithOption(name, "1").Validate().Any(e => e.Contains("unknown option")), $"{name} is listed but unknown");
         return Task.CompletedTask;
     }
-
-    private static object? Convert(object? value, Type target)
-    {
-        Assert.True(ConfigFields.TryConvert(value, target, out var converted, out var error), $"{value} -> {target.Name}: {error}");
-        return converted;
-    }
-
-    private static string Refused(object? value, Type target)
-    {
-        Assert.True(!ConfigFields.TryConvert(value, target, out _, out var error), $"{value} -> {target.Name} was accepted");
-        return error!;
-    }
-
     private static Task ConversionsToFieldTypes()
     {
-        Assert.Equal<object?>(2, Convert(2.0, typeof(int)));
-        Assert.Equal<object?>(3_000_000_000L, Convert(3e9, typeof(long)));
-        Assert.Equal<object?>(0.5, Convert("0.5", typeof(double)));
-        Assert.Equal<object?>(true, Convert("true", typeof(bool)));
-        Assert.Contains("whole number", [Refused(2.5, typeof(int))]);
-        Assert.Contains("whole number", [Refused(double.NaN, typeof(long))]);
-        Assert.Contains("out of range", [Refused(3e9, typeof(int))]);
-        Assert.Contains("number", [Refused("fast", typeof(double))]);
-        Assert.Contains("required", [Refused(null, typeof(double))]);
-        // Optional fields: a value means Some, null means None.
-        var some = Convert(7.0, typeof(Microsoft.FSharp.Core.FSharpOption<int>));
-        Assert.Equal(7, ((Microsoft.FSharp.Core.FSharpOption<int>)some!).Value);
-        Assert.Equal<object?>(null, Convert(null, typeof(Microsoft.FSharp.Core.FSharpOption<int>)));
-        // Choices among named cases (a field kind strategies may add): by case name, any spelling.
-        var schedule = typeof(global::Continual.Methods.Schedule);
-        Assert.Equal<object?>(global::Continual.Methods.Schedule.Joint, Convert("JOINT", schedule));
-        Assert.Equal<object?>(global::Continual.Methods.Schedule.Sequential, Convert("sequential", schedule));
-        var refused = Refused("sideways", schedule);
-        Assert.True(refused.Contains("Sequential") && refused.Contains("Joint"), refused);
-        // Field names: any case, '-' or '_', and the command line's short names.
-        Assert.Equal("WeightDecay", ConfigFields.Find("weight-decay")!.Name);
-        Assert.Equal("LearningRate", ConfigFields.Find("LR")!.Name);
-        Assert.Equal("TrainPerClass", ConfigFields.Find("train_per_class")!.Name);
-        Assert.Equal<object?>(null, ConfigFields.Find("warmth"));
+        Assert.True(Options.TryInt(2.0, out var two, out _) && two == 2);
+        Assert.True(Options.TryInt("30", out var thirty, out _) && thirty == 30);
+        Assert.True(Options.TryLong(3e9, out var big, out _) && big == 3_000_000_000L);
+        Assert.True(Options.TryDouble("0.5", out var half, out _) && half == 0.5);
+        Assert.True(Options.TryText("cpu", out var text, out _) && text == "cpu");
+        string? error;
+        Assert.True(!Options.TryInt(2.5, out _, out error) && error!.Contains("whole number"), error);
+        Assert.True(!Options.TryLong(double.NaN, out _, out error) && error!.Contains("whole number"), error);
+        Assert.True(!Options.TryInt(3e9, out _, out error) && error!.Contains("out of range"), error);
+        Assert.True(!Options.TryLong(1e300, out _, out error) && error!.Contains("out of range"), error);
+        Assert.True(!Options.TryDouble("fast", out _, out error) && error!.Contains("number") && error.Contains("'fast'"), error);
+        Assert.True(!Options.TryText(2.0, out _, out error) && error!.Contains("text"), error);
+        Assert.True(Options.IsNone("none") && Options.IsNone(" None ") && !Options.IsNone(0.0) && !Options.IsNone("0"));
+        // Values reach the core's settings as invariant text.
+        Assert.Equal("0.1", Options.Text(0.1));
+        Assert.Equal("1E+300", Options.Text(1e300));
+        // Names: any case, '-' or '_', and the command line's short names.
+        Assert.Equal<(string, string)?>(("weightDecay", "WithWeightDecay"), Options.BuilderOption("weight-decay"));
+        Assert.Equal<(string, string)?>(("learningRate", "WithLearningRate"), Options.BuilderOption("LR"));
+        Assert.Equal<(string, string)?>(("trainPerClass", "WithTrainPerClass"), Options.BuilderOption("train_per_class"));
+        Assert.Equal<(string, string)?>(("dataFolder", "WithDataFolder"), Options.BuilderOption("data"));
+        Assert.Equal<(string, string)?>(null, Options.BuilderOption("warmth"));
+        // The method's, penalty's and distillation terms' settings, by the core's matching rule.
+        Assert.Equal("fisher-alpha", Options.ComponentOption("fisher-alpha"));
+        Assert.Equal("FisherAlpha", Options.ComponentOption("FisherAlpha"));
+        Assert.Equal("distill-weight", Options.ComponentOption("distill-weight"));
+        Assert.Equal("warmup_epochs", Options.ComponentOption("warmup_epochs"));
+        // A command-line name in another spelling is handed to the core as the command line spells it.
+        Assert.Equal("scp-alpha", Options.ComponentOption("SCP_Alpha"));
+        Assert.Equal<string?>(null, Options.ComponentOption("warmth"));
+        var scp = (ScpSettings)new ExperimentBuilder().WithMethod(Methods.Scp()).WithOption("ScpAlpha", 0.25).Settings.Method;
+        Assert.Equal(0.25, scp.Alpha);
+        // Every builder option has a setter of that name on the builder.
+        foreach (var (name, _, setter) in Options.BuilderOptions)
+            Assert.True(typeof(ExperimentBuilder).GetMethods().Any(m => m.Name == setter), $"{name}: no ExperimentBuilder.{setter}");
         return Task.CompletedTask;
     }
 
@@ -257,12 +286,34 @@ internal static class Checks
         var basis = new ExperimentBuilder().WithStrategy("er");
         var seeded = basis.WithSeed(5).WithLearningRate(0.2);
         var other = basis.WithOption("nonsense", 1);
+        var typed = basis.WithMethod(Methods.Der(buffer: 200));
         Assert.Equal(0L, basis.Settings.Seed);
-        Assert.Equal(global::Continual.Experiment.defaults("er", 500).LearningRate, basis.Settings.LearningRate);
+        Assert.Equal(global::Continual.Experiment.defaults("er", 500).Run.LearningRate, basis.Settings.LearningRate);
         Assert.Equal(5L, seeded.Settings.Seed);
         Assert.Equal(0.2, seeded.Settings.LearningRate);
         Assert.True(!basis.WithDataFolder(TestData.Folder).Validate().Any(e => e.Contains("nonsense")));
         Assert.Contains("nonsense", other.Validate());
+        Assert.Equal("er", basis.Settings.Strategy);
+        Assert.Equal("der", typed.Settings.Strategy);
+        // The settings records are immutable too: With… returns a changed copy.
+        var derpp = Methods.Derpp(buffer: 200);
+        var changed = derpp.WithAlpha(0.5).WithBeta(0.25).WithMinibatch(7);
+        Assert.Equal(0.2, derpp.Alpha);
+        Assert.Equal(1.0, derpp.Beta);
+        Assert.Equal(128, derpp.Minibatch);
+        Assert.Equal(0.5, changed.Alpha);
+        var kd = Distillation.Kd();
+        Assert.Equal(1.0, kd.Weight);
+        Assert.Equal(0.5, kd.WithWeight(0.5).Weight);
+        Assert.Equal(2.0, kd.WithWeight(0.5).Temperature);
+        Assert.Equal(1.0, kd.Weight);
+        // No public property of the façade can be set.
+        var settable = typeof(ExperimentBuilder).Assembly.GetExportedTypes()
+            .SelectMany(t => t.GetProperties())
+            .Where(p => p.DeclaringType!.Assembly == typeof(ExperimentBuilder).Assembly && p.SetMethod is { IsPublic: true })
+            .Select(p => $"{p.DeclaringType!.Name}.{p.Name}")
+            .ToList();
+        Assert.True(settable.Count == 0, "settable: " + string.Join(", ", settable));
         return Task.CompletedTask;
     }
 
@@ -275,6 +326,11 @@ internal static class Checks
         Assert.Throws<ArgumentNullException>(() => b.WithDevice(null!));
         Assert.Throws<ArgumentNullException>(() => b.WithOption(null!, 1.0));
         Assert.Throws<ArgumentNullException>(() => b.WithOption("device", (string)null!));
+        Assert.Throws<ArgumentNullException>(() => b.WithBackbone(null!));
+        Assert.Throws<ArgumentNullException>(() => b.WithMethod(null!));
+        Assert.Throws<ArgumentNullException>(() => b.WithPenalty((PenaltySettings)null!));
+        Assert.Throws<ArgumentNullException>(() => b.WithDistillation(null!));
+        Assert.Throws<ArgumentOutOfRangeException>(() => Penalties.Ewc().WithFisher((FisherKind)42));
         return Task.CompletedTask;
     }
 
@@ -286,22 +342,26 @@ internal static class Checks
         [
             (good.WithStrategy("no-such-method"), "unknown strategy 'no-such-method'"),
             (good.WithBenchmark("imagenet-42"), "unknown benchmark 'imagenet-42'"),
-            (good.WithStrategy("er").WithBuffer(0), "buffer"),
-            (good.WithBuffer(-5), "buffer"),
-            (good.WithLearningRate(0), "lr"),
-            (good.WithLearningRate(double.NaN), "lr"),
-            (good.WithLearningRate(double.PositiveInfinity), "lr"),
-            (good.WithBatchSize(0), "batch-size"),
-            (good.WithMinibatch(-1), "minibatch"),
-            (good.WithEpochs(0), "epochs"),
-            (good.WithAlpha(-0.1), "alpha"),
-            (good.WithBeta(double.NaN), "beta"),
-            (good.WithWeightDecay(-1), "weight-decay"),
-            (good.WithThreads(0), "threads"),
-            (good.WithTrainPerClass(0), "train-per-class"),
-            (good.WithTestPerClass(-3), "test-per-class"),
-            (good.WithDevice("tpu"), "unknown device 'tpu'"),
-            (good.WithDataFolder(Path.Combine(TestData.Folder, "absent")), "does not exist"),
+            (good.WithStrategy("er").WithBuffer(0), "ER's buffer size must be positive (got 0) (WithBuffer)"),
+            (good.WithBuffer(-5), "(WithBuffer)"),
+            (good.WithMethod(Methods.Icarl(memory: 0)), "iCaRL's memory must be positive (got 0) (WithBuffer)"),
+            (good.WithLearningRate(0), "the learning rate must be a positive number (got 0) (WithLearningRate)"),
+            (good.WithLearningRate(double.NaN), "(WithLearningRate)"),
+            (good.WithLearningRate(double.PositiveInfinity), "(WithLearningRate)"),
+            (good.WithBatchSize(0), "(WithBatchSize)"),
+            (good.WithMethod(Methods.Derpp().WithMinibatch(-1)), "DER++'s buffer minibatch must be positive (got -1) (DerppSettings.WithMinibatch)"),
+            (good.WithEpochs(0), "(WithEpochs)"),
+            (good.WithMethod(Methods.Der().WithAlpha(-0.1)), "(DerSettings.WithAlpha)"),
+            (good.WithMethod(Methods.Derpp().WithBeta(double.NaN)), "(DerppSettings.WithBeta)"),
+            (good.WithWeightDecay(-1), "(WithWeightDecay)"),
+            (good.WithThreads(0), "(WithThreads)"),
+            (good.WithTrainPerClass(0), "(WithTrainPerClass)"),
+            (good.WithTestPerClass(-3), "(WithTestPerClass)"),
+            (good.WithGradientClipping(0), "(WithGradientClipping)"),
+            (good.WithDevice("tpu"), "unknown device 'tpu' (expected cpu or cuda) (WithDevice)"),
+            (good.WithBackbone("vgg"), "unknown backbone 'vgg'"),
+            (good.WithPenalty("lwf"), "unknown penalty 'lwf'"),
+            (good.WithDataFolder(Path.Combine(TestData.Folder, "absent")), "does not exist (WithDataFolder)"),
         ];
         foreach (var (builder, mentions) in cases)
         {
@@ -321,7 +381,7 @@ internal static class Checks
         var recorder = new Recorder();
         var e = Assert.Throws<ExperimentValidationException>(() => builder.Run(recorder));
         Assert.True(e.Errors.SequenceEqual(builder.Validate()), "the exception carries Validate's messages");
-        Assert.Contains("epochs", e.Errors);
+        Assert.Contains("(WithEpochs)", e.Errors);
         Assert.Contains("nonsense", e.Errors);
         Assert.True(e is ArgumentException);
         Assert.Equal(0, recorder.Reports.Count);
@@ -418,7 +478,8 @@ internal static class Checks
         Assert.True(Directory.GetFiles(folder).Length == 2, "no temporary files are left behind");
         using var json = JsonDocument.Parse(File.ReadAllText(jsonPath));
         var root = json.RootElement;
-        Assert.Equal("derpp", root.GetProperty("config").GetProperty("strategy").GetString());
+        Assert.Equal("derpp", root.GetProperty("config").GetProperty("method").GetProperty("name").GetString());
+        Assert.Equal(result.Settings.ToJson(), JsonSerializer.Serialize(root.GetProperty("config")));
         Assert.Equal(result.Settings.Hash, root.GetProperty("configHash").GetString());
         var classIl = root.GetProperty("classIl").EnumerateArray().Select(r => r.EnumerateArray().Select(v => v.GetDouble()).ToList()).ToList();
         Assert.Equal(5, classIl.Count);
@@ -550,32 +611,38 @@ internal static class Checks
             .WithOption("distill", "sd").WithOption("distill-weight", 0.5).WithOption("backbone", "cnn");
         Assert.True(builder.Validate().Count == 0, string.Join("; ", builder.Validate()));
         using var result = builder.Run();
-        Assert.Equal<object?>("sd", result.Settings.Fields["Distill"]);
-        Assert.Equal<object?>(0.5, result.Settings.Fields["DistillWeight"]);
+        var term = (SubspaceDistillation)result.Settings.Distillation.Single();
+        Assert.Equal("sd", term.Name);
+        Assert.Equal(0.5, term.Weight);
+        Assert.Equal(2, term.Dimension);
         Assert.True(result.Architecture.StartsWith("cnn"), result.Architecture);
         Assert.Contains("unknown distillation term 'nope'", Subset().WithOption("distill", "nope").Validate());
+        Assert.Equal(0, Subset().WithOption("distill", "kd").WithOption("distill", "none").Settings.Distillation.Count);
         return Task.CompletedTask;
     }
-
     private static Task PenaltyWithDefaults()
     {
         // The method's defaults come with the penalty, as with the command line's --penalty ...
         var expected = global::Continual.Experiment.withPenalty(
             Microsoft.FSharp.Core.FSharpOption<string>.Some("si"), global::Continual.Experiment.defaults("derpp", 500));
         var si = new ExperimentBuilder().WithStrategy("derpp").WithPenalty("SI").Settings;
-        Assert.Equal<object?>("si", si.Fields["Penalty"]);
-        Assert.Equal<object?>(expected.Lambda, si.Fields["Lambda"]);
-        Assert.Equal<object?>(1.0, si.Fields["Lambda"]);
-        Assert.Equal<object?>(1.0, si.Fields["ClipGrad"]);
-        // ... whichever way it is named, and options set by the caller win whatever their order.
+        Assert.Equal(global::Continual.ConfigModule.toJson(expected), si.ToJson());
+        Assert.Equal("si", si.Penalty!.Name);
+        Assert.Equal(1.0, ((SiSettings)si.Penalty).C);
+        Assert.Equal<double?>(1.0, si.GradientClipping);
+        // ... whichever way it is named, and options set by name win whatever their order.
         var byOption = new ExperimentBuilder().WithStrategy("derpp").WithOption("lambda", 2.5).WithOption("penalty", "si").Settings;
-        Assert.Equal<object?>("si", byOption.Fields["Penalty"]);
-        Assert.Equal<object?>(2.5, byOption.Fields["Lambda"]);
-        var scp = new ExperimentBuilder().WithStrategy("der").WithPenalty("scp").Settings;
-        Assert.Equal<object?>(3.0, scp.Fields["Lambda"]);
-        Assert.Equal<object?>(0.9, scp.Fields["ScpAlpha"]);
-        Assert.Equal<object?>(null, new ExperimentBuilder().WithPenalty("si").WithPenalty(null).Settings.Fields["Penalty"]);
+        Assert.Equal(2.5, ((SiSettings)byOption.Penalty!).C);
+        var scp = (ScpSettings)new ExperimentBuilder().WithStrategy("der").WithPenalty("scp").Settings.Penalty!;
+        Assert.Equal(3.0, scp.Lambda);
+        Assert.Equal(0.9, scp.Alpha);
+        Assert.Equal<PenaltySettings?>(null, new ExperimentBuilder().WithPenalty("si").WithPenalty((string?)null).Settings.Penalty);
+        Assert.Equal<PenaltySettings?>(null, new ExperimentBuilder().WithPenalty(Penalties.Si()).WithoutPenalty().Settings.Penalty);
+        Assert.Equal<PenaltySettings?>(null, new ExperimentBuilder().WithPenalty("si").WithOption("penalty", "none").Settings.Penalty);
         Assert.Contains("unknown penalty", Subset().WithPenalty("lwf").Validate());
+        // An unknown penalty leaves no configuration to describe.
+        Assert.Throws<ExperimentValidationException>(() => _ = Subset().WithPenalty("lwf").Settings);
+        Assert.Contains("unknown penalty 'lwf'", [Subset().WithPenalty("lwf").ToString()]);
         // It runs: DER++ with SI on a subset.
         var builder = Subset().WithStrategy("derpp").WithBuffer(50).WithTrainPerClass(20).WithTestPerClass(10).WithPenalty("si");
         Assert.True(builder.Validate().Count == 0, string.Join("; ", builder.Validate()));
@@ -583,7 +650,6 @@ internal static class Checks
         Assert.Equal(5, result.TaskIncremental.Count);
         return Task.CompletedTask;
     }
-
     private static async Task RunAsyncMatchesRun()
     {
         var recorder = new Recorder();
