@@ -507,7 +507,7 @@ public sealed class ExperimentBuilder
         if (_s.Penalty is PenaltySettings penalty)
         {
             config = CoreExperiment.withPenalty(FSharpOption<string>.Some(penalty.Name), config);
-            config = With(config, penalty: FSharpOption<global::Continual.ImportanceConfig>.Some(penalty.ToImportance()));
+            config = With(config, penalty: FSharpOption<global::Continual.Methods.ImportanceConfig>.Some(penalty.ToImportance()));
         }
         else if (_s.PenaltyName is string penaltyName)
         {
@@ -569,8 +569,8 @@ public sealed class ExperimentBuilder
 
     private static CoreConfig With(
         CoreConfig config,
-        global::Continual.MethodConfig? method = null,
-        FSharpOption<global::Continual.ImportanceConfig>? penalty = null,
+        global::Continual.Methods.MethodConfig? method = null,
+        FSharpOption<global::Continual.Methods.ImportanceConfig>? penalty = null,
         FSharpList<global::Continual.Methods.DistillationSettings>? distillation = null) =>
         new(config.Run, config.Data, config.Backbone, method ?? config.Method, penalty ?? config.Penalty, distillation ?? config.Distillation);
 

@@ -1,4 +1,4 @@
-using CoreConfig = global::Continual.MethodConfig;
+using CoreConfig = global::Continual.Methods.MethodConfig;
 using CoreMethods = global::Continual.Methods;
 using Registry = global::Continual.Methods.Registry;
 

@@ -1,6 +1,6 @@
-using CoreConfig = global::Continual.MethodConfig;
+using CoreConfig = global::Continual.Methods.MethodConfig;
 using CoreFisher = global::Continual.Penalties.FisherKind;
-using CoreImportance = global::Continual.ImportanceConfig;
+using CoreImportance = global::Continual.Methods.ImportanceConfig;
 using CoreMethods = global::Continual.Methods;
 using Registry = global::Continual.Methods.Registry;
 

@@ -83,7 +83,7 @@ internal static partial class Checks
         var module = PublicSurface.FSharpMentions([typeof(global::Continual.Experiment)]);
         Assert.Contains("FSharpList", module);
         Assert.True(PublicSurface.IsFSharp(typeof(global::Continual.TrainingEvent)));
-        Assert.True(PublicSurface.IsFSharp(typeof(global::Continual.ImportanceConfig)));
+        Assert.True(PublicSurface.IsFSharp(typeof(global::Continual.Methods.ImportanceConfig)));
         Assert.True(PublicSurface.IsFSharp(typeof(global::Continual.Methods.Der.PlusPlusSettings)));
         Assert.True(!PublicSurface.IsFSharp(typeof(DerppSettings)));
         Assert.True(!PublicSurface.IsFSharp(typeof(ExperimentResult)));
