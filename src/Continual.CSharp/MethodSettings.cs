@@ -351,6 +351,9 @@ public static class Methods
     /// <summary>MAS trained alone; see <see cref="Penalties.Mas"/>.</summary>
     public static MasSettings Mas(double? lambda = null) => Penalties.Mas(lambda);
 
+    /// <summary>L2 trained alone; see <see cref="Penalties.L2"/>.</summary>
+    public static L2Settings L2(double? lambda = null) => Penalties.L2(lambda);
+
     /// <summary>RWalk trained alone; see <see cref="Penalties.Rwalk"/>.</summary>
     public static RwalkSettings Rwalk(double? lambda = null) => Penalties.Rwalk(lambda);
 

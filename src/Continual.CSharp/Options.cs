@@ -87,10 +87,13 @@ internal static class Options
         return AllSettings().Select(s => s.Option).FirstOrDefault(o => Normalise(o) == key);
     }
 
-    private static bool Matches(string name) =>
-        Registry.methods.Any(e => Registry.parseOption(e.Settings, name, "0", e.Default.Invoke(ExperimentBuilder.DefaultBufferSize)) is not null)
-        || Registry.importance.Any(e => Registry.parseOption(e.Settings, name, "0", e.Default) is not null)
-        || Registry.parseOption(Registry.distillationSettings, name, "0", DistillationSettings.Reference(global::Continual.Methods.DistillationKind.Kd)) is not null;
+    private static bool Matches(string name) => Matches(name, byName: false) || Matches(name, byName: true);
+
+    // Whether some component's setting has this command-line name (byName false) or JSON name (byName true).
+    private static bool Matches(string name, bool byName) =>
+        Registry.methods.Any(e => Registry.parseOption(byName, e.Settings, name, "0", e.Default.Invoke(ExperimentBuilder.DefaultBufferSize)) is not null)
+        || Registry.importance.Any(e => Registry.parseOption(byName, e.Settings, name, "0", e.Default) is not null)
+        || Registry.parseOption(byName, Registry.distillationSettings, name, "0", DistillationSettings.Reference(global::Continual.Methods.DistillationKind.Kd)) is not null;
 
     private static IEnumerable<(string Name, string Option)> AllSettings() =>
         Registry.methods.SelectMany(e => e.Settings.Select(s => (s.Name, s.Option)))
@@ -210,6 +213,7 @@ internal static class Options
     private static string? Hint(string path, CoreConfig config)
     {
         if (SetterOfPath.TryGetValue(path, out var setter)) return setter;
+        if (path.StartsWith("distillation[") && path.EndsWith(']')) return nameof(ExperimentBuilder.WithDistillation);
         var dot = path.IndexOf('.');
         if (dot < 0) return null;
         var (part, setting) = (path[..dot], path[(dot + 1)..]);
@@ -222,9 +226,10 @@ internal static class Options
                 // The penalty's strength is its first setting (λ, SI's c).
                 if (setting == "strength") setting = Registry.importanceEntryOf(config.Penalty.Value).Settings.Head.Name;
                 return penalty.Member(setting) ?? WithOption(setting);
-            case "distillation":
-                var check = Registry.distillationSettings.FirstOrDefault(s => s.Name == setting);
-                var term = check is null ? null : config.Distillation.FirstOrDefault(t => check.Check.Invoke(t) is not null);
+            case var terms when terms.StartsWith("distillation[") && terms.EndsWith(']'):
+                // "distillation[i]": the i-th term, counted from 0.
+                var index = int.Parse(terms["distillation[".Length..^1], System.Globalization.CultureInfo.InvariantCulture);
+                var term = config.Distillation.ElementAtOrDefault(index);
                 return (term is null ? null : DistillationSettings.FromCore(term).Member(setting)) ?? WithOption(setting);
             default:
                 return null;

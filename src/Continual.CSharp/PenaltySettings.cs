@@ -46,6 +46,7 @@ public abstract record PenaltySettings : MethodSettings
         CoreImportance.Mas s => new MasSettings(s.Item),
         CoreImportance.Rwalk s => new RwalkSettings(s.Item),
         CoreImportance.Scp s => new ScpSettings(s.Item),
+        CoreImportance.L2 s => new L2Settings(s.Item),
         _ => throw new ArgumentException($"an importance method this façade does not know: {config}", nameof(config)),
     };
 
@@ -247,6 +248,32 @@ public sealed record MasSettings : PenaltySettings
     };
 }
 
+/// <summary>L2: every parameter anchored equally where the last task ended.</summary>
+public sealed record L2Settings : PenaltySettings
+{
+    internal L2Settings(CoreMethods.L2.Settings s)
+    {
+        Lambda = s.Lambda;
+    }
+
+    /// <inheritdoc />
+    public override string Name => "l2";
+
+    /// <summary>Penalty strength λ.</summary>
+    public double Lambda { get; internal init; }
+
+    /// <summary>These settings with another strength λ.</summary>
+    public L2Settings WithLambda(double lambda) => this with { Lambda = lambda };
+
+    internal override CoreImportance ToImportance() => CoreImportance.NewL2(new CoreMethods.L2.Settings(Lambda));
+
+    private protected override string? OwnMember(string setting) => setting switch
+    {
+        "lambda" => nameof(WithLambda),
+        _ => null,
+    };
+}
+
 /// <summary>RWalk: EWC++'s running Fisher plus path scores.</summary>
 public sealed record RwalkSettings : PenaltySettings
 {
@@ -412,6 +439,14 @@ public static class Penalties
     public static MasSettings Mas(double? lambda = null)
     {
         var s = (MasSettings)PenaltySettings.Reference("mas");
+        return s with { Lambda = lambda ?? s.Lambda };
+    }
+
+    /// <summary>L2 (reference: λ 0.1).</summary>
+    /// <param name="lambda">Penalty strength λ.</param>
+    public static L2Settings L2(double? lambda = null)
+    {
+        var s = (L2Settings)PenaltySettings.Reference("l2");
         return s with { Lambda = lambda ?? s.Lambda };
     }
 

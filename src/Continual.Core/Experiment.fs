@@ -212,34 +212,35 @@ module Experiment =
     let withDistillation (kind: DistillationKind) (config: Config) : Config =
         { config with Distillation = config.Distillation @ [ DistillationSettings.Of kind ] }
 
-    /// Sets an option of the method, the penalty or the distillation terms from text, by its
-    /// command-line name (without "--") or its JSON name, on every component that has it. Ok None
-    /// when none has it.
+    /// Sets an option of the method, the penalty or the distillation terms from text on every component
+    /// that has it: by its command-line name (without "--") first and, where no component has an option
+    /// of that name, by its JSON name (so "alpha" is DER's α, never SCP's "alpha", which the command line
+    /// calls "scp-alpha"). None when no component has it.
     let setOption (option: string) (text: string) (config: Config) : Result<Config, string> option =
-        let onMethod = Registry.parseOption (Registry.entryOf config.Method).Settings option text config.Method
-        let onPenalty = config.Penalty |> Option.bind (fun p -> Registry.parseOption (Registry.importanceEntryOf p).Settings option text p)
-        let onTerms = config.Distillation |> List.map (fun d -> Registry.parseOption Registry.distillationSettings option text d)
-        if onMethod.IsNone && onPenalty.IsNone && onTerms |> List.forall Option.isNone then None
-        else
-            let result =
-                match onMethod with
-                | Some(Error e) -> Error e
-                | Some(Ok m) -> Ok { config with Method = m }
-                | None -> Ok config
-            let result =
-                match result, onPenalty with
-                | Ok c, Some(Ok p) -> Ok { c with Penalty = Some p }
-                | Ok _, Some(Error e) -> Error e
-                | r, _ -> r
-            let result =
-                match result with
-                | Ok c ->
-                    let terms = List.zip config.Distillation onTerms
-                    match terms |> List.tryPick (fun (_, r) -> match r with Some(Error e) -> Some e | _ -> None) with
-                    | Some e -> Error e
-                    | None -> Ok { c with Distillation = terms |> List.map (fun (d, r) -> match r with Some(Ok d') -> d' | _ -> d) }
-                | r -> r
-            Some result
+        let attempt byName =
+            let onMethod = Registry.parseOption byName (Registry.entryOf config.Method).Settings option text config.Method
+            let onPenalty = config.Penalty |> Option.bind (fun p -> Registry.parseOption byName (Registry.importanceEntryOf p).Settings option text p)
+            let onTerms = config.Distillation |> List.map (fun d -> Registry.parseOption byName Registry.distillationSettings option text d)
+            if onMethod.IsNone && onPenalty.IsNone && onTerms |> List.forall Option.isNone then None
+            else
+                let firstError =
+                    [ onMethod |> Option.bind (function Error e -> Some e | _ -> None)
+                      onPenalty |> Option.bind (function Error e -> Some e | _ -> None)
+                      yield! onTerms |> List.map (Option.bind (function Error e -> Some e | _ -> None)) ]
+                    |> List.tryPick id
+                match firstError with
+                | Some e -> Some(Error e)
+                | None ->
+                    let ok = function Some(Ok v) -> Some v | _ -> None
+                    Some(
+                        Ok
+                            { config with
+                                Method = defaultArg (ok onMethod) config.Method
+                                Penalty = (match ok onPenalty with Some p -> Some p | None -> config.Penalty)
+                                Distillation = List.map2 (fun d r -> defaultArg (ok r) d) config.Distillation onTerms })
+        match attempt false with
+        | Some result -> Some result
+        | None -> attempt true
 
     let private error path option message = { Path = path; Option = option; Message = message }
 
@@ -259,8 +260,8 @@ module Experiment =
               error "run.learningRate" (Some "lr") (sprintf "the learning rate must be a positive number (got %g)" r.LearningRate)
           if r.BatchSize <= 0 then error "run.batchSize" (Some "batch-size") (sprintf "the batch size must be positive (got %d)" r.BatchSize)
           if r.Epochs <= 0 then error "run.epochs" (Some "epochs") (sprintf "the number of epochs must be positive (got %d)" r.Epochs)
-          if r.WeightDecay < 0.0 || Double.IsNaN r.WeightDecay then
-              error "run.weightDecay" (Some "weight-decay") (sprintf "the weight decay must not be negative (got %g)" r.WeightDecay)
+          if not (r.WeightDecay >= 0.0) || Double.IsInfinity r.WeightDecay then
+              error "run.weightDecay" (Some "weight-decay") (sprintf "the weight decay must be a non-negative number (got %g)" r.WeightDecay)
           if r.Threads <= 0 then error "run.threads" (Some "threads") (sprintf "the number of threads must be positive (got %d)" r.Threads)
           match r.ClipGrad with
           | Some c when not (c > 0.0) -> error "run.clipGrad" (Some "clip-grad") (sprintf "the gradient clipping bound must be positive (got %g)" c)
@@ -290,11 +291,11 @@ module Experiment =
                   error "penalty.strength" (Some "lambda") (sprintf "the penalty %s with strength 0 adds nothing" e.Name)
               yield! settingErrors "penalty" e.Settings p
           | None -> ()
-          for t in config.Distillation do
+          for (i, t) in List.indexed config.Distillation do
               if t.Kind = RelationGraph && not (List.contains methodName [ "er"; "der"; "derpp" ]) then
-                  error "distillation" (Some "distill")
+                  error (sprintf "distillation[%d]" i) (Some "distill")
                       (sprintf "the relation distillation term works on buffer exemplars: use a method with a replay buffer (er, der, derpp), not %s" methodName)
-              yield! settingErrors "distillation" Registry.distillationSettings t ]
+              yield! settingErrors (sprintf "distillation[%d]" i) Registry.distillationSettings t ]
 
     /// Raises InvalidConfiguration when a configuration has problems.
     let ensureValid (config: Config) =

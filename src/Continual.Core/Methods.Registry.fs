@@ -307,13 +307,14 @@ module Registry =
             | true, p -> s.Read p v
             | _ -> v) value
 
-    /// Sets the option `option` (as on the command line, without "--", or a setting's JSON name) from
-    /// text on a component's settings; Ok None when none of them has that option.
-    let parseOption (settings: Setting<'S> list) (option: string) (text: string) (value: 'S) : Result<'S, string> option =
+    /// Sets the option `option` from text on a component's settings, matched by its command-line name
+    /// (without "--") or, with `byName`, by its JSON name (any case, '-' and '_' ignored); None when
+    /// none of the settings has it.
+    let parseOption (byName: bool) (settings: Setting<'S> list) (option: string) (text: string) (value: 'S) : Result<'S, string> option =
         let key = option.Trim().TrimStart('-').ToLowerInvariant()
         let normalise (s: string) = s.Replace("-", "").Replace("_", "").ToLowerInvariant()
         settings
-        |> List.filter (fun s -> s.Option = key || normalise s.Name = normalise key)
+        |> List.filter (fun s -> if byName then normalise s.Name = normalise key else s.Option = key)
         |> function
             | [] -> None
             | matches -> Some(matches |> List.fold (fun acc s -> acc |> Result.bind (s.Parse text)) (Ok value))

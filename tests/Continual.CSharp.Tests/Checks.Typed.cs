@@ -15,7 +15,7 @@ internal static partial class Checks
         typeof(MethodSettings), typeof(SgdSettings), typeof(JointSettings), typeof(ErSettings), typeof(DerSettings),
         typeof(DerppSettings), typeof(LwfSettings), typeof(IcarlSettings),
         typeof(PenaltySettings), typeof(EwcSettings), typeof(OnlineEwcSettings), typeof(EwcPlusPlusSettings), typeof(SiSettings),
-        typeof(MasSettings), typeof(RwalkSettings), typeof(ScpSettings),
+        typeof(MasSettings), typeof(RwalkSettings), typeof(ScpSettings), typeof(L2Settings),
         typeof(DistillationSettings), typeof(KdDistillation), typeof(FitNetsDistillation), typeof(NstDistillation),
         typeof(AttentionTransferDistillation), typeof(RkdDistillation), typeof(PodDistillation), typeof(SubspaceDistillation),
         typeof(RelationGraphDistillation),
@@ -49,6 +49,7 @@ internal static partial class Checks
         ["ewc++"] = _ => Methods.EwcPlusPlus(),
         ["si"] = _ => Methods.Si(),
         ["mas"] = _ => Methods.Mas(),
+        ["l2"] = _ => Methods.L2(),
         ["rwalk"] = _ => Methods.Rwalk(),
         ["scp"] = _ => Methods.Scp(),
     };
@@ -60,6 +61,7 @@ internal static partial class Checks
         ["ewc++"] = () => Penalties.EwcPlusPlus(),
         ["si"] = () => Penalties.Si(),
         ["mas"] = () => Penalties.Mas(),
+        ["l2"] = () => Penalties.L2(),
         ["rwalk"] = () => Penalties.Rwalk(),
         ["scp"] = () => Penalties.Scp(),
     };
@@ -312,7 +314,7 @@ internal static partial class Checks
         yield return ("data folder", good.WithDataFolder("/no/such/folder"));
         yield return ("buffer", good.WithBuffer(0));
         yield return ("unknown strategy", good.WithStrategy("gem"));
-        yield return ("unknown penalty", good.WithPenalty("l2"));
+        yield return ("unknown penalty", good.WithPenalty("agem"));
         yield return ("unknown term", good.WithOption("distill", "dkd"));
         yield return ("unknown option", good.WithOption("warmth", 1));
         yield return ("option of nothing here", good.WithStrategy("sgd").WithOption("beta", 1));
@@ -321,11 +323,15 @@ internal static partial class Checks
         yield return ("fisher", good.WithPenalty("ewc").WithOption("fisher", "fake"));
     }
 
-    /// <summary>The name WithOption reaches a setting by: its JSON name, or its command-line name where the JSON name is a builder option.</summary>
+    /// <summary>
+    /// The name WithOption reaches a setting by: its JSON name, or its command-line name where the JSON name
+    /// is a builder option ("batchSize") or another setting's command-line name (SCP's "alpha" is "scp-alpha";
+    /// "alpha" is DER's α).
+    /// </summary>
     private static string OptionName(string name, string option) =>
-        name is "batchSize" ? option : name;
+        name is "batchSize" || (name is "alpha" && option != name) ? option : name;
 
-    private static readonly Regex Hint = new(@"\(([A-Za-z]+\.)?(With[A-Za-z]*|Balanced)(\(""[^""]*"", …\))?\)$");
+    private static readonly Regex Hint = new(@"\(([A-Za-z][A-Za-z0-9]*\.)?(With[A-Za-z]*|Balanced)(\(""[^""]*"", …\))?\)$");
 
     private static Task MessagesNameCSharpMembers()
     {

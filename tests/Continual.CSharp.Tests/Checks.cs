@@ -77,7 +77,7 @@ internal static partial class Checks
         var config = PublicSurface.FSharpMentions([typeof(global::Continual.Config)]);
         Assert.Contains("Penalty: Microsoft.FSharp.Core.FSharpOption", config);
         Assert.Contains("Distillation: Microsoft.FSharp.Collections.FSharpList", config);
-        Assert.Contains("Method: Continual.MethodConfig", config);
+        Assert.Contains("Method: Continual.Methods.MethodConfig", config);
         var data = PublicSurface.FSharpMentions([typeof(global::Continual.DataSettings)]);
         Assert.Contains("TrainPerClass", data);
         var module = PublicSurface.FSharpMentions([typeof(global::Continual.Experiment)]);

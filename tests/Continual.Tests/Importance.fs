@@ -179,6 +179,29 @@ let tests =
                 use doc = System.Text.Json.JsonDocument.Parse(Results.configJson c)
                 Expect.equal (Config.ofJson doc.RootElement) c "the JSON form reads back to the same configuration"
 
+        testCase "an option reaches every component that has it by its command-line name, by its JSON name only where none has that option" <| fun () ->
+            let config = configFor "derpp" |> Experiment.withPenalty (Some "scp")
+            let set option value c =
+                match Experiment.setOption option value c with
+                | Some(Ok c) -> c
+                | other -> failtestf "%s: %A" option other
+            let alpha = set "alpha" "0.7" config
+            Expect.equal alpha.Penalty config.Penalty "--alpha leaves SCP's α (--scp-alpha) alone"
+            match alpha.Method with
+            | MethodConfig.Derpp s -> Expect.equal s.Alpha 0.7 "DER++'s α"
+            | other -> failtestf "%A" other
+            match (set "scp-alpha" "0.3" config).Penalty with
+            | Some(ImportanceConfig.Scp s) -> Expect.equal s.Alpha 0.3 "SCP's α by its command-line name"
+            | other -> failtestf "%A" other
+            match (set "batchSize" "64" (configFor "scp")).Method with
+            | MethodConfig.Importance(ImportanceConfig.Scp s) -> Expect.equal s.BatchSize 64 "SCP's batch by its JSON name, which no option has"
+            | other -> failtestf "%A" other
+            let kd = Experiment.defaults "lwf" 500 |> Experiment.withDistillation Kd |> set "temperature" "4"
+            match kd.Method, kd.Distillation with
+            | MethodConfig.Lwf l, [ t ] -> Expect.equal (l.Temperature, t.Temperature) (4.0, 4.0) "--temperature sets LwF's and KD's"
+            | other -> failtestf "%A" other
+            Expect.isNone (Experiment.setOption "xi" "0.5" config) "an option no component has"
+
         testList "live tensors stay flat over many steps" [
             for name in Experiment.importanceNames ->
                 testCase name <| fun () ->
