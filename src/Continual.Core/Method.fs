@@ -228,6 +228,13 @@ module Method =
     /// Optional tensor lists as owned disposables.
     let optionalTensors (ts: Tensor list option) : IDisposable list = ts |> Option.map tensors |> Option.defaultValue []
 
+    /// The penalty term of an importance method's state (none before its first task ends).
+    let penaltyTerms (name: string) (penalty: Quadratic option) : PenaltyTerm list =
+        penalty |> Option.map (fun q -> { Name = name; Penalty = q }) |> Option.toList
+
+    /// The tensors of an optional penalty, as owned disposables.
+    let ownedPenalty (penalty: Quadratic option) : IDisposable list = optionalTensors (penalty |> Option.map Quadratic.tensors)
+
     /// A strategy of a single method with no buffer: the shell's defaults.
     let strategy (name: string) (instance: MethodInstance) : Strategy =
         { Name = name

@@ -35,12 +35,12 @@ module Ewc =
     /// The tensors EWC's state owns.
     let owned (state: State) =
         Method.tensors [ for (f, a) in state.Tasks do yield! f; yield! a ]
-        @ Method.optionalTensors (state.Penalty |> Option.map Quadratic.tensors)
+        @ Method.ownedPenalty state.Penalty
 
     /// EWC as a method.
     let method (settings: Settings) : Method<State> =
         { Method.empty "ewc" with
-            Penalties = fun s -> s.Penalty |> Option.map (fun q -> { Name = "ewc"; Penalty = q }) |> Option.toList
+            Penalties = fun s -> Method.penaltyTerms "ewc" s.Penalty
             EndTask = endTask settings
             Owned = owned }
 

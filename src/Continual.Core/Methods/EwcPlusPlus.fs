@@ -44,12 +44,12 @@ module EwcPlusPlus =
 
     /// The tensors EWC++'s state owns.
     let owned (state: State) =
-        Method.optionalTensors state.Running @ Method.optionalTensors (state.Penalty |> Option.map Quadratic.tensors)
+        Method.optionalTensors state.Running @ Method.ownedPenalty state.Penalty
 
     /// EWC++ as a method.
     let method (settings: Settings) : Method<State> =
         { Method.empty "ewc++" with
-            Penalties = fun s -> s.Penalty |> Option.map (fun q -> { Name = "ewc++"; Penalty = q }) |> Option.toList
+            Penalties = fun s -> Method.penaltyTerms "ewc++" s.Penalty
             Observe =
                 Some(fun view s ->
                     let blend =

@@ -33,9 +33,9 @@ module L2 =
     /// L2 as a method.
     let method (settings: Settings) : Method<State> =
         { Method.empty "l2" with
-            Penalties = fun s -> s.Penalty |> Option.map (fun q -> { Name = "l2"; Penalty = q }) |> Option.toList
+            Penalties = fun s -> Method.penaltyTerms "l2" s.Penalty
             EndTask = endTask settings
-            Owned = fun s -> Method.optionalTensors (s.Penalty |> Option.map Quadratic.tensors) }
+            Owned = fun s -> Method.ownedPenalty s.Penalty }
 
     /// L2 packed before the first task.
     let create (settings: Settings) : MethodInstance = Method.pack (method settings) initial

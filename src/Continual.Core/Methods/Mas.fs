@@ -38,12 +38,12 @@ module Mas =
 
     /// The tensors MAS's state owns.
     let owned (state: State) =
-        Method.optionalTensors state.Importance @ Method.optionalTensors (state.Penalty |> Option.map Quadratic.tensors)
+        Method.optionalTensors state.Importance @ Method.ownedPenalty state.Penalty
 
     /// MAS as a method.
     let method (settings: Settings) : Method<State> =
         { Method.empty "mas" with
-            Penalties = fun s -> s.Penalty |> Option.map (fun q -> { Name = "mas"; Penalty = q }) |> Option.toList
+            Penalties = fun s -> Method.penaltyTerms "mas" s.Penalty
             EndTask = endTask settings
             Owned = owned }
 

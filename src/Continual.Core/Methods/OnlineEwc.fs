@@ -49,12 +49,12 @@ module OnlineEwc =
 
     /// The tensors online EWC's state owns.
     let owned (state: State) =
-        Method.optionalTensors state.Fisher @ Method.optionalTensors (state.Penalty |> Option.map Quadratic.tensors)
+        Method.optionalTensors state.Fisher @ Method.ownedPenalty state.Penalty
 
     /// Online EWC as a method.
     let method (settings: Settings) : Method<State> =
         { Method.empty "ewc-online" with
-            Penalties = fun s -> s.Penalty |> Option.map (fun q -> { Name = "ewc-online"; Penalty = q }) |> Option.toList
+            Penalties = fun s -> Method.penaltyTerms "ewc-online" s.Penalty
             EndTask = endTask settings
             Owned = owned }
 

@@ -128,13 +128,13 @@ module Rwalk =
     let owned (state: State) =
         [ state.Running; state.WindowLoss; state.WindowStart; state.Scores; state.PreviousScores ]
         |> List.collect Method.optionalTensors
-        |> List.append (Method.optionalTensors (state.Penalty |> Option.map Quadratic.tensors))
+        |> List.append (Method.ownedPenalty state.Penalty)
 
     /// RWalk as a method.
     let method (settings: Settings) : Method<State> =
         { Method.empty "rwalk" with
             BeginTask = fun c s -> beginTask c.LearningRate c.Parameters s
-            Penalties = fun s -> s.Penalty |> Option.map (fun q -> { Name = "rwalk"; Penalty = q }) |> Option.toList
+            Penalties = fun s -> Method.penaltyTerms "rwalk" s.Penalty
             Observe =
                 Some(fun view s ->
                     let blend =

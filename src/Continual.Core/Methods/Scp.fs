@@ -53,12 +53,12 @@ module Scp =
 
     /// The tensors SCP's state owns.
     let owned (state: State) =
-        Method.optionalTensors state.Gamma @ Method.optionalTensors (state.Penalty |> Option.map Quadratic.tensors)
+        Method.optionalTensors state.Gamma @ Method.ownedPenalty state.Penalty
 
     /// SCP as a method.
     let method (settings: Settings) : Method<State> =
         { Method.empty "scp" with
-            Penalties = fun s -> s.Penalty |> Option.map (fun q -> { Name = "scp"; Penalty = q }) |> Option.toList
+            Penalties = fun s -> Method.penaltyTerms "scp" s.Penalty
             EndTask = endTask settings
             Owned = owned }
 

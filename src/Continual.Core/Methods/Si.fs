@@ -82,13 +82,13 @@ module Si =
         Method.optionalTensors state.Omega
         @ Method.optionalTensors state.Importance
         @ Method.optionalTensors state.Start
-        @ Method.optionalTensors (state.Penalty |> Option.map Quadratic.tensors)
+        @ Method.ownedPenalty state.Penalty
 
     /// SI as a method.
     let method (settings: Settings) : Method<State> =
         { Method.empty "si" with
             BeginTask = fun c s -> beginTask c.LearningRate c.Parameters s
-            Penalties = fun s -> s.Penalty |> Option.map (fun q -> { Name = "si"; Penalty = q }) |> Option.toList
+            Penalties = fun s -> Method.penaltyTerms "si" s.Penalty
             Observe = Some(fun view s -> observe (Importance.gradients view.Parameters) s)
             EndTask = fun c s -> endTask settings.C settings.Xi c.Parameters s
             Owned = owned }
