@@ -6,11 +6,15 @@ open Expecto
 open FsCheck
 open FsCheck.FSharp
 open Continual
+open Continual.Data
 open Continual.Methods
 open Continual.Models
+open Continual.Penalties
 open Continual.Replay
 open Continual.Properties
 open TorchSharp
+
+module F = Continual.Properties.PenaltiesFixtures
 
 /// A property over a generator with the project's fixed seed and `cases` cases, run in its own
 /// dispose scope so that the tensors a case makes die with it.
@@ -88,7 +92,7 @@ let expectNear (tolerance: float) (what: string) (expected: float) (actual: floa
     if not (near tolerance expected actual) then failtestf "%s: %.9g, expected %.9g" what actual expected
 
 /// The tiny model the hand-built views carry (the loss terms read only the tensors).
-let private tinyModel = lazy (Backbones.create Continual.Properties.PenaltiesFixtures.architecture)
+let private tinyModel = lazy (Backbones.create F.architecture)
 
 /// One buffer draw: its stored inputs, labels and logits, and the current model's logits on it.
 type Draw =
@@ -123,3 +127,117 @@ let viewOf (inputs: Block) (batchLabels: int[]) (logits: Block) (draws: Draw opt
 
 /// A method's terms on a view as (name, value) pairs, in order.
 let termValues (terms: LossTerm list) = terms |> List.map (fun t -> t.Name, scalar t.Value)
+
+/// Three tasks' training data on the tiny architecture (12 examples each, classes {0,1}, {2,3}, {0,3}).
+let threeTasks (seed: int) : LabelledSet list =
+    [ F.synthetic seed 12 [ 0; 1 ]
+      F.synthetic (seed + 7) 12 [ 2; 3 ]
+      F.synthetic (seed + 13) 12 [ 0; 3 ] ]
+
+/// Moves every parameter of a model by Gaussian noise of deviation `scale` (torch's generator), as
+/// training between two task ends would.
+let moveModel (scale: float) (model: Backbone) =
+    use _ = torch.no_grad ()
+    for p in model.parameters () do
+        use noise = torch.randn_like p
+        p.add_(noise, scale.ToScalar()) |> ignore
+
+/// A model's parameters, flat.
+let parametersOf (model: Backbone) = F.flatValues [ for p in model.parameters () -> p :> Tensor ]
+
+/// A task's context for task `task` on the tiny architecture.
+let contextFor (task: int) (model: Backbone) (data: LabelledSet) : TaskContext =
+    { F.contextOf model data with Task = task }
+
+/// Runs a packed method's EndTask on each task's data in turn, the model moved between the task ends,
+/// calling `reference` with each task's index and data first (at the same model). The shell's
+/// `Method.advance` frees what each transition drops.
+let endTasks (model: Backbone) (tasks: LabelledSet list) (reference: int -> LabelledSet -> unit) (instance: MethodInstance) =
+    tasks
+    |> List.indexed
+    |> List.fold (fun m (t, data) ->
+        if t > 0 then moveModel 0.3 model
+        reference t data
+        Method.advance (fun m -> m.EndTask(contextFor t model data)) m) instance
+
+/// Flat values of per-parameter tensors, which are then freed (estimates that live outside scopes).
+let takeFlat (ts: Tensor list) =
+    let v = F.flatValues ts
+    ts |> List.iter (fun t -> t.Dispose())
+    v
+
+/// `Σ_k w_k x_k` elementwise.
+let weightedSum (terms: (float * float[]) list) =
+    terms |> List.map (fun (w, x) -> Array.map ((*) w) x) |> List.reduce (Array.map2 (+))
+
+/// An importance-method case: the seed of the model and the data, a decay in (0, 1), λ, the Fisher's
+/// labels and a displacement from the last anchor at which to read the penalty.
+type DecayCase =
+    { Seed: int
+      Decay: float
+      Lambda: float
+      Kind: FisherKind
+      Displacement: float[] }
+
+let decayCase : Gen<DecayCase> =
+    gen {
+        let! seed = Gen.choose (0, 10000)
+        let! decay = Gen.choose (5, 95) |> Gen.map (fun i -> float i / 100.0)
+        let! lambda = Gen.elements [ 0.5; 2.0; 7.0 ]
+        let! kind = Gen.elements [ Sampled; Empirical; LabelWeighted ]
+        let! d = F.displacement
+        return { Seed = seed; Decay = decay; Lambda = lambda; Kind = kind; Displacement = d }
+    }
+
+/// Checks a packed method's one penalty at `anchor + displacement` against the plain `c Σ Ω (θ − θ*)²`
+/// over (Ω, θ*) pairs: its value and the gradient the shell adds (this sets the model's parameters).
+let expectPenalty (coefficient: float) (pairs: (float[] * float[]) list) (anchor: float[]) (displacement: float[]) (model: Backbone) (instance: MethodInstance) =
+    let r : F.Reference = { Name = instance.Name; Coefficient = coefficient; Pairs = pairs }
+    let theta = Array.map2 (+) anchor displacement
+    let value, gradient = F.termAt instance model theta
+    expectNear 1e-4 "penalty value" (F.referenceValue r theta) value
+    F.arraysClose 1e-4 "penalty gradient" (F.referenceGradient r theta) gradient
+
+/// A two-parameter quadratic per task, `L_t(θ) = ½ Σ a_i (θ_i − b_t,i)²`, walked by plain SGD.
+type Walk =
+    { A: float[]
+      /// The minimum b_t of each task.
+      B: float[] list
+      Start: float[]
+      LearningRate: float
+      /// Steps per task.
+      Steps: int list }
+
+let walk (tasks: int) : Gen<Walk> =
+    let v lo hi = Gen.choose (lo, hi) |> Gen.map (fun i -> float (float32 i / 100.0f))
+    gen {
+        let! a = Gen.arrayOfLength 2 (v 10 400)
+        let! b = Gen.listOfLength tasks (Gen.arrayOfLength 2 (v -300 300))
+        let! start = Gen.arrayOfLength 2 (v -300 300)
+        let! lr = Gen.elements [ 0.05; 0.1; 0.3 ]
+        let! steps = Gen.listOfLength tasks (Gen.choose (1, 6))
+        // lr · a ≤ 0.8: the walk contracts without landing on b (float32 round-off would then dominate).
+        let a = a |> Array.map (fun x -> min x (float (float32 (0.8 / lr))))
+        return { A = a; B = b; Start = start; LearningRate = lr; Steps = steps }
+    }
+
+/// The walk's gradient at θ in task t.
+let walkGradient (w: Walk) (t: int) (theta: float[]) = Array.init 2 (fun i -> w.A.[i] * (theta.[i] - w.B.[t].[i]))
+
+/// A float32 vector.
+let vector (xs: float[]) = torch.tensor(xs |> Array.map float32, dtype = torch.ScalarType.Float32)
+
+/// One backward of task t's quadratic into p.grad (zeroed first), clipped to [-1, 1] when asked.
+let walkBackward (w: Walk) (t: int) (clip: bool) (p: Tensor) =
+    if not (isNull p.grad) then p.grad.zero_() |> ignore
+    use a = vector w.A
+    use b = vector w.B.[t]
+    use d = p - b
+    use loss = (d.square() * a).sum() * 0.5
+    loss.backward ()
+    if clip then p.grad.clamp_((-1.0).ToScalar(), (1.0).ToScalar()) |> ignore
+
+/// The SGD update `p ← p − lr p.grad`.
+let sgdUpdate (lr: float) (p: Tensor) =
+    use _ = torch.no_grad ()
+    p.add_(p.grad, (-lr).ToScalar()) |> ignore
