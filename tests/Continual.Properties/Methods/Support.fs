@@ -241,3 +241,12 @@ let walkBackward (w: Walk) (t: int) (clip: bool) (p: Tensor) =
 let sgdUpdate (lr: float) (p: Tensor) =
     use _ = torch.no_grad ()
     p.add_(p.grad, (-lr).ToScalar()) |> ignore
+
+/// Applies a transition of a method's own state and frees what it dropped (the shell's `Method.advance`
+/// for callers of the module functions).
+let transition (owned: 'State -> System.IDisposable list) (f: 'State -> 'State) (state: 'State) : 'State =
+    let next = f state
+    let kept = System.Collections.Generic.HashSet<System.IDisposable>(owned next, HashIdentity.Reference)
+    for d in owned state do
+        if not (kept.Contains d) then d.Dispose()
+    next
