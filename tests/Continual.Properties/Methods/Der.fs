@@ -67,7 +67,7 @@ let private expectTerms (what: string) (expected: (string * float) list) (actual
 /// Every term but `changed` has exactly its old value.
 let private onlyChanged (changed: string option) (before: (string * float) list) (after: (string * float) list) =
     List.iter2 (fun (name, b) (_, a) ->
-        if Some name <> changed && a <> b then failtestf "%s changed from %.9g to %.9g" name b a) before after
+        if Some name <> changed && not (near unchanged b a) then failtestf "%s changed from %.9g to %.9g" name b a) before after
 
 /// A label of the same row that gives a different cross-entropy (the column farthest from the label's).
 let private otherLabel (logits: float[]) (label: int) =

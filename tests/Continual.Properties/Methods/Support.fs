@@ -128,6 +128,16 @@ let viewOf (inputs: Block) (batchLabels: int[]) (logits: Block) (draws: Draw opt
 /// A method's terms on a view as (name, value) pairs, in order.
 let termValues (terms: LossTerm list) = terms |> List.map (fun t -> t.Name, scalar t.Value)
 
+/// The tolerance of "unchanged": float32 kernels may sum in another order on differently aligned
+/// copies of the same values (a unit in the last place); a term that reads a perturbed input moves by
+/// orders of magnitude more.
+let unchanged = 1e-6
+
+/// Fails unless two lists of terms have the same names and values within `unchanged`.
+let expectSameTerms (what: string) (before: (string * float) list) (after: (string * float) list) =
+    Expect.equal (List.map fst after) (List.map fst before) (what + ": the terms' names")
+    List.iter2 (fun (name, b) (_, a) -> if not (near unchanged b a) then failtestf "%s: %s changed from %.9g to %.9g" what name b a) before after
+
 /// Three tasks' training data on the tiny architecture (12 examples each, classes {0,1}, {2,3}, {0,3}).
 let threeTasks (seed: int) : LabelledSet list =
     [ F.synthetic seed 12 [ 0; 1 ]
