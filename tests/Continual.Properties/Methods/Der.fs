@@ -47,7 +47,10 @@ let private derppCase =
                  Alpha = alpha; Beta = beta; At = at; Delta = delta }
     }
 
-let private settings (c: DerppCase) = { Der.Settings.Default with Alpha = c.Alpha; Beta = c.Beta }
+let private settings (c: DerppCase) : Der.PlusPlusSettings = { Der.PlusPlusSettings.Default with Alpha = c.Alpha; Beta = c.Beta }
+
+/// DER's settings of a case (DER has no β).
+let private derSettings (c: DerppCase) : Der.Settings = { BufferSize = (settings c).BufferSize; Minibatch = (settings c).Minibatch; Alpha = c.Alpha }
 
 /// DER++'s terms on a case's view, as (name, value).
 let private derppTerms (c: DerppCase) =
@@ -130,19 +133,19 @@ let tests =
             onlyChanged None before (derppTerms c'))
 
         property 40 "DER's logit term reads its single draw; with an empty buffer DER and DER++ are CE on the batch" derppCase (fun c ->
-            let der = Der.derMethod (settings c)
+            let der = Der.derMethod (derSettings c)
             let view = viewOf c.Inputs c.Labels c.Logits [ Some c.First ]
             expectTerms "DER" [ "ce", crossEntropyRef c.Logits.Matrix c.Labels; "der.logits", c.Alpha * mseRef c.First.Current.Matrix c.First.Stored.Matrix ]
                 (der.Terms () view |> termValues)
             let ce = [ "ce", crossEntropyRef c.Logits.Matrix c.Labels ]
             expectTerms "DER, empty buffer" ce (der.Terms () (viewOf c.Inputs c.Labels c.Logits [ None ]) |> termValues)
             expectTerms "DER++, empty buffer" ce ((Der.derppMethod (settings c)).Terms () (viewOf c.Inputs c.Labels c.Logits [ None; None ]) |> termValues)
-            let m = Der.Settings.Default.Minibatch
+            let m = Der.PlusPlusSettings.Default.Minibatch
             Expect.equal (Der.derpp (settings c)).ReplayDraws [ m; m ] "DER++ asks for two draws of the minibatch size"
-            Expect.equal (Der.der (settings c)).ReplayDraws [ m ] "DER asks for one draw")
+            Expect.equal (Der.der (derSettings c)).ReplayDraws [ m ] "DER asks for one draw")
 
         property 40 "after each step the buffer holds the pre-step logits of the examples reservoir sampling keeps" bufferCase (fun c ->
-            let strategy = Der.derpp { Der.Settings.Default with BufferSize = c.Capacity; Minibatch = c.Minibatch }
+            let strategy = Der.derpp { Der.PlusPlusSettings.Default with BufferSize = c.Capacity; Minibatch = c.Minibatch }
             let data = synthetic c.Seed (List.sum c.Sizes) [ 0; 1; 2; 3 ]
             let bench =
                 { Name = "tiny"; InputShape = (1, 2, 2); NumClasses = 4; Train = data; Test = data
