@@ -44,12 +44,37 @@ public abstract record MethodSettings
         CoreConfig.Importance importance => PenaltySettings.FromCore(importance.Item),
         _ when config.IsSgd => SgdSettings.Instance,
         _ when config.IsJoint => JointSettings.Instance,
-        _ => throw new ArgumentException($"a method this façade does not know: {config}", nameof(config)),
+        // A method added to the core's registry without a typed builder here: reached by name.
+        _ => new NamedMethodSettings(config),
     };
 
     /// <summary>The registry's reference settings of a method for a buffer size (as <c>Experiment.defaults</c> chooses them).</summary>
     internal static MethodSettings Reference(string name, int buffer) =>
         FromCore(Registry.tryMethod(name).Value.Default.Invoke(buffer));
+}
+
+/// <summary>
+/// A method of the core's registry that this façade has no typed builder for: chosen with
+/// <see cref="ExperimentBuilder.WithStrategy"/>, its settings set with <see cref="ExperimentBuilder.WithOption(string, double)"/>
+/// and read from <see cref="ExperimentSettings.ToJson"/>. A method needs only its core module and registry
+/// entry to be usable from C#; a typed builder is a convenience added on top.
+/// </summary>
+public sealed record NamedMethodSettings : MethodSettings
+{
+    private readonly CoreConfig _core;
+
+    internal NamedMethodSettings(CoreConfig core)
+    {
+        _core = core;
+        Name = Registry.nameOf(core);
+    }
+
+    /// <inheritdoc />
+    public override string Name { get; }
+
+    internal override CoreConfig ToCore() => _core;
+
+    private protected override string? OwnMember(string setting) => null;
 }
 
 /// <summary>Fine-tuning with plain SGD, the lower bound. No settings of its own.</summary>

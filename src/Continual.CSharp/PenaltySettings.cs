@@ -47,7 +47,8 @@ public abstract record PenaltySettings : MethodSettings
         CoreImportance.Rwalk s => new RwalkSettings(s.Item),
         CoreImportance.Scp s => new ScpSettings(s.Item),
         CoreImportance.L2 s => new L2Settings(s.Item),
-        _ => throw new ArgumentException($"an importance method this façade does not know: {config}", nameof(config)),
+        // An importance method added to the core's registry without a typed builder here: reached by name.
+        _ => new NamedPenaltySettings(config),
     };
 
     /// <summary>The registry's reference settings of an importance method.</summary>
@@ -66,6 +67,29 @@ public abstract record PenaltySettings : MethodSettings
 
     private protected static FisherKind Checked(FisherKind kind) =>
         Enum.IsDefined(kind) ? kind : throw new ArgumentOutOfRangeException(nameof(kind), kind, "not a Fisher kind");
+}
+
+/// <summary>
+/// An importance method of the core's registry that this façade has no typed builder for: chosen with
+/// <see cref="ExperimentBuilder.WithStrategy"/> or <see cref="ExperimentBuilder.WithPenalty(string?)"/>, its
+/// settings set with <see cref="ExperimentBuilder.WithOption(string, double)"/>.
+/// </summary>
+public sealed record NamedPenaltySettings : PenaltySettings
+{
+    private readonly CoreImportance _core;
+
+    internal NamedPenaltySettings(CoreImportance core)
+    {
+        _core = core;
+        Name = Registry.importanceEntryOf(core).Name;
+    }
+
+    /// <inheritdoc />
+    public override string Name { get; }
+
+    internal override CoreImportance ToImportance() => _core;
+
+    private protected override string? OwnMember(string setting) => null;
 }
 
 /// <summary>EWC: one Fisher and anchor per task.</summary>

@@ -28,6 +28,7 @@ internal static partial class Checks
         ("typed: a method brings its run settings and a penalty its clipping, unless set, in any order", ProtocolUnlessSetExplicitly),
         ("typed: WithBuffer resizes a typed method; options by name apply over typed settings", BufferAndOptionsOverTypedMethods),
         ("typed: the settings read back are the typed ones", SettingsReadBack),
+        ("typed: a registry method without a typed builder is carried by name, its options applied", NamedFallback),
         ("typed: invalid values are told with the C# member that sets them", MessagesNameCSharpMembers),
         ("validate: no message a C# caller can see contains '--'", NoCommandLineOptionsInMessages),
         ("run: typed settings reach results.json's config", TypedSettingsInResults),
@@ -80,10 +81,11 @@ internal static partial class Checks
 
     private static Task FactoriesGiveTheRegistrysDefaults()
     {
-        // Every method, importance method and distillation term of the registry has a factory.
-        Assert.True(Factories.Keys.Order().SequenceEqual(ExperimentBuilder.KnownStrategies.Order()),
-            "Methods covers: " + string.Join(", ", Factories.Keys) + "; the core knows: " + string.Join(", ", ExperimentBuilder.KnownStrategies));
-        Assert.True(PenaltyFactories.Keys.Order().SequenceEqual(Registry.importanceNames.Order()), "Penalties covers every importance method");
+        // Every factory is a method of the registry; a registry method without one is reached by name.
+        Assert.True(Factories.Keys.All(ExperimentBuilder.KnownStrategies.Contains), "Methods names only the registry's methods");
+        Assert.True(PenaltyFactories.Keys.All(Registry.importanceNames.Contains), "Penalties names only the registry's importance methods");
+        foreach (var name in ExperimentBuilder.KnownStrategies.Where(n => !Factories.ContainsKey(n)))
+            Assert.Equal(name, new ExperimentBuilder().WithStrategy(name).Settings.Method.Name);
         Assert.True(TermFactories.Keys.Order().SequenceEqual(global::Continual.Methods.DistillationKindModule.names.Order()), "Distillation covers every term");
         foreach (var (name, factory) in Factories)
         {
@@ -228,6 +230,30 @@ internal static partial class Checks
         Assert.Equal((FisherKind.Empirical, 7.0), (fisher.Fisher, fisher.Lambda));
         var temperature = new ExperimentBuilder().WithMethod(Methods.Lwf()).WithDistillation(Distillation.Kd()).WithOption("temperature", 4).Settings;
         Assert.Equal((4.0, 4.0), (((LwfSettings)temperature.Method).Temperature, ((KdDistillation)temperature.Distillation[0]).Temperature));
+        return Task.CompletedTask;
+    }
+
+    private static Task NamedFallback()
+    {
+        // A core method the façade had no typed builder for (L2's core settings, wrapped the way FromCore
+        // wraps an unknown case): it runs as a method and as a penalty, and options by name reach it.
+        var core = global::Continual.Methods.ImportanceConfig.NewL2(new global::Continual.Methods.L2.Settings(0.5));
+        var named = new NamedPenaltySettings(core);
+        Assert.Equal("l2", named.Name);
+        var asPenalty = new ExperimentBuilder().WithMethod(Methods.Er(buffer: 200)).WithPenalty(named).WithOption("lambda", 2.0);
+        Assert.Equal(0, asPenalty.Validate().Count);
+        using (var json = System.Text.Json.JsonDocument.Parse(asPenalty.Settings.ToJson()))
+        {
+            var penalty = json.RootElement.GetProperty("penalty");
+            Assert.Equal("l2", penalty.GetProperty("name").GetString());
+            Assert.Equal(2.0, penalty.GetProperty("lambda").GetDouble());
+        }
+        var asMethod = new ExperimentBuilder().WithMethod(named);
+        Assert.Equal("l2", asMethod.Settings.Strategy);
+        Assert.Equal(core, ((PenaltySettings)asMethod.Settings.Method).ToImportance());
+        var method = new NamedMethodSettings(global::Continual.Methods.MethodConfig.NewImportance(core));
+        Assert.Equal("l2", method.Name);
+        Assert.Equal(global::Continual.Methods.MethodConfig.NewImportance(core), method.ToCore());
         return Task.CompletedTask;
     }
 
