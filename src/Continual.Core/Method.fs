@@ -97,9 +97,12 @@ type Method<'State> =
       /// form by the shell after backward, before clipping and `Observe`.
       Penalties: 'State -> PenaltyTerm list
       /// After backward and gradient clipping, before the optimiser step (gradients are in p.grad);
-      /// None when nothing happens per step.
+      /// None when nothing happens per step. Per-step transitions update the state's tensors in place
+      /// or add new ones (detached from the step's dispose scope), never drop one: the shell does not
+      /// look for dropped tensors on this hot path.
       Observe: (StepView -> 'State -> 'State) option
       /// After the optimiser step, with the model's parameters; None when nothing happens per step.
+      /// The same rule as Observe.
       AfterStep: (Tensor list -> 'State -> 'State) option
       /// Called after the last step of a task, before evaluation.
       EndTask: TaskContext -> 'State -> 'State

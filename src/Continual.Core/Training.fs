@@ -141,12 +141,14 @@ module Training =
         | [] -> 0.0
         | penalties -> penalties |> List.sumBy (fun p -> Quadratic.valueAt p.Penalty state.Parameters.Values)
 
-    /// Applies a per-step transition of every method that has one, freeing what each dropped.
+    /// Applies a per-step transition of every method that has one. Per-step transitions update the state's
+    /// tensors in place or add new ones, never drop one (Method.Observe / AfterStep), so the shell does
+    /// not look for dropped tensors on this hot path; the live-tensor tests would show a leak.
     let private advanceAll (transition: MethodInstance -> (unit -> MethodInstance) option) (methods: MethodInstance list) =
         methods
         |> List.map (fun m ->
             match transition m with
-            | Some next -> Method.advance (fun _ -> next ()) m
+            | Some next -> next ()
             | None -> m)
 
     /// One optimiser step on one batch: draws, a single forward pass over the batch and the draws,
