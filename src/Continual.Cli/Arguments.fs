@@ -1,8 +1,66 @@
 module Continual.Cli.Arguments
 
 open Argu
+open Microsoft.FSharp.Reflection
 
-/// Options shared by every command that trains.
+/// The help of every training option, by its command-line name (one text, whichever command shows it).
+[<RequireQualifiedAccess>]
+module Help =
+
+    /// An option's command-line name from its case name, as Argu writes it: "Batch_Size" -> "batch-size".
+    let optionName (caseName: string) = caseName.ToLowerInvariant().Replace('_', '-')
+
+    let private texts =
+        dict [
+          "benchmark", "benchmark: split-fmnist (default), split-mnist or split-cifar10 (binary batches, --data FOLDER)."
+          "data", "folder with the four IDX files (default /usr/share/datasets/fashion-mnist), or CIFAR-10's binary batches."
+          "strategy", sprintf "%s (default derpp)." (String.concat ", " Continual.Methods.Registry.methodNames)
+          "buffer", "replay buffer size, iCaRL's memory (default 500; the reference settings exist for 200, 500, 5120)."
+          "seed", "random seed (default 0)."
+          "lr", "learning rate (default: the reference setting of the strategy and buffer)."
+          "batch-size", "batch size (default 10)."
+          "minibatch", "buffer samples drawn per step (default: reference setting)."
+          "alpha", "DER/DER++ logit-matching weight, LwF's distillation weight (default: reference setting)."
+          "beta", "DER++ label weight (default: reference setting)."
+          "epochs", "epochs per task (default 1)."
+          "weight-decay", "weight decay (default 0)."
+          "device", "cpu (default) or cuda (needs the CUDA build, see README)."
+          "threads", "libtorch intra-op threads (default 1, the fastest for batch 10)."
+          "train-per-class", "use at most this many training images per class."
+          "test-per-class", "use at most this many test images per class."
+          "distill", "extra distillation term on any strategy: kd, fitnets, nst, at, rkd, pod, sd, relation (default none); bench --distill all times each term per step against plain SGD."
+          "distill-weight", "weight of the --distill term (default 1)."
+          "temperature", "temperature of LwF's soft targets and of --distill kd (default 2)."
+          "lwf-balance", "LwF: weight old and new terms by λ = |Y_old|/|Y_seen| (the lecture's balancing)."
+          "subspace-dim", "subspace dimension of --distill sd (default 2)."
+          "backbone", "mlp (default, the reference MLP 100-100), cnn (small CNN) or resnet18 (reduced, 20 base filters)."
+          "out", "folder for results.json and results.csv (default runs/<benchmark>-<strategy>-<buffer>-s<seed>); compare: for one such folder per run and compare.json (default runs/compare)."
+          "quiet", "no progress bars (compare shows one line per run either way)."
+          "repeat", "number of whole runs to time (default 1)."
+          "strategies", "comma-separated strategies (default sgd,joint,er,der,derpp)."
+          "seeds", "comma-separated seeds (default 0,1,2)."
+          "penalty", sprintf "add an importance penalty to the strategy: %s (e.g. derpp with si)." (String.concat ", " Continual.Methods.Registry.importanceNames)
+          "lambda", "importance penalty strength λ, SI's c (default: the method's, see docs/importance.md)."
+          "gamma", "online EWC's Fisher decay γ (default 1)."
+          "xi", "SI's damping ξ (default 0.9)."
+          "fisher-alpha", "EWC++/RWalk: weight α of the batch Fisher in the running average (default 0.001 for ewc++, 0.9 for rwalk)."
+          "score-every", "RWalk: steps per path-score window (default 10)."
+          "epsilon", "RWalk's ε in the score's denominator (default 1.19e-7)."
+          "slices", "SCP: random slices per batch (default 50)."
+          "scp-alpha", "SCP: weight α of the old Γ across tasks (default 0.9)."
+          "scp-batch", "SCP: samples per batch mean (default 100)."
+          "fisher", "Fisher labels: true (sampled), empirical or weighted (default: the method's)."
+          "clip-grad", "clip every gradient element to [-c, c] before the step (default: 1 for si and scp, also when added with --penalty; none otherwise)."
+          "no-onnx", "skip the ONNX export and verification after each task." ]
+
+    /// The help of an argument case (looked up by its command-line name).
+    let of' (case: obj) : string =
+        let info, _ = FSharpValue.GetUnionFields(case, case.GetType())
+        match texts.TryGetValue(optionName info.Name) with
+        | true, text -> text
+        | _ -> ""
+
+/// Options of `continual run`.
 type RunArgs =
     | Benchmark of name: string
     | Data of folder: string
@@ -11,27 +69,19 @@ type RunArgs =
     | Seed of seed: int64
     | Lr of rate: float
     | Batch_Size of size: int
-    | Minibatch of size: int
-    | Alpha of weight: float
-    | Beta of weight: float
     | Epochs of count: int
     | Weight_Decay of decay: float
     | Device of name: string
     | Threads of count: int
     | Train_Per_Class of count: int
     | Test_Per_Class of count: int
-    | Distill of name: string
-    | Distill_Weight of weight: float
-    | Temperature of t: float
-    | Lwf_Balance
-    | Subspace_Dim of m: int
     | Backbone of name: string
-    | Out of folder: string
-    | Quiet
-    | Repeat of count: int
-    | Strategies of names: string
-    | Seeds of seeds: string
     | Penalty of name: string
+    | Distill of name: string
+    | Clip_Grad of value: float
+    | Minibatch of size: int
+    | Alpha of weight: float
+    | Beta of weight: float
     | Lambda of strength: float
     | Gamma of decay: float
     | Xi of damping: float
@@ -42,52 +92,147 @@ type RunArgs =
     | Scp_Alpha of weight: float
     | Scp_Batch of size: int
     | Fisher of kind: string
-    | Clip_Grad of value: float
+    | Temperature of t: float
+    | Lwf_Balance
+    | Distill_Weight of weight: float
+    | Subspace_Dim of m: int
+    | Out of folder: string
+    | Quiet
     | No_Onnx
 
     interface IArgParserTemplate with
-        member this.Usage =
-            match this with
-            | Benchmark _ -> "benchmark: split-fmnist (default), split-mnist or split-cifar10 (binary batches, --data FOLDER)."
-            | Data _ -> "folder with the four IDX files (default /usr/share/datasets/fashion-mnist), or CIFAR-10's binary batches."
-            | Strategy _ -> sprintf "%s (default derpp)." (String.concat ", " Continual.Methods.Registry.methodNames)
-            | Buffer _ -> "replay buffer size, iCaRL's memory (default 500; the reference settings exist for 200, 500, 5120)."
-            | Seed _ -> "random seed (default 0)."
-            | Lr _ -> "learning rate (default: the reference setting of the strategy and buffer)."
-            | Batch_Size _ -> "batch size (default 10)."
-            | Minibatch _ -> "buffer samples drawn per step (default: reference setting)."
-            | Alpha _ -> "DER/DER++ logit-matching weight (default: reference setting)."
-            | Beta _ -> "DER++ label weight (default: reference setting)."
-            | Epochs _ -> "epochs per task (default 1)."
-            | Weight_Decay _ -> "weight decay (default 0)."
-            | Device _ -> "cpu (default) or cuda (needs the CUDA build, see README)."
-            | Threads _ -> "libtorch intra-op threads (default 1, the fastest for batch 10)."
-            | Train_Per_Class _ -> "use at most this many training images per class."
-            | Test_Per_Class _ -> "use at most this many test images per class."
-            | Distill _ -> "extra distillation term on any strategy: kd, fitnets, nst, at, rkd, pod, sd, relation (default none); bench --distill all times each term per step against plain SGD."
-            | Distill_Weight _ -> "weight of the --distill term (default 1)."
-            | Temperature _ -> "temperature of LwF's soft targets and of --distill kd (default 2)."
-            | Lwf_Balance -> "LwF: weight old and new terms by λ = |Y_old|/|Y_seen| (the lecture's balancing)."
-            | Subspace_Dim _ -> "subspace dimension of --distill sd (default 2)."
-            | Backbone _ -> "mlp (default, the reference MLP 100-100), cnn (small CNN) or resnet18 (reduced, 20 base filters)."
-            | Out _ -> "folder for results.json and results.csv (default runs/<benchmark>-<strategy>-<buffer>-s<seed>); compare: for one such folder per run and compare.json (default runs/compare)."
-            | Quiet -> "no progress bars."
-            | Repeat _ -> "bench only: number of whole runs to time (default 1)."
-            | Strategies _ -> "compare only: comma-separated strategies (default sgd,joint,er,der,derpp)."
-            | Seeds _ -> "compare only: comma-separated seeds (default 0,1,2)."
-            | Penalty _ -> sprintf "add an importance penalty to the strategy: %s (e.g. derpp with si)." (String.concat ", " Continual.Methods.Registry.importanceNames)
-            | Lambda _ -> "importance penalty strength λ, SI's c (default: the method's, see docs/importance.md)."
-            | Gamma _ -> "online EWC's Fisher decay γ (default 1)."
-            | Xi _ -> "SI's damping ξ (default 0.9)."
-            | Fisher_Alpha _ -> "EWC++/RWalk: weight α of the batch Fisher in the running average (default 0.001 for ewc++, 0.9 for rwalk)."
-            | Score_Every _ -> "RWalk: steps per path-score window (default 10)."
-            | Epsilon _ -> "RWalk's ε in the score's denominator (default 1.19e-7)."
-            | Slices _ -> "SCP: random slices per batch (default 50)."
-            | Scp_Alpha _ -> "SCP: weight α of the old Γ across tasks (default 0.9)."
-            | Scp_Batch _ -> "SCP: samples per batch mean (default 100)."
-            | Fisher _ -> "Fisher labels: true (sampled), empirical or weighted (default: the method's)."
-            | Clip_Grad _ -> "clip every gradient element to [-c, c] before the step (default: 1 for si and scp, also when added with --penalty; none otherwise)."
-            | No_Onnx -> "run only: skip the ONNX export and verification after each task."
+        member this.Usage = Help.of' this
+
+/// Options of `continual bench`: those of run, without the ONNX export, plus --repeat.
+type BenchArgs =
+    | Benchmark of name: string
+    | Data of folder: string
+    | Strategy of name: string
+    | Buffer of size: int
+    | Seed of seed: int64
+    | Lr of rate: float
+    | Batch_Size of size: int
+    | Epochs of count: int
+    | Weight_Decay of decay: float
+    | Device of name: string
+    | Threads of count: int
+    | Train_Per_Class of count: int
+    | Test_Per_Class of count: int
+    | Backbone of name: string
+    | Penalty of name: string
+    | Distill of name: string
+    | Clip_Grad of value: float
+    | Minibatch of size: int
+    | Alpha of weight: float
+    | Beta of weight: float
+    | Lambda of strength: float
+    | Gamma of decay: float
+    | Xi of damping: float
+    | Fisher_Alpha of weight: float
+    | Score_Every of steps: int
+    | Epsilon of epsilon: float
+    | Slices of count: int
+    | Scp_Alpha of weight: float
+    | Scp_Batch of size: int
+    | Fisher of kind: string
+    | Temperature of t: float
+    | Lwf_Balance
+    | Distill_Weight of weight: float
+    | Subspace_Dim of m: int
+    | Out of folder: string
+    | Quiet
+    | Repeat of count: int
+
+    interface IArgParserTemplate with
+        member this.Usage = Help.of' this
+
+/// Options of `continual compare`: those of run, with several strategies and seeds instead of one.
+type CompareArgs =
+    | Benchmark of name: string
+    | Data of folder: string
+    | Strategies of names: string
+    | Seeds of seeds: string
+    | Buffer of size: int
+    | Lr of rate: float
+    | Batch_Size of size: int
+    | Epochs of count: int
+    | Weight_Decay of decay: float
+    | Device of name: string
+    | Threads of count: int
+    | Train_Per_Class of count: int
+    | Test_Per_Class of count: int
+    | Backbone of name: string
+    | Penalty of name: string
+    | Distill of name: string
+    | Clip_Grad of value: float
+    | Minibatch of size: int
+    | Alpha of weight: float
+    | Beta of weight: float
+    | Lambda of strength: float
+    | Gamma of decay: float
+    | Xi of damping: float
+    | Fisher_Alpha of weight: float
+    | Score_Every of steps: int
+    | Epsilon of epsilon: float
+    | Slices of count: int
+    | Scp_Alpha of weight: float
+    | Scp_Batch of size: int
+    | Fisher of kind: string
+    | Temperature of t: float
+    | Lwf_Balance
+    | Distill_Weight of weight: float
+    | Subspace_Dim of m: int
+    | Out of folder: string
+    | Quiet
+
+    interface IArgParserTemplate with
+        member this.Usage = Help.of' this
+
+/// Options of `continual bench-penalties`: the data and the SGD settings every method is timed on.
+type BenchPenaltiesArgs =
+    | Benchmark of name: string
+    | Data of folder: string
+    | Seed of seed: int64
+    | Lr of rate: float
+    | Batch_Size of size: int
+    | Device of name: string
+    | Threads of count: int
+    | Train_Per_Class of count: int
+    | Test_Per_Class of count: int
+    | Out of folder: string
+
+    interface IArgParserTemplate with
+        member this.Usage = Help.of' this
+
+/// The options given to a training command, whichever command parsed them: each option's command-line
+/// name (without "--") with its typed value (unit for a flag). One reading of them serves every command.
+type GivenOptions =
+    { Values: Map<string, obj> }
+
+/// Reading given options.
+[<RequireQualifiedAccess>]
+module GivenOptions =
+
+    /// The options a command's parse results hold.
+    let ofResults (results: 'T list) : GivenOptions =
+        { Values =
+            results
+            |> List.map (fun r ->
+                let info, fields = FSharpValue.GetUnionFields(r, typeof<'T>)
+                Help.optionName info.Name, (if fields.Length = 0 then box () else fields.[0]))
+            |> Map.ofList }
+
+    /// The value of an option, if given.
+    let tryGet<'V> (name: string) (given: GivenOptions) : 'V option = given.Values |> Map.tryFind name |> Option.map unbox<'V>
+
+    /// The value of an option, or a default.
+    let get<'V> (name: string) (fallback: 'V) (given: GivenOptions) : 'V = defaultArg (tryGet<'V> name given) fallback
+
+    /// Whether an option (or flag) was given.
+    let contains (name: string) (given: GivenOptions) = given.Values.ContainsKey name
+
+    /// The options without one.
+    let without (name: string) (given: GivenOptions) = { Values = given.Values.Remove name }
 
 /// Options of `continual verify`.
 type VerifyArgs =
@@ -121,9 +266,9 @@ type ExportArgs =
 [<RequireSubcommand>]
 type Command =
     | [<CliPrefix(CliPrefix.None)>] Run of ParseResults<RunArgs>
-    | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<RunArgs>
-    | [<CliPrefix(CliPrefix.None)>] Compare of ParseResults<RunArgs>
-    | [<CliPrefix(CliPrefix.None)>] Bench_Penalties of ParseResults<RunArgs>
+    | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<BenchArgs>
+    | [<CliPrefix(CliPrefix.None)>] Compare of ParseResults<CompareArgs>
+    | [<CliPrefix(CliPrefix.None)>] Bench_Penalties of ParseResults<BenchPenaltiesArgs>
     | [<CliPrefix(CliPrefix.None)>] Verify of ParseResults<VerifyArgs>
     | [<CliPrefix(CliPrefix.None)>] Export of ParseResults<ExportArgs>
     | Version

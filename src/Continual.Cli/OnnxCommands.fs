@@ -32,8 +32,8 @@ let runIdentity (config: Config) : RunIdentity =
       Joint = (config.Method = MethodConfig.Joint) }
 
 /// The exporter of a run (export and verify after every task into the --out folder), None with --no-onnx.
-let exporter (args: ParseResults<RunArgs>) (config: Config) (out: string) : RunExporter option =
-    if args.Contains No_Onnx then None else Some(RunExporter(ExportSettings.forRun (runIdentity config) out))
+let exporter (noOnnx: bool) (config: Config) (out: string) : RunExporter option =
+    if noOnnx then None else Some(RunExporter(ExportSettings.forRun (runIdentity config) out))
 
 /// The after-task hook of a run.
 let afterTask (exporter: RunExporter option) : AfterTask -> unit =

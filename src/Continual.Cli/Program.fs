@@ -18,69 +18,57 @@ exception private UsageProblem of string list
 
 /// The options of the method, its penalty and its distillation terms, as given: (option name without
 /// "--", value as text). Each applies to every component that has it (e.g. --temperature to LwF and KD).
-let private methodOptions (args: ParseResults<RunArgs>) : (string * string) list =
-    let inv (v: float) = v.ToString("R", Globalization.CultureInfo.InvariantCulture)
-    [ for a in args.GetAllResults() do
-          match a with
-          | Minibatch v -> "minibatch", string v
-          | Alpha v -> "alpha", inv v
-          | Beta v -> "beta", inv v
-          | Lambda v -> "lambda", inv v
-          | Gamma v -> "gamma", inv v
-          | Xi v -> "xi", inv v
-          | Fisher_Alpha v -> "fisher-alpha", inv v
-          | Score_Every v -> "score-every", string v
-          | Epsilon v -> "epsilon", inv v
-          | Slices v -> "slices", string v
-          | Scp_Alpha v -> "scp-alpha", inv v
-          | Scp_Batch v -> "scp-batch", string v
-          | Fisher v -> "fisher", v
-          | Temperature v -> "temperature", inv v
-          | Lwf_Balance -> "lwf-balance", "true"
-          | Distill_Weight v -> "distill-weight", inv v
-          | Subspace_Dim v -> "subspace-dim", string v
-          | _ -> () ]
+let private methodOptions (given: GivenOptions) : (string * string) list =
+    let methodOptionNames =
+        [ "minibatch"; "alpha"; "beta"; "lambda"; "gamma"; "xi"; "fisher-alpha"; "score-every"; "epsilon"; "slices"
+          "scp-alpha"; "scp-batch"; "fisher"; "temperature"; "lwf-balance"; "distill-weight"; "subspace-dim" ]
+    [ for name in methodOptionNames do
+          match given.Values.TryFind name with
+          | Some(:? float as v) -> name, v.ToString("R", Globalization.CultureInfo.InvariantCulture)
+          | Some(:? unit) -> name, "true"
+          | Some v -> name, string v
+          | None -> () ]
 
 /// The configuration the options describe, on top of the reference defaults for strategy and buffer.
 /// Method options that apply to none of the run's components are ignored (compare runs several
 /// strategies with one set of options).
-let configOf (args: ParseResults<RunArgs>) (strategyOverride: string option) (seedOverride: int64 option) : Config =
-    let strategy = (defaultArg strategyOverride (args.GetResult(Strategy, defaultValue = "derpp"))).Trim().ToLowerInvariant()
+let configOf (args: GivenOptions) (strategyOverride: string option) (seedOverride: int64 option) : Config =
+    let strategy = (defaultArg strategyOverride (GivenOptions.get "strategy" "derpp" args)).Trim().ToLowerInvariant()
     if not (List.contains strategy Experiment.strategyNames) then
         raise (UsageProblem [ sprintf "unknown strategy '%s' (expected one of: %s)" strategy (String.concat ", " Experiment.strategyNames) ])
-    let penalty = args.TryGetResult Penalty |> Option.map (fun p -> p.Trim().ToLowerInvariant())
+    let penalty = GivenOptions.tryGet<string> "penalty" args |> Option.map (fun p -> p.Trim().ToLowerInvariant())
     match penalty with
     | Some p when not (List.contains p Experiment.importanceNames) ->
         raise (UsageProblem [ sprintf "unknown penalty '%s' (expected one of: %s)" p (String.concat ", " Experiment.importanceNames) ])
     | _ -> ()
-    let distill = args.TryGetResult Distill |> Option.map (fun n -> n.Trim().ToLowerInvariant()) |> Option.filter (fun n -> n <> "none")
+    let distill = GivenOptions.tryGet<string> "distill" args |> Option.map (fun n -> n.Trim().ToLowerInvariant()) |> Option.filter (fun n -> n <> "none")
     let kind =
         distill
         |> Option.map (fun name ->
             match Methods.DistillationKind.parse name with
             | Some k -> k
             | None -> raise (UsageProblem [ sprintf "unknown distillation term '%s' (expected one of: %s)" name (String.concat ", " Methods.DistillationKind.names) ]))
-    let d = Experiment.defaults strategy (args.GetResult(Buffer, defaultValue = 500)) |> Experiment.withPenalty penalty
+    let d = Experiment.defaults strategy (GivenOptions.get "buffer" 500 args) |> Experiment.withPenalty penalty
     let d = match kind with Some k -> Experiment.withDistillation k d | None -> d
     let config =
         { d with
             Run =
                 { d.Run with
-                    Seed = defaultArg seedOverride (args.GetResult(Seed, defaultValue = d.Run.Seed))
-                    LearningRate = args.GetResult(Lr, defaultValue = d.Run.LearningRate)
-                    BatchSize = args.GetResult(Batch_Size, defaultValue = d.Run.BatchSize)
-                    Epochs = args.GetResult(Epochs, defaultValue = d.Run.Epochs)
-                    WeightDecay = args.GetResult(Weight_Decay, defaultValue = d.Run.WeightDecay)
-                    Device = args.GetResult(Device, defaultValue = d.Run.Device)
-                    Threads = args.GetResult(Threads, defaultValue = d.Run.Threads)
-                    ClipGrad = (match args.TryGetResult Clip_Grad with Some c -> Some c | None -> d.Run.ClipGrad) }
+                    Seed = defaultArg seedOverride (GivenOptions.get "seed" d.Run.Seed args)
+                    LearningRate = GivenOptions.get "lr" d.Run.LearningRate args
+                    BatchSize = GivenOptions.get "batch-size" d.Run.BatchSize args
+                    Epochs = GivenOptions.get "epochs" d.Run.Epochs args
+                    WeightDecay = GivenOptions.get "weight-decay" d.Run.WeightDecay args
+                    Device = GivenOptions.get "device" d.Run.Device args
+                    Threads = GivenOptions.get "threads" d.Run.Threads args
+                    ClipGrad = (match GivenOptions.tryGet<float> "clip-grad" args with Some c -> Some c | None -> d.Run.ClipGrad) }
             Data =
                 { d.Data with
-                    Benchmark = args.GetResult(Benchmark, defaultValue = d.Data.Benchmark)
-                    Folder = args.GetResult(Data, defaultValue = d.Data.Folder)
-                    TrainPerClass = args.TryGetResult Train_Per_Class
-                    TestPerClass = args.TryGetResult Test_Per_Class }
-            Backbone = args.GetResult(Backbone, defaultValue = d.Backbone).Trim().ToLowerInvariant() }
+                    Benchmark = GivenOptions.get "benchmark" d.Data.Benchmark args
+                    Folder = GivenOptions.get "data" d.Data.Folder args
+                    TrainPerClass = GivenOptions.tryGet "train-per-class" args
+                    TestPerClass = GivenOptions.tryGet "test-per-class" args }
+            Backbone = (GivenOptions.get "backbone" d.Backbone args).Trim().ToLowerInvariant() }
     methodOptions args
     |> List.fold (fun c (option, value) ->
         match Experiment.setOption option value c with
@@ -90,7 +78,7 @@ let configOf (args: ParseResults<RunArgs>) (strategyOverride: string option) (se
 
 /// Refuses method options that set nothing in this run's configuration (e.g. --xi with derpp): with one
 /// strategy, an option that does nothing is a mistake worth hearing about.
-let private refuseInapplicable (args: ParseResults<RunArgs>) (config: Config) =
+let private refuseInapplicable (args: GivenOptions) (config: Config) =
     let unused =
         methodOptions args
         |> List.filter (fun (option, value) -> (Experiment.setOption option value config).IsNone)
@@ -134,26 +122,21 @@ let private check (config: Config) =
             raise (UsageProblem [ sprintf "%s: %s (%s)" path reason hint ])
     | errors -> raise (UsageProblem (errors |> List.map describe))
 
-let private refuse (args: ParseResults<RunArgs>) (command: string) (options: RunArgs list) =
-    let given = options |> List.filter (fun o -> args.GetAllResults() |> List.exists (fun r -> r.GetType() = o.GetType() && (string r).Split(' ').[0] = (string o).Split(' ').[0]))
-    if not given.IsEmpty then
-        raise (UsageProblem [ for o in given -> sprintf "--%s does not apply to '%s'" ((string o).Split(' ').[0].ToLowerInvariant().Replace('_', '-')) command ])
-
 let private runOnce (config: Config) (quiet: bool) (afterTask: AfterTask -> unit) =
     Report.withProgress quiet (fun onEvent ->
         Experiment.run config { OnEvent = onEvent; AfterTask = afterTask } CancellationToken.None)
 
-let private runCommand (args: ParseResults<RunArgs>) =
-    refuse args "run" [ Repeat 0; Strategies ""; Seeds "" ]
+let private runCommand (results: ParseResults<RunArgs>) =
+    let args = GivenOptions.ofResults (results.GetAllResults())
     let config = configOf args None None
     refuseInapplicable args config
     check config
-    let out = args.GetResult(Out, defaultValue = defaultOut config)
+    let out = GivenOptions.get "out" (defaultOut config) args
     AnsiConsole.MarkupLine(
         "[bold]{0}[/] on [bold]{1}[/]  buffer {2}  lr {3}  seed {4}  ->  {5}",
         Markup.Escape(Config.methodName config), Markup.Escape config.Data.Benchmark, Config.bufferSize config, config.Run.LearningRate, config.Run.Seed, Markup.Escape out)
-    let onnx = OnnxCommands.exporter args config out
-    let result = runOnce config (args.Contains Quiet) (OnnxCommands.afterTask onnx)
+    let onnx = OnnxCommands.exporter (GivenOptions.contains "no-onnx" args) config out
+    let result = runOnce config (GivenOptions.contains "quiet" args) (OnnxCommands.afterTask onnx)
     Report.printResult result
     OnnxCommands.printSummary onnx result
     Results.write out result (OnnxCommands.resultsSection onnx result)
@@ -162,9 +145,8 @@ let private runCommand (args: ParseResults<RunArgs>) =
 
 /// `bench --distill all`: one run of plain SGD, of the strategy, and of the strategy plus each
 /// distillation term, with the training cost per step of each.
-let private distillCosts (args: ParseResults<RunArgs>) =
-    let withoutAll = args.GetAllResults() |> List.filter (function Distill _ -> false | _ -> true)
-    let args = args.Parser.ToParseResults withoutAll
+let private distillCosts (args: GivenOptions) =
+    let args = GivenOptions.without "distill" args
     let baseConfig = configOf args None None
     let sgdConfig = configOf args (Some "sgd") None
     let baseName = Config.methodName baseConfig
@@ -193,7 +175,7 @@ let private distillCosts (args: ParseResults<RunArgs>) =
         costs.Add((label, o.Steps, o.TrainSeconds, ms))
         Experiment.release result
     AnsiConsole.Write table
-    match args.TryGetResult Out with
+    match GivenOptions.tryGet<string> "out" args with
     | Some out ->
         let json =
             Json.toBytes (fun w ->
@@ -210,13 +192,13 @@ let private distillCosts (args: ParseResults<RunArgs>) =
     | None -> ()
     0
 
-let private benchCommand (args: ParseResults<RunArgs>) =
-    refuse args "bench" [ Strategies ""; Seeds ""; No_Onnx ]
-    if args.TryGetResult Distill |> Option.exists (fun d -> d.Trim().ToLowerInvariant() = "all") then distillCosts args else
+let private benchCommand (results: ParseResults<BenchArgs>) =
+    let args = GivenOptions.ofResults (results.GetAllResults())
+    if GivenOptions.tryGet<string> "distill" args |> Option.exists (fun d -> d.Trim().ToLowerInvariant() = "all") then distillCosts args else
     let config = configOf args None None
     refuseInapplicable args config
     check config
-    let repeat = args.GetResult(Repeat, defaultValue = 1)
+    let repeat = GivenOptions.get "repeat" 1 args
     if repeat <= 0 then raise (UsageProblem [ sprintf "--repeat must be positive (got %d)" repeat ])
     let table = Table(Title = TableTitle(sprintf "%s on %s, buffer %d" (Config.methodName config) config.Data.Benchmark (Config.bufferSize config)))
     for c in [ "run"; "wall s (load+train+eval)"; "train s"; "eval s"; "steps"; "steps/s"; "peak memory MiB"; "class-il"; "task-il" ] do
@@ -239,7 +221,7 @@ let private benchCommand (args: ParseResults<RunArgs>) =
             table.AddRow(Array.ofList row) |> ignore
             result, peak ]
     AnsiConsole.Write table
-    match args.TryGetResult Out with
+    match GivenOptions.tryGet<string> "out" args with
     | Some out ->
         let json =
             Json.toBytes (fun w ->
@@ -301,16 +283,16 @@ let private compareJson (seeds: int64 list) (rows: CompareRow list) (gain: Compa
      w.WriteEndObject())
     stream.ToArray()
 
-let private compareCommand (args: ParseResults<RunArgs>) =
-    refuse args "compare" [ Repeat 0; Strategy ""; Seed 0L; No_Onnx ]
+let private compareCommand (results: ParseResults<CompareArgs>) =
+    let args = GivenOptions.ofResults (results.GetAllResults())
     let split (s: string) = s.Split(',', StringSplitOptions.RemoveEmptyEntries ||| StringSplitOptions.TrimEntries) |> List.ofArray
-    let strategies = split (args.GetResult(Strategies, defaultValue = "sgd,joint,er,der,derpp"))
+    let strategies = split (GivenOptions.get "strategies" "sgd,joint,er,der,derpp" args)
     let seeds =
-        split (args.GetResult(Seeds, defaultValue = "0,1,2"))
+        split (GivenOptions.get "seeds" "0,1,2" args)
         |> List.map (fun s -> match Int64.TryParse s with | true, v -> v | _ -> raise (UsageProblem [ sprintf "--seeds: '%s' is not an integer" s ]))
     let configs = [ for s in strategies -> s, [ for seed in seeds -> configOf args (Some s) (Some seed) ] ]
     configs |> List.iter (snd >> List.iter check)
-    let out = args.GetResult(Out, defaultValue = "runs/compare")
+    let out = GivenOptions.get "out" "runs/compare" args
     let label (runs: Config list) =
         let head = runs.Head
         match Config.penaltyName head with Some p -> Config.methodName head + "+" + p | None -> Config.methodName head
@@ -364,11 +346,11 @@ let run (argv: string[]) : int =
         | Run args -> runCommand args
         | Bench args -> benchCommand args
         | Compare args -> compareCommand args
-        | Bench_Penalties args ->
-            refuse args "bench-penalties" [ Strategy ""; Strategies ""; Seeds ""; Penalty ""; Buffer 0; Repeat 0; No_Onnx ]
+        | Bench_Penalties results ->
+            let args = GivenOptions.ofResults (results.GetAllResults())
             let config = configOf args (Some "sgd") None
             check config
-            BenchPenalties.run config (args.TryGetResult Out)
+            BenchPenalties.run config (GivenOptions.tryGet "out" args)
         | Verify args -> OnnxCommands.verifyCommand args
         | Export args -> OnnxCommands.exportCommand args
         | Version ->

@@ -17,10 +17,22 @@ let tests =
                           [| "run"; "--strategy"; "er"; "--buffer"; "0" |]
                           [| "run"; "--data"; Path.Combine(tmp.Path, "missing") |]
                           [| "run"; "--no-such-option" |]
-                          [| "run"; "--seeds"; "1,2" |] ] do
+                          [| "run"; "--seeds"; "1,2" |]
+                          // Each command has its own options: compare takes --strategies, not --strategy ...
+                          [| "compare"; "--strategy"; "sgd" |]
+                          [| "bench"; "--no-onnx" |]
+                          // ... and a method option that sets nothing in the run is refused.
+                          [| "run"; "--strategy"; "derpp"; "--xi"; "0.3" |]
+                          [| "run"; "--strategy"; "sgd"; "--fisher"; "true" |]
+                          [| "run"; "--strategy"; "ewc"; "--fisher"; "sometimes" |] ] do
                 let code = Continual.Cli.Program.run (Array.append args [| "--out"; out; "--quiet" |])
                 Expect.equal code 2 (sprintf "exit code of %A" args)
                 Expect.isFalse (Directory.Exists out) "nothing written"
+        }
+
+        test "bench-penalties takes only the data and SGD options" {
+            use tmp = new TempFolder()
+            Expect.equal (Continual.Cli.Program.run [| "bench-penalties"; "--buffer"; "3"; "--out"; tmp.Path |]) 2 "--buffer is not one of its options"
         }
 
         test "a corrupt data file exits 1, names the file and writes nothing" {
