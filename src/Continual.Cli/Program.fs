@@ -19,10 +19,15 @@ exception private UsageProblem of string list
 /// The options of the method, its penalty and its distillation terms, as given: (option name without
 /// "--", value as text). Each applies to every component that has it (e.g. --temperature to LwF and KD).
 let private methodOptions (given: GivenOptions) : (string * string) list =
-    let methodOptionNames =
-        [ "minibatch"; "alpha"; "beta"; "lambda"; "gamma"; "xi"; "fisher-alpha"; "score-every"; "epsilon"; "slices"
-          "scp-alpha"; "scp-batch"; "fisher"; "temperature"; "lwf-balance"; "distill-weight"; "subspace-dim" ]
-    [ for name in methodOptionNames do
+    // Every setting the registry knows, by its command-line name; the buffer size is read apart (it
+    // chooses the method's reference settings).
+    let registryOptions =
+        [ for e in Registry.methods do for s in e.Settings -> s.Option
+          for e in Registry.importance do for s in e.Settings -> s.Option
+          for s in Registry.distillationSettings -> s.Option ]
+        |> List.distinct
+        |> List.filter (fun o -> o <> "buffer")
+    [ for name in registryOptions do
           match given.Values.TryFind name with
           | Some(:? float as v) -> name, v.ToString("R", Globalization.CultureInfo.InvariantCulture)
           | Some(:? unit) -> name, "true"

@@ -208,17 +208,11 @@ module Method =
         | other -> invalidArg (nameof instance) (sprintf "%s holds a %s, not a %s" instance.Name (other.GetType().Name) typeof<'State>.Name)
 
     /// Frees what `before` owned and `after` no longer owns (compared by reference): the shell's half of
-    /// a transition.
+    /// a transition (`Training.phase`).
     let release (before: MethodInstance) (after: MethodInstance) : unit =
         let kept = Collections.Generic.HashSet<IDisposable>(after.Owned(), HashIdentity.Reference)
         for d in before.Owned() do
             if not (kept.Contains d) then d.Dispose()
-
-    /// Applies a transition and frees what it dropped.
-    let advance (transition: MethodInstance -> MethodInstance) (instance: MethodInstance) : MethodInstance =
-        let next = transition instance
-        release instance next
-        next
 
     /// Frees everything a packed method owns.
     let dispose (instance: MethodInstance) =

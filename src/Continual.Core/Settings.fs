@@ -49,33 +49,38 @@ module Setting =
 
     let private invariant = CultureInfo.InvariantCulture
 
-    /// A floating-point setting; `check` returns a domain message for an invalid value.
-    let float (name: string) (option: string) (help: string) (get: 'S -> float) (set: float -> 'S -> 'S) (check: float -> string option) : Setting<'S> =
+    /// A numeric setting written, read and parsed by the given functions.
+    let private number
+        (name: string) (option: string) (help: string) (kind: string)
+        (write: Utf8JsonWriter -> string -> 'V -> unit) (read: JsonElement -> 'V) (tryParse: string -> 'V option)
+        (get: 'S -> 'V) (set: 'V -> 'S -> 'S) (check: 'V -> string option) : Setting<'S> =
         { Name = name
           Option = option
           Help = help
-          Write = fun w s -> w.WriteNumber(name, get s)
-          Read = fun e s -> set (e.GetDouble()) s
+          Write = fun w s -> write w name (get s)
+          Read = fun e s -> set (read e) s
           Parse =
             fun text s ->
-                match Double.TryParse(text, NumberStyles.Float, invariant) with
-                | true, v -> Ok(set v s)
-                | _ -> Error(sprintf "%s must be a number (got '%s')" help text)
+                match tryParse text with
+                | Some v -> Ok(set v s)
+                | None -> Error(sprintf "%s must be %s (got '%s')" help kind text)
           Check = fun s -> check (get s) }
+
+    /// A floating-point setting; `check` returns a domain message for an invalid value.
+    let float (name: string) (option: string) (help: string) (get: 'S -> float) (set: float -> 'S -> 'S) (check: float -> string option) : Setting<'S> =
+        let tryParse (text: string) =
+            match Double.TryParse(text, NumberStyles.Float, invariant) with
+            | true, v -> Some v
+            | _ -> None
+        number name option help "a number" (fun w n (v: float) -> w.WriteNumber(n, v)) (fun e -> e.GetDouble()) tryParse get set check
 
     /// An integer setting.
     let int (name: string) (option: string) (help: string) (get: 'S -> int) (set: int -> 'S -> 'S) (check: int -> string option) : Setting<'S> =
-        { Name = name
-          Option = option
-          Help = help
-          Write = fun w s -> w.WriteNumber(name, get s)
-          Read = fun e s -> set (e.GetInt32()) s
-          Parse =
-            fun text s ->
-                match Int32.TryParse(text, NumberStyles.Integer, invariant) with
-                | true, v -> Ok(set v s)
-                | _ -> Error(sprintf "%s must be a whole number (got '%s')" help text)
-          Check = fun s -> check (get s) }
+        let tryParse (text: string) =
+            match Int32.TryParse(text, NumberStyles.Integer, invariant) with
+            | true, v -> Some v
+            | _ -> None
+        number name option help "a whole number" (fun w n (v: int) -> w.WriteNumber(n, v)) (fun e -> e.GetInt32()) tryParse get set check
 
     /// A yes/no setting.
     let bool (name: string) (option: string) (help: string) (get: 'S -> bool) (set: bool -> 'S -> 'S) : Setting<'S> =

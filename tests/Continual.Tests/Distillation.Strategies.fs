@@ -48,12 +48,12 @@ let private context (model: Backbone) (task: int) (train: LabelledSet) : TaskCon
 let private begin' (context: TaskContext) (m: MethodInstance) =
     let m =
         match m.WarmUp context with
-        | Some(warmUp, resume) -> Method.advance (fun _ -> resume (Training.warmUpClassifier context warmUp)) m
+        | Some(warmUp, resume) -> Training.phase (fun _ -> resume (Training.warmUpClassifier context warmUp)) m
         | None -> m
-    Method.advance (fun m -> m.BeginTask context) m
+    Training.phase (fun m -> m.BeginTask context) m
 
 /// A method's task end, freeing what it drops.
-let private end' (context: TaskContext) (m: MethodInstance) = Method.advance (fun m -> m.EndTask context) m
+let private end' (context: TaskContext) (m: MethodInstance) = Training.phase (fun m -> m.EndTask context) m
 
 let private freshModel (seed: int64) =
     torch.manual_seed seed |> ignore

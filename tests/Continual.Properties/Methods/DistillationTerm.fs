@@ -88,10 +88,10 @@ let tests =
             let data = synthetic c.Seed 4 c.Split.New
             let context = { contextOf model data with Classes = c.Split.New; SeenClasses = c.Split.Seen }
             let m = DistillationTerm.create (settingsOf c)
-            let m = Method.advance (fun m -> m.BeginTask context) m
+            let m = Training.phase (fun m -> m.BeginTask context) m
             Expect.equal (Method.stateOf<DistillationTerm.State> m).OldClasses c.Split.Old "old classes: seen minus the task's"
             Expect.isNone (Method.stateOf<DistillationTerm.State> m).Snapshot "no snapshot before the first task end"
-            let m = Method.advance (fun m -> m.EndTask context) m
+            let m = Training.phase (fun m -> m.EndTask context) m
             try
                 match (Method.stateOf<DistillationTerm.State> m).Snapshot with
                 | Some s ->

@@ -56,7 +56,7 @@ let tests =
                 let mutable running = Array.zeroCreate parameterCount
                 let mutable r = rng
                 for (t, (data, batches)) in List.indexed (List.zip tasks oc.Batches) do
-                    instance <- Method.advance (fun m -> m.BeginTask(contextFor t model data)) instance
+                    instance <- Training.phase (fun m -> m.BeginTask(contextFor t model data)) instance
                     for (first, size) in batches do
                         use scope = torch.NewDisposeScope()
                         let size = min size (data.Count - first)
@@ -73,12 +73,12 @@ let tests =
                         let f, r' = Estimate.batchFisher c.Kind model x (x :: output.Features) output.Logits (ys |> Array.map int64) r
                         r <- r'
                         running <- Array.map2 (fun b old -> c.Decay * b + (1.0 - c.Decay) * old) (takeFlat f) running
-                        instance <- Method.advance (fun m -> m.Observe.Value view) instance
+                        instance <- Training.phase (fun m -> m.Observe.Value view) instance
                         moveModel 0.1 model
                     let state = Method.stateOf<EwcPlusPlus.State> instance
                     arraysClose 1e-5 (sprintf "task %d: the running Fisher" t) running (flatValues state.Running.Value)
                     Expect.equal state.Rng r (sprintf "task %d: the generator" t)
-                    instance <- Method.advance (fun m -> m.EndTask(contextFor t model data)) instance
+                    instance <- Training.phase (fun m -> m.EndTask(contextFor t model data)) instance
                     if t = 0 then moveModel 0.3 model
                 expectPenalty (c.Lambda / 2.0) [ running, parametersOf model ] (parametersOf model) c.Displacement model instance
             finally
@@ -93,12 +93,12 @@ let tests =
             let data = synthetic c.Seed 6 [ 0; 1 ]
             let settings : EwcPlusPlus.Settings = { Lambda = c.Lambda; FisherAlpha = c.Decay; Fisher = c.Kind }
             let state = { EwcPlusPlus.initial (Random.create 1L) with Running = Some running }
-            let mutable instance = Method.advance (fun m -> m.EndTask(contextOf model data)) (Method.pack (EwcPlusPlus.method settings) state)
+            let mutable instance = Training.phase (fun m -> m.EndTask(contextOf model data)) (Method.pack (EwcPlusPlus.method settings) state)
             try
                 let anchor = parametersOf model
                 // The model moves on and the next task's first step blends its batch into the running Fisher.
                 moveModel 0.3 model
-                instance <- Method.advance (fun m -> m.Observe.Value(viewOn model data)) instance
+                instance <- Training.phase (fun m -> m.Observe.Value(viewOn model data)) instance
                 let state = Method.stateOf<EwcPlusPlus.State> instance
                 Expect.isFalse (arraysEqual frozen (flatValues state.Running.Value)) "the running Fisher moved on"
                 expectPenalty (c.Lambda / 2.0) [ frozen, anchor ] anchor c.Displacement model instance

@@ -161,7 +161,7 @@ let tests =
             let context = { contextOf model data with Classes = split.New; SeenClasses = split.Seen }
             let m = Method.pack (Lwf.method Lwf.Settings.Default) (Lwf.initial 1L)
             Expect.equal (m.WarmUp context |> Option.isSome) (not split.Old.IsEmpty) "a warm-up exactly when old classes exist"
-            let started = Method.advance (fun m -> m.BeginTask context) m
+            let started = Training.phase (fun m -> m.BeginTask context) m
             try
                 let state = Method.stateOf<Lwf.State> started
                 Expect.equal state.OldClasses split.Old "old classes: seen minus the task's"

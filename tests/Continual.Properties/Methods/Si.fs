@@ -60,12 +60,12 @@ let tests =
             let mutable instance = Si.create { C = c.C; Xi = c.Xi }
             try
                 for (t, steps) in List.indexed w.Steps do
-                    instance <- Method.advance (fun m -> m.BeginTask(context t)) instance
+                    instance <- Training.phase (fun m -> m.BeginTask(context t)) instance
                     for _ in 1 .. steps do
                         walkBackward w t true p
-                        instance <- Method.advance (fun m -> m.Observe.Value(viewWith p)) instance
+                        instance <- Training.phase (fun m -> m.Observe.Value(viewWith p)) instance
                         sgdUpdate w.LearningRate p
-                    instance <- Method.advance (fun m -> m.EndTask(context t)) instance
+                    instance <- Training.phase (fun m -> m.EndTask(context t)) instance
                     let state = Method.stateOf<Si.State> instance
                     let omegaBig, thetaEnd = expected.[t]
                     arraysClose 1e-4 (sprintf "task %d: θ" t) thetaEnd (values p)

@@ -161,14 +161,14 @@ let contextFor (task: int) (model: Backbone) (data: LabelledSet) : TaskContext =
 
 /// Runs a packed method's EndTask on each task's data in turn, the model moved between the task ends,
 /// calling `reference` with each task's index and data first (at the same model). The shell's
-/// `Method.advance` frees what each transition drops.
+/// `Training.phase` frees what each transition drops.
 let endTasks (model: Backbone) (tasks: LabelledSet list) (reference: int -> LabelledSet -> unit) (instance: MethodInstance) =
     tasks
     |> List.indexed
     |> List.fold (fun m (t, data) ->
         if t > 0 then moveModel 0.3 model
         reference t data
-        Method.advance (fun m -> m.EndTask(contextFor t model data)) m) instance
+        Training.phase (fun m -> m.EndTask(contextFor t model data)) m) instance
 
 /// Flat values of per-parameter tensors, which are then freed (estimates that live outside scopes).
 let takeFlat (ts: Tensor list) =
@@ -252,7 +252,7 @@ let sgdUpdate (lr: float) (p: Tensor) =
     use _ = torch.no_grad ()
     p.add_(p.grad, (-lr).ToScalar()) |> ignore
 
-/// Applies a transition of a method's own state and frees what it dropped (the shell's `Method.advance`
+/// Applies a transition of a method's own state and frees what it dropped (the shell's `Training.phase`
 /// for callers of the module functions).
 let transition (owned: 'State -> System.IDisposable list) (f: 'State -> 'State) (state: 'State) : 'State =
     let next = f state
