@@ -129,7 +129,7 @@ let private check (config: Config) =
 
 let private runOnce (config: Config) (quiet: bool) (afterTask: AfterTask -> unit) =
     Report.withProgress quiet (fun onEvent ->
-        Experiment.run config { OnEvent = onEvent; AfterTask = afterTask } CancellationToken.None)
+        Experiment.run config { RunHooks.none with OnEvent = onEvent; AfterTask = afterTask } CancellationToken.None)
 
 let private runCommand (results: ParseResults<RunArgs>) =
     let args = GivenOptions.ofResults (results.GetAllResults())

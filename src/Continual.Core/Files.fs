@@ -19,3 +19,64 @@ module Files =
             File.Move(temporary, full, true)
         finally
             if File.Exists temporary then File.Delete temporary
+
+    /// Writes a file atomically through a stream: a temporary file in the same folder, written by
+    /// `write`, flushed to the disk, then renamed over the target. A process killed at any instant
+    /// leaves the previous file or the new one, never a mix, and at most a hidden temporary file
+    /// (`.NAME.*.tmp`), which the next write of the same file removes.
+    let writeAtomicallyWith (path: string) (write: Stream -> unit) =
+        let full = Path.GetFullPath path
+        let directory = Path.GetDirectoryName full
+        Directory.CreateDirectory directory |> ignore
+        let name = Path.GetFileName full
+        for stale in Directory.EnumerateFiles(directory, sprintf ".%s.*.tmp" name) do
+            try File.Delete stale with _ -> ()
+        let temporary = Path.Combine(directory, sprintf ".%s.%s.tmp" name (Guid.NewGuid().ToString "N"))
+        try
+            (use stream = new FileStream(temporary, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 <<< 16)
+             write stream
+             stream.Flush true)
+            File.Move(temporary, full, true)
+        finally
+            if File.Exists temporary then File.Delete temporary
+
+/// Fault injection for crash tests: with CONTINUAL_KILL_AT=MOMENT:N in the environment, the process
+/// kills itself with SIGKILL the N-th time it reaches MOMENT (e.g. `step:37`, the run's 37th step;
+/// `task-end:2`, right after task 2's checkpoint; `checkpoint-write:3`, halfway through writing the
+/// 3rd checkpoint; `checkpoint-rename:3`, after writing it and before the rename). Without the variable
+/// it does nothing.
+[<RequireQualifiedAccess>]
+module Faults =
+
+    let private target =
+        match Environment.GetEnvironmentVariable "CONTINUAL_KILL_AT" with
+        | null | "" -> None
+        | spec ->
+            match spec.Split ':' with
+            | [| moment; count |] ->
+                match Int64.TryParse count with
+                | true, n -> Some(moment.Trim(), n)
+                | _ -> None
+            | _ -> None
+
+    let private counts = Collections.Generic.Dictionary<string, int64>()
+
+    /// True when fault injection is on (a cheap check for hot paths).
+    let enabled = target.IsSome
+
+    /// Marks a moment by its own count: the process dies when it is the one asked for.
+    let reached (moment: string) (count: int64) =
+        match target with
+        | Some(m, n) when m = moment && n = count ->
+            Console.Out.Flush()
+            Diagnostics.Process.GetCurrentProcess().Kill()
+            Threading.Thread.Sleep Threading.Timeout.Infinite
+        | _ -> ()
+
+    /// Marks a moment counted per process (1 the first time).
+    let tick (moment: string) =
+        if enabled then
+            let n = (match counts.TryGetValue moment with | true, c -> c | _ -> 0L) + 1L
+            counts.[moment] <- n
+            reached moment n
+

@@ -124,6 +124,10 @@ type Method<'State> =
 type MethodInstance =
     { Name: string
       State: obj
+      /// The type of `State` (what a saved state is restored as).
+      StateType: Type
+      /// The same method with another state of its type (a restored one).
+      Restore: obj -> MethodInstance
       WarmUp: TaskContext -> (ClassifierWarmUp * (RandomState -> MethodInstance)) option
       BeginTask: TaskContext -> MethodInstance
       Terms: StepView -> LossTerm list
@@ -182,6 +186,13 @@ module Method =
     let rec pack (m: Method<'State>) (state: 'State) : MethodInstance =
         { Name = m.Name
           State = box state
+          StateType = typeof<'State>
+          Restore =
+            fun saved ->
+                match saved with
+                | :? 'State as s -> pack m s
+                | null when typeof<'State> = typeof<unit> -> pack m (unbox<'State> saved)
+                | other -> invalidArg (nameof saved) (sprintf "%s holds a %s, not a %s" m.Name (if isNull other then "null" else other.GetType().Name) typeof<'State>.Name)
           WarmUp =
             fun context ->
                 m.WarmUp context state |> Option.map (fun (warmUp, resume) -> warmUp, (fun rng -> pack m (resume rng)))

@@ -72,16 +72,77 @@ type AfterTask =
       TestSets: Evaluation.TaskTestSets
       Device: Device }
 
-/// Callbacks of a run: progress events, and work to do after every task (timed separately).
+/// Where a run stands inside a task's steps: what a checkpoint taken mid-task records.
+type TaskPosition =
+    { Task: int
+      /// The epoch the next step belongs to (0-based; the task's epoch count once its steps are done).
+      Epoch: int
+      /// Steps of that epoch already taken.
+      Step: int
+      /// The run's generator before that epoch's shuffle: the shuffle is drawn again on resume.
+      EpochRng: RandomState
+      /// Seconds the task has taken so far.
+      Seconds: float }
+
+/// What a run has measured so far: one accuracy row per finished task, and the times.
+type RunRecord =
+    { ClassIl: float[][]
+      TaskIl: float[][]
+      TaskSeconds: float[]
+      TrainSeconds: float
+      EvalSeconds: float
+      /// Time spent in after-task hooks (e.g. ONNX export and verification).
+      HookSeconds: float
+      /// Time spent writing checkpoints.
+      CheckpointSeconds: float }
+
+/// Building run records.
+[<RequireQualifiedAccess>]
+module RunRecord =
+    /// Nothing measured yet.
+    let empty =
+        { ClassIl = [||]; TaskIl = [||]; TaskSeconds = [||]; TrainSeconds = 0.0; EvalSeconds = 0.0; HookSeconds = 0.0; CheckpointSeconds = 0.0 }
+
+/// A point a run can resume from: its state, what it has measured, and where inside a task it stands
+/// (None between tasks: the next task is `State.NextTask`).
+type RunPoint =
+    { State: TrainingState
+      Record: RunRecord
+      Position: TaskPosition option }
+
+/// Why the shell asks for a checkpoint.
+type CheckpointReason =
+    /// A task has been trained, evaluated and its after-task hook has run.
+    | TaskEnd
+    /// `CheckpointEvery` steps have been taken since the last one.
+    | StepInterval
+    /// A stop was requested (a signal): the run stops right after this checkpoint.
+    | StopRequested
+
+/// Callbacks of a run: progress events, work to do after every task (timed separately), checkpoints,
+/// and a stop request that the shell honours at the next step boundary.
 type RunHooks =
     { OnEvent: TrainingEvent -> unit
-      AfterTask: AfterTask -> unit }
+      AfterTask: AfterTask -> unit
+      /// Saves a resumable point (timed separately).
+      Checkpoint: CheckpointReason -> RunPoint -> unit
+      /// Ask for a StepInterval checkpoint every this many steps of the run (0: never).
+      CheckpointEvery: int
+      /// Polled at every step boundary and after every task: when true, the shell checkpoints and
+      /// raises RunStopped.
+      StopRequested: unit -> bool }
+
+/// A run stopped on request at a step boundary, after its checkpoint was saved.
+exception RunStopped of task: int * runStep: int64
+    with
+        override this.Message = sprintf "the run stopped on request in task %d, after step %d of the run" (this.task + 1) this.runStep
 
 /// Building hooks.
 [<RequireQualifiedAccess>]
 module RunHooks =
     /// No callbacks.
-    let none = { OnEvent = ignore; AfterTask = ignore }
+    let none =
+        { OnEvent = ignore; AfterTask = ignore; Checkpoint = (fun _ _ -> ()); CheckpointEvery = 0; StopRequested = fun () -> false }
     /// Progress events only.
     let events (onEvent: TrainingEvent -> unit) = { none with OnEvent = onEvent }
 
@@ -95,6 +156,8 @@ type TrainingOutcome =
       EvalSeconds: float
       /// Time spent in after-task hooks (e.g. ONNX export and verification).
       HookSeconds: float
+      /// Time spent writing checkpoints.
+      CheckpointSeconds: float
       Steps: int64
       State: TrainingState }
 
@@ -216,14 +279,19 @@ module Training =
                 Replay.add batch.Task batch.Inputs batch.Labels batch.LabelArray logits b)
         loss.ToSingle(), { state with Buffer = buffer; Methods = methods; StepsTaken = state.StepsTaken + 1L }
 
-    /// Trains one pass of `epochs` over a labelled set as the given task, reporting progress.
-    let trainOn
+    /// Trains `epochs` passes over a labelled set as the given task, reporting progress, from the start
+    /// or from a position inside it (the epoch's shuffle is drawn again from the saved generator, so a
+    /// resumed task takes exactly the steps it would have taken). `atStep` sees the position after
+    /// every step (checkpoints, stop requests).
+    let trainFrom
         (strategy: Strategy)
         (settings: TrainingSettings)
         (taskIndex: int)
         (data: LabelledSet)
         (onEvent: TrainingEvent -> unit)
+        (atStep: TaskPosition -> TrainingState -> unit)
         (cancellation: CancellationToken)
+        (start: TaskPosition option)
         (state: TrainingState)
         =
         let n = data.Count
@@ -231,12 +299,14 @@ module Training =
         let stepsPerEpoch = (n + settings.BatchSize - 1) / settings.BatchSize
         let steps = stepsPerEpoch * settings.Epochs
         onEvent (TaskStarted(taskIndex, steps))
+        let firstEpoch, firstStep = match start with Some p -> p.Epoch, p.Step | None -> 0, 0
         let mutable state = state
-        let mutable completed = 0
+        let mutable completed = firstEpoch * stepsPerEpoch + firstStep
         let mutable lossSum = 0.0
         let mutable lossCount = 0
-        for _ in 1 .. settings.Epochs do
-            let order, rng = Random.permutation n state.Rng
+        for epoch in firstEpoch .. settings.Epochs - 1 do
+            let epochRng = match start with Some p when p.Epoch = epoch -> p.EpochRng | _ -> state.Rng
+            let order, rng = Random.permutation n epochRng
             state <- { state with Rng = rng }
             use index = torch.tensor(order, dtype = torch.ScalarType.Int64)
             // `to` makes a new handle even on the same device: both the shuffled copy and the moved one are freed.
@@ -245,7 +315,7 @@ module Training =
             use inputs = shuffledInputs.``to`` settings.Device
             use labels = shuffledLabels.``to`` settings.Device
             let labelArray = order |> Array.map (fun i -> data.LabelArray.[int i])
-            for s in 0 .. stepsPerEpoch - 1 do
+            for s in (if epoch = firstEpoch then firstStep else 0) .. stepsPerEpoch - 1 do
                 cancellation.ThrowIfCancellationRequested()
                 let start = s * settings.BatchSize
                 let size = min settings.BatchSize (n - start)
@@ -265,7 +335,23 @@ module Training =
                     onEvent (StepsCompleted(taskIndex, completed, steps, meanLoss))
                     lossSum <- 0.0
                     lossCount <- 0
+                let position =
+                    if s + 1 = stepsPerEpoch then { Task = taskIndex; Epoch = epoch + 1; Step = 0; EpochRng = state.Rng; Seconds = 0.0 }
+                    else { Task = taskIndex; Epoch = epoch; Step = s + 1; EpochRng = epochRng; Seconds = 0.0 }
+                atStep position state
         state
+
+    /// Trains `epochs` passes over a labelled set as the given task, reporting progress.
+    let trainOn
+        (strategy: Strategy)
+        (settings: TrainingSettings)
+        (taskIndex: int)
+        (data: LabelledSet)
+        (onEvent: TrainingEvent -> unit)
+        (cancellation: CancellationToken)
+        (state: TrainingState)
+        =
+        trainFrom strategy settings taskIndex data onEvent (fun _ _ -> ()) cancellation None state
 
     /// Frees what a training state holds.
     let dispose (state: TrainingState) =
@@ -382,18 +468,18 @@ module Training =
             optimiser.zero_grad ())
         rng
 
-    /// Builds a method's auxiliary module from the model's embedding of one training example, moves it to
+    /// Builds a method's auxiliary module from the model's embedding of one example, moves it to
     /// the device and adds its parameters to the optimiser (their own group: the run's learning rate,
     /// no weight decay).
-    let private buildAuxiliary (context: TaskContext) (build: Tensor -> torch.nn.Module<Tensor, Tensor>) (optimiser: torch.optim.Optimizer) =
+    let buildAuxiliary (model: Backbone) (device: Device) (learningRate: float) (example: Tensor) (build: Tensor -> torch.nn.Module<Tensor, Tensor>) (optimiser: torch.optim.Optimizer) =
         let auxiliary =
             use scope = torch.NewDisposeScope()
-            use probe = context.Train.Inputs.narrow(0L, 0L, 1L).``to`` context.Device
-            build (context.Embed probe)
-        auxiliary.``to`` context.Device |> ignore
+            use probe = example.narrow(0L, 0L, 1L).``to`` device
+            build (embed model probe)
+        auxiliary.``to`` device |> ignore
         match optimiser with
         | :? Modules.SGD as sgd ->
-            sgd.add_param_group(Modules.SGD.ParamGroup(auxiliary.parameters (), context.LearningRate, 0.0, 0.0, 0.0, false, false))
+            sgd.add_param_group(Modules.SGD.ParamGroup(auxiliary.parameters (), learningRate, 0.0, 0.0, 0.0, false, false))
         | other -> invalidOp (sprintf "auxiliary modules need the shell's SGD, not %s" (other.GetType().Name))
         auxiliary
 
@@ -413,7 +499,7 @@ module Training =
                 let m =
                     match m.Auxiliary with
                     | Some build when not (auxiliary |> List.exists (fun (j, _) -> j = i)) ->
-                        let module' = buildAuxiliary context build state.Optimiser
+                        let module' = buildAuxiliary context.Model context.Device context.LearningRate context.Train.Inputs build state.Optimiser
                         auxiliary <- auxiliary @ [ i, module' ]
                         phase (fun m -> m.Attach module') m
                     | _ -> m
@@ -425,39 +511,56 @@ module Training =
         onEvent (PhaseStarted(context.Task, "end of task"))
         { state with Methods = state.Methods |> List.map (phase (fun m -> context.Cancellation.ThrowIfCancellationRequested(); m.EndTask context)) }
 
-    /// Runs a strategy over a benchmark's stream (or all at once for JOINT), evaluating after every
-    /// task on every task's test set.
-    let run
+    /// The units a strategy trains, in order: (task index, its classes, whether the data is a copy the
+    /// run frees). JOINT trains one unit of every class.
+    let private units (strategy: Strategy) (benchmark: Benchmark) =
+        match strategy.Schedule with
+        | Sequential -> benchmark.Tasks |> List.map (fun t -> t.Index, t.Classes, true)
+        | Joint -> [ 0, benchmark.Tasks |> List.collect (fun t -> t.Classes), false ]
+
+    /// How many units (tasks, or one for JOINT) a strategy trains on a benchmark.
+    let unitCount (strategy: Strategy) (benchmark: Benchmark) = (units strategy benchmark).Length
+
+    /// Continues a run from a point (a fresh state, or one restored from a checkpoint) up to and
+    /// including task `lastTask` (all the remaining tasks when None), evaluating after every task on
+    /// every task's test set, then calling the after-task hook and the checkpoint hook. A stop request
+    /// is honoured at the next step boundary: a checkpoint, then RunStopped.
+    let runFrom
         (architecture: Architecture)
         (benchmark: Benchmark)
         (strategy: Strategy)
         (settings: TrainingSettings)
         (hooks: RunHooks)
         (cancellation: CancellationToken)
+        (lastTask: int option)
+        (start: RunPoint)
         : TrainingOutcome =
         let testSets = Evaluation.testSets benchmark
-        let mutable state = initialise architecture benchmark strategy settings
-        let mutable hookSeconds = 0.0
-        let classRows = ResizeArray()
-        let taskRows = ResizeArray()
-        let taskSeconds = ResizeArray()
-        let mutable trainSeconds = 0.0
-        let mutable evalSeconds = 0.0
-        let units =
-            match strategy.Schedule with
-            | Sequential -> benchmark.Tasks |> List.map (fun t -> t.Index, t.Classes, Benchmarks.selectClasses t.Classes benchmark.Train, true)
-            | Joint -> [ 0, benchmark.Tasks |> List.collect (fun t -> t.Classes), benchmark.Train, false ]
-        hooks.OnEvent(RunStarted units.Length)
+        let mutable state = start.State
+        let mutable record = start.Record
+        let firstTask = match start.Position with Some p -> p.Task | None -> state.NextTask
+        let pending =
+            units strategy benchmark
+            |> List.filter (fun (i, _, _) -> i >= firstTask && (match lastTask with Some last -> i <= last | None -> true))
+        let checkpoint reason point =
+            let clock = Stopwatch.StartNew()
+            hooks.Checkpoint reason point
+            record <- { record with CheckpointSeconds = record.CheckpointSeconds + clock.Elapsed.TotalSeconds }
+        hooks.OnEvent(RunStarted pending.Length)
         try
-            for (taskIndex, classes, data, ownsData) in units do
+            for (taskIndex, classes, ownsData) in pending do
+                let resumeAt = start.Position |> Option.filter (fun p -> p.Task = taskIndex)
+                let earlier = resumeAt |> Option.map (fun p -> p.Seconds) |> Option.defaultValue 0.0
                 let clock = Stopwatch.StartNew()
+                let data = if ownsData then Benchmarks.selectClasses classes benchmark.Train else benchmark.Train
                 let seen =
                     benchmark.Tasks |> List.filter (fun t -> t.Index <= taskIndex) |> List.collect (fun t -> t.Classes) |> List.append classes |> List.distinct |> List.sort
                 let context = taskContext architecture settings cancellation state taskIndex classes seen data
                 try
                     if not (FlatParameters.isBound state.Parameters state.Model) then
                         invalidOp "the model's parameters no longer sit in their flat layout (was the model moved or a gradient replaced during the run?)"
-                    state <- beginTask hooks.OnEvent context state
+                    // A task resumed from inside has begun already: its warm-up and BeginTask are in the state.
+                    if resumeAt.IsNone then state <- beginTask hooks.OnEvent context state
                     // Methods may add examples (iCaRL's exemplars) to this task's training data.
                     let extra = state.Methods |> List.choose (fun m -> m.ExtraTrainingData())
                     let trainingData =
@@ -468,8 +571,16 @@ module Training =
                             { Inputs = torch.cat([| for s in sets -> s.Inputs |], 0L)
                               Labels = torch.cat([| for s in sets -> s.Labels |], 0L)
                               LabelArray = Array.concat [ for s in sets -> s.LabelArray ] }
+                    let atStep (position: TaskPosition) (current: TrainingState) =
+                        let point () = { State = current; Record = record; Position = Some { position with Seconds = earlier + clock.Elapsed.TotalSeconds } }
+                        if Faults.enabled then Faults.reached "step" current.StepsTaken
+                        if hooks.CheckpointEvery > 0 && current.StepsTaken % int64 hooks.CheckpointEvery = 0L then
+                            checkpoint StepInterval (point ())
+                        if hooks.StopRequested() then
+                            checkpoint StopRequested (point ())
+                            raise (RunStopped(taskIndex, current.StepsTaken))
                     try
-                        state <- trainOn strategy settings taskIndex trainingData hooks.OnEvent cancellation state
+                        state <- trainFrom strategy settings taskIndex trainingData hooks.OnEvent atStep cancellation resumeAt state
                     finally
                         if not extra.IsEmpty then
                             for s in trainingData :: extra do
@@ -478,16 +589,18 @@ module Training =
                 finally
                     if ownsData then
                         data.Dispose()
-                let trained = clock.Elapsed.TotalSeconds
+                let trained = earlier + clock.Elapsed.TotalSeconds
                 let scores = state.Methods |> List.tryPick (fun m -> m.Scores())
                 let accuracies = Evaluation.evaluateWith scores state.Model settings.Device testSets
-                let total = clock.Elapsed.TotalSeconds
-                trainSeconds <- trainSeconds + trained
-                evalSeconds <- evalSeconds + (total - trained)
-                classRows.Add accuracies.ClassIl
-                taskRows.Add accuracies.TaskIl
-                taskSeconds.Add total
+                let total = earlier + clock.Elapsed.TotalSeconds
                 state <- { state with NextTask = taskIndex + 1 }
+                record <-
+                    { record with
+                        ClassIl = Array.append record.ClassIl [| accuracies.ClassIl |]
+                        TaskIl = Array.append record.TaskIl [| accuracies.TaskIl |]
+                        TaskSeconds = Array.append record.TaskSeconds [| total |]
+                        TrainSeconds = record.TrainSeconds + trained
+                        EvalSeconds = record.EvalSeconds + (total - trained) }
                 hooks.OnEvent (TaskFinished(taskIndex, accuracies, total))
                 let hookClock = Stopwatch.StartNew()
                 let logitAccuracies =
@@ -502,21 +615,37 @@ module Training =
                       Accuracies = logitAccuracies
                       TestSets = testSets
                       Device = settings.Device }
-                hookSeconds <- hookSeconds + hookClock.Elapsed.TotalSeconds
+                record <- { record with HookSeconds = record.HookSeconds + hookClock.Elapsed.TotalSeconds }
+                checkpoint TaskEnd { State = state; Record = record; Position = None }
+                if hooks.StopRequested() && taskIndex <> (let (i, _, _) = List.last pending in i) then
+                    raise (RunStopped(taskIndex, state.StepsTaken))
         with _ ->
-            // A cancelled or failed run frees its model, optimiser, buffer and methods at once.
+            // A cancelled, stopped or failed run frees its model, optimiser, buffer and methods at once.
             for (_, set) in testSets do
                 set.Dispose()
             dispose state
             reraise ()
         for (_, set) in testSets do
             set.Dispose()
-        { ClassIl = classRows.ToArray()
-          TaskIl = taskRows.ToArray()
-          TaskSeconds = taskSeconds.ToArray()
-          TrainSeconds = trainSeconds
-          EvalSeconds = evalSeconds
-          HookSeconds = hookSeconds
+        { ClassIl = record.ClassIl
+          TaskIl = record.TaskIl
+          TaskSeconds = record.TaskSeconds
+          TrainSeconds = record.TrainSeconds
+          EvalSeconds = record.EvalSeconds
+          HookSeconds = record.HookSeconds
+          CheckpointSeconds = record.CheckpointSeconds
           Steps = state.StepsTaken
           State = state }
 
+    /// Runs a strategy over a benchmark's stream (or all at once for JOINT) from a fresh state,
+    /// evaluating after every task on every task's test set.
+    let run
+        (architecture: Architecture)
+        (benchmark: Benchmark)
+        (strategy: Strategy)
+        (settings: TrainingSettings)
+        (hooks: RunHooks)
+        (cancellation: CancellationToken)
+        : TrainingOutcome =
+        let state = initialise architecture benchmark strategy settings
+        runFrom architecture benchmark strategy settings hooks cancellation None { State = state; Record = RunRecord.empty; Position = None }
