@@ -51,7 +51,9 @@ module Help =
           "scp-batch", "SCP: samples per batch mean (default 100)."
           "fisher", "Fisher labels: true (sampled), empirical or weighted (default: the method's)."
           "clip-grad", "clip every gradient element to [-c, c] before the step (default: 1 for si and scp, also when added with --penalty; none otherwise)."
-          "no-onnx", "skip the ONNX export and verification after each task." ]
+          "no-onnx", "skip the ONNX export and verification after each task."
+          "checkpoint-every", "also save the learner every this many steps (it is saved after every task and on Ctrl-C either way; docs/checkpoints.md)."
+          "tasks", "the tasks to learn, numbered from 1: 1-3 stops after task 3 and leaves a learner that `continual learn --from` continues (default: all)." ]
 
     /// The help of an argument case (looked up by its command-line name).
     let of' (case: obj) : string =
@@ -99,9 +101,81 @@ type RunArgs =
     | Out of folder: string
     | Quiet
     | No_Onnx
+    | Checkpoint_Every of steps: int
+    | Tasks of range: string
 
     interface IArgParserTemplate with
         member this.Usage = Help.of' this
+
+/// The configuration options of run, which resume and learn accept only as checks: each must agree with
+/// the saved configuration.
+type SavedRunArgs =
+    | Benchmark of name: string
+    | Data of folder: string
+    | Strategy of name: string
+    | Buffer of size: int
+    | Seed of seed: int64
+    | Lr of rate: float
+    | Batch_Size of size: int
+    | Epochs of count: int
+    | Weight_Decay of decay: float
+    | Device of name: string
+    | Threads of count: int
+    | Train_Per_Class of count: int
+    | Test_Per_Class of count: int
+    | Backbone of name: string
+    | Penalty of name: string
+    | Distill of name: string
+    | Clip_Grad of value: float
+    | Minibatch of size: int
+    | Alpha of weight: float
+    | Beta of weight: float
+    | Lambda of strength: float
+    | Gamma of decay: float
+    | Xi of damping: float
+    | Fisher_Alpha of weight: float
+    | Score_Every of steps: int
+    | Epsilon of epsilon: float
+    | Slices of count: int
+    | Scp_Alpha of weight: float
+    | Scp_Batch of size: int
+    | Fisher of kind: string
+    | Temperature of t: float
+    | Lwf_Balance
+    | Distill_Weight of weight: float
+    | Subspace_Dim of m: int
+
+    interface IArgParserTemplate with
+        member this.Usage = Help.of' this
+
+/// Options of `continual resume`.
+type ResumeArgs =
+    | [<MainCommand; ExactlyOnce>] Run_Folder of folder: string
+    | Checkpoint_Every of steps: int
+    | Quiet
+    | [<GatherUnrecognized>] Saved of string
+
+    interface IArgParserTemplate with
+        member this.Usage =
+            match this with
+            | Run_Folder _ -> "the --out folder of a run that stopped (it holds learner.safetensors)."
+            | Saved _ -> "any option of run, checked against the saved configuration."
+            | other -> Help.of' other
+
+/// Options of `continual learn`.
+type LearnArgs =
+    | [<Mandatory>] From of folder: string
+    | Tasks of range: string
+    | Checkpoint_Every of steps: int
+    | Quiet
+    | [<GatherUnrecognized>] Saved of string
+
+    interface IArgParserTemplate with
+        member this.Usage =
+            match this with
+            | From _ -> "the --out folder of a run whose learner continues (learner.safetensors); results and task models are added there."
+            | Saved _ -> "any option of run, checked against the saved configuration."
+            | other -> Help.of' other
 
 /// Options of `continual bench`: those of run, without the ONNX export, plus --repeat.
 type BenchArgs =
@@ -267,6 +341,8 @@ type ExportArgs =
 type Command =
     | [<CliPrefix(CliPrefix.None)>] Run of ParseResults<RunArgs>
     | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<BenchArgs>
+    | [<CliPrefix(CliPrefix.None)>] Resume of ParseResults<ResumeArgs>
+    | [<CliPrefix(CliPrefix.None)>] Learn of ParseResults<LearnArgs>
     | [<CliPrefix(CliPrefix.None)>] Compare of ParseResults<CompareArgs>
     | [<CliPrefix(CliPrefix.None)>] Bench_Penalties of ParseResults<BenchPenaltiesArgs>
     | [<CliPrefix(CliPrefix.None)>] Verify of ParseResults<VerifyArgs>
@@ -277,6 +353,8 @@ type Command =
         member this.Usage =
             match this with
             | Run _ -> "train a strategy on a benchmark, print the accuracy matrices and write results."
+            | Resume _ -> "continue a stopped run from its last checkpoint (RUN_DIR/learner.safetensors) to the end it was given."
+            | Learn _ -> "continue a saved learner with more tasks in a new process (--from RUN_DIR --tasks 4-5)."
             | Bench _ -> "time a whole run: wall time, steps per second, peak memory."
             | Compare _ -> "run several strategies over several seeds: mean, spread, per-seed figures and each one's paired Task-IL gain over sgd (--strategies, --seeds); writes compare.json."
             | Bench_Penalties _ -> "time each importance estimator on a 12,000-image task and each penalty's step overhead against plain SGD."

@@ -16,6 +16,9 @@ let private UsageError = 2
 
 exception private UsageProblem of string list
 
+/// The process should end with this exit code (a stop on a signal) after what it printed.
+exception private Stopped of exitCode: int
+
 /// The options of the method, its penalty and its distillation terms, as given: (option name without
 /// "--", value as text). Each applies to every component that has it (e.g. --temperature to LwF and KD).
 let private methodOptions (given: GivenOptions) : (string * string) list =
@@ -131,22 +134,288 @@ let private runOnce (config: Config) (quiet: bool) (afterTask: AfterTask -> unit
     Report.withProgress quiet (fun onEvent ->
         Experiment.run config { RunHooks.none with OnEvent = onEvent; AfterTask = afterTask } CancellationToken.None)
 
+/// A learner that cannot go on as asked (its file, or options that contradict it): exit 1.
+exception private LearnerProblem of string
+
+/// SIGINT (Ctrl-C) and SIGTERM ask the run to stop at its next step boundary, after a checkpoint; a
+/// second signal ends the process at once.
+type private StopSignals() =
+    let mutable received: Runtime.InteropServices.PosixSignal option = None
+    let handler (context: Runtime.InteropServices.PosixSignalContext) =
+        match received with
+        | None ->
+            received <- Some context.Signal
+            context.Cancel <- true
+        | Some _ -> context.Cancel <- false
+    let registrations =
+        [ Runtime.InteropServices.PosixSignalRegistration.Create(Runtime.InteropServices.PosixSignal.SIGINT, handler)
+          Runtime.InteropServices.PosixSignalRegistration.Create(Runtime.InteropServices.PosixSignal.SIGTERM, handler) ]
+    member _.Requested = received.IsSome
+    member _.Name = match received with Some Runtime.InteropServices.PosixSignal.SIGTERM -> "SIGTERM" | _ -> "SIGINT"
+    /// 128 + the signal's number, as a shell reports a process the signal ended.
+    member _.ExitCode = match received with Some Runtime.InteropServices.PosixSignal.SIGTERM -> 143 | _ -> 130
+    interface IDisposable with
+        member _.Dispose() = for r in registrations do r.Dispose()
+
+/// A task range "A-B" or "A" (numbered from 1) as 0-based (first, last).
+let private taskRange (text: string) : int * int =
+    let bad () = raise (UsageProblem [ sprintf "--tasks: '%s' is not a task range such as 1-3 or 4" text ])
+    let number (s: string) = match Int32.TryParse(s.Trim()) with | true, v when v >= 1 -> v - 1 | _ -> bad ()
+    match text.Split '-' with
+    | [| one |] -> number one, number one
+    | [| a; b |] ->
+        let first, last = number a, number b
+        if last < first then bad ()
+        first, last
+    | _ -> bad ()
+
+/// What the command line keeps in a learner file besides the learner: whether ONNX files are written,
+/// the last task the run was asked for, the wall time so far and the ONNX figures of the tasks so far.
+type private CliSection =
+    { Onnx: bool
+      LastTask: int option
+      WallSeconds: float }
+
+let private cliSection (learner: Learner) : CliSection =
+    match learner.Extensions.TryFind "cli" with
+    | Some node ->
+        { Onnx = node.["onnx"].GetValue<bool>()
+          LastTask = (match node.["lastTask"] with null -> None | n -> Some(n.GetValue<int>()))
+          WallSeconds = node.["wallSeconds"].GetValue<float>() }
+    | None -> { Onnx = false; LastTask = None; WallSeconds = 0.0 }
+
+let private onnxReports (learner: Learner) : Onnx.TaskVerification list =
+    match learner.Extensions.TryFind "onnx" with
+    | Some node -> [ for r in node.AsArray() -> Onnx.TaskVerification.ofJson r ]
+    | None -> []
+
+/// Learns up to `lastTask` (every remaining task when None) into a run folder: a checkpoint after every
+/// task (and every `checkpointEvery` steps), ONNX models where the run writes them, results.json at the
+/// end. SIGINT and SIGTERM stop it at the next step boundary with a checkpoint. `clock` started when the
+/// command did (its data loading counts). Returns the exit code.
+let private learnInto (out: string) (section: CliSection) (checkpointEvery: int) (quiet: bool) (clock: Diagnostics.Stopwatch) (learner: Learner) : int =
+    let file = Path.Combine(out, Learner.FileName)
+    let exporter =
+        if section.Onnx then Some(Onnx.RunExporter(Onnx.ExportSettings.forRun (OnnxCommands.runIdentity learner.Config) out, onnxReports learner))
+        else None
+    let extensions () =
+        let cli = Text.Json.Nodes.JsonObject()
+        cli.["onnx"] <- Text.Json.Nodes.JsonValue.Create section.Onnx
+        cli.["lastTask"] <- (match section.LastTask with Some t -> Text.Json.Nodes.JsonValue.Create t :> Text.Json.Nodes.JsonNode | None -> null)
+        cli.["wallSeconds"] <- Text.Json.Nodes.JsonValue.Create(section.WallSeconds + clock.Elapsed.TotalSeconds)
+        let reports = match exporter with Some e -> e.Reports | None -> []
+        Map [ "cli", cli :> Text.Json.Nodes.JsonNode
+              "onnx", Text.Json.Nodes.JsonArray([| for r in reports -> Onnx.TaskVerification.toJson r |]) :> Text.Json.Nodes.JsonNode ]
+    use signals = new StopSignals()
+    let checkpoint reason point =
+        Learner.saveAt file point { learner with Extensions = extensions () }
+        if reason = TaskEnd then Faults.tick "task-end"
+    let hooks =
+        { RunHooks.none with
+            AfterTask = OnnxCommands.afterTask exporter
+            Checkpoint = checkpoint
+            CheckpointEvery = checkpointEvery
+            StopRequested = fun () -> signals.Requested }
+    let finished =
+        try Report.withProgress quiet (fun onEvent -> Learner.learnUntil { hooks with OnEvent = onEvent } CancellationToken.None section.LastTask learner)
+        with
+        | RunStopped(task, step) ->
+            if learner.OwnsBenchmark then Benchmarks.dispose learner.Benchmark
+            Console.Out.Flush()
+            eprintfn "stopped by %s in task %d after step %d: the learner is saved in %s; continue with: continual resume %s" signals.Name (task + 1) step file out
+            raise (Stopped signals.ExitCode)
+        | _ ->
+            if learner.OwnsBenchmark then Benchmarks.dispose learner.Benchmark
+            reraise ()
+    try
+        let result = Learner.result (section.WallSeconds + clock.Elapsed.TotalSeconds) finished
+        Report.printResult result
+        OnnxCommands.printSummary exporter result
+        Results.write out result (OnnxCommands.resultsSection exporter result)
+        AnsiConsole.MarkupLine(
+            "wrote {0}, {1} and {2} ({3} of {4} tasks learned)",
+            Markup.Escape(Path.Combine(out, "results.json")), Markup.Escape(Path.Combine(out, "results.csv")), Markup.Escape file,
+            finished.TasksLearned, finished.TaskCount)
+        0
+    finally
+        Learner.dispose finished
+
 let private runCommand (results: ParseResults<RunArgs>) =
     let args = GivenOptions.ofResults (results.GetAllResults())
     let config = configOf args None None
     refuseInapplicable args config
     check config
     let out = GivenOptions.get "out" (defaultOut config) args
+    let every = GivenOptions.get "checkpoint-every" 0 args
+    if every < 0 then raise (UsageProblem [ sprintf "--checkpoint-every must be positive (got %d)" every ])
+    let lastTask =
+        match GivenOptions.tryGet<string> "tasks" args with
+        | Some text ->
+            let first, last = taskRange text
+            if first <> 0 then
+                raise (UsageProblem [ sprintf "--tasks %s: a run starts at task 1; continue a saved run with `continual learn --from RUN_DIR --tasks %s`" text text ])
+            Some last
+        | None -> None
     AnsiConsole.MarkupLine(
         "[bold]{0}[/] on [bold]{1}[/]  buffer {2}  lr {3}  seed {4}  ->  {5}",
         Markup.Escape(Config.methodName config), Markup.Escape config.Data.Benchmark, Config.bufferSize config, config.Run.LearningRate, config.Run.Seed, Markup.Escape out)
-    let onnx = OnnxCommands.exporter (GivenOptions.contains "no-onnx" args) config out
-    let result = runOnce config (GivenOptions.contains "quiet" args) (OnnxCommands.afterTask onnx)
-    Report.printResult result
-    OnnxCommands.printSummary onnx result
-    Results.write out result (OnnxCommands.resultsSection onnx result)
-    AnsiConsole.MarkupLine("wrote {0} and {1} ({2:0.0} s)", Markup.Escape(Path.Combine(out, "results.json")), Markup.Escape(Path.Combine(out, "results.csv")), result.WallSeconds)
-    0
+    let clock = Diagnostics.Stopwatch.StartNew()
+    let learner = Learner.create config
+    match lastTask with
+    | Some last when last >= learner.TaskCount ->
+        Learner.dispose learner
+        raise (UsageProblem [ sprintf "--tasks: %s has %d tasks" config.Data.Benchmark learner.TaskCount ])
+    | _ -> ()
+    learnInto out { Onnx = not (GivenOptions.contains "no-onnx" args); LastTask = lastTask; WallSeconds = 0.0 } every (GivenOptions.contains "quiet" args) clock learner
+
+/// The learner file of a run folder (or the file itself).
+let private learnerFile (path: string) =
+    if File.Exists path then path else Path.Combine(path, Learner.FileName)
+
+/// The options given to resume or learn that contradict the saved configuration, each with the saved value.
+let private contradictions (given: GivenOptions) (saved: Config) : string list =
+    let text (v: obj) =
+        match v with
+        | :? float as f -> f.ToString("R", Globalization.CultureInfo.InvariantCulture)
+        // A flag's value is unit, boxed as null.
+        | null -> "true"
+        | v -> string v
+    let optional (v: 'T option) = match v with Some x -> box x | None -> box "none"
+    [ for KeyValue(name, value) in given.Values do
+          let savedValue =
+              match name with
+              | "strategy" -> Some(box (Config.methodName saved))
+              | "buffer" -> Some(box (Config.bufferSize saved))
+              | "seed" -> Some(box saved.Run.Seed)
+              | "lr" -> Some(box saved.Run.LearningRate)
+              | "batch-size" -> Some(box saved.Run.BatchSize)
+              | "epochs" -> Some(box saved.Run.Epochs)
+              | "weight-decay" -> Some(box saved.Run.WeightDecay)
+              | "device" -> Some(box saved.Run.Device)
+              | "threads" -> Some(box saved.Run.Threads)
+              | "clip-grad" -> Some(optional saved.Run.ClipGrad)
+              | "benchmark" -> Some(box saved.Data.Benchmark)
+              | "data" -> Some(box saved.Data.Folder)
+              | "train-per-class" -> Some(optional saved.Data.TrainPerClass)
+              | "test-per-class" -> Some(optional saved.Data.TestPerClass)
+              | "backbone" -> Some(box saved.Backbone)
+              | "penalty" -> Some(optional (Config.penaltyName saved))
+              | "distill" -> Some(box (match saved.Distillation with [] -> "none" | ts -> ts |> List.map (fun t -> Methods.DistillationKind.name t.Kind) |> String.concat ","))
+              | _ -> None
+          let same (a: string) (b: string) =
+              a.Trim().ToLowerInvariant() = b.Trim().ToLowerInvariant()
+              || (name = "data" && Path.GetFullPath a = Path.GetFullPath b)
+          match savedValue with
+          | Some v when same (text value) (text v) -> ()
+          | Some v -> yield sprintf "--%s %s contradicts the saved configuration (%s)" name (text value) (text v)
+          | None ->
+              match Experiment.setOption name (text value) saved with
+              | Some(Ok c) when c = saved -> ()
+              | Some(Ok _) -> yield sprintf "--%s %s contradicts the saved configuration" name (text value)
+              | Some(Error e) -> yield sprintf "--%s: %s" name e
+              | None -> yield sprintf "--%s does not apply to the saved configuration" name ]
+
+/// Reads a run folder's learner file and checks it against the options given with it, before any work.
+let private readSaved (folder: string) (options: string list) : Learner.SavedLearner =
+    let file = learnerFile folder
+    let saved =
+        try Learner.read file
+        with LearnerFileError(path, reason) -> raise (LearnerProblem(sprintf "%s: %s (nothing was changed)" path reason))
+    let given =
+        try
+            let parser = ArgumentParser.Create<SavedRunArgs>(programName = "continual")
+            GivenOptions.ofResults ((parser.ParseCommandLine(Array.ofList options, raiseOnUsage = true)).GetAllResults())
+        with e ->
+            Learner.discard saved
+            raise e
+    match contradictions given saved.Config with
+    | [] ->
+        try check saved.Config
+        with e ->
+            Learner.discard saved
+            raise e
+        saved
+    | problems ->
+        Learner.discard saved
+        raise (LearnerProblem(sprintf "%s: %s (nothing was changed)" file (String.concat "; " problems)))
+
+/// Restores a checked learner file with its benchmark (which the learner owns).
+let private restore (saved: Learner.SavedLearner) : Learner =
+    try
+        let benchmark = Experiment.loadBenchmark saved.Config
+        try { Learner.restoreOn benchmark saved with OwnsBenchmark = true }
+        with
+        | LearnerFileError(path, reason) ->
+            Benchmarks.dispose benchmark
+            raise (LearnerProblem(sprintf "%s: %s (nothing was changed)" path reason))
+        | _ ->
+            Benchmarks.dispose benchmark
+            reraise ()
+    finally
+        Learner.discard saved
+
+/// The next task a learner learns (0-based): the one it stopped inside, or the one after those it learned.
+let private nextTask (learner: Learner) =
+    match learner.Point.Position with
+    | Some p -> p.Task
+    | None -> learner.TasksLearned
+
+let private checkpointEvery (value: int option) =
+    match value with
+    | Some n when n < 0 -> raise (UsageProblem [ sprintf "--checkpoint-every must be positive (got %d)" n ])
+    | Some n -> n
+    | None -> 0
+
+let private resumeCommand (results: ParseResults<ResumeArgs>) =
+    let folder = results.GetResult ResumeArgs.Run_Folder
+    let every = checkpointEvery (results.TryGetResult ResumeArgs.Checkpoint_Every)
+    let saved = readSaved folder (results.GetResults ResumeArgs.Saved)
+    let out = Path.GetDirectoryName(Path.GetFullPath saved.Path)
+    let clock = Diagnostics.Stopwatch.StartNew()
+    let learner = restore saved
+    let section = cliSection learner
+    let next = nextTask learner
+    let last = defaultArg section.LastTask (learner.TaskCount - 1)
+    if next > last then
+        Learner.dispose learner
+        AnsiConsole.MarkupLine("{0}: the run has learned tasks 1-{1} as it was asked; nothing to resume (add tasks with continual learn --from)", Markup.Escape saved.Path, last + 1)
+        0
+    else
+        AnsiConsole.MarkupLine(
+            "resuming [bold]{0}[/] on [bold]{1}[/] from {2}: task {3} of {4}, after step {5} of the run",
+            Markup.Escape(Config.methodName learner.Config), Markup.Escape learner.Config.Data.Benchmark, Markup.Escape saved.Path,
+            next + 1, learner.TaskCount, learner.Point.State.StepsTaken)
+        learnInto out section every (results.Contains ResumeArgs.Quiet) clock learner
+
+let private learnCommand (results: ParseResults<LearnArgs>) =
+    let folder = results.GetResult LearnArgs.From
+    let every = checkpointEvery (results.TryGetResult LearnArgs.Checkpoint_Every)
+    let range = results.TryGetResult LearnArgs.Tasks |> Option.map (fun t -> t, taskRange t)
+    let saved = readSaved folder (results.GetResults LearnArgs.Saved)
+    let out = Path.GetDirectoryName(Path.GetFullPath saved.Path)
+    let clock = Diagnostics.Stopwatch.StartNew()
+    let learner = restore saved
+    let next = nextTask learner
+    let last =
+        match range with
+        | Some(text, (first, _)) when first <> next ->
+            Learner.dispose learner
+            let learned = if next = 0 then "has learned no task" else sprintf "has learned tasks 1-%d" next
+            raise (LearnerProblem(sprintf "%s %s; the next task is %d, not %d (--tasks %s)" saved.Path learned (next + 1) (first + 1) text))
+        | Some(text, (_, last)) when last >= learner.TaskCount ->
+            Learner.dispose learner
+            raise (LearnerProblem(sprintf "--tasks %s: %s has %d tasks" text learner.Benchmark.Name learner.TaskCount))
+        | Some(_, (_, last)) -> last
+        | None -> learner.TaskCount - 1
+    if next > last then
+        Learner.dispose learner
+        AnsiConsole.MarkupLine("{0}: every task of {1} is learned; nothing to learn", Markup.Escape saved.Path, Markup.Escape learner.Benchmark.Name)
+        0
+    else
+        AnsiConsole.MarkupLine(
+            "[bold]{0}[/] learns tasks {1}-{2} of {3} from {4}",
+            Markup.Escape(Config.methodName learner.Config), next + 1, last + 1, learner.TaskCount, Markup.Escape saved.Path)
+        learnInto out { cliSection learner with LastTask = Some last } every (results.Contains LearnArgs.Quiet) clock learner
 
 /// `bench --distill all`: one run of plain SGD, of the strategy, and of the strategy plus each
 /// distillation term, with the training cost per step of each.
@@ -349,6 +618,8 @@ let run (argv: string[]) : int =
         let parsed = parser.ParseCommandLine(argv, raiseOnUsage = true)
         match parsed.GetSubCommand() with
         | Run args -> runCommand args
+        | Resume args -> resumeCommand args
+        | Learn args -> learnCommand args
         | Bench args -> benchCommand args
         | Compare args -> compareCommand args
         | Bench_Penalties results ->
@@ -380,6 +651,10 @@ let run (argv: string[]) : int =
     | OnnxCommands.OnnxFailure message ->
         Report.error message
         1
+    | LearnerProblem message ->
+        Report.error message
+        1
+    | Stopped code -> code
 
 [<EntryPoint>]
 let main argv = run argv

@@ -29,7 +29,7 @@ exception TrainingDiverged of task: int * step: int * loss: float32
 
 /// What the shell reports while it works.
 type TrainingEvent =
-    /// A run begins: it trains this many units (the benchmark's tasks, or one for JOINT).
+    /// A run begins (or resumes): its stream has this many units (the benchmark's tasks, or one for JOINT).
     | RunStarted of tasks: int
     | TaskStarted of task: int * steps: int
     | StepsCompleted of task: int * completed: int * steps: int * meanLoss: float
@@ -546,7 +546,7 @@ module Training =
             let clock = Stopwatch.StartNew()
             hooks.Checkpoint reason point
             record <- { record with CheckpointSeconds = record.CheckpointSeconds + clock.Elapsed.TotalSeconds }
-        hooks.OnEvent(RunStarted pending.Length)
+        hooks.OnEvent(RunStarted (units strategy benchmark).Length)
         try
             for (taskIndex, classes, ownsData) in pending do
                 let resumeAt = start.Position |> Option.filter (fun p -> p.Task = taskIndex)

@@ -224,6 +224,56 @@ module TaskExporter =
         w.WriteNumber("shareOfWallTime", round (if wallSeconds > 0.0 then hookSeconds / wallSeconds else 0.0))
         w.WriteEndObject()
 
+/// A task's verification figures as JSON and back (a learner file keeps those of the tasks exported so
+/// far, so that a resumed run reports every task).
+[<RequireQualifiedAccess>]
+module TaskVerification =
+
+    open System.Text.Json.Nodes
+
+    let private ints (values: int[]) = JsonArray([| for v in values -> JsonValue.Create v :> JsonNode |])
+    let private intsOf (node: JsonNode) = node.AsArray() |> Seq.map (fun v -> v.GetValue<int>()) |> Array.ofSeq
+
+    /// The figures as a JSON object.
+    let toJson (r: TaskVerification) : JsonNode =
+        let o = JsonObject()
+        o.["task"] <- JsonValue.Create r.Task
+        o.["file"] <- JsonValue.Create r.File
+        o.["bytes"] <- JsonValue.Create r.Bytes
+        o.["sha256"] <- JsonValue.Create r.Sha256
+        o.["provider"] <- JsonValue.Create r.Provider
+        o.["parameters"] <- JsonValue.Create r.ParameterCount
+        o.["comparedImages"] <- JsonValue.Create r.ComparedImages
+        o.["maxAbsDifference"] <- JsonValue.Create r.MaxAbsDifference
+        o.["testExamples"] <- ints r.TestExamples
+        o.["torchClassIlCorrect"] <- ints r.TorchClassIlCorrect
+        o.["torchTaskIlCorrect"] <- ints r.TorchTaskIlCorrect
+        o.["onnxClassIlCorrect"] <- ints r.OnnxClassIlCorrect
+        o.["onnxTaskIlCorrect"] <- ints r.OnnxTaskIlCorrect
+        o.["exportSeconds"] <- JsonValue.Create r.ExportSeconds
+        o.["verifySeconds"] <- JsonValue.Create r.VerifySeconds
+        o.["writeSeconds"] <- JsonValue.Create r.WriteSeconds
+        o
+
+    /// The figures read back from `toJson`'s object.
+    let ofJson (o: JsonNode) : TaskVerification =
+        { Task = o.["task"].GetValue<int>()
+          File = o.["file"].GetValue<string>()
+          Bytes = o.["bytes"].GetValue<int64>()
+          Sha256 = o.["sha256"].GetValue<string>()
+          Provider = o.["provider"].GetValue<string>()
+          ParameterCount = o.["parameters"].GetValue<int64>()
+          ComparedImages = o.["comparedImages"].GetValue<int>()
+          MaxAbsDifference = o.["maxAbsDifference"].GetValue<float>()
+          TestExamples = intsOf o.["testExamples"]
+          TorchClassIlCorrect = intsOf o.["torchClassIlCorrect"]
+          TorchTaskIlCorrect = intsOf o.["torchTaskIlCorrect"]
+          OnnxClassIlCorrect = intsOf o.["onnxClassIlCorrect"]
+          OnnxTaskIlCorrect = intsOf o.["onnxTaskIlCorrect"]
+          ExportSeconds = o.["exportSeconds"].GetValue<float>()
+          VerifySeconds = o.["verifySeconds"].GetValue<float>()
+          WriteSeconds = o.["writeSeconds"].GetValue<float>() }
+
 /// Warming up the export and verification path.
 [<RequireQualifiedAccess>]
 module WarmUp =
@@ -254,12 +304,14 @@ module WarmUp =
 
 /// Exports and verifies a run's model after every task (the after-task hook of `continual run`),
 /// keeping each task's figures for results.json.
-type RunExporter(settings: ExportSettings) =
-    let reports = ResizeArray<TaskVerification>()
+type RunExporter(settings: ExportSettings, previous: TaskVerification list) =
+    let reports = ResizeArray<TaskVerification>(previous)
     let cache = Collections.Generic.Dictionary<int, float32[]>()
     // ONNX Runtime's start-up (environment, CUDA probe, first session) overlaps the first task's
     // training on another thread; failures here resurface, with their message, in the real load.
     let warmUp = Threading.Tasks.Task.Run(fun () -> try WarmUp.exportPath settings.Provider with _ -> ())
+    /// An exporter of a run from its first task.
+    new(settings: ExportSettings) = RunExporter(settings, [])
     /// The settings in use.
     member _.Settings = settings
     /// The figures of every task exported so far.
