@@ -220,11 +220,13 @@ let private learnInto (out: string) (section: CliSection) (checkpointEvery: int)
         try Report.withProgress quiet (fun onEvent -> Learner.learnUntil { hooks with OnEvent = onEvent } CancellationToken.None section.LastTask learner)
         with
         | RunStopped(task, step) ->
+            exporter |> Option.iter (fun e -> e.Finish())
             if learner.OwnsBenchmark then Benchmarks.dispose learner.Benchmark
             Console.Out.Flush()
             eprintfn "stopped by %s in task %d after step %d: the learner is saved in %s; continue with: continual resume %s" signals.Name (task + 1) step file out
             raise (Stopped signals.ExitCode)
         | _ ->
+            exporter |> Option.iter (fun e -> e.Finish())
             if learner.OwnsBenchmark then Benchmarks.dispose learner.Benchmark
             reraise ()
     try
@@ -238,6 +240,7 @@ let private learnInto (out: string) (section: CliSection) (checkpointEvery: int)
             finished.TasksLearned, finished.TaskCount)
         0
     finally
+        exporter |> Option.iter (fun e -> e.Finish())
         Learner.dispose finished
 
 let private runCommand (results: ParseResults<RunArgs>) =
@@ -377,15 +380,14 @@ let private resumeCommand (results: ParseResults<ResumeArgs>) =
     let next = nextTask learner
     let last = defaultArg section.LastTask (learner.TaskCount - 1)
     if next > last then
-        Learner.dispose learner
-        AnsiConsole.MarkupLine("{0}: the run has learned tasks 1-{1} as it was asked; nothing to resume (add tasks with continual learn --from)", Markup.Escape saved.Path, last + 1)
-        0
+        // Killed after its last checkpoint but before its results: they are written again.
+        AnsiConsole.MarkupLine("{0}: the run has learned tasks 1-{1} as it was asked; writing its results", Markup.Escape saved.Path, last + 1)
     else
         AnsiConsole.MarkupLine(
             "resuming [bold]{0}[/] on [bold]{1}[/] from {2}: task {3} of {4}, after step {5} of the run",
             Markup.Escape(Config.methodName learner.Config), Markup.Escape learner.Config.Data.Benchmark, Markup.Escape saved.Path,
             next + 1, learner.TaskCount, learner.Point.State.StepsTaken)
-        learnInto out section every (results.Contains ResumeArgs.Quiet) clock learner
+    learnInto out section every (results.Contains ResumeArgs.Quiet) clock learner
 
 let private learnCommand (results: ParseResults<LearnArgs>) =
     let folder = results.GetResult LearnArgs.From

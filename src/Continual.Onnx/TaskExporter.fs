@@ -327,6 +327,8 @@ type RunExporter(settings: ExportSettings, previous: TaskVerification list) =
                 cache.[i] <- a
                 a
         reports.Add(TaskExporter.exportTask settings testArray after)
+    /// Waits for the background warm-up to end: a process must not exit while it runs in native code.
+    member _.Finish() = try warmUp.Wait() with _ -> ()
     /// Writes the "onnx" section of results.json (hook and wall seconds come from the run's outcome).
     member _.WriteJson(w: Text.Json.Utf8JsonWriter, hookSeconds: float, wallSeconds: float) =
         TaskExporter.writeJson w settings (List.ofSeq reports) hookSeconds wallSeconds
