@@ -477,36 +477,61 @@ let private benchCommand (results: ParseResults<BenchArgs>) =
     let repeat = GivenOptions.get "repeat" 1 args
     if repeat <= 0 then raise (UsageProblem [ sprintf "--repeat must be positive (got %d)" repeat ])
     let table = Table(Title = TableTitle(sprintf "%s on %s, buffer %d" (Config.methodName config) config.Data.Benchmark (Config.bufferSize config)))
-    for c in [ "run"; "wall s (load+train+eval)"; "train s"; "eval s"; "steps"; "steps/s"; "peak memory MiB"; "class-il"; "task-il" ] do
+    for c in [ "run"; "wall s (load+train+eval+checkpoints)"; "train s"; "eval s"; "checkpoint s"; "checkpoints % of wall"; "load s"; "file MiB"; "steps"; "steps/s"; "peak memory MiB"; "class-il"; "task-il" ] do
         table.AddColumn(c) |> ignore
+    // Checkpoints after every task, as `run` writes them, into a scratch folder (or --out).
+    let folder = match GivenOptions.tryGet<string> "out" args with Some out -> out | None -> Path.Combine(Path.GetTempPath(), "continual-bench-" + Guid.NewGuid().ToString "N")
+    let file = Path.Combine(folder, Learner.FileName)
     let rows =
-        [ for r in 1 .. repeat ->
-            let result = runOnce config true ignore
-            let o = result.Outcome
-            use me = Diagnostics.Process.GetCurrentProcess()
-            let peak = float me.PeakWorkingSet64 / 1048576.0
-            let row = [ string r
-                        sprintf "%.2f" result.WallSeconds
-                        sprintf "%.2f" o.TrainSeconds
-                        sprintf "%.2f" o.EvalSeconds
-                        string o.Steps
-                        sprintf "%.0f" (float o.Steps / o.TrainSeconds)
-                        sprintf "%.0f" peak
-                        sprintf "%.2f" (Metrics.averageAccuracy o.ClassIl)
-                        sprintf "%.2f" (Metrics.averageAccuracy o.TaskIl) ]
-            table.AddRow(Array.ofList row) |> ignore
-            result, peak ]
+        try
+            [ for r in 1 .. repeat ->
+                let clock = Diagnostics.Stopwatch.StartNew()
+                let learner = Learner.create config
+                let checkpoint _ point = Learner.saveAt file point learner
+                let finished = Report.withProgress true (fun onEvent -> Learner.learnUntil { RunHooks.none with OnEvent = onEvent; Checkpoint = checkpoint } CancellationToken.None None learner)
+                let result = Learner.result clock.Elapsed.TotalSeconds finished
+                // Loading the last checkpoint on the loaded data: what `resume` and `learn` pay besides the data.
+                let loadClock = Diagnostics.Stopwatch.StartNew()
+                let loaded = Learner.loadOn finished.Benchmark file
+                let loadSeconds = loadClock.Elapsed.TotalSeconds
+                Training.dispose loaded.Point.State
+                Learner.dispose finished
+                let o = result.Outcome
+                use me = Diagnostics.Process.GetCurrentProcess()
+                let peak = float me.PeakWorkingSet64 / 1048576.0
+                let megabytes = float (FileInfo(file).Length) / 1048576.0
+                let row = [ string r
+                            sprintf "%.2f" result.WallSeconds
+                            sprintf "%.2f" o.TrainSeconds
+                            sprintf "%.2f" o.EvalSeconds
+                            sprintf "%.3f" o.CheckpointSeconds
+                            sprintf "%.2f" (100.0 * o.CheckpointSeconds / result.WallSeconds)
+                            sprintf "%.3f" loadSeconds
+                            sprintf "%.1f" megabytes
+                            string o.Steps
+                            sprintf "%.0f" (float o.Steps / o.TrainSeconds)
+                            sprintf "%.0f" peak
+                            sprintf "%.2f" (Metrics.averageAccuracy o.ClassIl)
+                            sprintf "%.2f" (Metrics.averageAccuracy o.TaskIl) ]
+                table.AddRow(Array.ofList row) |> ignore
+                result, peak, loadSeconds, megabytes ]
+        finally
+            if not (GivenOptions.contains "out" args) then (try Directory.Delete(folder, true) with _ -> ())
     AnsiConsole.Write table
     match GivenOptions.tryGet<string> "out" args with
     | Some out ->
         let json =
             Json.toBytes (fun w ->
                 w.WriteStartArray()
-                for (r, peak) in rows do
+                for (r, peak, loadSeconds, megabytes) in rows do
                     w.WriteStartObject()
                     w.WriteNumber("wallSeconds", Json.fixedPoint 3 r.WallSeconds)
                     w.WriteNumber("trainSeconds", Json.fixedPoint 3 r.Outcome.TrainSeconds)
                     w.WriteNumber("evalSeconds", Json.fixedPoint 3 r.Outcome.EvalSeconds)
+                    w.WriteNumber("checkpointSeconds", Json.fixedPoint 3 r.Outcome.CheckpointSeconds)
+                    w.WriteNumber("checkpointShareOfWall", Json.fixedPoint 4 (r.Outcome.CheckpointSeconds / r.WallSeconds))
+                    w.WriteNumber("checkpointLoadSeconds", Json.fixedPoint 3 loadSeconds)
+                    w.WriteNumber("checkpointMiB", Json.fixedPoint 2 megabytes)
                     w.WriteNumber("steps", r.Outcome.Steps)
                     w.WriteNumber("peakMemoryMiB", Json.fixedPoint 0 peak)
                     w.WriteEndObject()
