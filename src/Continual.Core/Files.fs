@@ -42,35 +42,44 @@ module Files =
 
 /// Fault injection for crash tests: with CONTINUAL_KILL_AT=MOMENT:N in the environment, the process
 /// kills itself with SIGKILL the N-th time it reaches MOMENT (e.g. `step:37`, the run's 37th step;
-/// `task-end:2`, right after task 2's checkpoint; `checkpoint-write:3`, halfway through writing the
-/// 3rd checkpoint; `checkpoint-rename:3`, after writing it and before the rename). Without the variable
-/// it does nothing.
+/// `task-end:2`, right after the 2nd task-end checkpoint of the process; `checkpoint-write:3`, halfway
+/// through writing the 3rd checkpoint; `checkpoint-rename:3`, after writing it and before the rename).
+/// MOMENT:N:INT or MOMENT:N:TERM sends SIGINT or SIGTERM instead, through the process's own handlers.
+/// Without the variable it does nothing.
 [<RequireQualifiedAccess>]
 module Faults =
+
+    [<Runtime.InteropServices.DllImport("libc", EntryPoint = "kill", SetLastError = true)>]
+    extern int private sendSignal(int pid, int signal)
 
     let private target =
         match Environment.GetEnvironmentVariable "CONTINUAL_KILL_AT" with
         | null | "" -> None
         | spec ->
-            match spec.Split ':' with
-            | [| moment; count |] ->
-                match Int64.TryParse count with
-                | true, n -> Some(moment.Trim(), n)
+            let parts = spec.Split ':'
+            let signal = if parts.Length = 3 then parts.[2].Trim().ToUpperInvariant() else "KILL"
+            if parts.Length < 2 || parts.Length > 3 then None
+            else
+                match Int64.TryParse parts.[1] with
+                | true, n -> Some(parts.[0].Trim(), n, signal)
                 | _ -> None
-            | _ -> None
 
     let private counts = Collections.Generic.Dictionary<string, int64>()
 
     /// True when fault injection is on (a cheap check for hot paths).
     let enabled = target.IsSome
 
-    /// Marks a moment by its own count: the process dies when it is the one asked for.
+    /// Marks a moment by its own count: the process is signalled when it is the one asked for.
     let reached (moment: string) (count: int64) =
         match target with
-        | Some(m, n) when m = moment && n = count ->
+        | Some(m, n, signal) when m = moment && n = count ->
             Console.Out.Flush()
-            Diagnostics.Process.GetCurrentProcess().Kill()
-            Threading.Thread.Sleep Threading.Timeout.Infinite
+            match signal with
+            | "INT" -> sendSignal (Environment.ProcessId, 2) |> ignore
+            | "TERM" -> sendSignal (Environment.ProcessId, 15) |> ignore
+            | _ ->
+                Diagnostics.Process.GetCurrentProcess().Kill()
+                Threading.Thread.Sleep Threading.Timeout.Infinite
         | _ -> ()
 
     /// Marks a moment counted per process (1 the first time).
@@ -79,4 +88,3 @@ module Faults =
             let n = (match counts.TryGetValue moment with | true, c -> c | _ -> 0L) + 1L
             counts.[moment] <- n
             reached moment n
-

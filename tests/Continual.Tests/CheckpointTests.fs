@@ -60,7 +60,7 @@ let private expectCode (label: string) (expected: int) (code: int, output: strin
 [<Tests>]
 let tests =
     testSequenced <| testList "checkpoints" [
-        testCase "runs killed with SIGKILL at seven moments and resumed each time end as an uninterrupted run; --tasks 1-3 then learn --tasks 4-5 too" <| fun () ->
+        testCase "runs killed with SIGKILL at seven moments, or stopped by SIGINT and SIGTERM, and resumed each time end as an uninterrupted run; --tasks 1-3 then learn --tasks 4-5 too" <| fun () ->
             if not (hasFashionMnist ()) then skiptest "Fashion-MNIST is not installed"
             use tmp = new TempFolder()
             for (label, options) in methods do
@@ -91,6 +91,15 @@ let tests =
                 execute resume [] |> expectCode (label + ", the last resume") 0
                 Expect.isEmpty (Directory.GetFiles(crashed, "*.tmp")) (label + ": no temporary file is left")
                 expectSameRun (label + " (killed and resumed)") whole crashed
+                // SIGINT and SIGTERM, sent by the process to itself at a step: a checkpoint, exit 130 and 143.
+                let stopped = folder "stopped"
+                let code, _, errors = execute ([ "run" ] @ options @ data @ [ "--out"; stopped ]) (killAt "step:30:INT")
+                Expect.equal code 130 (sprintf "%s: SIGINT's exit code (%s)" label errors)
+                Expect.stringContains errors (sprintf "continual resume %s" stopped) (label + ": says how to resume")
+                let code, _, errors = execute [ "resume"; stopped; "--quiet" ] (killAt "step:75:TERM")
+                Expect.equal code 143 (sprintf "%s: SIGTERM's exit code (%s)" label errors)
+                execute [ "resume"; stopped; "--quiet" ] [] |> expectCode (label + ", resumed after the signals") 0
+                expectSameRun (label + " (stopped by SIGINT and SIGTERM, resumed)") whole stopped
                 // Stop after task 3, continue in a new process.
                 let later = folder "later"
                 execute ([ "run" ] @ options @ data @ [ "--tasks"; "1-3"; "--out"; later ]) [] |> expectCode (label + ", tasks 1-3") 0
