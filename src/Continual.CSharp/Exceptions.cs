@@ -34,3 +34,39 @@ public sealed class ContinualDataException : IOException
     /// <summary>What is wrong with it.</summary>
     public string Reason { get; }
 }
+
+/// <summary>
+/// A learner file that cannot be used by <see cref="Learner.LoadAsync"/>: missing, truncated or corrupted
+/// (its checksum does not match), of another format or version, or saved with a configuration or benchmark
+/// this build cannot rebuild. The message names the file and the problem.
+/// </summary>
+public sealed class LearnerFileException : IOException
+{
+    /// <summary>An exception about one learner file.</summary>
+    public LearnerFileException(string path, string reason, Exception? innerException = null)
+        : base($"{path}: {reason}", innerException)
+    {
+        Path = path;
+        Reason = reason;
+    }
+
+    /// <summary>The learner file at fault.</summary>
+    public string Path { get; }
+
+    /// <summary>What is wrong with it.</summary>
+    public string Reason { get; }
+}
+
+/// <summary>
+/// A model that could not be exported to ONNX, or whose export does not reproduce it under ONNX Runtime
+/// (see <see cref="Learner.ExportOnnx"/>); the message says which check failed and by how much. Nothing was
+/// written.
+/// </summary>
+public sealed class OnnxExportException : Exception
+{
+    /// <summary>An exception with the failed check's description.</summary>
+    public OnnxExportException(string message, Exception? innerException = null)
+        : base(message, innerException)
+    {
+    }
+}

@@ -322,10 +322,8 @@ public sealed class ExperimentBuilder
     /// <exception cref="OperationCanceledException">The token was cancelled.</exception>
     public ExperimentResult Run(IProgress<TrainingProgress>? progress = null, CancellationToken cancellationToken = default)
     {
-        var errors = Validate();
-        if (errors.Count > 0) throw new ExperimentValidationException(errors);
+        var config = ValidConfig();
         cancellationToken.ThrowIfCancellationRequested();
-        var config = Build().Config;
         var events = new ProgressTranslator(progress);
         var hooks = global::Continual.RunHooksModule.events(FuncConvert.FromAction<global::Continual.TrainingEvent>(events.OnEvent));
         global::Continual.ExperimentResult result;
@@ -346,6 +344,23 @@ public sealed class ExperimentBuilder
     /// </summary>
     public Task<ExperimentResult> RunAsync(IProgress<TrainingProgress>? progress = null, CancellationToken cancellationToken = default) =>
         Task.Run(() => Run(progress, cancellationToken), cancellationToken);
+
+    /// <summary>
+    /// Creates a <see cref="Learner"/> for this configuration: validates it, loads the benchmark and builds
+    /// the untrained model, ready to learn the stream task by task (see <see cref="Learner.Create"/>).
+    /// </summary>
+    /// <exception cref="ExperimentValidationException">The configuration is not valid (nothing was loaded).</exception>
+    /// <exception cref="ContinualDataException">A data file is missing or unreadable.</exception>
+    public Learner CreateLearner() => Learner.Create(this);
+
+    /// <summary>The validated configuration (the core's type); throws when <see cref="Validate"/> finds problems.</summary>
+    /// <exception cref="ExperimentValidationException">The configuration is not valid.</exception>
+    internal CoreConfig ValidConfig()
+    {
+        var errors = Validate();
+        if (errors.Count > 0) throw new ExperimentValidationException(errors);
+        return Build().Config;
+    }
 
     /// <summary>The configuration's canonical JSON (see <see cref="ExperimentSettings.ToString"/>), or its problems when it names something unknown.</summary>
     public override string ToString()
@@ -575,7 +590,7 @@ public sealed class ExperimentBuilder
         new(config.Run, config.Data, config.Backbone, method ?? config.Method, penalty ?? config.Penalty, distillation ?? config.Distillation);
 
     /// <summary>Turns the core's events into <see cref="TrainingProgress"/> reports.</summary>
-    private sealed class ProgressTranslator(IProgress<TrainingProgress>? progress)
+    internal sealed class ProgressTranslator(IProgress<TrainingProgress>? progress)
     {
         private readonly Dictionary<int, int> _steps = [];
 

@@ -22,14 +22,8 @@ let (|OnnxFailure|_|) (e: exn) =
     | ModelLoadError _ -> Some e.Message
     | _ -> None
 
-/// What the exporter records of a run: the one place where a configuration becomes a run identity,
-/// so that the exporter does not depend on the configuration's type.
-let runIdentity (config: Config) : RunIdentity =
-    { Strategy = Config.methodName config
-      Benchmark = config.Data.Benchmark
-      ConfigHash = Config.hash config
-      TestPerClass = config.Data.TestPerClass
-      Joint = (config.Method = MethodConfig.Joint) }
+/// What the exporter records of a run (see LearnerExport.runIdentity).
+let runIdentity (config: Config) : RunIdentity = LearnerExport.runIdentity config
 
 /// The exporter of a run (export and verify after every task into the --out folder), None with --no-onnx.
 let exporter (noOnnx: bool) (config: Config) (out: string) : RunExporter option =

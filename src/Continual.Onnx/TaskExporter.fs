@@ -103,15 +103,16 @@ module TaskExporter =
           TaskIlCorrect = Array.map2 count after.Accuracies.TaskIl testExamples }
 
     /// Exports the model after a task, verifies it under ONNX Runtime and, only when every check
-    /// passes, writes task-<k>.onnx atomically into the settings' folder. The checks: structural
+    /// passes, writes it atomically to `path` (the settings' folder is not used). The checks: structural
     /// validity, strict loading, the exported parameter count equal to the model's, logits on the
     /// compared images within the tolerance of TorchSharp's eval-mode forward pass, and Class-IL and
     /// Task-IL accuracy on every task's whole test set equal to TorchSharp's. `testArrays` gives each
     /// task's test inputs as a row-major array (callers cache them across tasks).
     /// Raises VerificationFailed naming the failed check.
-    let exportTask (settings: ExportSettings) (testArrays: int -> float32[]) (after: AfterTask) : TaskVerification =
+    let exportTaskTo (settings: ExportSettings) (path: string) (testArrays: int -> float32[]) (after: AfterTask) : TaskVerification =
         let k = after.Task + 1
-        let fail reason = raise (VerificationFailed(sprintf "ONNX verification failed after task %d: %s; %s was not written" k reason (fileName k)))
+        let file = Path.GetFileName path
+        let fail reason = raise (VerificationFailed(sprintf "ONNX verification failed after task %d: %s; %s was not written" k reason file))
         let clock = Stopwatch.StartNew()
         let testExamples = after.TestSets |> List.map (fun (_, s) -> s.Count) |> Array.ofList
         let info = taskInfo settings after testExamples
@@ -159,10 +160,9 @@ module TaskExporter =
                               scenario (j + 1) torchCounts.[j] testExamples.[j] loaded.Provider onnx.[j])
             let verifySeconds = clock.Elapsed.TotalSeconds
             clock.Restart()
-            let path = Path.Combine(settings.Folder, fileName k)
             Files.writeAtomically path bytes
             { Task = k
-              File = fileName k
+              File = file
               Bytes = int64 bytes.Length
               Sha256 = sha256 bytes
               Provider = loaded.Provider
@@ -179,6 +179,11 @@ module TaskExporter =
               WriteSeconds = clock.Elapsed.TotalSeconds }
         finally
             for t in comparedRows do t.Dispose()
+
+    /// Exports the model after a task, verifies it and writes task-<k>.onnx into the settings' folder
+    /// (see `exportTaskTo`). Raises VerificationFailed naming the failed check.
+    let exportTask (settings: ExportSettings) (testArrays: int -> float32[]) (after: AfterTask) : TaskVerification =
+        exportTaskTo settings (Path.Combine(settings.Folder, fileName (after.Task + 1))) testArrays after
 
     /// Writes the "onnx" section of results.json: provider, format, tolerance, per-task figures and
     /// the time export and verification took, also as a share of the run's wall time.

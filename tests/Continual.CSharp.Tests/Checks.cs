@@ -42,6 +42,7 @@ internal static partial class Checks
         ("run: a distillation term and a backbone are set by name (WithOption)", DistillationByOption),
         ("run: WithPenalty adds an importance penalty with its method's defaults", PenaltyWithDefaults),
         .. TypedChecks,
+        .. LearnerChecks,
         ("cancel: a cancelled token stops the run within a step", CancellationStopsTheRun),
         ("cancel: an already cancelled token runs nothing", PreCancelledTokenRunsNothing),
         ("cancel: RunAsync observes cancellation", RunAsyncCancellation),
@@ -63,7 +64,7 @@ internal static partial class Checks
     {
         var types = typeof(ExperimentBuilder).Assembly.GetExportedTypes();
         // The typed settings are part of the surface the check covers.
-        foreach (var expected in TypedSurface)
+        foreach (var expected in TypedSurface.Concat(LearnerSurface))
             Assert.True(types.Contains(expected), $"{expected.Name} is not exported");
         var mentions = PublicSurface.FSharpMentions(types);
         Assert.True(mentions.Count == 0, "F# types in public signatures:\n" + string.Join("\n", mentions));

@@ -108,4 +108,45 @@ let tests =
                     Expect.equal resumed whole (sprintf "iCaRL's matrices, stopped at poll %d" stopAt)
             finally
                 Benchmarks.dispose benchmark
+
+        testCase "LearnerExport refuses a learner before its first task and inside a task, and writes a verified file after one" <| fun () ->
+            if not (hasFashionMnist ()) then skiptest "Fashion-MNIST is not installed"
+            use folder = new TempFolder()
+            let config = small "derpp" 50
+            let benchmark = Experiment.loadBenchmark config
+            try
+                let onnx = Path.Combine(folder.Path, "model.onnx")
+                let fresh = Learner.createOn benchmark config
+                Expect.throwsC (fun () -> Onnx.LearnerExport.export onnx fresh |> ignore) (fun e ->
+                    Expect.isTrue (e :? InvalidOperationException && e.Message.Contains "no task") e.Message)
+                Expect.isFalse (File.Exists onnx) "nothing written before a task"
+                // Stopped inside task 2 (poll 10: its third step): the model is no task's end model.
+                let file = Path.Combine(folder.Path, Learner.FileName)
+                let mutable polls = 0
+                let hooks =
+                    { RunHooks.none with
+                        Checkpoint = fun _ point -> Learner.saveAt file point fresh
+                        StopRequested = fun () -> polls <- polls + 1; polls = 10 }
+                Expect.throwsC (fun () -> Learner.learnUntil hooks CancellationToken.None None fresh |> ignore) (function
+                    | RunStopped _ -> ()
+                    | e -> raise e)
+                let inside = Learner.loadOn benchmark file
+                try
+                    Expect.throwsC (fun () -> Onnx.LearnerExport.export onnx inside |> ignore) (fun e ->
+                        Expect.isTrue (e :? InvalidOperationException && e.Message.Contains "inside task 2") e.Message)
+                    let learned = Learner.learnTask RunHooks.none CancellationToken.None inside
+                    let report = Onnx.LearnerExport.export onnx learned
+                    Expect.equal report.Task 2 "the file is task 2's model"
+                    Expect.equal report.File "model.onnx" "the chosen file"
+                    Expect.equal report.Bytes (FileInfo(onnx).Length) "its size"
+                    let _, _, info = Onnx.FileCheck.readFile onnx
+                    Expect.equal info.Task 2 "its metadata names task 2"
+                    Expect.equal info.ConfigHash (Config.hash config) "and the configuration"
+                    Expect.equal info.ClassesSeen [ 0 .. 3 ] "and the classes of tasks 1 and 2"
+                    Learner.dispose learned
+                with e ->
+                    Learner.dispose inside
+                    raise e
+            finally
+                Benchmarks.dispose benchmark
     ]

@@ -1,0 +1,494 @@
+using System.Collections.ObjectModel;
+using Microsoft.FSharp.Collections;
+using Microsoft.FSharp.Core;
+using CoreLearner = global::Continual.Learner;
+using CoreLearners = global::Continual.LearnerModule;
+
+namespace Continual.CSharp;
+
+/// <summary>
+/// A learner that outlives its process: a configuration, its benchmark, its whole training state and the
+/// accuracies measured so far. It learns the stream one task at a time (<see cref="LearnTaskAsync"/>), can be
+/// saved after any task (<see cref="SaveAsync"/>, one safetensors file written atomically) and loaded in another
+/// process (<see cref="LoadAsync"/>) to go on exactly where it stopped: the resumed run's accuracy matrices equal
+/// an uninterrupted run's.
+/// </summary>
+/// <remarks>
+/// <para>
+/// One operation at a time: a call made while another is running (for example <see cref="Evaluate"/> while
+/// <see cref="LearnTaskAsync"/> has not finished) throws <see cref="InvalidOperationException"/>. The properties
+/// may be read at any time; they show the learner as of its last finished operation.
+/// </para>
+/// <para>
+/// A <see cref="LearnTaskAsync"/> that fails or is cancelled part-way frees the training state (the core does so
+/// at once, so that a failed run holds no memory): the learner is then unusable, and every later operation
+/// throws <see cref="InvalidOperationException"/>; load the last saved file to go on.
+/// </para>
+/// <para>
+/// Model initialisation seeds libtorch's global generator and a loaded learner restores it, so learners
+/// trained at the same time in one process are not reproducible; learn with one at a time.
+/// </para>
+/// </remarks>
+/// <example>
+/// <code>
+/// using (var learner = new ExperimentBuilder().WithMethod(Methods.Derpp(buffer: 200)).CreateLearner())
+/// {
+///     await learner.LearnTaskAsync();
+///     await learner.LearnTaskAsync();
+///     await learner.SaveAsync("derpp.safetensors");
+/// }
+/// // later, in another process:
+/// using var resumed = await Learner.LoadAsync("derpp.safetensors");
+/// while (resumed.TasksLearned &lt; resumed.TaskCount) await resumed.LearnTaskAsync();
+/// </code>
+/// </example>
+public sealed class Learner : IDisposable
+{
+    /// <summary>The file name a run folder keeps its learner in (the command line's checkpoints use it).</summary>
+    public const string DefaultFileName = CoreLearners.FileName;
+
+    private readonly object _gate = new();
+    private volatile CoreLearner _learner;
+    private string? _running;
+    private bool _disposed;
+    private bool _freed;
+
+    // Set when a failed or cancelled LearnTaskAsync left the core's training state freed.
+    private string? _broken;
+
+    private Learner(CoreLearner learner)
+    {
+        _learner = learner;
+        Settings = new ExperimentSettings(learner.Config);
+        var benchmark = learner.Benchmark;
+        BenchmarkName = benchmark.Name;
+        Architecture = global::Continual.Models.Backbones.describe(learner.Architecture);
+        TaskClasses = Array.AsReadOnly(
+            SeqModule.ToArray(benchmark.Tasks)
+                .Select(t => (IReadOnlyList<int>)Array.AsReadOnly(ListModule.ToArray(t.Classes)))
+                .ToArray());
+    }
+
+    /// <summary>
+    /// Creates a learner for a configuration: validates it, loads the benchmark and builds the untrained model
+    /// (the same as <see cref="ExperimentBuilder.CreateLearner"/>).
+    /// </summary>
+    /// <exception cref="ExperimentValidationException">The configuration is not valid (nothing was loaded).</exception>
+    /// <exception cref="ContinualDataException">A data file is missing or unreadable.</exception>
+    public static Learner Create(ExperimentBuilder settings)
+    {
+        ArgumentNullException.ThrowIfNull(settings);
+        var config = settings.ValidConfig();
+        try
+        {
+            return new Learner(CoreLearners.create(config));
+        }
+        catch (global::Continual.Data.DataFileError e)
+        {
+            throw new ContinualDataException(e.path, e.reason, e);
+        }
+    }
+
+    /// <summary>
+    /// Loads a learner file written by <see cref="SaveAsync"/> (or by the command line's checkpoints) and the
+    /// benchmark its configuration names, on a thread-pool thread. The learner goes on exactly where it was saved.
+    /// </summary>
+    /// <param name="path">The learner file.</param>
+    /// <param name="cancellationToken">Checked before loading (a load, once started, runs to its end).</param>
+    /// <returns>The learner; dispose it to release its model and data.</returns>
+    /// <exception cref="LearnerFileException">
+    /// The file is missing, truncated or corrupted, of another format or version, or holds a configuration or
+    /// benchmark split this build cannot rebuild.
+    /// </exception>
+    /// <exception cref="ContinualDataException">The benchmark's data files are missing or unreadable.</exception>
+    /// <exception cref="OperationCanceledException">The token was cancelled before loading.</exception>
+    public static async Task<Learner> LoadAsync(string path, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        return await Task.Run(() =>
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            try
+            {
+                return new Learner(CoreLearners.load(path));
+            }
+            catch (global::Continual.LearnerFileError e)
+            {
+                throw new LearnerFileException(e.path, e.reason, e);
+            }
+            catch (global::Continual.InvalidConfiguration e)
+            {
+                throw new LearnerFileException(path, "its configuration is not valid: " + e.Message, e);
+            }
+            catch (global::Continual.Data.DataFileError e)
+            {
+                throw new ContinualDataException(e.path, e.reason, e);
+            }
+        }).ConfigureAwait(false);
+    }
+
+    /// <summary>The learner's configuration.</summary>
+    public ExperimentSettings Settings { get; }
+
+    /// <summary>The benchmark's name, e.g. "split-fmnist".</summary>
+    public string BenchmarkName { get; }
+
+    /// <summary>The backbone, e.g. "mlp 784-100-100-10".</summary>
+    public string Architecture { get; }
+
+    /// <summary>The classes each task brings, in stream order.</summary>
+    public IReadOnlyList<IReadOnlyList<int>> TaskClasses { get; }
+
+    /// <summary>Tasks the stream has in all (JOINT learns them as one, so its count is 1).</summary>
+    public int TaskCount => _learner.TaskCount;
+
+    /// <summary>Tasks learned so far (0 for a new learner; <see cref="TaskCount"/> when the stream is learned).</summary>
+    public int TasksLearned => _learner.TasksLearned;
+
+    /// <summary>Optimiser steps taken so far.</summary>
+    public long Steps => _learner.Point.State.StepsTaken;
+
+    /// <summary>
+    /// Class-IL accuracy matrix so far, in percent: <c>ClassIncremental[i][j]</c> is the accuracy on task j's test
+    /// set after learning task i (argmax over all classes). One row per task learned (as
+    /// <see cref="ExperimentResult.ClassIncremental"/>); empty before the first task.
+    /// </summary>
+    public IReadOnlyList<IReadOnlyList<double>> ClassIncremental => Matrix(_learner.Point.Record.ClassIl);
+
+    /// <summary>Task-IL accuracy matrix so far, in percent (argmax over the task's own classes), shaped as <see cref="ClassIncremental"/>.</summary>
+    public IReadOnlyList<IReadOnlyList<double>> TaskIncremental => Matrix(_learner.Point.Record.TaskIl);
+
+    /// <summary>
+    /// Learns the next task of the stream on a thread-pool thread: trains it, then evaluates the model on every
+    /// task's test set (adding a row to <see cref="ClassIncremental"/> and <see cref="TaskIncremental"/>). A learner
+    /// loaded from a file saved inside a task finishes that task.
+    /// </summary>
+    /// <param name="progress">
+    /// Receives the same reports as <see cref="ExperimentBuilder.Run"/> (tasks counted from 0), on the training thread.
+    /// </param>
+    /// <param name="cancellationToken">
+    /// Checked before the task starts and before every training step. A cancellation before the task starts leaves
+    /// the learner as it was; one during the task leaves it unusable (see the remarks on <see cref="Learner"/>).
+    /// </param>
+    /// <returns>The task learned and the accuracies after it.</returns>
+    /// <exception cref="InvalidOperationException">
+    /// Every task is learned already, another operation is running, or an earlier failure left the learner unusable.
+    /// </exception>
+    /// <exception cref="ObjectDisposedException">The learner was disposed.</exception>
+    /// <exception cref="OperationCanceledException">The token was cancelled.</exception>
+    public Task<LearnedTask> LearnTaskAsync(IProgress<TrainingProgress>? progress = null, CancellationToken cancellationToken = default) =>
+        RunAsync(nameof(LearnTaskAsync), () =>
+        {
+            var learner = _learner;
+            var next = learner.Point.Position is { } position ? position.Value.Task : learner.TasksLearned;
+            if (next >= learner.TaskCount)
+            {
+                throw new InvalidOperationException($"the learner has learned all {learner.TaskCount} tasks of {learner.Benchmark.Name}");
+            }
+            cancellationToken.ThrowIfCancellationRequested();
+            var events = new ExperimentBuilder.ProgressTranslator(progress);
+            var hooks = global::Continual.RunHooksModule.events(FuncConvert.FromAction<global::Continual.TrainingEvent>(events.OnEvent));
+            CoreLearner learned;
+            try
+            {
+                learned = CoreLearners.learnTask(hooks, cancellationToken, learner);
+            }
+            catch (Exception e)
+            {
+                // The core freed the model, optimiser, buffer and methods: nothing can go on from here.
+                _broken = $"its {nameof(LearnTaskAsync)} failed or was cancelled inside task {next} ({e.GetType().Name}), which freed its training state; load a saved learner file to go on";
+                throw;
+            }
+            _learner = learned;
+            var record = learned.Point.Record;
+            return new LearnedTask(
+                learned.TasksLearned - 1,
+                ReadOnly(record.ClassIl[^1]),
+                ReadOnly(record.TaskIl[^1]),
+                TimeSpan.FromSeconds(record.TaskSeconds[^1]));
+        });
+
+    /// <summary>
+    /// Evaluates the model as it stands now on every task's test set, with the method's own classifier (iCaRL's
+    /// nearest mean of exemplars where the method has one). Draws no random numbers: the learner's run is unchanged.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">Another operation is running, or the learner is unusable.</exception>
+    /// <exception cref="ObjectDisposedException">The learner was disposed.</exception>
+    public LearnerEvaluation Evaluate()
+    {
+        Enter(nameof(Evaluate));
+        try
+        {
+            var accuracies = CoreLearners.evaluate(_learner);
+            return new LearnerEvaluation(ReadOnly(accuracies.ClassIl), ReadOnly(accuracies.TaskIl));
+        }
+        finally
+        {
+            Exit();
+        }
+    }
+
+    /// <summary>
+    /// Saves the learner to one file (safetensors: the model, optimiser, buffer, every method's state, the random
+    /// generators and the accuracies so far), atomically, on a thread-pool thread: a process killed at any instant
+    /// leaves the previous file or the new one. <see cref="LoadAsync"/> reads it back.
+    /// </summary>
+    /// <param name="path">The file to write (its folder is created when missing); <see cref="DefaultFileName"/> is the usual name.</param>
+    /// <param name="cancellationToken">Checked before writing (a write, once started, runs to its end).</param>
+    /// <exception cref="InvalidOperationException">Another operation is running, or the learner is unusable.</exception>
+    /// <exception cref="ObjectDisposedException">The learner was disposed.</exception>
+    /// <exception cref="IOException">The file cannot be written.</exception>
+    /// <exception cref="OperationCanceledException">The token was cancelled before writing.</exception>
+    public Task SaveAsync(string path, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        return RunAsync(nameof(SaveAsync), () =>
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            CoreLearners.save(path, _learner);
+            return true;
+        });
+    }
+
+    /// <summary>
+    /// Exports the model as it stands after the last learned task to an ONNX file, verified under ONNX Runtime
+    /// against TorchSharp exactly as <c>continual run</c>'s task-k.onnx files are (structure, strict loading,
+    /// parameter count, logits within 1e-4, equal Class-IL and Task-IL accuracy on every task's test set); the file
+    /// is written, atomically, only when every check passes. Its metadata names the tasks learned, the classes seen
+    /// and the configuration's hash, as a run's files do.
+    /// </summary>
+    /// <param name="path">The .onnx file to write (its folder is created when missing).</param>
+    /// <returns>What the export and verification measured.</returns>
+    /// <exception cref="InvalidOperationException">
+    /// The learner has learned no task yet, stands inside a task (loaded from a mid-task file), another operation
+    /// is running, or the learner is unusable.
+    /// </exception>
+    /// <exception cref="ObjectDisposedException">The learner was disposed.</exception>
+    /// <exception cref="OnnxExportException">The model cannot be exported or its export fails a check (nothing was written).</exception>
+    public OnnxExportResult ExportOnnx(string path)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        Enter(nameof(ExportOnnx));
+        try
+        {
+            var v = global::Continual.Onnx.LearnerExport.export(path, _learner);
+            return new OnnxExportResult(
+                Path.GetFullPath(path),
+                v.Task,
+                v.Bytes,
+                v.Sha256,
+                v.Provider,
+                v.ParameterCount,
+                v.ComparedImages,
+                v.MaxAbsDifference,
+                ReadOnly(v.TestExamples),
+                ReadOnly(v.OnnxClassIlCorrect),
+                ReadOnly(v.OnnxTaskIlCorrect),
+                TimeSpan.FromSeconds(v.ExportSeconds + v.VerifySeconds + v.WriteSeconds));
+        }
+        catch (Exception e) when (e is global::Continual.Onnx.VerificationFailed
+                                      or global::Continual.Onnx.ExportError
+                                      or global::Continual.Onnx.ModelLoadError)
+        {
+            throw new OnnxExportException(e.Message, e);
+        }
+        finally
+        {
+            Exit();
+        }
+    }
+
+    /// <summary>
+    /// Releases the model, optimiser, buffer, method states and data. Safe to call more than once; when an
+    /// operation is running, they are released as soon as it ends.
+    /// </summary>
+    public void Dispose()
+    {
+        lock (_gate)
+        {
+            if (_disposed) return;
+            _disposed = true;
+            if (_running is null) Free();
+        }
+    }
+
+    /// <inheritdoc />
+    public override string ToString() =>
+        $"{Settings.Strategy} on {BenchmarkName} ({Architecture}): {TasksLearned} of {TaskCount} tasks learned";
+
+    // ---- one operation at a time ----
+
+    private void Enter(string operation)
+    {
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (_running is not null)
+            {
+                throw new InvalidOperationException($"{operation} was called while {_running} is running: a learner does one operation at a time");
+            }
+            if (_broken is not null)
+            {
+                throw new InvalidOperationException($"the learner cannot be used: {_broken}");
+            }
+            _running = operation;
+        }
+    }
+
+    private void Exit()
+    {
+        lock (_gate)
+        {
+            _running = null;
+            if (_disposed) Free();
+        }
+    }
+
+    // Runs an operation on a thread-pool thread once the learner is free; every failure (including a call
+    // while another operation runs) surfaces when the task is awaited, and an OperationCanceledException
+    // makes it a cancelled task.
+    private async Task<T> RunAsync<T>(string operation, Func<T> body)
+    {
+        Enter(operation);
+        try
+        {
+            return await Task.Run(body).ConfigureAwait(false);
+        }
+        finally
+        {
+            Exit();
+        }
+    }
+
+    private void Free()
+    {
+        if (_freed) return;
+        _freed = true;
+        if (_broken is null)
+        {
+            CoreLearners.dispose(_learner);
+        }
+        else if (_learner.OwnsBenchmark)
+        {
+            // The training state is freed already; only the data remains.
+            global::Continual.Data.Benchmarks.dispose(_learner.Benchmark);
+        }
+    }
+
+    private static ReadOnlyCollection<T> ReadOnly<T>(T[] values) => Array.AsReadOnly((T[])values.Clone());
+
+    private static ReadOnlyCollection<IReadOnlyList<double>> Matrix(double[][] rows) =>
+        Array.AsReadOnly(rows.Select(r => (IReadOnlyList<double>)ReadOnly(r)).ToArray());
+}
+
+/// <summary>A task a <see cref="Learner"/> has just learned, with the accuracies measured after it.</summary>
+public sealed class LearnedTask
+{
+    internal LearnedTask(int task, IReadOnlyList<double> classIncremental, IReadOnlyList<double> taskIncremental, TimeSpan time)
+    {
+        Task = task;
+        ClassIncrementalAccuracies = classIncremental;
+        TaskIncrementalAccuracies = taskIncremental;
+        Time = time;
+    }
+
+    /// <summary>The task learned, counted from 0 (as <see cref="TrainingProgress.Task"/>).</summary>
+    public int Task { get; }
+
+    /// <summary>Class-IL accuracy (percent) on every task's test set after this task: the new row of <see cref="Learner.ClassIncremental"/>.</summary>
+    public IReadOnlyList<double> ClassIncrementalAccuracies { get; }
+
+    /// <summary>Task-IL accuracy (percent) on every task's test set after this task: the new row of <see cref="Learner.TaskIncremental"/>.</summary>
+    public IReadOnlyList<double> TaskIncrementalAccuracies { get; }
+
+    /// <summary>Time spent training and evaluating this task.</summary>
+    public TimeSpan Time { get; }
+
+    /// <inheritdoc />
+    public override string ToString() =>
+        $"task {Task}: Class-IL [{string.Join(", ", ClassIncrementalAccuracies.Select(a => a.ToString("0.00", System.Globalization.CultureInfo.InvariantCulture)))}]";
+}
+
+/// <summary>A learner's accuracy now on every task's test set (see <see cref="Learner.Evaluate"/>).</summary>
+public sealed class LearnerEvaluation
+{
+    internal LearnerEvaluation(IReadOnlyList<double> classIncremental, IReadOnlyList<double> taskIncremental)
+    {
+        ClassIncrementalAccuracies = classIncremental;
+        TaskIncrementalAccuracies = taskIncremental;
+    }
+
+    /// <summary>Class-IL accuracy (percent) on each task's test set, in stream order.</summary>
+    public IReadOnlyList<double> ClassIncrementalAccuracies { get; }
+
+    /// <summary>Task-IL accuracy (percent) on each task's test set, in stream order.</summary>
+    public IReadOnlyList<double> TaskIncrementalAccuracies { get; }
+}
+
+/// <summary>What exporting a learner's model to ONNX and verifying it measured (see <see cref="Learner.ExportOnnx"/>).</summary>
+public sealed class OnnxExportResult
+{
+    internal OnnxExportResult(
+        string path,
+        int tasksLearned,
+        long bytes,
+        string sha256,
+        string provider,
+        long parameterCount,
+        int comparedImages,
+        double maxAbsDifference,
+        IReadOnlyList<int> testExamples,
+        IReadOnlyList<int> classIncrementalCorrect,
+        IReadOnlyList<int> taskIncrementalCorrect,
+        TimeSpan time)
+    {
+        Path = path;
+        TasksLearned = tasksLearned;
+        Bytes = bytes;
+        Sha256 = sha256;
+        Provider = provider;
+        ParameterCount = parameterCount;
+        ComparedImages = comparedImages;
+        MaxAbsDifference = maxAbsDifference;
+        TestExamples = testExamples;
+        ClassIncrementalCorrect = classIncrementalCorrect;
+        TaskIncrementalCorrect = taskIncrementalCorrect;
+        Time = time;
+    }
+
+    /// <summary>The file written (full path).</summary>
+    public string Path { get; }
+
+    /// <summary>Tasks the exported model had learned (the task number k its metadata records, as in task-k.onnx).</summary>
+    public int TasksLearned { get; }
+
+    /// <summary>The file's size in bytes.</summary>
+    public long Bytes { get; }
+
+    /// <summary>The file's SHA-256, lower-case hexadecimal.</summary>
+    public string Sha256 { get; }
+
+    /// <summary>The ONNX Runtime execution provider the model was verified on, e.g. "CPUExecutionProvider".</summary>
+    public string Provider { get; }
+
+    /// <summary>Parameters the exported graph holds (equal to the model's).</summary>
+    public long ParameterCount { get; }
+
+    /// <summary>Test images whose logits were compared one by one with TorchSharp's.</summary>
+    public int ComparedImages { get; }
+
+    /// <summary>The largest absolute difference between ONNX Runtime's and TorchSharp's logits on those images.</summary>
+    public double MaxAbsDifference { get; }
+
+    /// <summary>Test examples of each task.</summary>
+    public IReadOnlyList<int> TestExamples { get; }
+
+    /// <summary>Test examples of each task that the ONNX model classifies right over all classes (Class-IL; equal to TorchSharp's count).</summary>
+    public IReadOnlyList<int> ClassIncrementalCorrect { get; }
+
+    /// <summary>Test examples of each task that the ONNX model classifies right within the task's classes (Task-IL; equal to TorchSharp's count).</summary>
+    public IReadOnlyList<int> TaskIncrementalCorrect { get; }
+
+    /// <summary>Time spent exporting, verifying and writing.</summary>
+    public TimeSpan Time { get; }
+}
