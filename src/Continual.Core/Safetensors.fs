@@ -70,8 +70,10 @@ module Safetensors =
 
     /// A tensor's bytes on the host, contiguous and little-endian (the machines .NET runs on are).
     let private bytesOf (t: Tensor) : byte[] =
-        use host = t.detach().cpu().contiguous()
-        host.bytes.ToArray()
+        use detached = t.detach()
+        use host = detached.cpu()
+        use contiguous = host.contiguous()
+        contiguous.bytes.ToArray()
 
     /// Writes tensors and metadata to a stream in the safetensors format, adding a `checksum` entry
     /// (see SafetensorsContent.ComputedChecksum). Names must be unique.

@@ -160,7 +160,10 @@ module StateCodec =
             | _ ->
                 match table.TryFind name with
                 | Some t ->
-                    let m = t.``to``(context.Device).detach().DetachFromDisposeScope()
+                    // `to` makes a new handle even on the same device: it is freed once detached.
+                    let onDevice = t.``to`` context.Device
+                    let m = onDevice.detach().DetachFromDisposeScope()
+                    if not (obj.ReferenceEquals(onDevice, t)) then onDevice.Dispose()
                     moved.[name] <- m
                     m
                 | None -> fail (sprintf "the tensor %s is missing from the file" name)

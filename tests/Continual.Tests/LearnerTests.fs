@@ -75,6 +75,29 @@ let private uninterruptedAndResumed (benchmark: Benchmark) (config: Config) (sto
 [<Tests>]
 let tests =
     testSequenced <| testList "learner" [
+        testCase "saving and loading a learner leaves no tensor alive once it is disposed" <| fun () ->
+            if not (hasFashionMnist ()) then skiptest "Fashion-MNIST is not installed"
+            use folder = new TempFolder()
+            let config = small "derpp" 50 |> Experiment.withPenalty (Some "si") |> Experiment.withDistillation (fst (List.head DistillationKind.all))
+            let benchmark = Experiment.loadBenchmark config
+            try
+                let file = Path.Combine(folder.Path, Learner.FileName)
+                let live () = TorchSharp.DisposeScopeManager.Statistics.ThreadTotalLiveCount
+                let cycle () =
+                    let learner = Learner.createOn benchmark config |> Learner.learnUntil RunHooks.none CancellationToken.None (Some 1)
+                    Learner.save file learner
+                    Learner.dispose learner
+                    let loaded = Learner.loadOn benchmark file
+                    Learner.save file loaded
+                    Learner.dispose loaded
+                // One cycle first, so that one-time allocations are not counted.
+                cycle ()
+                let before = live ()
+                cycle ()
+                Expect.equal (live ()) before "no tensor outlives a save, a load and the learners' disposal"
+            finally
+                Benchmarks.dispose benchmark
+
         testCase "a run stopped mid-task and resumed from its learner file equals an uninterrupted run, for every method, penalty, distillation term and backbone" <| fun () ->
             if not (hasFashionMnist ()) then skiptest "Fashion-MNIST is not installed"
             use folder = new TempFolder()
