@@ -153,12 +153,12 @@ type ResumeArgs =
     | [<MainCommand; ExactlyOnce>] Run_Folder of folder: string
     | Checkpoint_Every of steps: int
     | Quiet
-    | [<GatherUnrecognized>] Saved of string
+    | [<GatherUnrecognized; Hidden>] Saved of string
 
     interface IArgParserTemplate with
         member this.Usage =
             match this with
-            | Run_Folder _ -> "the --out folder of a run that stopped (it holds learner.safetensors)."
+            | Run_Folder _ -> "the --out folder of a run that stopped (it holds learner.safetensors). Options of run may follow (e.g. --seed 0): each must agree with the saved configuration."
             | Saved _ -> "any option of run, checked against the saved configuration."
             | other -> Help.of' other
 
@@ -168,12 +168,13 @@ type LearnArgs =
     | Tasks of range: string
     | Checkpoint_Every of steps: int
     | Quiet
-    | [<GatherUnrecognized>] Saved of string
+    | [<GatherUnrecognized; Hidden>] Saved of string
 
     interface IArgParserTemplate with
         member this.Usage =
             match this with
-            | From _ -> "the --out folder of a run whose learner continues (learner.safetensors); results and task models are added there."
+            | From _ -> "the --out folder of a run whose learner continues (learner.safetensors); results and task models are added there. Options of run may follow (e.g. --seed 0): each must agree with the saved configuration."
+            | Tasks _ -> "the tasks to learn, numbered from 1 and starting at the next one, e.g. 4-5 (default: every remaining task)."
             | Saved _ -> "any option of run, checked against the saved configuration."
             | other -> Help.of' other
 
