@@ -82,18 +82,7 @@ module Learner =
         let outcome =
             Training.runFrom learner.Architecture learner.Benchmark learner.Strategy (Experiment.settings learner.Config)
                 hooks cancellation lastTask learner.Point
-        { learner with
-            Point =
-                { State = outcome.State
-                  Record =
-                    { ClassIl = outcome.ClassIl
-                      TaskIl = outcome.TaskIl
-                      TaskSeconds = outcome.TaskSeconds
-                      TrainSeconds = outcome.TrainSeconds
-                      EvalSeconds = outcome.EvalSeconds
-                      HookSeconds = outcome.HookSeconds
-                      CheckpointSeconds = outcome.CheckpointSeconds }
-                  Position = None } }
+        { learner with Point = { State = outcome.State; Record = TrainingOutcome.record outcome; Position = None } }
 
     /// Learns the next task of the stream (raises when every task is learned).
     let learnTask (hooks: RunHooks) (cancellation: CancellationToken) (learner: Learner) : Learner =
@@ -114,20 +103,10 @@ module Learner =
 
     /// The learner's results so far as an experiment result (for results.json).
     let result (wallSeconds: float) (learner: Learner) : ExperimentResult =
-        let r = learner.Point.Record
         { Config = learner.Config
           Architecture = learner.Architecture
           Benchmark = learner.Benchmark
-          Outcome =
-            { ClassIl = r.ClassIl
-              TaskIl = r.TaskIl
-              TaskSeconds = r.TaskSeconds
-              TrainSeconds = r.TrainSeconds
-              EvalSeconds = r.EvalSeconds
-              HookSeconds = r.HookSeconds
-              CheckpointSeconds = r.CheckpointSeconds
-              Steps = learner.Point.State.StepsTaken
-              State = learner.Point.State }
+          Outcome = TrainingOutcome.ofRecord learner.Point.Record learner.Point.State
           WallSeconds = wallSeconds
           StartedUtc = learner.StartedUtc }
 

@@ -161,6 +161,32 @@ type TrainingOutcome =
       Steps: int64
       State: TrainingState }
 
+/// Converting between an outcome and the record of a run.
+[<RequireQualifiedAccess>]
+module TrainingOutcome =
+
+    /// The outcome of a run that measured `record` and ended in `state`.
+    let ofRecord (record: RunRecord) (state: TrainingState) : TrainingOutcome =
+        { ClassIl = record.ClassIl
+          TaskIl = record.TaskIl
+          TaskSeconds = record.TaskSeconds
+          TrainSeconds = record.TrainSeconds
+          EvalSeconds = record.EvalSeconds
+          HookSeconds = record.HookSeconds
+          CheckpointSeconds = record.CheckpointSeconds
+          Steps = state.StepsTaken
+          State = state }
+
+    /// What an outcome measured.
+    let record (outcome: TrainingOutcome) : RunRecord =
+        { ClassIl = outcome.ClassIl
+          TaskIl = outcome.TaskIl
+          TaskSeconds = outcome.TaskSeconds
+          TrainSeconds = outcome.TrainSeconds
+          EvalSeconds = outcome.EvalSeconds
+          HookSeconds = outcome.HookSeconds
+          CheckpointSeconds = outcome.CheckpointSeconds }
+
 /// The one effectful shell: batches, forward passes, loss sums, optimiser steps, dispose scopes.
 [<RequireQualifiedAccess>]
 module Training =
@@ -627,15 +653,7 @@ module Training =
             reraise ()
         for (_, set) in testSets do
             set.Dispose()
-        { ClassIl = record.ClassIl
-          TaskIl = record.TaskIl
-          TaskSeconds = record.TaskSeconds
-          TrainSeconds = record.TrainSeconds
-          EvalSeconds = record.EvalSeconds
-          HookSeconds = record.HookSeconds
-          CheckpointSeconds = record.CheckpointSeconds
-          Steps = state.StepsTaken
-          State = state }
+        TrainingOutcome.ofRecord record state
 
     /// Runs a strategy over a benchmark's stream (or all at once for JOINT) from a fresh state,
     /// evaluating after every task on every task's test set.
