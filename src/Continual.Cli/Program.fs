@@ -225,10 +225,13 @@ let private learnInto (out: string) (section: CliSection) (checkpointEvery: int)
             Console.Out.Flush()
             eprintfn "stopped by %s in task %d after step %d: the learner is saved in %s; continue with: continual resume %s" signals.Name (task + 1) step file out
             raise (Stopped signals.ExitCode)
-        | _ ->
+        | e ->
             exporter |> Option.iter (fun e -> e.Finish())
             if learner.OwnsBenchmark then Benchmarks.dispose learner.Benchmark
-            reraise ()
+            match e with
+            | TrainingDiverged _ when File.Exists file ->
+                raise (LearnerProblem(sprintf "%s (no results were written; %s holds the learner as its last checkpoint left it)" e.Message file))
+            | _ -> reraise ()
     try
         let result = Learner.result (section.WallSeconds + clock.Elapsed.TotalSeconds) finished
         Report.printResult result
