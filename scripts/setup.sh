@@ -8,8 +8,9 @@ if ! command -v dotnet >/dev/null 2>&1; then
     exit 1
 fi
 
-# Debian packages: the Fashion-MNIST IDX files, and the official ONNX checker (python3-onnx) that a test
-# runs over our exported models.
+# Debian packages: the Fashion-MNIST IDX files, the official ONNX checker (python3-onnx) that a test
+# runs over our exported models, and numpy for Debian's /usr/bin/python3 (python3-numpy), which a test
+# runs scripts/read-learner.py with.
 data=/usr/share/datasets/fashion-mnist
 missing=()
 if [ ! -e "$data/train-images-idx3-ubyte.gz" ] && [ ! -e "$data/train-images-idx3-ubyte" ]; then
@@ -17,6 +18,9 @@ if [ ! -e "$data/train-images-idx3-ubyte.gz" ] && [ ! -e "$data/train-images-idx
 fi
 if ! python3 -c "import onnx.checker" >/dev/null 2>&1 && command -v dpkg >/dev/null 2>&1 && ! dpkg -s python3-onnx >/dev/null 2>&1; then
     missing+=(python3-onnx)
+fi
+if ! /usr/bin/python3 -c "import numpy" >/dev/null 2>&1 && command -v dpkg >/dev/null 2>&1 && ! dpkg -s python3-numpy >/dev/null 2>&1; then
+    missing+=(python3-numpy)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
