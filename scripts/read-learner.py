@@ -53,10 +53,14 @@ def read(path):
     if end < len(body):
         raise Unreadable("corrupted: %d bytes follow the last tensor" % (len(body) - end))
     # The checksum: SHA-256 over every metadata entry but itself, sorted by key in UTF-16 code-unit
-    # order (.NET's ordinal order), as key NUL value NUL in UTF-8, then over the data section.
+    # order (.NET's ordinal order), as key NUL value NUL in UTF-8; then every tensor entry in data
+    # order as name NUL dtype NUL dims-joined-by-commas NUL begin,end NUL; then the data section.
     digest = hashlib.sha256()
     for key in sorted((k for k in metadata if k != "checksum"), key=lambda k: k.encode("utf-16-be")):
         digest.update(key.encode("utf-8") + b"\0" + metadata[key].encode("utf-8") + b"\0")
+    for name, e in entries:
+        fields = [name, e["dtype"], ",".join(str(d) for d in e["shape"]), "%d,%d" % tuple(e["data_offsets"])]
+        digest.update(b"".join(f.encode("utf-8") + b"\0" for f in fields))
     digest.update(body)
     if metadata.get("format") != FORMAT:
         raise Unreadable("not a Continual learner file (format %r)" % metadata.get("format"))

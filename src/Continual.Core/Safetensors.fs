@@ -17,8 +17,8 @@ exception SafetensorsError of path: string * reason: string
 type SafetensorsContent =
     { Metadata: Map<string, string>
       Tensors: (string * Tensor) list
-      /// SHA-256 over the metadata (sorted by key, `checksum` left out) and the data section, as written
-      /// in the `checksum` metadata entry by `Safetensors.write`.
+      /// SHA-256 over the metadata (sorted by key, `checksum` left out), the tensor entries and the data
+      /// section, as written in the `checksum` metadata entry by `Safetensors.write`.
       ComputedChecksum: string }
 
 /// The safetensors format (Hugging Face): an 8-byte little-endian header length N, N bytes of JSON
@@ -51,16 +51,24 @@ module Safetensors =
 
     let private typeOf (name: string) = dtypes |> List.tryFind (fun (_, n) -> n = name) |> Option.map fst
 
-    /// The checksum of metadata and data: SHA-256 over each metadata entry but the checksum (sorted by
-    /// key, as key, NUL, value, NUL in UTF-8), then the data section.
-    let private checksum (metadata: Map<string, string>) (data: Stream) =
+    /// The checksum of metadata, tensor entries and data: SHA-256 over each metadata entry but the
+    /// checksum (sorted by key, as key, NUL, value, NUL in UTF-8), then each tensor's entry in data order
+    /// (name, NUL, dtype, NUL, its dimensions joined by commas, NUL, its begin and end offsets joined by a
+    /// comma, NUL), then the data section.
+    let private checksum (metadata: Map<string, string>) (entries: (string * string * int64[] * int64 * int64) list) (data: Stream) =
         use hash = Security.Cryptography.IncrementalHash.CreateHash(Security.Cryptography.HashAlgorithmName.SHA256)
+        let text (s: string) =
+            hash.AppendData(Encoding.UTF8.GetBytes s)
+            hash.AppendData [| 0uy |]
         for KeyValue(k, v) in metadata do
             if k <> ChecksumKey then
-                hash.AppendData(Encoding.UTF8.GetBytes k)
-                hash.AppendData [| 0uy |]
-                hash.AppendData(Encoding.UTF8.GetBytes v)
-                hash.AppendData [| 0uy |]
+                text k
+                text v
+        for (name, dtype, shape, b, e) in entries do
+            text name
+            text dtype
+            text (String.Join(",", shape))
+            text (sprintf "%d,%d" b e)
         let chunk = Array.zeroCreate<byte> (1 <<< 20)
         let mutable read = data.Read(chunk, 0, chunk.Length)
         while read > 0 do
@@ -82,11 +90,15 @@ module Safetensors =
         if List.length (List.distinct names) <> List.length names then invalidArg (nameof tensors) "tensor names must be unique"
         let data = tensors |> List.map (fun (name, t) -> name, t, bytesOf t)
         let metadata = Map.ofList metadata |> Map.remove ChecksumKey
+        let entries =
+            data
+            |> List.mapFold (fun offset (name, t: Tensor, b: byte[]) -> (name, nameOf t.dtype, t.shape, offset, offset + int64 b.Length), offset + int64 b.Length) 0L
+            |> fst
         let sum =
             use section = new MemoryStream()
             for (_, _, b) in data do section.Write(b, 0, b.Length)
             section.Position <- 0L
-            checksum metadata section
+            checksum metadata entries section
         let header = JsonObject()
         let meta = JsonObject()
         for KeyValue(k, v) in metadata.Add(ChecksumKey, sum) do
@@ -161,4 +173,4 @@ module Safetensors =
                   t.bytes <- Span(bytes, dataStart + int b, int (e - b))
                   name, t ]
         use data = new MemoryStream(bytes, dataStart, int dataLength, false)
-        { Metadata = metadata; Tensors = tensors; ComputedChecksum = checksum metadata data }
+        { Metadata = metadata; Tensors = tensors; ComputedChecksum = checksum metadata ordered data }

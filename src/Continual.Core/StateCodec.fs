@@ -86,10 +86,10 @@ module StateCodec =
         elif ty = typeof<uint64> then JsonValue.Create((value :?> uint64).ToString())
         elif ty = typeof<float> then
             let v = value :?> float
-            if Double.IsFinite v then JsonValue.Create v else JsonValue.Create(v.ToString "R")
+            if Double.IsFinite v then JsonValue.Create v else JsonValue.Create(v.ToString("R", Globalization.CultureInfo.InvariantCulture))
         elif ty = typeof<float32> then
             let v = value :?> float32
-            if Single.IsFinite v then JsonValue.Create v else JsonValue.Create(v.ToString "R")
+            if Single.IsFinite v then JsonValue.Create v else JsonValue.Create(v.ToString("R", Globalization.CultureInfo.InvariantCulture))
         elif ty.IsArray then
             let e = ty.GetElementType()
             let items = value :?> Array

@@ -164,6 +164,12 @@ let tests =
             let flipped = Array.copy original
             flipped.[flipped.Length - 3] <- flipped.[flipped.Length - 3] ^^^ 0x10uy
             refused "corrupted" [ "resume"; variant "corrupted" flipped ] "checksum does not match"
+            // A tensor entry of the header changed without changing any size: F32 read as I32.
+            let header = Text.Encoding.ASCII.GetBytes "\"dtype\":\"F32\""
+            let at = Seq.findIndex (fun i -> original.[i .. i + header.Length - 1] = header) (seq { 0 .. original.Length - header.Length })
+            let retyped = Array.copy original
+            retyped.[at + 9] <- byte 'I'
+            refused "retyped" [ "resume"; variant "retyped" retyped ] "checksum does not match"
             // Another format version, with a valid checksum: rewritten through the safetensors writer.
             let content = Safetensors.read file
             let metadata = content.Metadata |> Map.add "format_version" "2" |> Map.toList
