@@ -83,8 +83,16 @@ let tests =
             let runs = [ for r in bench.RootElement.EnumerateArray() -> r ]
             Expect.equal runs.Length 2 "one object per repeat"
             for r in runs do
-                Expect.sequenceEqual [ for p in r.EnumerateObject() -> p.Name ] [ "wallSeconds"; "trainSeconds"; "evalSeconds"; "steps"; "peakMemoryMiB" ] "fields"
+                Expect.sequenceEqual
+                    [ for p in r.EnumerateObject() -> p.Name ]
+                    [ "wallSeconds"; "trainSeconds"; "evalSeconds"; "checkpointSeconds"; "checkpointShareOfWall"; "checkpointLoadSeconds"; "checkpointMiB"; "steps"; "peakMemoryMiB" ]
+                    "fields"
                 Expect.isGreaterThan (r.GetProperty("steps").GetInt64()) 0L "steps"
+                // Checkpoints after every task are part of the run: their time is within the wall time.
+                let share = r.GetProperty("checkpointShareOfWall").GetDouble()
+                Expect.isTrue (share > 0.0 && share < 1.0) "checkpoints take a share of the wall time"
+                Expect.isGreaterThan (r.GetProperty("checkpointMiB").GetDouble()) 0.0 "the learner file's size"
+                Expect.isTrue (File.Exists(Path.Combine(out, Continual.Learner.FileName))) "the last checkpoint is in --out"
                 for name in [ "wallSeconds"; "trainSeconds"; "evalSeconds" ] do
                     Expect.isTrue (rounded 3 (r.GetProperty name)) (sprintf "%s to the millisecond" name)
                 Expect.isTrue (rounded 0 (r.GetProperty "peakMemoryMiB")) "whole MiB"
