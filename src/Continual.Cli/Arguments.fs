@@ -53,6 +53,7 @@ module Help =
           "clip-grad", "clip every gradient element to [-c, c] before the step (default: 1 for si and scp, also when added with --penalty; none otherwise)."
           "no-onnx", "skip the ONNX export and verification after each task."
           "checkpoint-every", "also save the learner every this many steps (it is saved after every task and on Ctrl-C either way; docs/checkpoints.md)."
+          "overwrite", "replace the results of another run in --out (by default a folder that holds them is refused)."
           "tasks", "the tasks to learn, numbered from 1: 1-3 stops after task 3 and leaves a learner that `continual learn --from` continues (default: all)." ]
 
     /// The help of an argument case (looked up by its command-line name).
@@ -103,6 +104,7 @@ type RunArgs =
     | No_Onnx
     | Checkpoint_Every of steps: int
     | Tasks of range: string
+    | Overwrite
 
     interface IArgParserTemplate with
         member this.Usage = Help.of' this
@@ -259,6 +261,7 @@ type CompareArgs =
     | Subspace_Dim of m: int
     | Out of folder: string
     | Quiet
+    | Overwrite
 
     interface IArgParserTemplate with
         member this.Usage = Help.of' this

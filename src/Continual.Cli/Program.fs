@@ -266,13 +266,24 @@ let private runCommand (results: ParseResults<RunArgs>) =
         "[bold]{0}[/] on [bold]{1}[/]  buffer {2}  lr {3}  seed {4}  ->  {5}",
         Markup.Escape(Config.methodName config), Markup.Escape config.Data.Benchmark, Config.bufferSize config, config.Run.LearningRate, config.Run.Seed, Markup.Escape out)
     let clock = Diagnostics.Stopwatch.StartNew()
-    let learner = Learner.create config
-    match lastTask with
-    | Some last when last >= learner.TaskCount ->
-        Learner.dispose learner
-        raise (UsageProblem [ sprintf "--tasks: %s has %d tasks" config.Data.Benchmark learner.TaskCount ])
-    | _ -> ()
-    learnInto out { Onnx = not (GivenOptions.contains "no-onnx" args); LastTask = lastTask; WallSeconds = 0.0 } every (GivenOptions.contains "quiet" args) clock learner
+    // The folder is this run's before any work: locked, cleared with --overwrite, marked incomplete.
+    use hold = OutputFolder.acquireFresh out (GivenOptions.contains "overwrite" args)
+    let learner =
+        try
+            let learner = Learner.create config
+            match lastTask with
+            | Some last when last >= learner.TaskCount ->
+                Learner.dispose learner
+                raise (UsageProblem [ sprintf "--tasks: %s has %d tasks" config.Data.Benchmark learner.TaskCount ])
+            | _ -> ()
+            hold.MarkIncomplete(Config.hash config)
+            learner
+        with _ ->
+            hold.Abandon()
+            reraise ()
+    let code = learnInto out { Onnx = not (GivenOptions.contains "no-onnx" args); LastTask = lastTask; WallSeconds = 0.0 } every (GivenOptions.contains "quiet" args) clock learner
+    hold.Publish()
+    code
 
 /// The learner file of a run folder (or the file itself).
 let private learnerFile (path: string) =
@@ -345,6 +356,18 @@ let private readSaved (folder: string) (options: string list) : Learner.SavedLea
         Learner.discard saved
         raise (LearnerProblem(sprintf "%s: %s (nothing was changed)" file (String.concat "; " problems)))
 
+/// Takes a saved run's folder for resume or learn: its lock first (refused while another process writes
+/// the folder), then its learner file, read and checked.
+let private holdSaved (folder: string) (options: string list) : OutputFolder.Hold * Learner.SavedLearner =
+    let file = learnerFile folder
+    let out = Path.GetDirectoryName(Path.GetFullPath file)
+    if not (Directory.Exists out) then raise (LearnerProblem(sprintf "%s: no such learner file (nothing was changed)" file))
+    let hold = OutputFolder.acquire out
+    try hold, readSaved folder options
+    with _ ->
+        (hold :> IDisposable).Dispose()
+        reraise ()
+
 /// Restores a checked learner file with its benchmark (which the learner owns).
 let private restore (saved: Learner.SavedLearner) : Learner =
     try
@@ -375,10 +398,12 @@ let private checkpointEvery (value: int option) =
 let private resumeCommand (results: ParseResults<ResumeArgs>) =
     let folder = results.GetResult ResumeArgs.Run_Folder
     let every = checkpointEvery (results.TryGetResult ResumeArgs.Checkpoint_Every)
-    let saved = readSaved folder (results.GetResults ResumeArgs.Saved)
-    let out = Path.GetDirectoryName(Path.GetFullPath saved.Path)
+    let hold, saved = holdSaved folder (results.GetResults ResumeArgs.Saved)
+    use hold = hold
+    let out = hold.Path
     let clock = Diagnostics.Stopwatch.StartNew()
     let learner = restore saved
+    hold.MarkIncomplete(Config.hash learner.Config)
     let section = cliSection learner
     let next = nextTask learner
     let last = defaultArg section.LastTask (learner.TaskCount - 1)
@@ -390,14 +415,17 @@ let private resumeCommand (results: ParseResults<ResumeArgs>) =
             "resuming [bold]{0}[/] on [bold]{1}[/] from {2}: task {3} of {4}, after step {5} of the run",
             Markup.Escape(Config.methodName learner.Config), Markup.Escape learner.Config.Data.Benchmark, Markup.Escape saved.Path,
             next + 1, learner.TaskCount, learner.Point.State.StepsTaken)
-    learnInto out section every (results.Contains ResumeArgs.Quiet) clock learner
+    let code = learnInto out section every (results.Contains ResumeArgs.Quiet) clock learner
+    hold.Publish()
+    code
 
 let private learnCommand (results: ParseResults<LearnArgs>) =
     let folder = results.GetResult LearnArgs.From
     let every = checkpointEvery (results.TryGetResult LearnArgs.Checkpoint_Every)
     let range = results.TryGetResult LearnArgs.Tasks |> Option.map (fun t -> t, taskRange t)
-    let saved = readSaved folder (results.GetResults LearnArgs.Saved)
-    let out = Path.GetDirectoryName(Path.GetFullPath saved.Path)
+    let hold, saved = holdSaved folder (results.GetResults LearnArgs.Saved)
+    use hold = hold
+    let out = hold.Path
     let clock = Diagnostics.Stopwatch.StartNew()
     let learner = restore saved
     let next = nextTask learner
@@ -420,7 +448,10 @@ let private learnCommand (results: ParseResults<LearnArgs>) =
         AnsiConsole.MarkupLine(
             "[bold]{0}[/] learns tasks {1}-{2} of {3} from {4}",
             Markup.Escape(Config.methodName learner.Config), next + 1, last + 1, learner.TaskCount, Markup.Escape saved.Path)
-        learnInto out { cliSection learner with LastTask = Some last } every (results.Contains LearnArgs.Quiet) clock learner
+        hold.MarkIncomplete(Config.hash learner.Config)
+        let code = learnInto out { cliSection learner with LastTask = Some last } every (results.Contains LearnArgs.Quiet) clock learner
+        hold.Publish()
+        code
 
 /// `bench --distill all`: one run of plain SGD, of the strategy, and of the strategy plus each
 /// distillation term, with the training cost per step of each.
@@ -597,6 +628,7 @@ let private compareCommand (results: ParseResults<CompareArgs>) =
     let configs = [ for s in strategies -> s, [ for seed in seeds -> configOf args (Some s) (Some seed) ] ]
     configs |> List.iter (snd >> List.iter check)
     let out = GivenOptions.get "out" "runs/compare" args
+    use hold = OutputFolder.acquireFresh out (GivenOptions.contains "overwrite" args)
     let label (runs: Config list) =
         let head = runs.Head
         match Config.penaltyName head with Some p -> Config.methodName head + "+" + p | None -> Config.methodName head
@@ -683,6 +715,9 @@ let run (argv: string[]) : int =
         1
     | LearnerProblem message ->
         Report.error message
+        1
+    | OutputFolder.OutputFolderError _ as e ->
+        Report.error e.Message
         1
     | Stopped code -> code
 

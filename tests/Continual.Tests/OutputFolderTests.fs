@@ -1,0 +1,119 @@
+/// The output-folder rules of real `continual` processes: one writer at a time, another run's results
+/// refused unless --overwrite, and a folder never mixed, whenever a run is killed.
+module Continual.Tests.OutputFolderTests
+
+open System
+open System.Diagnostics
+open System.IO
+open System.Text.Json
+open Expecto
+open Continual
+open Continual.Tests.TestData
+
+let private continual = Path.Combine(AppContext.BaseDirectory, "continual")
+
+let private start (args: string list) =
+    let psi = ProcessStartInfo(continual, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false)
+    for a in args do psi.ArgumentList.Add a
+    let p = Process.Start psi
+    p, p.StandardOutput.ReadToEndAsync(), p.StandardError.ReadToEndAsync()
+
+let private execute (args: string list) =
+    let p, output, errors = start args
+    p.WaitForExit()
+    let code = p.ExitCode
+    p.Dispose()
+    code, output.Result + errors.Result
+
+/// The configuration hash of every file of a run in a folder, by file name.
+let private hashes (folder: string) : (string * string) list =
+    let jsonHash (path: string) (read: JsonElement -> JsonElement) =
+        use document = JsonDocument.Parse(File.ReadAllBytes path)
+        (read document.RootElement).GetProperty("configHash").GetString()
+    [ for path in Directory.GetFiles folder do
+          let name = Path.GetFileName path
+          match name with
+          | "results.json" -> yield name, jsonHash path id
+          | n when n = Continual.Cli.OutputFolder.MarkerName -> yield name, jsonHash path id
+          | n when n = Learner.FileName ->
+              let content = Safetensors.read path
+              for (_, t) in content.Tensors do t.Dispose()
+              use learner = JsonDocument.Parse(content.Metadata.["learner"])
+              yield name, learner.RootElement.GetProperty("configHash").GetString()
+          | n when n.StartsWith "task-" && n.EndsWith ".onnx" ->
+              match Onnx.Checks.parse (File.ReadAllBytes path) |> Result.bind Onnx.Metadata.read with
+              | Ok info -> yield name, info.ConfigHash
+              | Error e -> failtestf "%s is not a readable task model: %s" path e
+          | _ -> () ]
+
+/// A folder is never mixed: every file of a run carries one configuration hash, and results.json is there
+/// only for a finished run (no incomplete marker, every task's model).
+let private expectConsistent (label: string) (folder: string) =
+    match hashes folder |> List.map snd |> List.distinct with
+    | [] | [ _ ] -> ()
+    | _ -> failtestf "%s: the folder mixes runs: %A" label (hashes folder)
+    if File.Exists(Path.Combine(folder, "results.json")) then
+        Expect.isFalse (File.Exists(Path.Combine(folder, Continual.Cli.OutputFolder.MarkerName))) (label + ": published results have no incomplete marker")
+        for k in 1 .. 5 do
+            Expect.isTrue (File.Exists(Path.Combine(folder, sprintf "task-%d.onnx" k))) (sprintf "%s: published results have task-%d.onnx" label k)
+
+let private small seed = [ "run"; "--strategy"; "derpp"; "--buffer"; "50"; "--train-per-class"; "100"; "--test-per-class"; "30"; "--quiet"; "--seed"; string seed ]
+
+[<Tests>]
+let tests =
+    testSequenced <| testList "output folders" [
+        testCase "two runs started together into one folder: one is refused for the lock, the other's files are whole and of one configuration" <| fun () ->
+            if not (hasFashionMnist ()) then skiptest "Fashion-MNIST is not installed"
+            use tmp = new TempFolder()
+            let out = Path.Combine(tmp.Path, "shared")
+            // Long enough (6,000 steps) that neither finishes before the other takes the folder.
+            let run seed = start [ "run"; "--strategy"; "derpp"; "--buffer"; "50"; "--test-per-class"; "30"; "--quiet"; "--seed"; string seed; "--out"; out ]
+            let a, aOut, aErr = run 0
+            let b, bOut, bErr = run 1
+            a.WaitForExit()
+            b.WaitForExit()
+            let outcomes = [ a.ExitCode, aOut.Result + aErr.Result; b.ExitCode, bOut.Result + bErr.Result ]
+            let codes = outcomes |> List.map fst |> List.sort
+            Expect.equal codes [ 0; 1 ] (sprintf "one run finishes, the other is refused: %A" outcomes)
+            let refused = outcomes |> List.find (fun (c, _) -> c = 1) |> snd
+            Expect.stringContains refused "is in use by another continual process" "the refusal names the lock"
+            Expect.isFalse (refused.Contains "   at ") "no stack trace"
+            expectConsistent "after two concurrent writers" out
+            Expect.isTrue (File.Exists(Path.Combine(out, "results.json"))) "the winner published its results"
+
+        testCase "a folder holding another run's results is refused unless --overwrite, which replaces them whole" <| fun () ->
+            if not (hasFashionMnist ()) then skiptest "Fashion-MNIST is not installed"
+            use tmp = new TempFolder()
+            let out = Path.Combine(tmp.Path, "run")
+            let code, said = execute (small 0 @ [ "--out"; out ])
+            Expect.equal code 0 said
+            let before = hashes out
+            let code, said = execute (small 1 @ [ "--out"; out ])
+            Expect.equal code 1 said
+            Expect.stringContains said "holds the results of another run" "says why"
+            Expect.stringContains said "--overwrite" "says how"
+            Expect.equal (hashes out) before "the old run is untouched"
+            let code, said = execute (small 1 @ [ "--out"; out; "--overwrite" ])
+            Expect.equal code 0 said
+            expectConsistent "after --overwrite" out
+            Expect.notEqual (hashes out) before "the new run replaced the old one"
+
+        testCase "runs killed with SIGKILL at 20 random moments, each followed by a fresh run into the same folder, never leave a mixed folder" <| fun () ->
+            if not (hasFashionMnist ()) then skiptest "Fashion-MNIST is not installed"
+            use tmp = new TempFolder()
+            let out = Path.Combine(tmp.Path, "killed")
+            let random = Random 20
+            for i in 1 .. 20 do
+                // Seeds alternate so that two consecutive runs have different configuration hashes.
+                let p, _, _ = start (small (i % 2) @ [ "--out"; out; "--overwrite" ])
+                Threading.Thread.Sleep(random.Next(200, 3500))
+                (try p.Kill() with _ -> ())
+                p.WaitForExit()
+                p.Dispose()
+                if Directory.Exists out then expectConsistent (sprintf "after kill %d" i) out
+            let code, said = execute (small 0 @ [ "--out"; out; "--overwrite" ])
+            Expect.equal code 0 said
+            expectConsistent "after a last whole run" out
+            Expect.isEmpty (Directory.GetFiles(out, "*.tmp")) "the last run removed every temporary file"
+            Expect.isTrue (File.Exists(Path.Combine(out, "results.json"))) "the last run published its results"
+    ]
