@@ -50,6 +50,11 @@ type Hold(path: string, lock: FileStream, created: bool) =
     /// Marks the folder as holding an incomplete run of a configuration (its hash).
     member _.MarkIncomplete(configHash: string) =
         Continual.Files.writeAtomically (Path.Combine(path, MarkerName)) (Text.Encoding.UTF8.GetBytes(sprintf "{\"configHash\": \"%s\"}\n" configHash))
+    /// Refuses a folder whose file system has less free space than a run's outputs need (an estimate).
+    member _.EnsureSpace(bytes: int64) =
+        let free = DriveInfo(path).AvailableFreeSpace
+        if free < bytes then
+            raise (OutputFolderError(path, sprintf "has %.1f MiB free; the run's files need about %.1f MiB (checkpoints, task models, results)" (float free / 1048576.0) (float bytes / 1048576.0)))
     /// Publishes the run: its results are written, the marker goes.
     member _.Publish() = File.Delete(Path.Combine(path, MarkerName))
     /// Undoes taking the folder for a run that failed before writing anything: the marker goes, and a

@@ -246,6 +246,17 @@ let private learnInto (out: string) (section: CliSection) (checkpointEvery: int)
         exporter |> Option.iter (fun e -> e.Finish())
         Learner.dispose finished
 
+/// About how many bytes a run writes at most at one time: a task model per task, the learner file twice
+/// while a checkpoint is replaced (the model, its snapshot and a few importance vectors, the buffer),
+/// the results, and a margin.
+let private outputBytes (learner: Learner) =
+    let parameters = Models.Backbones.parameterCount learner.Point.State.Model
+    let buffer =
+        match learner.Point.State.Buffer with
+        | Some b -> (b.Examples.NumberOfElements + b.Logits.NumberOfElements + b.Labels.NumberOfElements * 2L) * 4L
+        | None -> 0L
+    parameters * 4L * int64 (learner.TaskCount + 12) + 2L * buffer + 1048576L
+
 let private runCommand (results: ParseResults<RunArgs>) =
     let args = GivenOptions.ofResults (results.GetAllResults())
     let config = configOf args None None
@@ -276,6 +287,7 @@ let private runCommand (results: ParseResults<RunArgs>) =
                 Learner.dispose learner
                 raise (UsageProblem [ sprintf "--tasks: %s has %d tasks" config.Data.Benchmark learner.TaskCount ])
             | _ -> ()
+            hold.EnsureSpace(outputBytes learner)
             hold.MarkIncomplete(Config.hash config)
             learner
         with _ ->

@@ -98,7 +98,9 @@ module Results =
         add "task-il" result.Outcome.TaskIl
         Encoding.UTF8.GetBytes(sb.ToString())
 
-    /// Writes results.json and results.csv into a folder, atomically.
+    /// Writes results.csv and then results.json into a folder, each atomically: results.json, the file
+    /// that says a run is finished, comes last, so a failure leaves no results.json without its CSV.
     let write (folder: string) (result: ExperimentResult) (extra: Utf8JsonWriter -> unit) =
-        writeAtomically (Path.Combine(folder, "results.json")) (toJson result extra)
+        let json = toJson result extra
         writeAtomically (Path.Combine(folder, "results.csv")) (toCsv result)
+        writeAtomically (Path.Combine(folder, "results.json")) json
