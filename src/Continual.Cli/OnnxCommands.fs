@@ -18,6 +18,7 @@ let (|OnnxFailure|_|) (e: exn) =
     match e with
     | VerificationFailed _
     | InvalidModelFile _
+    | RepositoryError _
     | ExportError _
     | ModelLoadError _ -> Some e.Message
     | _ -> None
@@ -112,11 +113,12 @@ let verifyCommand (args: ParseResults<VerifyArgs>) : int =
             |> ignore
         AnsiConsole.Write table
         if v.Reproduced then
-            let seen = info.ClassesSeen |> List.map (fun c -> info.ClassToTask.[c] - 1) |> List.distinct |> List.sort
+            // The figures shown are the ones recomputed under ONNX Runtime, not the file's own.
+            let seen = v.TasksSeen
             let mean (a: float[]) = seen |> List.averageBy (fun j -> a.[j])
             AnsiConsole.MarkupLine(
                 "[green]reproduced exactly[/]: Class-IL {0}%, Task-IL {1}% (mean over the {2} tasks seen)",
-                f2 (mean info.ClassIlAccuracy), f2 (mean info.TaskIlAccuracy), seen.Length)
+                f2 (mean v.OnnxClassIlAccuracy), f2 (mean v.OnnxTaskIlAccuracy), seen.Length)
             0
         else
             Report.error (sprintf "%s: the accuracy recomputed under ONNX Runtime differs from the recorded one (different test data in %s, or a different model)" path data)
@@ -125,11 +127,16 @@ let verifyCommand (args: ParseResults<VerifyArgs>) : int =
 /// `continual export RUN_FOLDER --layout triton --to REPO [--name NAME]`.
 let exportCommand (args: ParseResults<ExportArgs>) : int =
     let layout = args.GetResult(Repository_Layout).Trim().ToLowerInvariant()
+    let name = args.TryGetResult Model_Name
     if layout <> "triton" then
         Report.error (sprintf "unknown --layout '%s' (expected triton)" layout)
         2
+    elif (name |> Option.bind Repository.nameProblem).IsSome then
+        // A usage error, found before anything is read or written.
+        Report.error (sprintf "--name: %s (Triton's model-name rules)" (name |> Option.bind Repository.nameProblem).Value)
+        2
     else
-        let r = Repository.writeTriton (args.GetResult Run_Folder) (args.GetResult Repository_Folder) (args.TryGetResult Model_Name)
+        let r = Repository.writeTriton (args.GetResult Run_Folder) (args.GetResult Repository_Folder) name
         AnsiConsole.MarkupLine(
             "wrote model [bold]{0}[/] with versions {1} to {2} (input [[N, {3}]], logits [[N, {4}]])",
             Markup.Escape r.Name, String.Join(", ", r.Versions), Markup.Escape r.ModelFolder, r.InputFeatures, r.OutputFeatures)

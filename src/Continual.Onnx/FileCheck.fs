@@ -1,5 +1,6 @@
 namespace Continual.Onnx
 
+open System
 open System.IO
 open Continual.Data
 
@@ -22,10 +23,36 @@ type FileVerification =
         this.TestExamples = this.Info.TestExamples
         && this.OnnxClassIlCorrect = this.Info.ClassIlCorrect
         && this.OnnxTaskIlCorrect = this.Info.TaskIlCorrect
+    /// The 0-based indices of the tasks whose classes the model has seen (from the checked class map).
+    member this.TasksSeen =
+        this.Info.ClassesSeen |> List.map (fun c -> this.Info.ClassToTask.[c] - 1) |> List.distinct |> List.sort
+    /// Class-IL accuracy (percent) recomputed under ONNX Runtime on each task's test set.
+    member this.OnnxClassIlAccuracy =
+        Array.map2 (fun c n -> if n = 0 then 0.0 else 100.0 * float c / float n) this.OnnxClassIlCorrect this.TestExamples
+    /// Task-IL accuracy (percent) recomputed under ONNX Runtime on each task's test set.
+    member this.OnnxTaskIlAccuracy =
+        Array.map2 (fun c n -> if n = 0 then 0.0 else 100.0 * float c / float n) this.OnnxTaskIlCorrect this.TestExamples
 
 /// Reading an exported file back and re-checking it on its own, long after its run.
 [<RequireQualifiedAccess>]
 module FileCheck =
+
+    let private taskFileName = Text.RegularExpressions.Regex(@"^task-(\d+)\.onnx$")
+
+    /// The task a file's path names, with where it says so: `task-<k>.onnx` (a run folder), or
+    /// `<k>/model.onnx` (a model repository's version k). None for any other name.
+    let taskOfPath (path: string) : (int * string) option =
+        let name = Path.GetFileName path
+        let m = taskFileName.Match name
+        let number (s: string) = match System.Int32.TryParse s with | true, k -> Some k | _ -> None
+        if m.Success then
+            number m.Groups.[1].Value |> Option.map (fun k -> k, "the file name " + name)
+        elif name = "model.onnx" then
+            let version = Path.GetFileName(Path.GetDirectoryName(Path.GetFullPath path))
+            if not (isNull version) && version.Length > 0 && version |> Seq.forall Char.IsAsciiDigit then
+                number version |> Option.map (fun k -> k, sprintf "the version folder %s" version)
+            else None
+        else None
 
     /// Reads and checks a .onnx file: protobuf, structure and Continual metadata. Raises
     /// InvalidModelFile with the reason when it is truncated, foreign or damaged.
@@ -41,7 +68,11 @@ module FileCheck =
         | [] -> ()
         | problems -> invalid ("not a valid ONNX model: " + String.concat "; " problems)
         match Metadata.read model with
-        | Ok info -> bytes, model, info
+        | Ok info ->
+            match taskOfPath path with
+            | Some(k, where) when k <> info.Task ->
+                invalid (sprintf "%s says task %d but the metadata key %stask says %d" where k Metadata.Prefix info.Task)
+            | _ -> bytes, model, info
         | Error reason -> invalid reason
 
     /// The test set of the run that wrote `path`, read from `dataFolder` by the reader of the benchmark

@@ -79,14 +79,101 @@ module Metadata =
           Prefix + "class_il_accuracy", json info.ClassIlAccuracy
           Prefix + "task_il_accuracy", json info.TaskIlAccuracy ]
 
+    /// The model's doc string: a one-line summary of its metadata.
+    let docString (info: TaskModelInfo) =
+        let seen = json (Array.ofList info.ClassesSeen)
+        $"Continual: {info.Strategy} on {info.Benchmark} ({info.Architecture}) after task {info.Task} of {info.TaskCount}; classes seen {seen}"
+
     /// The model with its task metadata, doc string and version set, and the graph hash as the last entry.
     let stamp (info: TaskModelInfo) (model: ModelProto) : ModelProto =
         let stamped = Export.withMetadata (entries info @ [ GraphHashKey, graphHash model.Graph ]) model
         stamped.ModelVersion <- int64 info.Task
-        let seen = json (Array.ofList info.ClassesSeen)
-        stamped.DocString <-
-            $"Continual: {info.Strategy} on {info.Benchmark} ({info.Architecture}) after task {info.Task} of {info.TaskCount}; classes seen {seen}"
+        stamped.DocString <- docString info
         stamped
+
+    /// The most classes a task model may have (the class-to-task map's length). Far above any
+    /// benchmark; it bounds the work `verify` does for a forged file.
+    [<Literal>]
+    let MaxClasses = 100000
+
+    /// The longest text value (strategy, benchmark, architecture, configuration hash) accepted.
+    [<Literal>]
+    let MaxTextLength = 256
+
+    /// Every problem of a task model's metadata besides its presence and syntax: bounds (task within
+    /// 1..task_count, task_count within 1..classes, classes within 1..MaxClasses, class indices within
+    /// the class map, counts non-negative and correct counts at most the images), cross-checks (every
+    /// class's task within the stream, every task with a class, the classes seen equal to those of
+    /// tasks 1..task, or every class for JOINT, one test count per task, the recorded accuracies equal
+    /// to those recomputed from the counts, model_version and the doc string equal to the task), and
+    /// keys this format does not define. Each message names the metadata key.
+    let problems (model: ModelProto) (info: TaskModelInfo) (recorded: IReadOnlyDictionary<string, string>) : string list =
+        let key name = Prefix + name
+        let classes = info.ClassToTask.Length
+        [ let known = HashSet<string>((entries info |> List.map fst) @ [ GraphHashKey ])
+          for k in recorded.Keys do
+              if k.StartsWith Prefix && not (known.Contains k) then
+                  sprintf "the metadata key %s is not part of format %s" k FormatVersion
+          if classes < 1 || classes > MaxClasses then
+              sprintf "%s lists %d classes (expected 1 to %d)" (key "class_to_task") classes MaxClasses
+          elif info.TaskCount < 1 || info.TaskCount > classes then
+              sprintf "%s is %d, outside 1..%d (every task brings at least one of the %d classes)" (key "task_count") info.TaskCount classes classes
+          elif info.Task < 1 || info.Task > info.TaskCount then
+              sprintf "%s is %d, outside 1..%d (%s)" (key "task") info.Task info.TaskCount (key "task_count")
+          else
+              match info.ClassToTask |> Array.tryFindIndex (fun t -> t < 1 || t > info.TaskCount) with
+              | Some c ->
+                  sprintf "%s gives class %d the task %d, outside 1..%d (%s)" (key "class_to_task") c info.ClassToTask.[c] info.TaskCount (key "task_count")
+              | None ->
+                  match [ 1 .. info.TaskCount ] |> List.tryFind (fun t -> not (Array.contains t info.ClassToTask)) with
+                  | Some t -> sprintf "%s gives no class to task %d of %d" (key "class_to_task") t info.TaskCount
+                  | None ->
+                      match info.ClassesSeen |> List.tryFind (fun c -> c < 0 || c >= classes) with
+                      | Some c -> sprintf "%s holds class %d, outside 0..%d (%s)" (key "classes_seen") c (classes - 1) (key "class_to_task")
+                      | None ->
+                          let joint = info.Strategy = "joint"
+                          let expected =
+                              [ for c in 0 .. classes - 1 do
+                                    if joint || info.ClassToTask.[c] <= info.Task then c ]
+                          if info.ClassesSeen <> expected then
+                              sprintf "%s is %s but %s gives %s after task %d%s" (key "classes_seen") (json (Array.ofList info.ClassesSeen))
+                                  (key "class_to_task") (json (Array.ofList expected)) info.Task (if joint then " (JOINT: every class)" else "")
+                          if joint && info.Task <> 1 then
+                              sprintf "%s is %d but a JOINT run has one model (task 1)" (key "task") info.Task
+                          if info.TestExamples.Length <> info.TaskCount then
+                              sprintf "%s has %d entries but %s is %d" (key "test_examples") info.TestExamples.Length (key "task_count") info.TaskCount
+          match info.TestExamples |> Array.tryFind (fun n -> n < 0) with
+          | Some n -> sprintf "%s holds the negative count %d" (key "test_examples") n
+          | None -> ()
+          for name, correct in [ "class_il_correct", info.ClassIlCorrect; "task_il_correct", info.TaskIlCorrect ] do
+              if correct.Length = info.TestExamples.Length then
+                  match Array.zip correct info.TestExamples |> Array.tryFindIndex (fun (c, n) -> c < 0 || c > n) with
+                  | Some j -> sprintf "%s says %d correct of task %d's %d test images" (key name) correct.[j] (j + 1) info.TestExamples.[j]
+                  | None -> ()
+          match info.TestPerClass with
+          | Some n when n < 1 -> sprintf "%s is %d (expected a positive count or \"all\")" (key "test_per_class") n
+          | _ -> ()
+          for name, value in [ "strategy", info.Strategy; "benchmark", info.Benchmark; "architecture", info.Architecture; "config_hash", info.ConfigHash ] do
+              if value.Length > MaxTextLength || value |> Seq.exists Char.IsControl then
+                  sprintf "%s is not a short one-line text" (key name)
+          if info.ConfigHash |> Seq.exists (fun c -> not (Char.IsAsciiHexDigitLower c || Char.IsAsciiDigit c)) then
+              sprintf "%s '%s' is not a lowercase hexadecimal hash" (key "config_hash") info.ConfigHash
+          // What the file reports beside the counts is recomputed from them, never trusted.
+          for name, computed in [ "class_il_accuracy", info.ClassIlAccuracy; "task_il_accuracy", info.TaskIlAccuracy ] do
+              let stated =
+                  match recorded.TryGetValue(key name) with
+                  | true, v -> (try JsonSerializer.Deserialize<float[]> v with _ -> null)
+                  | _ -> null
+              if isNull stated then sprintf "the metadata key %s is missing or unreadable" (key name)
+              elif stated.Length <> computed.Length || Array.exists2 (fun (a: float) b -> not (abs (a - b) <= 1e-9)) stated computed then
+                  sprintf "%s says %s but the recorded counts give %s" (key name) (json stated) (json computed)
+          if model.ModelVersion <> int64 info.Task then
+              sprintf "the model_version %d differs from %s %d" model.ModelVersion (key "task") info.Task
+          if model.DocString <> docString info then
+              sprintf "the doc string '%s' does not match the metadata (%s)" model.DocString (docString info)
+          match recorded.TryGetValue(key "input") with
+          | true, v when v = (entries info |> List.find (fun (k, _) -> k = key "input") |> snd) -> ()
+          | _ -> sprintf "the metadata key %s is not the input layout this build writes" (key "input") ]
 
     /// The metadata of a model as a dictionary (the last value wins for a repeated key).
     let toDictionary (model: ModelProto) : IReadOnlyDictionary<string, string> =
@@ -135,5 +222,7 @@ module Metadata =
                       TaskIlCorrect = ints "task_il_correct" }
                 if info.ClassIlCorrect.Length <> info.TestExamples.Length || info.TaskIlCorrect.Length <> info.TestExamples.Length then
                     failwith "the per-task metadata lists have different lengths"
-                Ok info
+                match problems model info d with
+                | [] -> Ok info
+                | first :: _ -> Error first
             with Failure message -> Error message
