@@ -135,6 +135,10 @@ module Repository =
     /// without results.json is an unfinished run. Raises InvalidModelFile naming the missing tasks,
     /// the files that differ, or what is wrong. Returns the files' bytes, task numbers and metadata.
     let checkRun (runFolder: string) : (int * byte[] * TaskModelInfo) list * int * int =
+        // The command line marks a folder whose run has not published its results (a stopped or killed
+        // run, or one that `learn` is extending).
+        if File.Exists(Path.Combine(runFolder, ".continual-incomplete")) then
+            raise (InvalidModelFile(runFolder, "the run did not finish (it is marked incomplete: continue it with `continual resume`)"))
         let files = taskFiles runFolder
         let checkedFiles =
             files
