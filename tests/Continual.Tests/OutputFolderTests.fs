@@ -57,6 +57,15 @@ let private expectConsistent (label: string) (folder: string) =
         for k in 1 .. 5 do
             Expect.isTrue (File.Exists(Path.Combine(folder, sprintf "task-%d.onnx" k))) (sprintf "%s: published results have task-%d.onnx" label k)
 
+/// Runs another program: exit code and everything it said.
+let private execute' (program: string) (args: string list) =
+    let psi = ProcessStartInfo(program, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false)
+    for a in args do psi.ArgumentList.Add a
+    use p = Process.Start psi
+    let output = p.StandardOutput.ReadToEnd() + p.StandardError.ReadToEnd()
+    p.WaitForExit()
+    p.ExitCode, output
+
 let private small seed = [ "run"; "--strategy"; "derpp"; "--buffer"; "50"; "--train-per-class"; "100"; "--test-per-class"; "30"; "--quiet"; "--seed"; string seed ]
 
 [<Tests>]
@@ -103,6 +112,7 @@ let tests =
             use tmp = new TempFolder()
             let out = Path.Combine(tmp.Path, "killed")
             let random = Random 20
+            let mutable exportChecked = false
             for i in 1 .. 20 do
                 // Seeds alternate so that two consecutive runs have different configuration hashes.
                 let p, _, _ = start (small (i % 2) @ [ "--out"; out; "--overwrite" ])
@@ -110,10 +120,38 @@ let tests =
                 (try p.Kill() with _ -> ())
                 p.WaitForExit()
                 p.Dispose()
-                if Directory.Exists out then expectConsistent (sprintf "after kill %d" i) out
+                if Directory.Exists out then
+                    expectConsistent (sprintf "after kill %d" i) out
+                    // Readers refuse a folder marked incomplete (once is enough).
+                    if not exportChecked && File.Exists(Path.Combine(out, Continual.Cli.OutputFolder.MarkerName)) then
+                        let repository = Path.Combine(tmp.Path, "repository")
+                        let code, said = execute [ "export"; out; "--layout"; "triton"; "--to"; repository ]
+                        Expect.equal code 1 ("export of an incomplete run: " + said)
+                        Expect.stringContains said "did not finish" "export says why"
+                        Expect.isFalse (Directory.Exists repository) "export wrote nothing"
+                        exportChecked <- true
             let code, said = execute (small 0 @ [ "--out"; out; "--overwrite" ])
             Expect.equal code 0 said
             expectConsistent "after a last whole run" out
             Expect.isEmpty (Directory.GetFiles(out, "*.tmp")) "the last run removed every temporary file"
             Expect.isTrue (File.Exists(Path.Combine(out, "results.json"))) "the last run published its results"
+            Expect.isTrue exportChecked "at least one kill left an incomplete run for export to refuse"
+
+        testCase "a place without room for a run's files is refused before training, and nothing is left" <| fun () ->
+            if not (hasFashionMnist ()) then skiptest "Fashion-MNIST is not installed"
+            use tmp = new TempFolder()
+            let place = Path.Combine(tmp.Path, "small")
+            Directory.CreateDirectory place |> ignore
+            // A 1 MiB tmpfs: a real full-disk condition without filling the machine's disk.
+            let mount = execute' "mount" [ "-t"; "tmpfs"; "-o"; "size=1m"; "tmpfs"; place ]
+            if fst mount <> 0 then skiptest (sprintf "skipped: mount -t tmpfs was refused (%s)" (snd mount))
+            try
+                let out = Path.Combine(place, "run")
+                let code, said = execute (small 0 @ [ "--out"; out ])
+                Expect.equal code 1 said
+                Expect.stringContains said "MiB free" "says how much room there is and how much is needed"
+                Expect.isFalse (said.Contains "   at ") "no stack trace"
+                Expect.isFalse (Directory.Exists out) "nothing was left"
+            finally
+                execute' "umount" [ place ] |> ignore
     ]
