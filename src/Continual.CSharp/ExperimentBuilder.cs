@@ -545,7 +545,8 @@ public sealed class ExperimentBuilder
             _s.Benchmark ?? d.Benchmark,
             _s.DataFolder ?? d.Folder,
             _s.TrainPerClass is int train ? FSharpOption<int>.Some(train) : FSharpOption<int>.None,
-            _s.TestPerClass is int test ? FSharpOption<int>.Some(test) : FSharpOption<int>.None);
+            _s.TestPerClass is int test ? FSharpOption<int>.Some(test) : FSharpOption<int>.None,
+            d.AllowMissingClasses);
         var r = config.Run;
         var run = new CoreRun(
             _s.LearningRate ?? r.LearningRate,

@@ -28,6 +28,7 @@ module Help =
           "threads", "libtorch intra-op threads (default 1, the fastest for batch 10)."
           "train-per-class", "use at most this many training images per class."
           "test-per-class", "use at most this many test images per class."
+          "allow-missing-classes", "run even when some class has no training example (refused otherwise)."
           "distill", "extra distillation term on any strategy: kd, fitnets, nst, at, rkd, pod, sd, relation (default none); bench --distill all times each term per step against plain SGD."
           "distill-weight", "weight of the --distill term (default 1)."
           "temperature", "temperature of LwF's soft targets and of --distill kd (default 2)."
@@ -78,6 +79,7 @@ type RunArgs =
     | Threads of count: int
     | Train_Per_Class of count: int
     | Test_Per_Class of count: int
+    | Allow_Missing_Classes
     | Backbone of name: string
     | Penalty of name: string
     | Distill of name: string
@@ -125,6 +127,7 @@ type SavedRunArgs =
     | Threads of count: int
     | Train_Per_Class of count: int
     | Test_Per_Class of count: int
+    | Allow_Missing_Classes
     | Backbone of name: string
     | Penalty of name: string
     | Distill of name: string
@@ -195,6 +198,7 @@ type BenchArgs =
     | Threads of count: int
     | Train_Per_Class of count: int
     | Test_Per_Class of count: int
+    | Allow_Missing_Classes
     | Backbone of name: string
     | Penalty of name: string
     | Distill of name: string
@@ -238,6 +242,7 @@ type CompareArgs =
     | Threads of count: int
     | Train_Per_Class of count: int
     | Test_Per_Class of count: int
+    | Allow_Missing_Classes
     | Backbone of name: string
     | Penalty of name: string
     | Distill of name: string
@@ -352,6 +357,7 @@ type Command =
     | [<CliPrefix(CliPrefix.None)>] Verify of ParseResults<VerifyArgs>
     | [<CliPrefix(CliPrefix.None)>] Export of ParseResults<ExportArgs>
     | Version
+    | Verbose
 
     interface IArgParserTemplate with
         member this.Usage =
@@ -365,3 +371,4 @@ type Command =
             | Verify _ -> "re-check an exported task-<k>.onnx under ONNX Runtime against the accuracy it records."
             | Export _ -> "lay a run's task models out as a model repository (--layout triton --to REPO)."
             | Version -> "print the version."
+            | Verbose -> "with an error, also print the .NET stack trace (works with every command, anywhere on the line)."

@@ -16,6 +16,9 @@ let private UsageError = 2
 
 exception private UsageProblem of string list
 
+/// The environment does not allow the work (an output folder that cannot be written): exit 1.
+exception private EnvironmentProblem of string
+
 /// The process should end with this exit code (a stop on a signal) after what it printed.
 exception private Stopped of exitCode: int
 
@@ -75,7 +78,8 @@ let configOf (args: GivenOptions) (strategyOverride: string option) (seedOverrid
                     Benchmark = GivenOptions.get "benchmark" d.Data.Benchmark args
                     Folder = GivenOptions.get "data" d.Data.Folder args
                     TrainPerClass = GivenOptions.tryGet "train-per-class" args
-                    TestPerClass = GivenOptions.tryGet "test-per-class" args }
+                    TestPerClass = GivenOptions.tryGet "test-per-class" args
+                    AllowMissingClasses = GivenOptions.contains "allow-missing-classes" args }
             Backbone = (GivenOptions.get "backbone" d.Backbone args).Trim().ToLowerInvariant() }
     methodOptions args
     |> List.fold (fun c (option, value) ->
@@ -92,6 +96,8 @@ let private refuseInapplicable (args: GivenOptions) (config: Config) =
         |> List.filter (fun (option, value) -> (Experiment.setOption option value config).IsNone)
         |> List.map fst
         |> List.distinct
+    if GivenOptions.contains "buffer" args && Config.bufferSize config = 0 then
+        raise (UsageProblem [ sprintf "--buffer does not apply to %s, which keeps no replay buffer or exemplar memory" (Config.methodName config) ])
     if not unused.IsEmpty then
         let what =
             [ yield Config.methodName config
@@ -123,12 +129,40 @@ let private check (config: Config) =
             else
                 for name in Benchmarks.idxFileNames do
                     Benchmarks.findIdxFile config.Data.Folder name |> ignore
-        with DataFileError(path, reason) ->
+        with
+        | DataFileError(_, reason) as e when not (reason.Contains "not found" || reason.StartsWith "is a file, not a folder") ->
+            // The file is there but cannot be used (unreadable, a dangling link, a folder): exit 1.
+            raise e
+        | DataFileError(path, reason) ->
             let hint =
                 if config.Data.Benchmark = "split-cifar10" then "point --data at a folder with CIFAR-10's binary batches (data_batch_1.bin ... test_batch.bin)"
                 else "point --data at a folder with the four IDX files; on Debian, apt-get install dataset-fashion-mnist"
             raise (UsageProblem [ sprintf "%s: %s (%s)" path reason hint ])
     | errors -> raise (UsageProblem (errors |> List.map describe))
+
+/// Refuses an output folder that is a file or cannot be written, before any work: the folder is
+/// created when missing and a probe file is written in it and deleted; whatever the check created is
+/// removed again, so that nothing is left when the run fails later.
+let private checkOut (out: string) =
+    let full = Path.GetFullPath out
+    if File.Exists full then raise (EnvironmentProblem(sprintf "%s: --out is a file, not a folder (nothing was written)" full))
+    let rec firstMissing (path: string) =
+        let parent = Path.GetDirectoryName path
+        if isNull parent || Directory.Exists parent then path else firstMissing parent
+    let created = if Directory.Exists full then None else Some(firstMissing full)
+    try
+        try
+            Directory.CreateDirectory full |> ignore
+            let probe = Path.Combine(full, sprintf ".continual-probe-%s" (Guid.NewGuid().ToString "N"))
+            File.WriteAllBytes(probe, [| 0uy |])
+            File.Delete probe
+        with
+        | :? UnauthorizedAccessException -> raise (EnvironmentProblem(sprintf "%s: the output folder cannot be written: permission denied (nothing was written)" full))
+        | :? IOException as e -> raise (EnvironmentProblem(sprintf "%s: the output folder cannot be written: %s (nothing was written)" full e.Message))
+    finally
+        match created with
+        | Some top when Directory.Exists top -> (try Directory.Delete(top, true) with _ -> ())
+        | _ -> ()
 
 let private runOnce (config: Config) (quiet: bool) (afterTask: AfterTask -> unit) =
     Report.withProgress quiet (fun onEvent ->
@@ -263,6 +297,7 @@ let private runCommand (results: ParseResults<RunArgs>) =
     refuseInapplicable args config
     check config
     let out = GivenOptions.get "out" (defaultOut config) args
+    checkOut out
     let every = GivenOptions.get "checkpoint-every" 0 args
     if every < 0 then raise (UsageProblem [ sprintf "--checkpoint-every must be positive (got %d)" every ])
     let lastTask =
@@ -327,6 +362,7 @@ let private contradictions (given: GivenOptions) (saved: Config) : string list =
               | "data" -> Some(box saved.Data.Folder)
               | "train-per-class" -> Some(optional saved.Data.TrainPerClass)
               | "test-per-class" -> Some(optional saved.Data.TestPerClass)
+              | "allow-missing-classes" -> Some(box saved.Data.AllowMissingClasses)
               | "backbone" -> Some(box saved.Backbone)
               | "penalty" -> Some(optional (Config.penaltyName saved))
               | "distill" -> Some(box (match saved.Distillation with [] -> "none" | ts -> ts |> List.map (fun t -> Methods.DistillationKind.name t.Kind) |> String.concat ","))
@@ -522,6 +558,7 @@ let private benchCommand (results: ParseResults<BenchArgs>) =
     check config
     let repeat = GivenOptions.get "repeat" 1 args
     if repeat <= 0 then raise (UsageProblem [ sprintf "--repeat must be positive (got %d)" repeat ])
+    GivenOptions.tryGet<string> "out" args |> Option.iter checkOut
     let table = Table(Title = TableTitle(sprintf "%s on %s, buffer %d" (Config.methodName config) config.Data.Benchmark (Config.bufferSize config)))
     for c in [ "run"; "wall s (load+train+eval+checkpoints)"; "train s"; "eval s"; "checkpoint s"; "checkpoints % of wall"; "load s"; "file MiB"; "steps"; "steps/s"; "peak memory MiB"; "class-il"; "task-il" ] do
         table.AddColumn(c) |> ignore
@@ -637,9 +674,12 @@ let private compareCommand (results: ParseResults<CompareArgs>) =
     let seeds =
         split (GivenOptions.get "seeds" "0,1,2" args)
         |> List.map (fun s -> match Int64.TryParse s with | true, v -> v | _ -> raise (UsageProblem [ sprintf "--seeds: '%s' is not an integer" s ]))
+    if strategies.IsEmpty then raise (UsageProblem [ "--strategies: no strategy given (e.g. --strategies sgd,derpp)" ])
+    if seeds.IsEmpty then raise (UsageProblem [ "--seeds: no seed given (e.g. --seeds 0,1,2)" ])
     let configs = [ for s in strategies -> s, [ for seed in seeds -> configOf args (Some s) (Some seed) ] ]
     configs |> List.iter (snd >> List.iter check)
     let out = GivenOptions.get "out" "runs/compare" args
+    checkOut out
     use hold = OutputFolder.acquireFresh out (GivenOptions.contains "overwrite" args)
     let label (runs: Config list) =
         let head = runs.Head
@@ -683,12 +723,52 @@ let private compareCommand (results: ParseResults<CompareArgs>) =
     AnsiConsole.MarkupLine("summary: {0}", Markup.Escape summary)
     0
 
-/// Runs the tool on command-line arguments and returns its exit code (never exits the process).
+/// The options given more than once on a command line (Argu would silently keep the last), each once.
+let private repeatedOptions (argv: string[]) : string list =
+    argv
+    |> Array.takeWhile (fun a -> a <> "--")
+    |> Array.filter (fun a -> a.Length > 2 && a.StartsWith "--" && Char.IsLetter a.[2])
+    |> Array.map (fun a -> match a.IndexOf '=' with -1 -> a | i -> a.Substring(0, i))
+    |> Array.countBy id
+    |> Array.filter (fun (_, n) -> n > 1)
+    |> Array.map fst
+    |> List.ofArray
+
+/// An environment error in one line: the cause, with the path where .NET's message names one. libtorch's
+/// messages carry its C++ trace after the first line; only the first line is kept.
+let private describeFailure (e: exn) : string =
+    let firstLine (text: string) =
+        text.Split([| '\n'; '\r' |], StringSplitOptions.RemoveEmptyEntries) |> Array.tryHead |> Option.defaultValue "" |> fun l -> l.Trim()
+    match e with
+    | :? UnauthorizedAccessException -> sprintf "permission denied: %s" (firstLine e.Message)
+    | :? DirectoryNotFoundException
+    | :? FileNotFoundException -> sprintf "not found: %s" (firstLine e.Message)
+    | :? IOException -> sprintf "input/output error: %s" (firstLine e.Message)
+    | :? OutOfMemoryException -> sprintf "out of memory: %s" (firstLine e.Message)
+    | :? Runtime.InteropServices.ExternalException ->
+        let line = firstLine e.Message
+        if line.Contains "alloc" || line.Contains "memory" then sprintf "out of memory in libtorch: %s" line
+        else sprintf "libtorch failed: %s" line
+    | _ -> sprintf "%s (%s)" (firstLine e.Message) (e.GetType().Name)
+
+/// Runs the tool on command-line arguments and returns its exit code (never exits the process). Every
+/// error ends as one line "error: ..." on stderr: exit 2 for bad usage, 1 for a failure of the work or
+/// the environment; `--verbose` (anywhere on the line) adds the .NET stack trace.
 let run (argv: string[]) : int =
     // Tables wrap at 80 columns when output goes to a file or a pipe; results read better wider.
     if Console.IsOutputRedirected then AnsiConsole.Profile.Width <- 160
+    let verbose = argv |> Array.contains "--verbose"
+    let argv = argv |> Array.filter (fun a -> a <> "--verbose")
+    let trace (e: exn) = if verbose then eprintfn "%s" (e.ToString())
     let parser = ArgumentParser.Create<Command>(programName = "continual")
     try
+        match repeatedOptions argv with
+        | [] -> ()
+        | repeated -> raise (UsageProblem [ for o in repeated -> sprintf "%s is given more than once (give each option once)" o ])
+        if argv.Length >= 1 && argv.[0] = "--version" then
+            printfn "continual %s" (typeof<Config>.Assembly.GetName().Version.ToString())
+            0
+        else
         let parsed = parser.ParseCommandLine(argv, raiseOnUsage = true)
         match parsed.GetSubCommand() with
         | Run args -> runCommand args
@@ -700,10 +780,12 @@ let run (argv: string[]) : int =
             let args = GivenOptions.ofResults (results.GetAllResults())
             let config = configOf args (Some "sgd") None
             check config
+            GivenOptions.tryGet<string> "out" args |> Option.iter checkOut
             BenchPenalties.run config (GivenOptions.tryGet "out" args)
         | Verify args -> OnnxCommands.verifyCommand args
         | Export args -> OnnxCommands.exportCommand args
-        | Version ->
+        | Version
+        | Verbose ->
             printfn "continual %s" (typeof<Config>.Assembly.GetName().Version.ToString())
             0
     with
@@ -714,16 +796,26 @@ let run (argv: string[]) : int =
         printfn "%s" e.Message
         0
     | :? ArguParseException as e ->
-        eprintfn "%s" e.Message
+        // Argu's message is the problem on its first line, then the usage: one line, and where to read more.
+        let first = e.Message.Split([| '\n'; '\r' |], StringSplitOptions.RemoveEmptyEntries) |> Array.tryHead |> Option.defaultValue "bad usage"
+        let problem = if first.StartsWith("ERROR: ", StringComparison.OrdinalIgnoreCase) then first.Substring 7 else first
+        Report.error (sprintf "%s (--help lists the options)" (problem.Trim()))
+        trace e
         UsageError
-    | DataFileError(path, reason) ->
+    | InvalidConfiguration errors ->
+        for e in errors do Report.error (describe e)
+        UsageError
+    | DataFileError(path, reason) as e ->
         Report.error (sprintf "%s: %s (nothing was written)" path reason)
+        trace e
         1
     | TrainingDiverged _ as e ->
         Report.error (e.Message + " (nothing was written)")
+        trace e
         1
-    | OnnxCommands.OnnxFailure message ->
+    | OnnxCommands.OnnxFailure message as e ->
         Report.error message
+        trace e
         1
     | LearnerProblem message ->
         Report.error message
@@ -731,7 +823,14 @@ let run (argv: string[]) : int =
     | OutputFolder.OutputFolderError _ as e ->
         Report.error e.Message
         1
+    | EnvironmentProblem message ->
+        Report.error message
+        1
     | Stopped code -> code
+    | e ->
+        Report.error (describeFailure e + (if verbose then "" else " (--verbose shows the stack trace)"))
+        trace e
+        1
 
 [<EntryPoint>]
 let main argv = run argv

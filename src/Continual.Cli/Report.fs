@@ -81,6 +81,12 @@ let withProgress (quiet: bool) (work: (TrainingEvent -> unit) -> 'T) : 'T =
                     | _ -> ()
             work onEvent)
 
-/// Prints an error in red.
+/// Prints an error as one line "error: ..." on stderr ("error:" in red when stderr is a terminal);
+/// line breaks in the message are folded so that the error stays one line.
 let error (message: string) =
-    AnsiConsole.MarkupLine("[red]error:[/] {0}", Markup.Escape message)
+    let oneLine = message.ReplaceLineEndings(" ").Trim()
+    Console.Out.Flush()
+    if Console.IsErrorRedirected || not (isNull (Environment.GetEnvironmentVariable "NO_COLOR")) then
+        eprintfn "error: %s" oneLine
+    else
+        eprintfn "\u001b[31merror:\u001b[0m %s" oneLine

@@ -15,7 +15,9 @@ type DataSettings =
       /// Use at most this many training examples per class (None: all).
       TrainPerClass: int option
       /// Use at most this many test examples per class (None: all).
-      TestPerClass: int option }
+      TestPerClass: int option
+      /// Accept a training set in which some class has no example (by default such data is refused).
+      AllowMissingClasses: bool }
 
 /// Everything that defines a run, typed and nested: the run's settings, its data, the backbone, the
 /// method, an optional importance penalty and optional distillation terms. `Config.version` numbers

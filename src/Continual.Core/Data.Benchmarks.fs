@@ -51,12 +51,15 @@ module Benchmarks =
 
     /// The path of one IDX file in a folder, plain or gzip, failing clearly when neither is there.
     let findIdxFile (folder: string) (name: string) =
+        DataFiles.checkFolder folder
         let plain = Path.Combine(folder, name)
         let gz = plain + ".gz"
-        if File.Exists gz then gz
-        elif File.Exists plain then plain
-        elif not (Directory.Exists folder) then raise (DataFileError(folder, "data folder not found"))
-        else raise (DataFileError(plain, "file not found (nor with .gz); an MNIST-style folder holds " + String.concat ", " idxFileNames))
+        let found =
+            if DataFiles.exists gz then gz
+            elif DataFiles.exists plain then plain
+            else raise (DataFileError(plain, "file not found (nor with .gz); an MNIST-style folder holds " + String.concat ", " idxFileNames))
+        DataFiles.checkReadable found
+        found
 
     /// A labelled set from raw bytes: `labels.Length` examples of `features` pixel bytes each, one after
     /// another, scaled to [0, 1].
@@ -86,6 +89,8 @@ module Benchmarks =
         let trainLabels = Idx.readLabels paths.[1]
         let testImages = Idx.readImages paths.[2]
         let testLabels = Idx.readLabels paths.[3]
+        if trainImages.Count = 0 then raise (DataFileError(paths.[0], "holds 0 images: the training set is empty"))
+        if testImages.Count = 0 then raise (DataFileError(paths.[2], "holds 0 images: the test set is empty"))
         if (testImages.Rows, testImages.Cols) <> (trainImages.Rows, trainImages.Cols) then
             raise (DataFileError(paths.[2], sprintf "images are %dx%d but the training images are %dx%d" testImages.Rows testImages.Cols trainImages.Rows trainImages.Cols))
         let train = toSet paths.[0] paths.[1] trainImages trainLabels numClasses

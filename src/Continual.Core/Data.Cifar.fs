@@ -26,17 +26,22 @@ module Cifar =
     /// The path of one file in a folder, or in its `cifar-10-batches-bin` subfolder (the layout of the
     /// official archive), failing clearly when neither holds it.
     let findFile (folder: string) (name: string) =
+        DataFiles.checkFolder folder
         let direct = Path.Combine(folder, name)
         let nested = Path.Combine(folder, "cifar-10-batches-bin", name)
-        if File.Exists direct then direct
-        elif File.Exists nested then nested
-        elif not (Directory.Exists folder) then raise (DataFileError(folder, "data folder not found"))
-        else raise (DataFileError(direct, "file not found; a CIFAR-10 folder holds " + String.concat ", " fileNames))
+        let found =
+            if DataFiles.exists direct then direct
+            elif DataFiles.exists nested then nested
+            else raise (DataFileError(direct, "file not found; a CIFAR-10 folder holds " + String.concat ", " fileNames))
+        DataFiles.checkReadable found
+        found
 
     /// Reads one batch file: its labels and its pixels (record after record, without the labels).
     let readBatch (path: string) : byte[] * byte[] =
+        DataFiles.checkReadable path
         let bytes = File.ReadAllBytes path
-        if bytes.Length = 0 || bytes.Length % RecordSize <> 0 then
+        if bytes.Length = 0 then raise (DataFileError(path, "holds 0 records"))
+        if bytes.Length % RecordSize <> 0 then
             raise (DataFileError(path, sprintf "%d bytes is not a whole number of %d-byte records" bytes.Length RecordSize))
         let count = bytes.Length / RecordSize
         let labels = Array.init count (fun i -> bytes.[i * RecordSize])
@@ -69,6 +74,13 @@ module Cifar =
     let readFolder (folder: string) : LabelledSet * LabelledSet =
         let paths = fileNames |> List.map (findFile folder)
         let batches = paths |> List.map readBatch
+        // The five training batches hold the same number of records (10000 each in CIFAR-10): one that
+        // differs was cut, even at a record boundary.
+        let counts = batches |> List.take 5 |> List.map (fst >> Array.length)
+        match List.zip (List.take 5 paths) counts |> List.tryFind (fun (_, c) -> c <> List.max counts) with
+        | Some(path, count) ->
+            raise (DataFileError(path, sprintf "holds %d records where the other training batches hold %d (CIFAR-10's hold 10000 each): the file is cut or from another set" count (List.max counts)))
+        | None -> ()
         toSet (List.take 5 batches), toSet [ List.last batches ]
 
     /// Split CIFAR-10: 5 tasks of 2 classes in label order, 32 × 32 RGB.

@@ -9,6 +9,39 @@ exception DataFileError of path: string * reason: string
     with
         override this.Message = sprintf "%s: %s" this.path this.reason
 
+/// Checks on data folders and files before they are read.
+[<RequireQualifiedAccess>]
+module DataFiles =
+
+    /// Fails with a DataFileError unless the folder is an existing folder ("is a file, not a folder"
+    /// for a file given in its place).
+    let checkFolder (folder: string) =
+        if File.Exists folder then raise (DataFileError(folder, "is a file, not a folder; --data takes the folder that holds the data files"))
+        if not (Directory.Exists folder) then raise (DataFileError(folder, "data folder not found"))
+
+    /// Whether something (a file, a folder or a link, even a dangling one) is at the path.
+    let exists (path: string) =
+        File.Exists path || Directory.Exists path || not (isNull (FileInfo(path).LinkTarget))
+
+    /// Fails with a DataFileError unless the path is a regular file (or a link to one) that this
+    /// process can open for reading: a dangling link, a folder in a file's place and an unreadable
+    /// file each get their own message.
+    let checkReadable (path: string) =
+        let info = FileInfo path
+        if Directory.Exists path then raise (DataFileError(path, "is a folder, not a data file"))
+        match info.LinkTarget with
+        | null -> if not info.Exists then raise (DataFileError(path, "file not found"))
+        | target ->
+            let final = try info.ResolveLinkTarget true with :? IOException -> null
+            if isNull final || not final.Exists then
+                raise (DataFileError(path, sprintf "is a symbolic link to %s, which does not exist (a dangling link)" target))
+        try
+            use _ = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read)
+            ()
+        with
+        | :? UnauthorizedAccessException -> raise (DataFileError(path, "cannot be read: permission denied"))
+        | :? IOException as e -> raise (DataFileError(path, sprintf "cannot be read: %s" e.Message))
+
 /// Images from an IDX file: `count` images of rows x cols unsigned bytes, row-major, one after another.
 type IdxImages =
     { Count: int
@@ -31,17 +64,26 @@ module Idx =
     let private fail path reason = raise (DataFileError(path, reason))
 
     let private readAllBytes (path: string) : byte[] =
-        if not (File.Exists path) then fail path "file not found"
+        DataFiles.checkReadable path
         let raw = File.ReadAllBytes path
         if raw.Length >= 2 && raw.[0] = 0x1fuy && raw.[1] = 0x8buy then
+            if raw.Length < 18 then fail path (sprintf "corrupt gzip stream: %d bytes, shorter than a gzip header and trailer" raw.Length)
+            if raw.[2] <> 8uy then fail path (sprintf "corrupt gzip stream: compression method %d in the header (gzip uses 8, deflate)" raw.[2])
             try
                 use input = new GZipStream(new MemoryStream(raw), CompressionMode.Decompress)
                 use output = new MemoryStream()
                 input.CopyTo output
+                // The trailer records the uncompressed size (mod 2^32); fewer bytes mean a cut stream.
+                let recorded = BitConverter.ToUInt32(raw, raw.Length - 4)
+                if uint32 (output.Length % 4294967296L) < recorded then
+                    fail path (sprintf "corrupt gzip stream: truncated (%d bytes decompressed, the trailer records %d)" output.Length recorded)
                 output.ToArray()
             with
-            | :? InvalidDataException
-            | :? EndOfStreamException as e -> fail path (sprintf "corrupt or truncated gzip stream (%s)" e.Message)
+            | :? InvalidDataException -> fail path "corrupt gzip stream: the compressed data is damaged"
+            | :? EndOfStreamException -> fail path "corrupt gzip stream: truncated"
+        elif path.EndsWith(".gz", StringComparison.OrdinalIgnoreCase) then
+            fail path (sprintf "corrupt gzip stream: the file is named .gz but does not start with the gzip signature 1f 8b (it starts with %s)"
+                           (raw |> Array.truncate 2 |> Array.map (sprintf "%02x") |> String.concat " "))
         else
             raw
 

@@ -16,6 +16,9 @@ module Engine =
             torch.set_num_threads (max 1 intraOpThreads)
             configured <- true
 
+    /// Whether libtorch sees a CUDA device (false on the CPU build).
+    let cudaAvailable () : bool = torch.cuda.is_available ()
+
     /// Parses a device name ("cpu", "cuda", "cuda:1"), failing clearly when CUDA is asked for but absent.
     let device (name: string) : torch.Device =
         match name.Trim().ToLowerInvariant() with

@@ -74,6 +74,8 @@ module Config =
         w.WriteString("folder", config.Data.Folder)
         writeOptionalInt w "trainPerClass" config.Data.TrainPerClass
         writeOptionalInt w "testPerClass" config.Data.TestPerClass
+        // Written only when set, so that the configurations (and hashes) of earlier runs are unchanged.
+        if config.Data.AllowMissingClasses then w.WriteBoolean("allowMissingClasses", true)
         w.WriteEndObject()
         w.WriteString("backbone", config.Backbone)
         w.WritePropertyName "method"
@@ -139,7 +141,8 @@ module Config =
             { Benchmark = data.GetProperty("benchmark").GetString()
               Folder = data.GetProperty("folder").GetString()
               TrainPerClass = optionalInt (data.GetProperty "trainPerClass")
-              TestPerClass = optionalInt (data.GetProperty "testPerClass") }
+              TestPerClass = optionalInt (data.GetProperty "testPerClass")
+              AllowMissingClasses = (match data.TryGetProperty "allowMissingClasses" with | true, v -> v.GetBoolean() | _ -> false) }
           Backbone = root.GetProperty("backbone").GetString()
           Method = Registry.readNamed methodJson entry.Settings (entry.Default (match methodJson.TryGetProperty "buffer" with | true, b -> b.GetInt32() | _ -> 500))
           Penalty = penalty
@@ -189,7 +192,7 @@ module Experiment =
             | Some e -> e
             | None -> invalidArg (nameof strategy) (sprintf "unknown strategy '%s' (expected one of: %s)" strategy (String.concat ", " strategyNames))
         { Run = entry.Protocol bufferSize baseRun
-          Data = { Benchmark = "split-fmnist"; Folder = Benchmarks.defaultFashionMnistFolder; TrainPerClass = None; TestPerClass = None }
+          Data = { Benchmark = "split-fmnist"; Folder = Benchmarks.defaultFashionMnistFolder; TrainPerClass = None; TestPerClass = None; AllowMissingClasses = false }
           Backbone = "mlp"
           Method = entry.Default bufferSize
           Penalty = None
@@ -244,6 +247,16 @@ module Experiment =
 
     let private error path option message = { Path = path; Option = option; Message = message }
 
+    /// The most training examples a configuration's benchmark can hold, from the benchmark's published
+    /// size and --train-per-class (before any file is read); None for an unknown benchmark.
+    let nominalTrainingSize (config: Config) : int64 option =
+        let perClass =
+            match config.Data.Benchmark with
+            | "split-fmnist" | "split-mnist" -> Some 6000L
+            | "split-cifar10" -> Some 5000L
+            | _ -> None
+        perClass |> Option.map (fun n -> 10L * (match config.Data.TrainPerClass with Some t -> min n (int64 t) | None -> n))
+
     let private settingErrors (prefix: string) (settings: Setting<'S> list) (value: 'S) =
         [ for s in settings do
               match s.Check value with
@@ -263,12 +276,18 @@ module Experiment =
           if not (r.WeightDecay >= 0.0) || Double.IsInfinity r.WeightDecay then
               error "run.weightDecay" (Some "weight-decay") (sprintf "the weight decay must be a non-negative number (got %g)" r.WeightDecay)
           if r.Threads <= 0 then error "run.threads" (Some "threads") (sprintf "the number of threads must be positive (got %d)" r.Threads)
+          elif int64 r.Threads > 4L * int64 Environment.ProcessorCount then
+              error "run.threads" (Some "threads")
+                  (sprintf "%d threads is more than 4 per core (this machine has %d cores, so at most %d)" r.Threads Environment.ProcessorCount (4 * Environment.ProcessorCount))
           match r.ClipGrad with
           | Some c when not (c > 0.0) -> error "run.clipGrad" (Some "clip-grad") (sprintf "the gradient clipping bound must be positive (got %g)" c)
           | _ -> ()
           let device = r.Device.Trim().ToLowerInvariant()
           if device <> "cpu" && not (device.StartsWith "cuda") then
               error "run.device" (Some "device") (sprintf "unknown device '%s' (expected cpu or cuda)" r.Device)
+          elif device.StartsWith "cuda" && not (Engine.cudaAvailable ()) then
+              error "run.device" (Some "device")
+                  (sprintf "device %s needs the CUDA build of libtorch, but this build uses the CPU build and sees no CUDA device (see README, 'GPU machines')" r.Device)
           if not (List.contains d.Benchmark benchmarkNames) then
               error "data.benchmark" (Some "benchmark") (sprintf "unknown benchmark '%s' (expected one of: %s)" d.Benchmark (String.concat ", " benchmarkNames))
           match d.TrainPerClass with
@@ -280,6 +299,15 @@ module Experiment =
           if not (List.contains (config.Backbone.Trim().ToLowerInvariant()) Backbones.names) then
               error "backbone" (Some "backbone") (sprintf "unknown backbone '%s' (expected one of: %s)" config.Backbone (String.concat ", " Backbones.names))
           yield! settingErrors "method" (Registry.entryOf config.Method).Settings config.Method
+          // A memory larger than the training set holds nothing more, and a huge one exhausts the memory.
+          match nominalTrainingSize config with
+          | Some size when int64 (Config.bufferSize config) > size ->
+              error "method.bufferSize" (Some "buffer")
+                  (sprintf "a memory of %d examples is larger than the training set of %s (at most %d examples%s)" (Config.bufferSize config) d.Benchmark size
+                      (match d.TrainPerClass with Some n -> sprintf " with %d per class" n | None -> ""))
+          | _ -> ()
+          if config.Method = MethodConfig.Joint && not config.Distillation.IsEmpty then
+              error "distillation" (Some "distill") "a distillation term has no effect on joint (a single task, no old model to distil from)"
           match config.Penalty with
           | Some p ->
               let e = Registry.importanceEntryOf p
@@ -323,12 +351,33 @@ module Experiment =
             | "split-mnist" -> Benchmarks.splitMnistStyle "split-mnist" d.Folder
             | "split-cifar10" -> Cifar.splitCifar10 d.Folder
             | other -> invalidArg (nameof config) (sprintf "unknown benchmark '%s'" other)
-        match d.TrainPerClass, d.TestPerClass with
-        | None, None -> full
-        | train, test ->
-            let reduced = Benchmarks.subsample (defaultArg train Int32.MaxValue) (defaultArg test Int32.MaxValue) full
-            Benchmarks.dispose full
-            reduced
+        if not d.AllowMissingClasses then
+            let present = Set.ofArray full.Train.LabelArray
+            let missing = [ for c in 0 .. full.NumClasses - 1 do if not (present.Contains c) then c ]
+            if not missing.IsEmpty then
+                Benchmarks.dispose full
+                raise (
+                    DataFileError(
+                        d.Folder,
+                        sprintf "the training set has no example of class%s %s (--allow-missing-classes runs anyway)"
+                            (if missing.Length = 1 then "" else "es") (missing |> List.map string |> String.concat ", ")))
+        let benchmark =
+            match d.TrainPerClass, d.TestPerClass with
+            | None, None -> full
+            | train, test ->
+                let reduced = Benchmarks.subsample (defaultArg train Int32.MaxValue) (defaultArg test Int32.MaxValue) full
+                Benchmarks.dispose full
+                reduced
+        // The memory can hold at most the whole training set (validate bounds it by the published size).
+        let memory = Config.bufferSize config
+        if memory > benchmark.Train.Count then
+            Benchmarks.dispose benchmark
+            raise (
+                InvalidConfiguration
+                    [ { Path = "method.bufferSize"
+                        Option = Some "buffer"
+                        Message = sprintf "a memory of %d examples is larger than the training set in %s (%d examples)" memory d.Folder benchmark.Train.Count } ])
+        benchmark
 
     /// The training settings of a configuration.
     let settings (config: Config) : TrainingSettings =

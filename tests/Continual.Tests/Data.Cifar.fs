@@ -88,7 +88,7 @@ let cifarTests =
             let folder = tempFolder ()
             try
                 generate folder 20 20 |> ignore
-                let config = { Experiment.defaults "der" 200 with Data.Benchmark = "split-cifar10"; Data.Folder = folder; Backbone = "cnn"; Distillation = [ Methods.DistillationSettings.Of Methods.Attention ] }
+                let config = { Experiment.defaults "der" 100 with Data.Benchmark = "split-cifar10"; Data.Folder = folder; Backbone = "cnn"; Distillation = [ Methods.DistillationSettings.Of Methods.Attention ] }
                 let result = Experiment.run config RunHooks.none System.Threading.CancellationToken.None
                 try
                     Expect.equal result.Outcome.ClassIl.Length 5 "one row per task"
