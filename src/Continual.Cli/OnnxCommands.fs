@@ -88,6 +88,10 @@ let verifyCommand (args: ParseResults<VerifyArgs>) : int =
         Report.error (sprintf "unknown --provider '%s' (expected auto, cpu or cuda)" (args.GetResult Provider))
         2
     | Some preference ->
+        // A model of a run that has not finished is checked all the same, with a word about its folder.
+        let folder = Path.GetDirectoryName(Path.GetFullPath path)
+        if File.Exists(Path.Combine(folder, ".continual-incomplete")) then
+            eprintfn "warning: %s holds a run that did not finish (continue it with `continual resume %s`); this model is checked on its own" folder folder
         let v = FileCheck.verifyFile preference path data
         let info = v.Info
         AnsiConsole.MarkupLine(

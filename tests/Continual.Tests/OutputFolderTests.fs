@@ -137,6 +137,29 @@ let tests =
             Expect.isTrue (File.Exists(Path.Combine(out, "results.json"))) "the last run published its results"
             Expect.isTrue exportChecked "at least one kill left an incomplete run for export to refuse"
 
+        testCase "an export into a place that fills up exits 1 with one line and leaves nothing there" <| fun () ->
+            if not (hasFashionMnist ()) then skiptest "Fashion-MNIST is not installed"
+            use tmp = new TempFolder()
+            let run = Path.Combine(tmp.Path, "run")
+            let code, said = execute (small 0 @ [ "--out"; run ])
+            Expect.equal code 0 said
+            let place = Path.Combine(tmp.Path, "small")
+            Directory.CreateDirectory place |> ignore
+            // Five models of about 360 KB each do not fit in 1 MiB: the disk fills half-way.
+            let mount = execute' "mount" [ "-t"; "tmpfs"; "-o"; "size=1m"; "tmpfs"; place ]
+            if fst mount <> 0 then skiptest (sprintf "skipped: mount -t tmpfs was refused (%s)" (snd mount))
+            try
+                let p, output, errors = start [ "export"; run; "--layout"; "triton"; "--to"; Path.Combine(place, "repository") ]
+                p.WaitForExit()
+                Expect.equal p.ExitCode 1 (output.Result + errors.Result)
+                let lines = errors.Result.Split('\n', StringSplitOptions.RemoveEmptyEntries)
+                Expect.equal lines.Length 1 (sprintf "one line on stderr: %s" errors.Result)
+                Expect.stringStarts lines.[0] "error:" "an error line"
+                Expect.isEmpty (Directory.GetFileSystemEntries place) "nothing is left in the full place"
+                p.Dispose()
+            finally
+                execute' "umount" [ place ] |> ignore
+
         testCase "a place without room for a run's files is refused before training, and nothing is left" <| fun () ->
             if not (hasFashionMnist ()) then skiptest "Fashion-MNIST is not installed"
             use tmp = new TempFolder()
