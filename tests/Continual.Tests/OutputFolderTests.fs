@@ -107,6 +107,23 @@ let tests =
             expectConsistent "after --overwrite" out
             Expect.notEqual (hashes out) before "the new run replaced the old one"
 
+        testCase "a run into a comparison's folder is refused, and so is a comparison into a run's" <| fun () ->
+            if not (hasFashionMnist ()) then skiptest "Fashion-MNIST is not installed"
+            use tmp = new TempFolder()
+            let compared = Path.Combine(tmp.Path, "compare")
+            let code, said = execute [ "compare"; "--strategies"; "sgd"; "--seeds"; "0"; "--train-per-class"; "50"; "--test-per-class"; "20"; "--out"; compared ]
+            Expect.equal code 0 said
+            let code, said = execute (small 0 @ [ "--out"; compared ])
+            Expect.equal code 1 said
+            Expect.stringContains said "holds the results of another run" "run refuses the comparison's folder"
+            let run = Path.Combine(tmp.Path, "run")
+            let code, said = execute (small 0 @ [ "--out"; run; "--no-onnx" ])
+            Expect.equal code 0 said
+            let code, said = execute [ "compare"; "--strategies"; "sgd"; "--seeds"; "0"; "--train-per-class"; "50"; "--test-per-class"; "20"; "--out"; run ]
+            Expect.equal code 1 said
+            Expect.stringContains said "holds the results of another run" "compare refuses the run's folder"
+            Expect.isFalse (File.Exists(Path.Combine(run, "compare.json"))) "nothing of the comparison was written"
+
         testCase "runs killed with SIGKILL at 20 random moments, each followed by a fresh run into the same folder, never leave a mixed folder" <| fun () ->
             if not (hasFashionMnist ()) then skiptest "Fashion-MNIST is not installed"
             use tmp = new TempFolder()
