@@ -9,26 +9,7 @@ open System.Text.Json
 open Expecto
 open Continual
 open Continual.Tests.TestData
-
-let private continual = Path.Combine(AppContext.BaseDirectory, "continual")
-
-/// Starts `continual` with arguments and extra environment variables.
-let private start (args: string list) (environment: (string * string) list) =
-    let psi = ProcessStartInfo(continual, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false)
-    for a in args do psi.ArgumentList.Add a
-    for (k, v) in environment do psi.Environment.[k] <- v
-    let p = Process.Start psi
-    let output = p.StandardOutput.ReadToEndAsync()
-    let errors = p.StandardError.ReadToEndAsync()
-    p, output, errors
-
-/// Runs `continual` to its end: exit code, standard output, standard error.
-let private execute (args: string list) (environment: (string * string) list) =
-    let p, output, errors = start args environment
-    p.WaitForExit()
-    let code = p.ExitCode
-    p.Dispose()
-    code, output.Result, errors.Result
+open Continual.Tests.CliProcess
 
 /// The run's data: 100 training images per class (20 steps per task, 100 in all) and 30 test images.
 let private data = [ "--train-per-class"; "100"; "--test-per-class"; "30"; "--quiet" ]

@@ -9,17 +9,8 @@ open Expecto
 open Continual.Data
 open Continual.Tests.TestData
 
-let private continual = Path.Combine(AppContext.BaseDirectory, "continual")
-
 /// Runs `continual` to its end: exit code, standard output, standard error.
-let private execute (args: string list) =
-    let psi = ProcessStartInfo(continual, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false)
-    for a in args do psi.ArgumentList.Add a
-    use p = Process.Start psi
-    let output = p.StandardOutput.ReadToEndAsync()
-    let errors = p.StandardError.ReadToEndAsync()
-    p.WaitForExit()
-    p.ExitCode, output.Result, errors.Result
+let private execute (args: string list) = CliProcess.execute args []
 
 let private lines (text: string) =
     text.Split('\n') |> Array.map (fun l -> l.TrimEnd '\r') |> Array.filter (fun l -> l.Trim() <> "")

@@ -10,20 +10,12 @@ open Expecto
 open Continual
 open Continual.Tests.TestData
 
-let private continual = Path.Combine(AppContext.BaseDirectory, "continual")
+let private start (args: string list) = CliProcess.start args []
 
-let private start (args: string list) =
-    let psi = ProcessStartInfo(continual, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false)
-    for a in args do psi.ArgumentList.Add a
-    let p = Process.Start psi
-    p, p.StandardOutput.ReadToEndAsync(), p.StandardError.ReadToEndAsync()
-
+/// Runs `continual` to its end: exit code and everything it said.
 let private execute (args: string list) =
-    let p, output, errors = start args
-    p.WaitForExit()
-    let code = p.ExitCode
-    p.Dispose()
-    code, output.Result + errors.Result
+    let code, output, errors = CliProcess.execute args []
+    code, output + errors
 
 /// The configuration hash of every file of a run in a folder, by file name.
 let private hashes (folder: string) : (string * string) list =
@@ -59,12 +51,8 @@ let private expectConsistent (label: string) (folder: string) =
 
 /// Runs another program: exit code and everything it said.
 let private execute' (program: string) (args: string list) =
-    let psi = ProcessStartInfo(program, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false)
-    for a in args do psi.ArgumentList.Add a
-    use p = Process.Start psi
-    let output = p.StandardOutput.ReadToEnd() + p.StandardError.ReadToEnd()
-    p.WaitForExit()
-    p.ExitCode, output
+    let code, output, errors = CliProcess.executeProgram program args []
+    code, output + errors
 
 let private small seed = [ "run"; "--strategy"; "derpp"; "--buffer"; "50"; "--train-per-class"; "100"; "--test-per-class"; "30"; "--quiet"; "--seed"; string seed ]
 
