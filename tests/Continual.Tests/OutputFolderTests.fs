@@ -112,6 +112,22 @@ let tests =
             Expect.stringContains said "holds the results of another run" "compare refuses the run's folder"
             Expect.isFalse (File.Exists(Path.Combine(run, "compare.json"))) "nothing of the comparison was written"
 
+        testCase "a run that diverges after a checkpoint says so in one line, keeps its learner, publishes nothing" <| fun () ->
+            if not (hasFashionMnist ()) then skiptest "Fashion-MNIST is not installed"
+            use tmp = new TempFolder()
+            let out = Path.Combine(tmp.Path, "diverged")
+            let code, output, errors =
+                CliProcess.execute [ "run"; "--strategy"; "ewc"; "--lambda"; "1e30"; "--train-per-class"; "50"; "--test-per-class"; "20"; "--quiet"; "--out"; out ] []
+            Expect.equal code 1 (output + errors)
+            let lines = errors.Split('\n', StringSplitOptions.RemoveEmptyEntries)
+            Expect.equal lines.Length 1 (sprintf "one line on stderr: %s" errors)
+            Expect.stringContains lines.[0] "training diverged" "says what happened"
+            Expect.stringContains lines.[0] "no results were written" "says what was not kept"
+            Expect.stringContains lines.[0] Learner.FileName "says what was kept"
+            Expect.isFalse (File.Exists(Path.Combine(out, "results.json"))) "no results"
+            Expect.isTrue (File.Exists(Path.Combine(out, Continual.Cli.OutputFolder.MarkerName))) "the folder is marked incomplete"
+            expectConsistent "after a diverged run" out
+
         testCase "runs killed with SIGKILL at 20 random moments, each followed by a fresh run into the same folder, never leave a mixed folder" <| fun () ->
             if not (hasFashionMnist ()) then skiptest "Fashion-MNIST is not installed"
             use tmp = new TempFolder()
