@@ -74,13 +74,17 @@ module Cifar =
     let readFolder (folder: string) : LabelledSet * LabelledSet =
         let paths = fileNames |> List.map (findFile folder)
         let batches = paths |> List.map readBatch
-        // The five training batches hold the same number of records (10000 each in CIFAR-10): one that
-        // differs was cut, even at a record boundary.
-        let counts = batches |> List.take 5 |> List.map (fst >> Array.length)
-        match List.zip (List.take 5 paths) counts |> List.tryFind (fun (_, c) -> c <> List.max counts) with
+        // The six batches hold the same number of records (10000 each in CIFAR-10): one that differs
+        // was cut, even at a record boundary.
+        let counts = batches |> List.map (fst >> Array.length)
+        let trainingCount = counts |> List.take 5 |> List.max
+        match List.zip paths counts |> List.take 5 |> List.tryFind (fun (_, c) -> c <> trainingCount) with
         | Some(path, count) ->
-            raise (DataFileError(path, sprintf "holds %d records where the other training batches hold %d (CIFAR-10's hold 10000 each): the file is cut or from another set" count (List.max counts)))
+            raise (DataFileError(path, sprintf "holds %d records where the other training batches hold %d (CIFAR-10's hold 10000 each): the file is cut or from another set" count trainingCount))
         | None -> ()
+        let testCount = List.last counts
+        if testCount <> trainingCount then
+            raise (DataFileError(List.last paths, sprintf "holds %d records where each training batch holds %d (CIFAR-10's test batch holds 10000, as each training batch): the file is cut or from another set" testCount trainingCount))
         toSet (List.take 5 batches), toSet [ List.last batches ]
 
     /// Split CIFAR-10: 5 tasks of 2 classes in label order, 32 × 32 RGB.

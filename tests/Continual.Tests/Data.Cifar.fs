@@ -36,10 +36,10 @@ let cifarTests =
         testCase "reads generated batches: labels, and pixels channel-first scaled to [0, 1]" <| fun () ->
             let folder = tempFolder ()
             try
-                let files = generate folder 4 3 |> dict
+                let files = generate folder 4 4 |> dict
                 let train, test = Cifar.readFolder folder
                 Expect.equal train.Inputs.shape [| 20L; 3072L |] "five batches of four"
-                Expect.equal test.Inputs.shape [| 3L; 3072L |] "the test batch"
+                Expect.equal test.Inputs.shape [| 4L; 3072L |] "the test batch"
                 let labels = [ for n in Cifar.trainFileNames -> fst files.[n] ] |> Array.concat |> Array.map int
                 Expect.equal train.LabelArray labels "labels in file order"
                 Expect.equal (train.Labels.data<int64>().ToArray() |> Array.map int) labels "label tensor"

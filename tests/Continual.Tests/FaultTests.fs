@@ -41,12 +41,12 @@ let private writeFolder (folder: string) (trainLabels: byte[]) (testLabels: byte
     Idx.writeImages (Path.Combine(folder, "t10k-images-idx3-ubyte.gz")) (syntheticImages 2 testLabels)
     Idx.writeLabels (Path.Combine(folder, "t10k-labels-idx1-ubyte.gz")) testLabels
 
-/// Small CIFAR-10 batches in the real format: 20 records per training batch, 30 in the test batch.
+/// Small CIFAR-10 batches in the real format: 20 records in each of the six batches.
 let private writeCifar (folder: string) =
     Directory.CreateDirectory folder |> ignore
     let rng = Random 3
     for name in Cifar.fileNames do
-        let count = if name = Cifar.testFileName then 30 else 20
+        let count = 20
         let labels = Array.init count (fun i -> byte (i % 10))
         Cifar.writeBatch (Path.Combine(folder, name)) labels (Array.init (count * 3072) (fun _ -> byte (rng.Next 256)))
 
@@ -161,6 +161,12 @@ let faults =
             expectFault "a CIFAR batch cut inside a record" 1 "not a whole number of 3073-byte records" (Some out) cifarRun
             File.WriteAllBytes(batch, whole.[.. whole.Length - 3073 - 1])
             expectFault "a CIFAR batch cut at a record boundary" 1 "holds 19 records where the other training batches hold 20" (Some out) cifarRun
+            File.WriteAllBytes(batch, whole)
+            let testBatch = Path.Combine(cifar, Cifar.testFileName)
+            let wholeTest = File.ReadAllBytes testBatch
+            File.WriteAllBytes(testBatch, wholeTest.[.. wholeTest.Length - 3073 - 1])
+            expectFault "a CIFAR test batch cut at a record boundary" 1 "holds 19 records where each training batch holds 20" (Some out) cifarRun
+            File.WriteAllBytes(testBatch, wholeTest)
             // gzip: an unknown compression method, damaged deflate data, and a .gz file without the signature.
             let gz = folder "gzip"
             writeFolder gz (balancedLabels 20) (balancedLabels 10)

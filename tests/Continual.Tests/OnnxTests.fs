@@ -354,11 +354,12 @@ let private writeData (folder: string) =
     Idx.writeLabels (Path.Combine(folder, "t10k-labels-idx1-ubyte")) testLabels
 
 /// Small CIFAR-10 binary batches in the real format (Cifar.writeBatch): five training batches of 20
-/// records and a test batch of 30, labels cycling through the ten classes, random pixels.
+/// records and a test batch of 20 (CIFAR-10's six batches are all of one size), labels cycling through
+/// the ten classes, random pixels.
 let private writeCifar (folder: string) =
     let rng = Random 11
     for name in Cifar.fileNames do
-        let count = if name = Cifar.testFileName then 30 else 20
+        let count = 20
         let labels = Array.init count (fun i -> byte (i % 10))
         let pixels = Array.init (count * 3072) (fun _ -> byte (rng.Next 256))
         Cifar.writeBatch (Path.Combine(folder, name)) labels pixels
