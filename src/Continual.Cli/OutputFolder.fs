@@ -19,6 +19,11 @@ let LockName = ".continual.lock"
 [<Literal>]
 let MarkerName = ".continual-incomplete"
 
+/// The folder inside a run's folder where the run writes its files (task models, checkpoints, results)
+/// until it publishes them all into the run's folder at its end.
+[<Literal>]
+let StagingName = ".staging"
+
 /// The files a run or a comparison writes into its folder, results.json first: removing it first turns
 /// an old run into an incomplete one before anything else of it goes.
 let private ownedFiles (folder: string) =
@@ -31,7 +36,17 @@ let private ownedFiles (folder: string) =
     [ yield! [ "results.json"; "compare.json" ] |> List.filter exists
       yield! [ "results.csv" ] |> List.filter exists
       yield! tasks
-      yield! [ "learner.safetensors"; MarkerName ] |> List.filter exists ]
+      yield! [ "learner.safetensors" ] |> List.filter exists
+      if Directory.Exists(Path.Combine(folder, StagingName)) then yield StagingName
+      yield! [ MarkerName ] |> List.filter exists ]
+
+/// The order in which staged files are published: task models, the learner, the CSV, results.json last.
+let private publishOrder (name: string) =
+    match name with
+    | "results.json" -> 3
+    | "results.csv" -> 2
+    | n when n = Continual.Learner.FileName -> 1
+    | _ -> 0
 
 /// A process's hold on an output folder (dispose to let go).
 type Hold(path: string, lock: FileStream, created: bool) =
@@ -46,7 +61,13 @@ type Hold(path: string, lock: FileStream, created: bool) =
     /// results.json, which readers take as incomplete.
     member _.Clear() =
         for name in ownedFiles path do
-            File.Delete(Path.Combine(path, name))
+            let full = Path.Combine(path, name)
+            if name = StagingName then Directory.Delete(full, true) else File.Delete full
+    /// Where the run writes until it publishes (created on first use).
+    member _.Staging =
+        let staging = Path.Combine(path, StagingName)
+        Directory.CreateDirectory staging |> ignore
+        staging
     /// Marks the folder as holding an incomplete run of a configuration (its hash).
     member _.MarkIncomplete(configHash: string) =
         Continual.Files.writeAtomically (Path.Combine(path, MarkerName)) (Text.Encoding.UTF8.GetBytes(sprintf "{\"configHash\": \"%s\"}\n" configHash))
@@ -55,8 +76,15 @@ type Hold(path: string, lock: FileStream, created: bool) =
         let free = DriveInfo(path).AvailableFreeSpace
         if free < bytes then
             raise (OutputFolderError(path, sprintf "has %.1f MiB free; the run's files need about %.1f MiB (checkpoints, task models, results)" (float free / 1048576.0) (float bytes / 1048576.0)))
-    /// Publishes the run: its results are written, the marker goes.
-    member _.Publish() = File.Delete(Path.Combine(path, MarkerName))
+    /// Publishes the run: every staged file moves into the folder (results.json last), then the staging
+    /// folder and the marker go. A kill half-way leaves the marker: `resume` publishes the rest.
+    member _.Publish() =
+        let staging = Path.Combine(path, StagingName)
+        if Directory.Exists staging then
+            for file in Directory.GetFiles staging |> Array.filter (fun f -> not ((Path.GetFileName f).StartsWith ".")) |> Array.sortBy (fun f -> publishOrder (Path.GetFileName f), Path.GetFileName f) do
+                File.Move(file, Path.Combine(path, Path.GetFileName file), true)
+            Directory.Delete(staging, true)
+        File.Delete(Path.Combine(path, MarkerName))
     /// Undoes taking the folder for a run that failed before writing anything: the marker goes, and a
     /// folder this hold created goes too when nothing but the lock is in it.
     member _.Abandon() =
@@ -103,8 +131,10 @@ let acquire (path: string) : Hold =
             // .NET locks every file it opens, so the holder's pid (in the lock file) is for people: `cat` shows it.
             raise (OutputFolderError(path, sprintf "is in use by another continual process (its pid is in %s); wait for it or choose another --out" LockName))
     // Nothing else writes here now: temporary files are a killed writer's.
-    for stale in Directory.GetFiles(full, ".*.tmp") do
-        try File.Delete stale with _ -> ()
+    for folder in [ full; Path.Combine(full, StagingName) ] do
+        if Directory.Exists folder then
+            for stale in Directory.GetFiles(folder, ".*.tmp") do
+                try File.Delete stale with _ -> ()
     new Hold(full, lock, created)
 
 /// Takes a folder for a new run or comparison: refuses one that holds another's results unless
@@ -115,7 +145,9 @@ let acquireFresh (path: string) (overwrite: bool) : Hold =
         if overwrite then hold.Clear()
         else
             let reason =
-                if hold.Incomplete && File.Exists(Path.Combine(hold.Path, Continual.Learner.FileName)) then
+                if hold.Incomplete
+                   && (File.Exists(Path.Combine(hold.Path, Continual.Learner.FileName))
+                       || File.Exists(Path.Combine(hold.Path, StagingName, Continual.Learner.FileName))) then
                     sprintf "holds a run that did not finish; continue it with `continual resume %s`, or start again with --overwrite" path
                 else "holds the results of another run; choose another --out, or replace them with --overwrite"
             (hold :> IDisposable).Dispose()

@@ -223,14 +223,25 @@ let private onnxReports (learner: Learner) : Onnx.TaskVerification list =
     | Some node -> [ for r in node.AsArray() -> Onnx.TaskVerification.ofJson r ]
     | None -> []
 
-/// Learns up to `lastTask` (every remaining task when None) into a run folder: a checkpoint after every
-/// task (and every `checkpointEvery` steps), ONNX models where the run writes them, results.json at the
-/// end. SIGINT and SIGTERM stop it at the next step boundary with a checkpoint. `clock` started when the
+/// Learns up to `lastTask` (every remaining task when None) into a run folder's staging folder: a
+/// checkpoint after every task (and every `checkpointEvery` steps), ONNX models where the run writes
+/// them, results at the end, then everything published into the folder together. SIGINT and SIGTERM stop it at the next step boundary with a checkpoint. `clock` started when the
 /// command did (its data loading counts). Returns the exit code.
-let private learnInto (out: string) (section: CliSection) (checkpointEvery: int) (quiet: bool) (clock: Diagnostics.Stopwatch) (learner: Learner) : int =
-    let file = Path.Combine(out, Learner.FileName)
+let private learnInto (hold: OutputFolder.Hold) (section: CliSection) (checkpointEvery: int) (quiet: bool) (clock: Diagnostics.Stopwatch) (learner: Learner) : int =
+    let out = hold.Path
+    let staging = hold.Staging
+    // Staged files of a killed writer beyond what the learner has learned are not its own any more.
+    for staged in Directory.GetFiles staging do
+        match Path.GetFileName staged with
+        | "results.json" | "results.csv" -> File.Delete staged
+        | name when name.StartsWith "task-" && name.EndsWith ".onnx" ->
+            match Int32.TryParse(name.Substring(5, name.Length - 10)) with
+            | true, k when k > learner.TasksLearned -> File.Delete staged
+            | _ -> ()
+        | _ -> ()
+    let file = Path.Combine(staging, Learner.FileName)
     let exporter =
-        if section.Onnx then Some(Onnx.RunExporter(Onnx.ExportSettings.forRun (OnnxCommands.runIdentity learner.Config) out, onnxReports learner))
+        if section.Onnx then Some(Onnx.RunExporter(Onnx.ExportSettings.forRun (OnnxCommands.runIdentity learner.Config) staging, onnxReports learner))
         else None
     let extensions () =
         let cli = Text.Json.Nodes.JsonObject()
@@ -270,10 +281,11 @@ let private learnInto (out: string) (section: CliSection) (checkpointEvery: int)
         let result = Learner.result (section.WallSeconds + clock.Elapsed.TotalSeconds) finished
         Report.printResult result
         OnnxCommands.printSummary exporter result
-        Results.write out result (OnnxCommands.resultsSection exporter result)
+        Results.write staging result (OnnxCommands.resultsSection exporter result)
+        hold.Publish()
         AnsiConsole.MarkupLine(
             "wrote {0}, {1} and {2} ({3} of {4} tasks learned)",
-            Markup.Escape(Path.Combine(out, "results.json")), Markup.Escape(Path.Combine(out, "results.csv")), Markup.Escape file,
+            Markup.Escape(Path.Combine(out, "results.json")), Markup.Escape(Path.Combine(out, "results.csv")), Markup.Escape(Path.Combine(out, Learner.FileName)),
             finished.TasksLearned, finished.TaskCount)
         0
     finally
@@ -328,13 +340,20 @@ let private runCommand (results: ParseResults<RunArgs>) =
         with _ ->
             hold.Abandon()
             reraise ()
-    let code = learnInto out { Onnx = not (GivenOptions.contains "no-onnx" args); LastTask = lastTask; WallSeconds = 0.0 } every (GivenOptions.contains "quiet" args) clock learner
-    hold.Publish()
-    code
+    learnInto hold { Onnx = not (GivenOptions.contains "no-onnx" args); LastTask = lastTask; WallSeconds = 0.0 } every (GivenOptions.contains "quiet" args) clock learner
 
-/// The learner file of a run folder (or the file itself).
+/// The learner file of a run folder (or the file itself): the staged one of a run that has not
+/// published yet, else the published one.
 let private learnerFile (path: string) =
-    if File.Exists path then path else Path.Combine(path, Learner.FileName)
+    if File.Exists path then path
+    else
+        let staged = Path.Combine(path, OutputFolder.StagingName, Learner.FileName)
+        if File.Exists staged then staged else Path.Combine(path, Learner.FileName)
+
+/// The run folder a learner file belongs to (a staged file's is the folder above its staging folder).
+let private runFolderOf (file: string) =
+    let folder = Path.GetDirectoryName(Path.GetFullPath file)
+    if Path.GetFileName folder = OutputFolder.StagingName then Path.GetDirectoryName folder else folder
 
 /// The options given to resume or learn that contradict the saved configuration, each with the saved value.
 let private contradictions (given: GivenOptions) (saved: Config) : string list =
@@ -408,7 +427,7 @@ let private readSaved (folder: string) (options: string list) : Learner.SavedLea
 /// the folder), then its learner file, read and checked.
 let private holdSaved (folder: string) (options: string list) : OutputFolder.Hold * Learner.SavedLearner =
     let file = learnerFile folder
-    let out = Path.GetDirectoryName(Path.GetFullPath file)
+    let out = runFolderOf file
     if not (Directory.Exists out) then raise (LearnerProblem(sprintf "%s: no such learner file (nothing was changed)" file))
     let hold = OutputFolder.acquire out
     try hold, readSaved folder options
@@ -463,9 +482,7 @@ let private resumeCommand (results: ParseResults<ResumeArgs>) =
             "resuming [bold]{0}[/] on [bold]{1}[/] from {2}: task {3} of {4}, after step {5} of the run",
             Markup.Escape(Config.methodName learner.Config), Markup.Escape learner.Config.Data.Benchmark, Markup.Escape saved.Path,
             next + 1, learner.TaskCount, learner.Point.State.StepsTaken)
-    let code = learnInto out section every (results.Contains ResumeArgs.Quiet) clock learner
-    hold.Publish()
-    code
+    learnInto hold section every (results.Contains ResumeArgs.Quiet) clock learner
 
 let private learnCommand (results: ParseResults<LearnArgs>) =
     let folder = results.GetResult LearnArgs.From
@@ -497,9 +514,7 @@ let private learnCommand (results: ParseResults<LearnArgs>) =
             "[bold]{0}[/] learns tasks {1}-{2} of {3} from {4}",
             Markup.Escape(Config.methodName learner.Config), next + 1, last + 1, learner.TaskCount, Markup.Escape saved.Path)
         hold.MarkIncomplete(Config.hash learner.Config)
-        let code = learnInto out { cliSection learner with LastTask = Some last } every (results.Contains LearnArgs.Quiet) clock learner
-        hold.Publish()
-        code
+        learnInto hold { cliSection learner with LastTask = Some last } every (results.Contains LearnArgs.Quiet) clock learner
 
 /// `bench --distill all`: one run of plain SGD, of the strategy, and of the strategy plus each
 /// distillation term, with the training cost per step of each.

@@ -17,12 +17,12 @@ let private execute (args: string list) =
     let code, output, errors = CliProcess.execute args []
     code, output + errors
 
-/// The configuration hash of every file of a run in a folder, by file name.
+/// The configuration hash of every file of a run in a folder and its staging folder, by file name.
 let private hashes (folder: string) : (string * string) list =
     let jsonHash (path: string) (read: JsonElement -> JsonElement) =
         use document = JsonDocument.Parse(File.ReadAllBytes path)
         (read document.RootElement).GetProperty("configHash").GetString()
-    [ for path in Directory.GetFiles folder do
+    [ for path in Directory.GetFiles(folder, "*", SearchOption.AllDirectories) do
           let name = Path.GetFileName path
           match name with
           | "results.json" -> yield name, jsonHash path id
@@ -126,6 +126,8 @@ let tests =
             Expect.stringContains lines.[0] Learner.FileName "says what was kept"
             Expect.isFalse (File.Exists(Path.Combine(out, "results.json"))) "no results"
             Expect.isTrue (File.Exists(Path.Combine(out, Continual.Cli.OutputFolder.MarkerName))) "the folder is marked incomplete"
+            Expect.isTrue (File.Exists(Path.Combine(out, Continual.Cli.OutputFolder.StagingName, Learner.FileName))) "the learner is kept, staged"
+            Expect.isEmpty (Directory.GetFiles(out, "task-*.onnx")) "no task model is published"
             expectConsistent "after a diverged run" out
 
         testCase "runs killed with SIGKILL at 20 random moments, each followed by a fresh run into the same folder, never leave a mixed folder" <| fun () ->
@@ -154,7 +156,8 @@ let tests =
             let code, said = execute (small 0 @ [ "--out"; out; "--overwrite" ])
             Expect.equal code 0 said
             expectConsistent "after a last whole run" out
-            Expect.isEmpty (Directory.GetFiles(out, "*.tmp")) "the last run removed every temporary file"
+            Expect.isEmpty (Directory.GetFiles(out, "*.tmp", SearchOption.AllDirectories)) "the last run removed every temporary file"
+            Expect.isFalse (Directory.Exists(Path.Combine(out, Continual.Cli.OutputFolder.StagingName))) "the last run published everything it staged"
             Expect.isTrue (File.Exists(Path.Combine(out, "results.json"))) "the last run published its results"
             Expect.isTrue exportChecked "at least one kill left an incomplete run for export to refuse"
 
