@@ -90,7 +90,7 @@ let verifyCommand (args: ParseResults<VerifyArgs>) : int =
     | Some preference ->
         // A model of a run that has not finished is checked all the same, with a word about its folder.
         let folder = Path.GetDirectoryName(Path.GetFullPath path)
-        if File.Exists(Path.Combine(folder, ".continual-incomplete")) then
+        if RunFolder.isIncomplete folder then
             eprintfn "warning: %s holds a run that did not finish (continue it with `continual resume %s`); this model is checked on its own" folder folder
         let v = FileCheck.verifyFile preference path data
         let info = v.Info

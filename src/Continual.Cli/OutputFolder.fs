@@ -17,12 +17,12 @@ let LockName = ".continual.lock"
 /// Present while a run writes the folder, removed when its results are published: a folder with it is
 /// incomplete (a stopped or killed run, which `continual resume` continues).
 [<Literal>]
-let MarkerName = ".continual-incomplete"
+let MarkerName = Continual.RunFolder.IncompleteMarker
 
 /// The folder inside a run's folder where the run writes its files (task models, checkpoints, results)
 /// until it publishes them all into the run's folder at its end.
 [<Literal>]
-let StagingName = ".staging"
+let StagingName = Continual.RunFolder.Staging
 
 /// The files a run or a comparison writes into its folder, results.json first: removing it first turns
 /// an old run into an incomplete one before anything else of it goes.
@@ -55,7 +55,7 @@ type Hold(path: string, lock: FileStream, created: bool) =
     /// Whether the folder holds a run's or a comparison's files.
     member _.HoldsResults = not (ownedFiles path).IsEmpty
     /// Whether the folder holds a run that has not published its results.
-    member _.Incomplete = File.Exists(Path.Combine(path, MarkerName))
+    member _.Incomplete = Continual.RunFolder.isIncomplete path
     /// Removes the files of the run the folder holds (results.json first), so that a new run starts
     /// in a folder with nothing of the old one: a kill half-way leaves part of the old run and no
     /// results.json, which readers take as incomplete.

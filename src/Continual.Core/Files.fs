@@ -40,6 +40,23 @@ module Files =
         finally
             if File.Exists temporary then File.Delete temporary
 
+/// The names a run folder's writers and readers share (the command line writes run folders; `export`
+/// and `verify` read them).
+[<RequireQualifiedAccess>]
+module RunFolder =
+
+    /// Present while a run writes its folder, removed when it publishes its results: a folder with it
+    /// holds a run that did not finish.
+    [<Literal>]
+    let IncompleteMarker = ".continual-incomplete"
+
+    /// The folder inside a run's folder where the run writes until it publishes.
+    [<Literal>]
+    let Staging = ".staging"
+
+    /// Whether a folder holds a run that did not finish.
+    let isIncomplete (folder: string) = File.Exists(Path.Combine(folder, IncompleteMarker))
+
 /// Fault injection for crash tests: with CONTINUAL_KILL_AT=MOMENT:N in the environment, the process
 /// kills itself with SIGKILL the N-th time it reaches MOMENT (e.g. `step:37`, the run's 37th step;
 /// `task-end:2`, right after the 2nd task-end checkpoint of the process; `checkpoint-write:3`, halfway

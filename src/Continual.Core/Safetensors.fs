@@ -55,7 +55,7 @@ module Safetensors =
     /// checksum (sorted by key, as key, NUL, value, NUL in UTF-8), then each tensor's entry in data order
     /// (name, NUL, dtype, NUL, its dimensions joined by commas, NUL, its begin and end offsets joined by a
     /// comma, NUL), then the data section.
-    let private checksum (metadata: Map<string, string>) (entries: (string * string * int64[] * int64 * int64) list) (data: Stream) =
+    let private checksum (metadata: Map<string, string>) (entries: (string * string * int64[] * int64 * int64) list) (appendData: Security.Cryptography.IncrementalHash -> unit) =
         use hash = Security.Cryptography.IncrementalHash.CreateHash(Security.Cryptography.HashAlgorithmName.SHA256)
         let text (s: string) =
             hash.AppendData(Encoding.UTF8.GetBytes s)
@@ -69,11 +69,7 @@ module Safetensors =
             text dtype
             text (String.Join(",", shape))
             text (sprintf "%d,%d" b e)
-        let chunk = Array.zeroCreate<byte> (1 <<< 20)
-        let mutable read = data.Read(chunk, 0, chunk.Length)
-        while read > 0 do
-            hash.AppendData(chunk, 0, read)
-            read <- data.Read(chunk, 0, chunk.Length)
+        appendData hash
         Convert.ToHexString(hash.GetHashAndReset()).ToLowerInvariant()
 
     /// A tensor's bytes on the host, contiguous and little-endian (the machines .NET runs on are).
@@ -94,11 +90,7 @@ module Safetensors =
             data
             |> List.mapFold (fun offset (name, t: Tensor, b: byte[]) -> (name, nameOf t.dtype, t.shape, offset, offset + int64 b.Length), offset + int64 b.Length) 0L
             |> fst
-        let sum =
-            use section = new MemoryStream()
-            for (_, _, b) in data do section.Write(b, 0, b.Length)
-            section.Position <- 0L
-            checksum metadata entries section
+        let sum = checksum metadata entries (fun hash -> for (_, _, b) in data do hash.AppendData b)
         let header = JsonObject()
         let meta = JsonObject()
         for KeyValue(k, v) in metadata.Add(ChecksumKey, sum) do
@@ -172,5 +164,4 @@ module Safetensors =
                       fail (sprintf "corrupted: '%s' has %d bytes for shape [%s] of %s" name (e - b) (String.Join(", ", shape)) dtype)
                   t.bytes <- Span(bytes, dataStart + int b, int (e - b))
                   name, t ]
-        use data = new MemoryStream(bytes, dataStart, int dataLength, false)
-        { Metadata = metadata; Tensors = tensors; ComputedChecksum = checksum metadata ordered data }
+        { Metadata = metadata; Tensors = tensors; ComputedChecksum = checksum metadata ordered (fun hash -> hash.AppendData(bytes, dataStart, int dataLength)) }

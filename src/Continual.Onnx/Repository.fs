@@ -137,7 +137,7 @@ module Repository =
     let checkRun (runFolder: string) : (int * byte[] * TaskModelInfo) list * int * int =
         // The command line marks a folder whose run has not published its results (a stopped or killed
         // run, or one that `learn` is extending).
-        if File.Exists(Path.Combine(runFolder, ".continual-incomplete")) then
+        if RunFolder.isIncomplete runFolder then
             raise (InvalidModelFile(runFolder, "the run did not finish (it is marked incomplete: continue it with `continual resume`)"))
         let files = taskFiles runFolder
         let checkedFiles =

@@ -58,7 +58,7 @@ let tests =
                 execute resume (killAt "task-end:1") |> expectCode (label + ", killed between tasks") 137
                 // Halfway through writing a checkpoint: a temporary file is left, the previous checkpoint is whole.
                 execute resume (killAt "checkpoint-write:2") |> expectCode (label + ", killed while writing a checkpoint") 137
-                Expect.isNonEmpty (Directory.GetFiles(Path.Combine(crashed, ".staging"), ".learner.safetensors.*.tmp")) (label + ": the half-written checkpoint is a temporary file")
+                Expect.isNonEmpty (Directory.GetFiles(Path.Combine(crashed, RunFolder.Staging), ".learner.safetensors.*.tmp")) (label + ": the half-written checkpoint is a temporary file")
                 // Written in full, before the rename.
                 execute resume (killAt "checkpoint-rename:3") |> expectCode (label + ", killed before a checkpoint's rename") 137
                 execute resume (killAt "step:70") |> expectCode (label + ", killed at step 70, inside task 4") 137
@@ -71,7 +71,7 @@ let tests =
                 p.Dispose()
                 execute resume [] |> expectCode (label + ", the last resume") 0
                 Expect.isEmpty (Directory.GetFiles(crashed, "*.tmp", SearchOption.AllDirectories)) (label + ": no temporary file is left")
-                Expect.isFalse (Directory.Exists(Path.Combine(crashed, ".staging"))) (label + ": everything staged is published")
+                Expect.isFalse (Directory.Exists(Path.Combine(crashed, RunFolder.Staging))) (label + ": everything staged is published")
                 expectSameRun (label + " (killed and resumed)") whole crashed
                 // SIGINT and SIGTERM, sent by the process to itself at a step: a checkpoint, exit 130 and 143.
                 let stopped = folder "stopped"
@@ -101,7 +101,7 @@ let tests =
                 let p, output, errors = start ([ "run" ] @ options @ [ "--out"; out ]) []
                 // After task 1's checkpoint, so that the signal lands inside the run's training.
                 // A run stages its files until it publishes them at its end.
-                let file = Path.Combine(out, ".staging", Learner.FileName)
+                let file = Path.Combine(out, RunFolder.Staging, Learner.FileName)
                 let clock = Stopwatch.StartNew()
                 while not (File.Exists file) && not p.HasExited && clock.Elapsed.TotalSeconds < 120.0 do
                     Threading.Thread.Sleep 20

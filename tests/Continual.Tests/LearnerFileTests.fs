@@ -31,14 +31,7 @@ let private repositoryRoot =
 let private script () = Path.Combine(repositoryRoot.Force(), "scripts", "read-learner.py")
 
 /// Runs a program to its end: exit code, standard output, standard error.
-let private run (exe: string) (args: string list) =
-    let psi = Diagnostics.ProcessStartInfo(exe, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false)
-    for a in args do psi.ArgumentList.Add a
-    use p = Diagnostics.Process.Start psi
-    let output = p.StandardOutput.ReadToEndAsync()
-    let errors = p.StandardError.ReadToEndAsync()
-    p.WaitForExit()
-    p.ExitCode, output.Result, errors.Result
+let private run (exe: string) (args: string list) = CliProcess.executeProgram exe args []
 
 let private hasNumpy =
     lazy

@@ -565,14 +565,7 @@ let private checkerScript =
           "    except Exception as e:"
           "        print('fail ' + p + ': ' + str(e).replace('\\n', ' '))" ]
 
-let private run (exe: string) (args: string list) =
-    let psi = Diagnostics.ProcessStartInfo(exe, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false)
-    for a in args do psi.ArgumentList.Add a
-    use p = Diagnostics.Process.Start psi
-    let output = p.StandardOutput.ReadToEnd()
-    let errors = p.StandardError.ReadToEnd()
-    p.WaitForExit()
-    p.ExitCode, output, errors
+let private run (exe: string) (args: string list) = CliProcess.executeProgram exe args []
 
 /// A Python with the official onnx package (Debian's python3-onnx lives in /usr/bin/python3).
 let private officialChecker =
