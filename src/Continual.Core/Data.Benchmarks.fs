@@ -27,6 +27,8 @@ type Benchmark =
       /// Channels, height and width of one input; inputs are stored flattened.
       InputShape: int * int * int
       NumClasses: int
+      /// The name of every class, by class index (what results and ONNX metadata report).
+      ClassNames: string list
       Train: LabelledSet
       Test: LabelledSet
       Tasks: TaskSpec list }
@@ -104,12 +106,20 @@ module Benchmarks =
         [ for t in 0 .. numClasses / classesPerTask - 1 ->
             { Index = t; Classes = [ t * classesPerTask .. (t + 1) * classesPerTask - 1 ] } ]
 
+    /// Fashion-MNIST's class names, by label.
+    let fashionMnistClassNames =
+        [ "T-shirt/top"; "Trouser"; "Pullover"; "Dress"; "Coat"; "Sandal"; "Shirt"; "Sneaker"; "Bag"; "Ankle boot" ]
+
+    /// Class names "0" .. "n-1", for data whose classes have no other names (MNIST's digits).
+    let numberedClassNames (count: int) = [ for c in 0 .. count - 1 -> string c ]
+
     /// Split MNIST-style benchmark (Split Fashion-MNIST, Split MNIST): 5 tasks of 2 classes in label order.
     let splitMnistStyle (name: string) (folder: string) : Benchmark =
         let train, test, (rows, cols) = readIdxFolder folder 10
         { Name = name
           InputShape = (1, rows, cols)
           NumClasses = 10
+          ClassNames = if name = "split-fmnist" then fashionMnistClassNames else numberedClassNames 10
           Train = train
           Test = test
           Tasks = splitTasks 10 2 }

@@ -93,6 +93,7 @@ module Cifar =
         { Name = "split-cifar10"
           InputShape = (3, 32, 32)
           NumClasses = 10
+          ClassNames = [ "airplane"; "automobile"; "bird"; "cat"; "deer"; "dog"; "frog"; "horse"; "ship"; "truck" ]
           Train = train
           Test = test
           Tasks = Benchmarks.splitTasks 10 2 }

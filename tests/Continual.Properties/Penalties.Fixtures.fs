@@ -53,6 +53,7 @@ let benchmark (seed: int) (perClass: int) (taskCount: int) : Benchmark =
     { Name = "tiny"
       InputShape = (1, 2, 2)
       NumClasses = 4
+      ClassNames = Benchmarks.numberedClassNames 4
       Train = train
       Test = test
       Tasks = [ { Index = 0; Classes = [ 0; 1 ] }; { Index = 1; Classes = [ 2; 3 ] } ] |> List.truncate taskCount }

@@ -231,7 +231,7 @@ let memoryTests =
             for (name, strategy) in cases do
                 let first, second = syntheticSet 20L [ 0; 1 ] 10, syntheticSet 21L [ 2; 3 ] 10
                 let benchmark =
-                    { Name = "synthetic"; InputShape = (1, 1, features); NumClasses = 10; Train = first; Test = first
+                    { Name = "synthetic"; InputShape = (1, 1, features); NumClasses = 10; ClassNames = Benchmarks.numberedClassNames 10; Train = first; Test = first
                       Tasks = [ { Index = 0; Classes = [ 0; 1 ] }; { Index = 1; Classes = [ 2; 3 ] } ] }
                 let settings =
                     { LearningRate = 0.05; BatchSize = 10; Epochs = 1; WeightDecay = 0.0; Seed = 0L; Device = torch.CPU; ProgressEvery = 1000 }

@@ -24,6 +24,7 @@ let private tinyBenchmark () : Benchmark =
     { Name = "tiny"
       InputShape = (1, 4, 4)
       NumClasses = 4
+      ClassNames = Benchmarks.numberedClassNames 4
       Train = make 1 160
       Test = make 2 40
       Tasks = [ { Index = 0; Classes = [ 0; 1 ] }; { Index = 1; Classes = [ 2; 3 ] } ] }

@@ -148,7 +148,7 @@ let tests =
             let strategy = Der.derpp { Der.PlusPlusSettings.Default with BufferSize = c.Capacity; Minibatch = c.Minibatch }
             let data = synthetic c.Seed (List.sum c.Sizes) [ 0; 1; 2; 3 ]
             let bench =
-                { Name = "tiny"; InputShape = (1, 2, 2); NumClasses = 4; Train = data; Test = data
+                { Name = "tiny"; InputShape = (1, 2, 2); NumClasses = 4; ClassNames = Benchmarks.numberedClassNames 4; Train = data; Test = data
                   Tasks = [ { Index = 0; Classes = [ 0; 1 ] }; { Index = 1; Classes = [ 2; 3 ] } ] }
             let mutable state = Training.initialise architecture bench strategy trainingSettings
             try
