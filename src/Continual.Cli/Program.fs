@@ -281,6 +281,7 @@ let private learnInto (hold: OutputFolder.Hold) (section: CliSection) (checkpoin
         let result = Learner.result (section.WallSeconds + clock.Elapsed.TotalSeconds) finished
         Report.printResult result
         OnnxCommands.printSummary exporter result
+        Faults.fillDisk "results" staging
         Results.write staging result (OnnxCommands.resultsSection exporter result)
         hold.Publish()
         AnsiConsole.MarkupLine(

@@ -63,6 +63,12 @@ module RunFolder =
 /// through writing the 3rd checkpoint; `checkpoint-rename:3`, after writing it and before the rename).
 /// MOMENT:N:INT or MOMENT:N:TERM sends SIGINT or SIGTERM instead, through the process's own handlers.
 /// Without the variable it does nothing.
+///
+/// With CONTINUAL_FILL_DISK_AT=MOMENT (test-only; e.g. `results`, right before a run writes its results)
+/// the process fills the file system of the folder it is about to write with a filler file
+/// (`.continual-disk-filler` in that folder) when it reaches MOMENT, so that the write that follows
+/// meets a real "no space left on device". It refuses to fill more than 256 MiB of free space, so it
+/// only ever fills a small file system a test mounted for it (a tmpfs).
 [<RequireQualifiedAccess>]
 module Faults =
 
@@ -105,3 +111,27 @@ module Faults =
             let n = (match counts.TryGetValue moment with | true, c -> c | _ -> 0L) + 1L
             counts.[moment] <- n
             reached moment n
+
+    /// The filler file that `fillDisk` leaves in the folder it fills.
+    [<Literal>]
+    let DiskFillerName = ".continual-disk-filler"
+
+    /// The most free space `fillDisk` fills: more means the file system is not a test's small one.
+    let private maxFill = 256L * 1024L * 1024L
+
+    /// Fills the file system of `folder` when CONTINUAL_FILL_DISK_AT names `moment` (see above):
+    /// zeros are written to a filler file in ever smaller chunks until none fits.
+    let fillDisk (moment: string) (folder: string) =
+        match Environment.GetEnvironmentVariable "CONTINUAL_FILL_DISK_AT" with
+        | m when not (isNull m) && m.Trim() = moment && DriveInfo(folder).AvailableFreeSpace <= maxFill ->
+            use filler = new FileStream(Path.Combine(folder, DiskFillerName), FileMode.Create, FileAccess.Write, FileShare.None, 1)
+            for chunk in [ 1 <<< 20; 1 <<< 12; 1 ] do
+                let zeros = Array.zeroCreate<byte> chunk
+                let mutable room = true
+                while room do
+                    try
+                        filler.Write(zeros, 0, chunk)
+                        filler.Flush true
+                    with :? IOException ->
+                        room <- false
+        | _ -> ()

@@ -42,7 +42,7 @@ let private copyRun (leave: string list) =
     copy
 
 /// Sets (or adds) metadata entries of a model file in place; the graph and its hash are untouched.
-let private forge (path: string) (entries: (string * string) list) =
+let forge (path: string) (entries: (string * string) list) =
     let model = Onnx.ModelProto.Parser.ParseFrom(File.ReadAllBytes path)
     for (key, value) in entries do
         match model.MetadataProps |> Seq.tryFind (fun p -> p.Key = key) with
