@@ -281,9 +281,15 @@ let private learnInto (hold: OutputFolder.Hold) (section: CliSection) (checkpoin
         let result = Learner.result (section.WallSeconds + clock.Elapsed.TotalSeconds) finished
         Report.printResult result
         OnnxCommands.printSummary exporter result
-        Faults.fillDisk "results" staging
-        Results.write staging result (OnnxCommands.resultsSection exporter result)
-        hold.Publish()
+        // A disk that fills here loses nothing: the learner and the task models stay staged, and
+        // `resume` writes the results and publishes them once there is room.
+        try
+            Faults.fillDisk "results" staging
+            Results.write staging result (OnnxCommands.resultsSection exporter result)
+            hold.Publish()
+        with :? IOException as e ->
+            let cause = match e.Message.IndexOf " : '" with -1 -> e.Message | i -> e.Message.Substring(0, i)
+            raise (LearnerProblem(sprintf "%s: the results cannot be written (%s); nothing was published, the learner and the task models stay in %s: continue with: continual resume %s" out (cause.Trim()) staging out))
         AnsiConsole.MarkupLine(
             "wrote {0}, {1} and {2} ({3} of {4} tasks learned)",
             Markup.Escape(Path.Combine(out, "results.json")), Markup.Escape(Path.Combine(out, "results.csv")), Markup.Escape(Path.Combine(out, Learner.FileName)),

@@ -186,7 +186,7 @@ let private runCases =
                 let out = Path.Combine(place, "run")
                 let code, output, errors =
                     CliProcess.execute [ "run"; "--data"; data; "--strategy"; "sgd"; "--quiet"; "--out"; out ] [ "CONTINUAL_FILL_DISK_AT", "results" ]
-                expectError "a full disk at the results" 1 [ Path.Combine(out, RunFolder.Staging); "No space left on device" ] (code, output, errors)
+                expectError "a full disk at the results" 1 [ out; "the results cannot be written (No space left on device)"; "continual resume " + out ] (code, output, errors)
                 let filler = Path.Combine(out, RunFolder.Staging, Faults.DiskFillerName)
                 Expect.isTrue (File.Exists filler) "the disk was filled at the results (the filler is there)"
                 // Nothing of the run is published: no results file, no task model, the folder marked incomplete.
@@ -224,7 +224,7 @@ let private runCases =
             let code, _, errors = CliProcess.execute (run 1 [ "--overwrite" ]) [ "CONTINUAL_KILL_AT", "task-end:3" ]
             Expect.equal code 137 (sprintf "killed after task 3 (stderr: %s)" errors)
             // Nothing of the old run is left, and nothing of the new one is published.
-            Expect.equal (published out |> List.filter (fun p -> not (p.StartsWith RunFolder.Staging))) [ RunFolder.IncompleteMarker; RunFolder.Staging ] "only the marker and the staging folder"
+            Expect.equal (published out |> List.filter (fun p -> not (p.StartsWith(RunFolder.Staging + "/")))) [ RunFolder.IncompleteMarker; RunFolder.Staging ] "only the marker and the staging folder"
             let staged = Directory.GetFiles(Path.Combine(out, RunFolder.Staging), "task-*.onnx") |> Array.map Path.GetFileName |> Array.sort |> List.ofArray
             Expect.equal staged [ "task-1.onnx"; "task-2.onnx"; "task-3.onnx" ] "the new run's three task models, staged"
             for name in staged do
