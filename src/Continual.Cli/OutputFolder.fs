@@ -25,9 +25,16 @@ let MarkerName = Continual.RunFolder.IncompleteMarker
 let StagingName = Continual.RunFolder.Staging
 
 /// The files a run or a comparison writes into its folder, results.json first: removing it first turns
-/// an old run into an incomplete one before anything else of it goes.
+/// an old run into an incomplete one before anything else of it goes. A comparison's runs are folders
+/// holding results files.
 let private ownedFiles (folder: string) =
     let exists name = File.Exists(Path.Combine(folder, name))
+    let comparedRuns =
+        Directory.GetDirectories folder
+        |> Array.filter (fun d -> [ "results.json"; "results.csv" ] |> List.exists (fun n -> File.Exists(Path.Combine(d, n))))
+        |> Array.map Path.GetFileName
+        |> Array.sort
+        |> List.ofArray
     let tasks =
         Directory.GetFiles(folder, "task-*.onnx")
         |> Array.map Path.GetFileName
@@ -35,6 +42,7 @@ let private ownedFiles (folder: string) =
         |> List.ofArray
     [ yield! [ "results.json"; "compare.json" ] |> List.filter exists
       yield! [ "results.csv" ] |> List.filter exists
+      yield! comparedRuns
       yield! tasks
       yield! [ "learner.safetensors" ] |> List.filter exists
       if Directory.Exists(Path.Combine(folder, StagingName)) then yield StagingName
@@ -62,7 +70,7 @@ type Hold(path: string, lock: FileStream, created: bool) =
     member _.Clear() =
         for name in ownedFiles path do
             let full = Path.Combine(path, name)
-            if name = StagingName then Directory.Delete(full, true) else File.Delete full
+            if Directory.Exists full then Directory.Delete(full, true) else File.Delete full
     /// Where the run writes until it publishes (created on first use).
     member _.Staging =
         let staging = Path.Combine(path, StagingName)

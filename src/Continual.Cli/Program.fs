@@ -703,47 +703,60 @@ let private compareCommand (results: ParseResults<CompareArgs>) =
     let out = GivenOptions.get "out" "runs/compare" args
     checkOut out
     use hold = OutputFolder.acquireFresh out (GivenOptions.contains "overwrite" args)
-    let label (runs: Config list) =
-        let head = runs.Head
-        match Config.penaltyName head with Some p -> Config.methodName head + "+" + p | None -> Config.methodName head
-    let rows =
-        [ for (_, runs) in configs ->
-            let results =
-                [ for config in runs ->
-                    AnsiConsole.MarkupLine("{0} seed {1} ...", Markup.Escape(label runs), config.Run.Seed)
-                    let result = runOnce config true ignore
-                    Results.write (Path.Combine(out, Path.GetFileName(defaultOut config))) result ignore
-                    result ]
-            { Label = label runs
-              Buffer = Config.bufferSize runs.Head
-              ClassIl = results |> List.map (fun r -> Metrics.averageAccuracy r.Outcome.ClassIl)
-              TaskIl = results |> List.map (fun r -> Metrics.averageAccuracy r.Outcome.TaskIl)
-              WallSeconds = results |> List.averageBy (fun r -> r.WallSeconds) } ]
-    // Regularisers are judged by their Task-IL gain over SGD on the same seeds; pairing by seed removes
-    // the swing both share.
-    let baseline = rows |> List.tryFind (fun r -> r.Label = "sgd")
-    let gain (row: CompareRow) =
-        baseline |> Option.filter (fun b -> b.Label <> row.Label) |> Option.map (fun b -> Metrics.pairedDifference row.TaskIl b.TaskIl)
-    let perSeed (values: float list) = String.Join(" / ", values |> List.map (sprintf "%.2f"))
-    let table = Table(Title = TableTitle(sprintf "mean ± sample s.d. over seeds %s" (String.Join(", ", seeds))))
-    for c in [ "strategy"; "buffer"; "Class-IL"; "Task-IL"; "Task-IL − SGD (± s.e.)"; "Class-IL per seed"; "Task-IL per seed"; "wall s per run" ] do
-        table.AddColumn(c) |> ignore
-    for row in rows do
-        let (cm, cs), (tm, ts) = Metrics.meanAndSpread row.ClassIl, Metrics.meanAndSpread row.TaskIl
-        table.AddRow(
-            row.Label,
-            string row.Buffer,
-            sprintf "%.2f ± %.2f" cm cs,
-            sprintf "%.2f ± %.2f" tm ts,
-            (match gain row with Some(g, se) -> sprintf "%+.2f ± %.2f" g se | None -> "—"),
-            perSeed row.ClassIl,
-            perSeed row.TaskIl,
-            sprintf "%.1f" row.WallSeconds) |> ignore
-    AnsiConsole.Write table
-    let summary = Path.Combine(out, "compare.json")
-    Results.writeAtomically summary (compareJson seeds rows gain)
-    AnsiConsole.MarkupLine("summary: {0}", Markup.Escape summary)
-    0
+    // Marked incomplete until compare.json is written, so that a stopped comparison's run folders are
+    // not taken for a finished comparison's, nor left beside the next one's (the marker records the
+    // first run's configuration).
+    hold.MarkIncomplete(Config.hash (snd configs.Head).Head)
+    let written = ref false
+    try
+        let label (runs: Config list) =
+            let head = runs.Head
+            match Config.penaltyName head with Some p -> Config.methodName head + "+" + p | None -> Config.methodName head
+        let rows =
+            [ for (_, runs) in configs ->
+                let results =
+                    [ for config in runs ->
+                        AnsiConsole.MarkupLine("{0} seed {1} ...", Markup.Escape(label runs), config.Run.Seed)
+                        let result = runOnce config true ignore
+                        Results.write (Path.Combine(out, Path.GetFileName(defaultOut config))) result ignore
+                        written.Value <- true
+                        Faults.tick "compare-run"
+                        result ]
+                { Label = label runs
+                  Buffer = Config.bufferSize runs.Head
+                  ClassIl = results |> List.map (fun r -> Metrics.averageAccuracy r.Outcome.ClassIl)
+                  TaskIl = results |> List.map (fun r -> Metrics.averageAccuracy r.Outcome.TaskIl)
+                  WallSeconds = results |> List.averageBy (fun r -> r.WallSeconds) } ]
+        // Regularisers are judged by their Task-IL gain over SGD on the same seeds; pairing by seed removes
+        // the swing both share.
+        let baseline = rows |> List.tryFind (fun r -> r.Label = "sgd")
+        let gain (row: CompareRow) =
+            baseline |> Option.filter (fun b -> b.Label <> row.Label) |> Option.map (fun b -> Metrics.pairedDifference row.TaskIl b.TaskIl)
+        let perSeed (values: float list) = String.Join(" / ", values |> List.map (sprintf "%.2f"))
+        let table = Table(Title = TableTitle(sprintf "mean ± sample s.d. over seeds %s" (String.Join(", ", seeds))))
+        for c in [ "strategy"; "buffer"; "Class-IL"; "Task-IL"; "Task-IL − SGD (± s.e.)"; "Class-IL per seed"; "Task-IL per seed"; "wall s per run" ] do
+            table.AddColumn(c) |> ignore
+        for row in rows do
+            let (cm, cs), (tm, ts) = Metrics.meanAndSpread row.ClassIl, Metrics.meanAndSpread row.TaskIl
+            table.AddRow(
+                row.Label,
+                string row.Buffer,
+                sprintf "%.2f ± %.2f" cm cs,
+                sprintf "%.2f ± %.2f" tm ts,
+                (match gain row with Some(g, se) -> sprintf "%+.2f ± %.2f" g se | None -> "—"),
+                perSeed row.ClassIl,
+                perSeed row.TaskIl,
+                sprintf "%.1f" row.WallSeconds) |> ignore
+        AnsiConsole.Write table
+        let summary = Path.Combine(out, "compare.json")
+        Results.writeAtomically summary (compareJson seeds rows gain)
+        hold.Publish()
+        AnsiConsole.MarkupLine("summary: {0}", Markup.Escape summary)
+        0
+    with _ when not written.Value ->
+        // Nothing of the comparison was written: the folder is as it was (or gone, if it was new).
+        hold.Abandon()
+        reraise ()
 
 /// The options given more than once on a command line (Argu would silently keep the last), each once.
 let private repeatedOptions (argv: string[]) : string list =

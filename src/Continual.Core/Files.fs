@@ -59,7 +59,8 @@ module RunFolder =
 
 /// Fault injection for crash tests: with CONTINUAL_KILL_AT=MOMENT:N in the environment, the process
 /// kills itself with SIGKILL the N-th time it reaches MOMENT (e.g. `step:37`, the run's 37th step;
-/// `task-end:2`, right after the 2nd task-end checkpoint of the process; `checkpoint-write:3`, halfway
+/// `task-end:2`, right after the 2nd task-end checkpoint of the process; `compare-run:1`, right after
+/// `compare` wrote its 1st run's results; `checkpoint-write:3`, halfway
 /// through writing the 3rd checkpoint; `checkpoint-rename:3`, after writing it and before the rename).
 /// MOMENT:N:INT or MOMENT:N:TERM sends SIGINT or SIGTERM instead, through the process's own handlers.
 /// Without the variable it does nothing.

@@ -231,6 +231,38 @@ let private runCases =
                 Expect.notEqual (File.ReadAllBytes(Path.Combine(out, RunFolder.Staging, name))) old.[name] (sprintf "%s is the new run's" name)
         }
 
+        test "a comparison stopped half-way, or replaced with --overwrite, leaves no old run folder beside the new ones" {
+            let _, data, _ = finishedRun.Force()
+            let out = Path.Combine(fresh "compare", "compared")
+            let compare (seeds: string) extra = [ "compare"; "--data"; data; "--strategies"; "sgd"; "--seeds"; seeds; "--out"; out ] @ extra
+            let runFolders () = Directory.GetDirectories out |> Array.map Path.GetFileName |> Array.sort |> List.ofArray
+            // Killed right after its first run's results: one run folder, no compare.json.
+            let code, _, errors = CliProcess.execute (compare "0,1" []) [ "CONTINUAL_KILL_AT", "compare-run:1" ]
+            Expect.equal code 137 (sprintf "killed after the first run (stderr: %s)" errors)
+            let left = runFolders ()
+            Expect.equal left.Length 1 "the first run's folder"
+            Expect.isTrue (left.Head.EndsWith "-s0") "of seed 0"
+            Expect.isFalse (File.Exists(Path.Combine(out, "compare.json"))) "no summary"
+            Expect.isTrue (RunFolder.isIncomplete out) "the folder is marked incomplete"
+            // Another comparison is refused, and the stopped one's folder is untouched.
+            execute (compare "2" []) |> expectError "a comparison into a stopped comparison's folder" 1 [ out; "--overwrite" ]
+            Expect.equal (runFolders ()) left "the stopped comparison's run folder is untouched"
+            // With --overwrite: the new comparison's run folder alone, and no marker.
+            let code, output, errors = execute (compare "2" [ "--overwrite" ])
+            Expect.equal code 0 (sprintf "--overwrite replaces it (stdout: %s; stderr: %s)" output errors)
+            let only (seed: int) =
+                let folders = runFolders ()
+                Expect.equal folders.Length 1 (sprintf "one run folder, not the old ones beside it: %A" folders)
+                Expect.isTrue (folders.Head.EndsWith(sprintf "-s%d" seed)) (sprintf "seed %d's: %A" seed folders)
+                Expect.isTrue (File.Exists(Path.Combine(out, "compare.json"))) "the summary"
+                Expect.isFalse (RunFolder.isIncomplete out) "no incomplete marker"
+            only 2
+            // A finished comparison replaced by another with --overwrite: the same.
+            let code, output, errors = execute (compare "3" [ "--overwrite" ])
+            Expect.equal code 0 (sprintf "--overwrite replaces a finished comparison (stdout: %s; stderr: %s)" output errors)
+            only 3
+        }
+
         test "an unreadable data file, read by an unprivileged user, exits 1 naming the file" {
             let _, data, _ = finishedRun.Force()
             // File modes do not stop root: the program runs as nobody (uid 65534) through setpriv.
