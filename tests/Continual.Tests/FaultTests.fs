@@ -91,7 +91,7 @@ let faults =
             expectFault "--data FILE" 2 "is a file, not a folder" (Some out) ([ "run"; "--data"; file; "--buffer"; "50"; "--out"; out ] @ small)
             // Root reads any file whatever its mode: the unreadable case is checked only as another user.
             if Environment.UserName = "root" then
-                printfn "skipped: an unreadable data file (the tests run as root, whom file modes do not stop)"
+                printfn "skipped: an unreadable data file (the tests run as root, whom file modes do not stop; 'faults (real processes)' runs it as nobody)"
             else
                 File.SetUnixFileMode(labels, UnixFileMode.None)
                 expectFault "an unreadable file" 1 "permission denied" (Some out) ([ "run"; "--data"; data; "--buffer"; "50"; "--out"; out ] @ small)
