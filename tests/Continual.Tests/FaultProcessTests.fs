@@ -263,6 +263,27 @@ let private runCases =
             only 3
         }
 
+        test "SIGINT and SIGTERM: exit 130 and 143, one line on stderr saying what was kept, nothing published, no temporary file; resume finishes" {
+            let _, data, _ = finishedRun.Force()
+            let out = Path.Combine(fresh "signals", "run")
+            let stopped (signal: string) (expected: int) (code: int, output: string, errors: string) =
+                Expect.equal code expected (sprintf "%s: exit code (stdout: %s; stderr: %s)" signal output errors)
+                let said = lines errors
+                Expect.equal said.Length 1 (sprintf "%s: one line on stderr, got:\n%s" signal errors)
+                Expect.stringStarts said.[0] ("stopped by " + signal) (signal + ": says what stopped the run")
+                Expect.stringContains said.[0] (Path.Combine(out, RunFolder.Staging, Learner.FileName)) (signal + ": says what was kept")
+                Expect.stringContains said.[0] ("continual resume " + out) (signal + ": says how to continue")
+                Expect.isFalse (errors.Contains "   at ") (signal + ": no stack trace")
+                Expect.equal (published out |> List.filter (fun p -> not (p.StartsWith(RunFolder.Staging + "/")))) [ RunFolder.IncompleteMarker; RunFolder.Staging ] (signal + ": nothing published")
+                Expect.isEmpty (Directory.GetFiles(out, "*.tmp", SearchOption.AllDirectories)) (signal + ": no temporary file")
+            // Sent by the process to itself through its own handlers, at steps 6 (task 2) and 14 (task 4) of 20.
+            CliProcess.execute [ "run"; "--data"; data; "--strategy"; "sgd"; "--quiet"; "--out"; out ] [ "CONTINUAL_KILL_AT", "step:6:INT" ] |> stopped "SIGINT" 130
+            CliProcess.execute [ "resume"; out; "--quiet" ] [ "CONTINUAL_KILL_AT", "step:14:TERM" ] |> stopped "SIGTERM" 143
+            let code, output, errors = execute [ "resume"; out; "--quiet" ]
+            Expect.equal code 0 (sprintf "resume finishes (stdout: %s; stderr: %s)" output errors)
+            Expect.equal (published out) ([ "learner.safetensors"; "results.csv"; "results.json" ] @ [ for k in 1 .. 5 -> sprintf "task-%d.onnx" k ] |> List.sort) "every file of the run, published together"
+        }
+
         test "an unreadable data file, read by an unprivileged user, exits 1 naming the file" {
             let _, data, _ = finishedRun.Force()
             // File modes do not stop root: the program runs as nobody (uid 65534) through setpriv.
