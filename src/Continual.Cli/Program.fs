@@ -852,14 +852,17 @@ let run (argv: string[]) : int =
         Report.error message
         trace e
         1
-    | LearnerProblem message ->
+    | LearnerProblem message as e ->
         Report.error message
+        trace e
         1
     | OutputFolder.OutputFolderError _ as e ->
         Report.error e.Message
+        trace e
         1
-    | EnvironmentProblem message ->
+    | EnvironmentProblem message as e ->
         Report.error message
+        trace e
         1
     | Stopped code -> code
     | e ->

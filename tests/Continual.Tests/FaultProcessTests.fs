@@ -261,6 +261,14 @@ let private runCases =
             let code, output, errors = execute (compare "3" [ "--overwrite" ])
             Expect.equal code 0 (sprintf "--overwrite replaces a finished comparison (stdout: %s; stderr: %s)" output errors)
             only 3
+            // A comparison that fails on its data before any run is written leaves no folder behind.
+            let empty = fresh "empty-test"
+            for f in Directory.GetFiles data do File.Copy(f, Path.Combine(empty, Path.GetFileName f))
+            Continual.Data.Idx.writeImages (Path.Combine(empty, "t10k-images-idx3-ubyte.gz")) (syntheticImages 2 [||])
+            Continual.Data.Idx.writeLabels (Path.Combine(empty, "t10k-labels-idx1-ubyte.gz")) [||]
+            let fresh = Path.Combine(Path.GetDirectoryName out, "never")
+            execute [ "compare"; "--data"; empty; "--strategies"; "sgd"; "--seeds"; "0"; "--out"; fresh ] |> expectError "a comparison on an empty test set" 1 [ "holds 0 images" ]
+            Expect.isFalse (Directory.Exists fresh) "no folder left"
         }
 
         test "SIGINT and SIGTERM: exit 130 and 143, one line on stderr saying what was kept, nothing published, no temporary file; resume finishes" {
