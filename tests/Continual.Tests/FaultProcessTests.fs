@@ -53,6 +53,8 @@ let private contents (folder: string) =
 let private finishedRun =
     lazy
         (let root = Path.Combine(Path.GetTempPath(), "continual-faults-" + Guid.NewGuid().ToString "N")
+         // Shared by the cases, so removed when the test program ends.
+         AppDomain.CurrentDomain.ProcessExit.Add(fun _ -> try Directory.Delete(root, true) with _ -> ())
          let data = Path.Combine(root, "data")
          Directory.CreateDirectory data |> ignore
          writeSyntheticFolder data 20 4
@@ -313,6 +315,10 @@ let private runCases =
                 let out = Path.Combine(writable, "run")
                 let asNobody (args: string list) =
                     CliProcess.executeProgram setpriv ([ "--reuid=65534"; "--regid=65534"; "--clear-groups"; CliProcess.path ] @ args) [ "HOME", writable ]
+                // The program itself must be reachable by nobody (not so under a private home folder).
+                match asNobody [ "--version" ] with
+                | code, _, errors when code <> 0 -> printfn "skipped: an unreadable data file (nobody cannot run %s: %s)" CliProcess.path (errors.Trim())
+                | _ ->
                 let labels = Path.Combine(mine, "train-labels-idx1-ubyte.gz")
                 File.SetUnixFileMode(labels, UnixFileMode.None)
                 asNobody [ "run"; "--data"; mine; "--strategy"; "sgd"; "--quiet"; "--no-onnx"; "--out"; out ]
