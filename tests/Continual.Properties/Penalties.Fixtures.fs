@@ -42,9 +42,10 @@ let synthetic (seed: int) (n: int) (classes: int list) : LabelledSet =
     let labels = Array.init n (fun i -> cls.[i % cls.Length])
     // Class-dependent means make the tasks learnable, so importance is not degenerate.
     let inputs = Array.init (n * 4) (fun k -> float32 (0.5 * rnd.NextDouble() + 0.1 * float (labels.[k / 4] + (k % 4)) / 4.0))
-    { Inputs = torch.tensor(inputs, dtype = torch.ScalarType.Float32).reshape(int64 n, 4L)
+    { Stored = torch.tensor(inputs, dtype = torch.ScalarType.Float32).reshape(int64 n, 4L)
       Labels = torch.tensor(labels |> Array.map int64, dtype = torch.ScalarType.Int64)
-      LabelArray = labels }
+      LabelArray = labels
+      Normalisation = None }
 
 /// A two-task benchmark (classes {0,1} then {2,3}) on synthetic data, `perClass` examples per class.
 let benchmark (seed: int) (perClass: int) (taskCount: int) : Benchmark =
