@@ -47,7 +47,7 @@ type LabelledSet =
             let channels = int64 n.Mean.Length
             use mean = torch.tensor(Array.ofList n.Mean, device = storedRows.device).reshape(1L, channels, 1L)
             use std = torch.tensor(Array.ofList n.Std, device = storedRows.device).reshape(1L, channels, 1L)
-            use byChannel = unit.reshape(unit.shape.[0], channels, -1L)
+            use byChannel = unit.reshape(unit.shape.[0], channels, unit.shape.[1] / channels)
             use centred = byChannel.sub mean
             use scaled = centred.div std
             scaled.reshape(unit.shape.[0], unit.shape.[1])

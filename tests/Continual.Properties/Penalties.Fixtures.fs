@@ -35,7 +35,8 @@ let architecture = Mlp(4, [ 5 ], 4)
 /// Number of scalars in the tiny architecture.
 let parameterCount = 4 * 5 + 5 + 5 * 4 + 4
 
-/// A labelled set of `n` random inputs in [0, 1]^4 labelled from `classes`, drawn from a seed.
+/// A labelled set of `n` random inputs in [0, 1]^4 labelled from `classes`, drawn from a seed (stored as
+/// float32, so `Stored` is what the model is fed).
 let synthetic (seed: int) (n: int) (classes: int list) : LabelledSet =
     let rnd = System.Random(seed)
     let cls = Array.ofList classes

@@ -35,6 +35,7 @@ let private modelOf (c: Case) =
         if p.dim () = 1L then p.uniform_(-0.5, 0.5) |> ignore
     m
 
+/// Random inputs and labels of a case, stored as float32 (so `Stored` is what the model is fed).
 let private dataOf (c: Case) =
     let rnd = System.Random(c.Seed + 1)
     let x = Array.init (c.Samples * 4) (fun _ -> float32 (rnd.NextDouble() * 2.0 - 0.5))

@@ -15,7 +15,7 @@ let private features = 12
 let private architecture = Mlp(features, [ 16; 8 ], 10)
 
 /// A labelled set of `perClass` examples of each class, inputs drawn around a class-dependent centre
-/// so the classes can be learned.
+/// so the classes can be learned (stored as float32, so `Stored` is what the model is fed).
 let private syntheticSet (seed: int64) (classes: int list) (perClass: int) : LabelledSet =
     torch.manual_seed seed |> ignore
     let labels = [| for c in classes do for _ in 1 .. perClass -> c |]

@@ -12,7 +12,8 @@ open Continual.Penalties
 open Continual.Methods
 open TorchSharp
 
-/// A small synthetic two-task benchmark (inputs 1x4x4, classes {0,1} then {2,3}) held in memory.
+/// A small synthetic two-task benchmark (inputs 1x4x4, classes {0,1} then {2,3}) held in memory as
+/// float32 (so `Stored` is what the model is fed).
 let private tinyBenchmark () : Benchmark =
     let make (seed: int) (n: int) =
         let rnd = System.Random(seed)
