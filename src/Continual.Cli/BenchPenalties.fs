@@ -43,7 +43,8 @@ let run (config: Config) (out: string option) : int =
         let n = data.Count / settings.BatchSize
         [| for i in 0 .. n - 1 ->
             let start = i * settings.BatchSize
-            { Inputs = data.Inputs.narrow(0L, int64 start, int64 settings.BatchSize).``to``(settings.Device).DetachFromDisposeScope()
+            use rows = data.InputRange(int64 start, int64 settings.BatchSize)
+            { Inputs = rows.``to``(settings.Device).DetachFromDisposeScope()
               Labels = data.Labels.narrow(0L, int64 start, int64 settings.BatchSize).``to``(settings.Device).DetachFromDisposeScope()
               LabelArray = Array.sub data.LabelArray start settings.BatchSize
               Task = 1 } |]
@@ -71,7 +72,8 @@ let run (config: Config) (out: string option) : int =
               yield sprintf "SCP, %d slices, batches of %d" scp.Slices scp.BatchSize, s, first.Count ]
         // The one-sample-at-a-time reference on a subset, and the largest relative difference to the closed form.
         let subsetSize = min 1000 first.Count
-        use subset = first.Inputs.narrow(0L, 0L, int64 subsetSize).``to`` settings.Device
+        use subsetRows = first.InputRange(0L, int64 subsetSize)
+        use subset = subsetRows.``to`` settings.Device
         let labels = Array.init subsetSize (fun i -> int64 first.LabelArray.[i])
         let objective = NegativeLogLikelihood(labels, false)
         let loop, loopSeconds = time (fun () -> PerSample.loopSums model subset objective Squares)
@@ -107,7 +109,7 @@ let run (config: Config) (out: string option) : int =
                 let mutable state = Training.initialise architecture benchmark strategy settings
                 // A short first task, then its end: the penalty is active from here on.
                 state <- Training.beginTask ignore (context 0 first state) state
-                let warm = { first with Inputs = first.Inputs.narrow(0L, 0L, 3000L); Labels = first.Labels.narrow(0L, 0L, 3000L); LabelArray = Array.sub first.LabelArray 0 3000 }
+                let warm = { first with Stored = first.Stored.narrow(0L, 0L, 3000L); Labels = first.Labels.narrow(0L, 0L, 3000L); LabelArray = Array.sub first.LabelArray 0 3000 }
                 state <- Training.trainOn strategy settings 0 warm ignore CancellationToken.None state
                 warm.Dispose()
                 let (ended, endSeconds) = time (fun () -> Training.endTask ignore (context 0 first state) state)

@@ -4,16 +4,66 @@ open System.IO
 open Continual
 open TorchSharp
 
-/// Labelled examples held as tensors: inputs flattened to [n, features] in [0, 1], labels int64 [n].
+/// Per-channel normalisation applied when inputs are materialised: channel c of every row becomes
+/// `(x - Mean[c]) / Std[c]`, where x is the [0, 1] value. Rows are flattened channel-first, so the
+/// channel count is `Mean.Length` and each channel holds `features / Mean.Length` values.
+type ChannelNormalisation =
+    { Mean: float32 list
+      Std: float32 list }
+
+/// Labelled examples held as tensors. Images are stored compactly as their uint8 pixel bytes and
+/// converted to float32 only when rows are materialised (a batch, an evaluation, an estimate), so a
+/// large set costs one byte a pixel; feature tables are stored as float32.
 type LabelledSet =
-    { Inputs: Tensor
+    { /// The inputs as stored, flattened to [n, features]: uint8 pixel bytes (materialised as
+      /// `byte / 255`, in [0, 1]) or float32 values (materialised as they are).
+      Stored: Tensor
       Labels: Tensor
       /// The labels as a plain array, for selecting by class without touching tensors.
-      LabelArray: int[] }
+      LabelArray: int[]
+      /// Per-channel normalisation applied on materialisation; None keeps the values above.
+      Normalisation: ChannelNormalisation option }
     member this.Count = this.LabelArray.Length
+    /// Values per example (the second dimension of the stored inputs).
+    member this.Features = int this.Stored.shape.[1]
+    /// Float32 inputs of rows taken from `Stored` (by `narrow`, `index_select`, moved to any device),
+    /// computed on their device: bytes become `byte / 255`, then the set's normalisation applies.
+    /// Always a new tensor handle, which the caller frees (for float32 rows without normalisation it
+    /// shares their storage).
+    member this.Materialise(storedRows: Tensor) : Tensor =
+        let unit =
+            if storedRows.dtype = torch.ScalarType.Byte then
+                use asFloat = storedRows.to_type torch.ScalarType.Float32
+                // A divisor tensor on the rows' own device: CUDA turns division by a host scalar into
+                // multiplication by its reciprocal, which differs in the last bit from loading on the CPU.
+                use divisor = torch.tensor(255.0f, device = storedRows.device)
+                asFloat.div divisor
+            elif storedRows.dtype = torch.ScalarType.Float32 then storedRows.alias ()
+            else invalidArg (nameof storedRows) (sprintf "stored inputs are uint8 or float32, not %A" storedRows.dtype)
+        match this.Normalisation with
+        | None -> unit
+        | Some n ->
+            use unit = unit
+            let channels = int64 n.Mean.Length
+            use mean = torch.tensor(Array.ofList n.Mean, device = storedRows.device).reshape(1L, channels, 1L)
+            use std = torch.tensor(Array.ofList n.Std, device = storedRows.device).reshape(1L, channels, 1L)
+            use byChannel = unit.reshape(unit.shape.[0], channels, unit.shape.[1] / channels)
+            use centred = byChannel.sub mean
+            use scaled = centred.div std
+            scaled.reshape(unit.shape.[0], unit.shape.[1])
+    /// Float32 inputs of the rows at `index` (int64), on the storage's device.
+    member this.InputsAt(index: Tensor) : Tensor =
+        use rows = this.Stored.index_select(0L, index)
+        this.Materialise rows
+    /// Float32 inputs of `count` consecutive rows from `start`, on the storage's device.
+    member this.InputRange(start: int64, count: int64) : Tensor =
+        use rows = this.Stored.narrow(0L, start, count)
+        this.Materialise rows
+    /// Float32 inputs of every row (a full float copy of image data: prefer rows or ranges).
+    member this.AllInputs() : Tensor = this.Materialise this.Stored
     /// Frees the set's tensors.
     member this.Dispose() =
-        this.Inputs.Dispose()
+        this.Stored.Dispose()
         this.Labels.Dispose()
 
 /// One task of a split benchmark: the classes it brings.
@@ -64,16 +114,80 @@ module Benchmarks =
         found
 
     /// A labelled set from raw bytes: `labels.Length` examples of `features` pixel bytes each, one after
-    /// another, scaled to [0, 1].
+    /// another, stored as uint8 and materialised in [0, 1].
     let ofBytes (pixels: byte[]) (features: int) (labels: byte[]) : LabelledSet =
+        if pixels.Length <> labels.Length * features then
+            invalidArg (nameof pixels) (sprintf "%d labels of %d features need %d bytes (got %d)" labels.Length features (labels.Length * features) pixels.Length)
         let inputs =
-            use bytes = torch.tensor(pixels, dtype = torch.ScalarType.Byte).reshape(int64 labels.Length, int64 features)
-            use asFloat = bytes.to_type torch.ScalarType.Float32
-            asFloat.div((255.0f).ToScalar())
+            use bytes = torch.tensor(pixels, dtype = torch.ScalarType.Byte)
+            bytes.reshape(int64 labels.Length, int64 features)
         let labelArray = labels |> Array.map int
-        { Inputs = inputs
+        { Stored = inputs
           Labels = torch.tensor(labelArray |> Array.map int64, dtype = torch.ScalarType.Int64)
-          LabelArray = labelArray }
+          LabelArray = labelArray
+          Normalisation = None }
+
+    /// A labelled set from float32 values (a feature table, e.g. embeddings): `labels.Length` examples
+    /// of `featureCount` values each, one after another, stored and materialised as they are.
+    let ofFloats (features: float32[]) (featureCount: int) (labels: int[]) : LabelledSet =
+        if features.Length <> labels.Length * featureCount then
+            invalidArg (nameof features) (sprintf "%d labels of %d features need %d values (got %d)" labels.Length featureCount (labels.Length * featureCount) features.Length)
+        let inputs =
+            use values = torch.tensor(features, dtype = torch.ScalarType.Float32)
+            values.reshape(int64 labels.Length, int64 featureCount)
+        { Stored = inputs
+          Labels = torch.tensor(labels |> Array.map int64, dtype = torch.ScalarType.Int64)
+          LabelArray = Array.copy labels
+          Normalisation = None }
+
+    /// Rows of a set, in the given order, still in their stored form (uint8 stays uint8), with the
+    /// set's normalisation.
+    let selectRows (indices: int[]) (set: LabelledSet) : LabelledSet =
+        use index = torch.tensor(indices |> Array.map int64, dtype = torch.ScalarType.Int64)
+        { set with
+            Stored = set.Stored.index_select(0L, index)
+            Labels = set.Labels.index_select(0L, index)
+            LabelArray = indices |> Array.map (fun i -> set.LabelArray.[i]) }
+
+    /// Rows read per chunk when statistics go over a whole set, so that no full float copy is made.
+    let private statisticsChunk = 4096
+
+    /// The per-channel mean and (population) standard deviation of a set's [0, 1] values, the set's own
+    /// normalisation ignored, computed in float64 over chunks of rows (two passes: the mean, then the
+    /// squared deviations from it). A constant channel gets Std 1, so it is only centred.
+    let channelStatistics (channels: int) (set: LabelledSet) : ChannelNormalisation =
+        if channels <= 0 || set.Features % channels <> 0 then
+            invalidArg (nameof channels) (sprintf "%d features cannot be split into %d channels" set.Features channels)
+        if set.Count = 0 then invalidArg (nameof set) "the set is empty: no statistics to compute"
+        let plain = { set with Normalisation = None }
+        let perChannel = float (set.Count * (set.Features / channels))
+        let sumOver (f: Tensor -> Tensor) =
+            use _ = torch.no_grad ()
+            use total = torch.zeros([| int64 channels |], dtype = torch.ScalarType.Float64)
+            for start in 0 .. statisticsChunk .. set.Count - 1 do
+                use scope = torch.NewDisposeScope()
+                let count = min statisticsChunk (set.Count - start)
+                let rows = plain.InputRange(int64 start, int64 count).to_type(torch.ScalarType.Float64).reshape(int64 count, int64 channels, -1L)
+                total.add_((f rows).sum([| 0L; 2L |])) |> ignore
+            total.data<float>().ToArray()
+        let mean = sumOver id |> Array.map (fun s -> s / perChannel)
+        use meanTensor = torch.tensor(mean, dtype = torch.ScalarType.Float64).reshape(1L, int64 channels, 1L)
+        let variance = sumOver (fun rows -> rows.sub(meanTensor).square()) |> Array.map (fun s -> s / perChannel)
+        { Mean = mean |> Array.map float32 |> List.ofArray
+          Std = variance |> Array.map (fun v -> let s = sqrt v in if s > 0.0 then float32 s else 1.0f) |> List.ofArray }
+
+    /// A set that materialises with the given normalisation (the same storage, shared: free only one of
+    /// the two sets). Fails when the values do not fit the set's features.
+    let withNormalisation (normalisation: ChannelNormalisation) (set: LabelledSet) : LabelledSet =
+        let channels = normalisation.Mean.Length
+        if channels = 0 || normalisation.Std.Length <> channels then
+            invalidArg (nameof normalisation) (sprintf "one mean and one standard deviation per channel (got %d and %d)" channels normalisation.Std.Length)
+        if set.Features % channels <> 0 then
+            invalidArg (nameof normalisation) (sprintf "%d features cannot be split into %d channels" set.Features channels)
+        match normalisation.Std |> List.tryFind (fun s -> not (s > 0.0f) || not (System.Single.IsFinite s)) with
+        | Some s -> invalidArg (nameof normalisation) (sprintf "standard deviations must be positive and finite (got %g)" s)
+        | None -> ()
+        { set with Normalisation = Some normalisation }
 
     let private toSet (imagesPath: string) (labelsPath: string) (images: IdxImages) (labels: byte[]) (numClasses: int) =
         if images.Count <> labels.Length then
@@ -133,10 +247,7 @@ module Benchmarks =
     let selectClasses (classes: int list) (set: LabelledSet) : LabelledSet =
         let wanted = Set.ofList classes
         let indices = set.LabelArray |> Array.indexed |> Array.filter (fun (_, l) -> wanted.Contains l) |> Array.map fst
-        use index = torch.tensor(indices |> Array.map int64, dtype = torch.ScalarType.Int64)
-        { Inputs = set.Inputs.index_select(0L, index)
-          Labels = set.Labels.index_select(0L, index)
-          LabelArray = indices |> Array.map (fun i -> set.LabelArray.[i]) }
+        selectRows indices set
 
     /// The first `perClass` examples of every class (a smaller benchmark for quick runs and tests).
     let takePerClass (perClass: int) (set: LabelledSet) : LabelledSet =
@@ -149,13 +260,26 @@ module Benchmarks =
                 counts.[l] <- seen + 1
                 seen < perClass)
             |> Array.map fst
-        use index = torch.tensor(indices |> Array.map int64, dtype = torch.ScalarType.Int64)
-        { Inputs = set.Inputs.index_select(0L, index)
-          Labels = set.Labels.index_select(0L, index)
-          LabelArray = indices |> Array.map (fun i -> set.LabelArray.[i]) }
+        selectRows indices set
 
     /// A benchmark restricted to at most the given numbers of examples per class.
     let subsample (trainPerClass: int) (testPerClass: int) (benchmark: Benchmark) : Benchmark =
         { benchmark with
             Train = takePerClass trainPerClass benchmark.Train
             Test = takePerClass testPerClass benchmark.Test }
+
+    /// A benchmark whose train and test sets both materialise with the given per-channel
+    /// normalisation (values given by the user, or `channelStatistics` of the training set).
+    let normaliseWith (normalisation: ChannelNormalisation) (benchmark: Benchmark) : Benchmark =
+        let channels, _, _ = benchmark.InputShape
+        if normalisation.Mean.Length <> channels then
+            invalidArg (nameof normalisation) (sprintf "%s has %d channels but the normalisation gives %d" benchmark.Name channels normalisation.Mean.Length)
+        { benchmark with
+            Train = withNormalisation normalisation benchmark.Train
+            Test = withNormalisation normalisation benchmark.Test }
+
+    /// A benchmark normalised per channel by its training set's mean and standard deviation; the test
+    /// set uses the training set's values, as a model sees them at inference.
+    let normaliseByTraining (benchmark: Benchmark) : Benchmark =
+        let channels, _, _ = benchmark.InputShape
+        normaliseWith (channelStatistics channels benchmark.Train) benchmark

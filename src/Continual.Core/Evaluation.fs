@@ -42,7 +42,8 @@ module Evaluation =
         let results =
             sets
             |> List.map (fun (task, set) ->
-                let inputs = set.Inputs.``to`` device
+                // Moved in the stored form, materialised on the device.
+                let inputs = set.Materialise(set.Stored.``to`` device)
                 let labels = set.Labels.``to`` device
                 let logits =
                     match scores with

@@ -160,7 +160,8 @@ module Estimate =
         let mutable sums = None
         for (start, count) in chunks data chunkSize do
             use scope = torch.NewDisposeScope()
-            use x = data.Inputs.narrow(0L, int64 start, int64 count).``to`` device
+            use rows = data.InputRange(int64 start, int64 count)
+            use x = rows.``to`` device
             let batch =
                 match chain with
                 | Some c ->
@@ -217,7 +218,8 @@ module Estimate =
         let mutable sums = None
         for (start, count) in chunks data chunkSize do
             use scope = torch.NewDisposeScope()
-            use x = data.Inputs.narrow(0L, int64 start, int64 count).``to`` device
+            use rows = data.InputRange(int64 start, int64 count)
+            use x = rows.``to`` device
             sums <- accumulate sums (PerSample.sums model x SquaredNorm Magnitudes)
         finish model data.Count sums
 
@@ -248,7 +250,8 @@ module Estimate =
         let batches = chunks data batchSize
         for (start, count) in batches do
             use scope = torch.NewDisposeScope()
-            use x = data.Inputs.narrow(0L, int64 start, int64 count).``to`` device
+            use rows = data.InputRange(int64 start, int64 count)
+            use x = rows.``to`` device
             let classes, forwardResult =
                 match chain with
                 | Some c -> int (fst (List.last c.Layers)).shape.[0], None

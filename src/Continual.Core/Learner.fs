@@ -368,7 +368,9 @@ module Learner =
                           match methods |> List.tryItem i |> Option.bind (fun m -> m.Auxiliary) with
                           | Some b -> b
                           | None -> fail (sprintf "corrupted: method %d has no auxiliary module" i)
-                      let m = Training.buildAuxiliary state.Model device config.Run.LearningRate benchmark.Train.Inputs build state.Optimiser
+                      let m =
+                          use example = benchmark.Train.InputRange(0L, 1L)
+                          Training.buildAuxiliary state.Model device config.Run.LearningRate example build state.Optimiser
                       let names = node.["tensors"].AsArray() |> Seq.map (fun n -> n.GetValue<string>()) |> Set.ofSeq
                       for KeyValue(name, t) in m.state_dict () do
                           let key = sprintf "auxiliary.%d.%s" i name

@@ -28,7 +28,7 @@ module Exemplars =
     let select (k: int) (embedRows: Tensor -> float32[][]) (train: LabelledSet) (c: int) : ClassExemplars =
         use scope = torch.NewDisposeScope()
         let rows = [| for i in 0 .. train.Count - 1 do if train.LabelArray.[i] = c then int64 i |]
-        let inputs = train.Inputs.index_select(0L, torch.tensor(rows, dtype = torch.ScalarType.Int64))
+        let inputs = train.InputsAt(torch.tensor(rows, dtype = torch.ScalarType.Int64))
         let picks = Herding.select k (embedRows inputs)
         let chosen = inputs.index_select(0L, torch.tensor(picks |> Array.map int64, dtype = torch.ScalarType.Int64))
         { Class = c; Inputs = chosen.DetachFromDisposeScope() }
@@ -39,9 +39,11 @@ module Exemplars =
         | [] -> None
         | _ ->
             let labels = store |> List.collect (fun e -> List.replicate (int e.Inputs.shape.[0]) e.Class) |> Array.ofList
-            Some { Inputs = torch.cat([| for e in store -> e.Inputs |], 0L)
+            // Exemplars are held materialised (float32, normalised where their data was).
+            Some { Stored = torch.cat([| for e in store -> e.Inputs |], 0L)
                    Labels = torch.tensor(labels |> Array.map int64, dtype = torch.ScalarType.Int64)
-                   LabelArray = labels }
+                   LabelArray = labels
+                   Normalisation = None }
 
     /// How many exemplars each class holds, by class.
     let counts (store: ClassExemplars list) = store |> List.map (fun e -> e.Class, int e.Inputs.shape.[0])

@@ -335,8 +335,10 @@ module Training =
             let order, rng = Random.permutation n epochRng
             state <- { state with Rng = rng }
             use index = torch.tensor(order, dtype = torch.ScalarType.Int64)
+            // The shuffle and the move happen in the stored form (uint8 for images, a quarter of the
+            // floats); each batch is materialised as float32 on the device.
             // `to` makes a new handle even on the same device: both the shuffled copy and the moved one are freed.
-            use shuffledInputs = data.Inputs.index_select(0L, index)
+            use shuffledInputs = data.Stored.index_select(0L, index)
             use shuffledLabels = data.Labels.index_select(0L, index)
             use inputs = shuffledInputs.``to`` settings.Device
             use labels = shuffledLabels.``to`` settings.Device
@@ -345,7 +347,8 @@ module Training =
                 cancellation.ThrowIfCancellationRequested()
                 let start = s * settings.BatchSize
                 let size = min settings.BatchSize (n - start)
-                use x = inputs.narrow(0L, int64 start, int64 size)
+                use rows = inputs.narrow(0L, int64 start, int64 size)
+                use x = data.Materialise rows
                 use y = labels.narrow(0L, int64 start, int64 size)
                 let batch = { Inputs = x; Labels = y; LabelArray = Array.sub labelArray start size; Task = taskIndex }
                 let loss, next = step strategy batch state
@@ -481,7 +484,7 @@ module Training =
                     use scope = torch.NewDisposeScope()
                     let size = min context.BatchSize (n - start)
                     let index = torch.tensor(Array.sub order start size, dtype = torch.ScalarType.Int64)
-                    let x = context.Train.Inputs.index_select(0L, index).``to`` context.Device
+                    let x = context.Train.Materialise(context.Train.Stored.index_select(0L, index).``to`` context.Device)
                     let y = context.Train.Labels.index_select(0L, index).``to`` context.Device
                     let embedding =
                         use _ = torch.no_grad ()
@@ -525,7 +528,8 @@ module Training =
                 let m =
                     match m.Auxiliary with
                     | Some build when not (auxiliary |> List.exists (fun (j, _) -> j = i)) ->
-                        let module' = buildAuxiliary context.Model context.Device context.LearningRate context.Train.Inputs build state.Optimiser
+                        use example = context.Train.InputRange(0L, 1L)
+                        let module' = buildAuxiliary context.Model context.Device context.LearningRate example build state.Optimiser
                         auxiliary <- auxiliary @ [ i, module' ]
                         phase (fun m -> m.Attach module') m
                     | _ -> m
@@ -593,10 +597,18 @@ module Training =
                         match extra with
                         | [] -> data
                         | _ ->
+                            // The extra examples are float32 and already materialised (normalised where
+                            // the data is), so the union is held as float32 without normalisation.
                             let sets = data :: extra
-                            { Inputs = torch.cat([| for s in sets -> s.Inputs |], 0L)
-                              Labels = torch.cat([| for s in sets -> s.Labels |], 0L)
-                              LabelArray = Array.concat [ for s in sets -> s.LabelArray ] }
+                            let inputs = [| for s in sets -> s.AllInputs() |]
+                            let union =
+                                { Stored = torch.cat(inputs, 0L)
+                                  Labels = torch.cat([| for s in sets -> s.Labels |], 0L)
+                                  LabelArray = Array.concat [ for s in sets -> s.LabelArray ]
+                                  Normalisation = None }
+                            for i in inputs do
+                                i.Dispose()
+                            union
                     let atStep (position: TaskPosition) (current: TrainingState) =
                         let point () = { State = current; Record = record; Position = Some { position with Seconds = earlier + clock.Elapsed.TotalSeconds } }
                         if Faults.enabled then Faults.reached "step" current.StepsTaken

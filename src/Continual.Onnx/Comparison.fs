@@ -39,6 +39,11 @@ module Comparison =
         // A span copy of the storage: TensorAccessor.ToArray walks the elements one by one.
         MemoryMarshal.Cast<byte, float32>(Span<byte>.op_Implicit cpu.bytes : ReadOnlySpan<byte>).ToArray()
 
+    /// A labelled set's inputs, materialised as float32 (what the model is fed), as a row-major array.
+    let inputArray (set: Continual.Data.LabelledSet) : float32[] =
+        use inputs = set.AllInputs()
+        toArray inputs
+
     /// TorchSharp's logits of a module in eval mode (no gradients), the module's mode restored after.
     let torchLogits (model: torch.nn.Module<Tensor, Tensor>) (device: Device) (inputs: Tensor) : float32[] =
         let wasTraining = model.training

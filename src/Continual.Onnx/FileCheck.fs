@@ -109,20 +109,19 @@ module FileCheck =
             raise (InvalidModelFile(path, sprintf "the class-to-task map has %d classes but the model has %d logits" info.ClassToTask.Length classes))
         let test = readTestSet path info dataFolder
         try
-            if int (test.Inputs.shape.[1]) <> loaded.InputFeatures then
-                raise (InvalidModelFile(path, sprintf "the model takes %d features but the images in %s have %d" loaded.InputFeatures dataFolder test.Inputs.shape.[1]))
+            if test.Features <> loaded.InputFeatures then
+                raise (InvalidModelFile(path, sprintf "the model takes %d features but the images in %s have %d" loaded.InputFeatures dataFolder test.Features))
             let tasks = [ for t in 1 .. info.TaskCount -> t, [ for c in 0 .. classes - 1 do if info.ClassToTask.[c] = t then c ] ]
             let results =
                 tasks
                 |> List.map (fun (_, taskClasses) ->
                     let set = Benchmarks.selectClasses taskClasses test
                     try
-                        let logits = loaded.Logits(Comparison.toArray set.Inputs, set.Count)
+                        let logits = loaded.Logits(Comparison.inputArray set, set.Count)
                         let c, t = Comparison.correctCounts logits classes set.LabelArray taskClasses
                         set.Count, c, t
                     finally
-                        set.Inputs.Dispose()
-                        set.Labels.Dispose())
+                        set.Dispose())
             { Path = path
               Info = info
               Provider = loaded.Provider

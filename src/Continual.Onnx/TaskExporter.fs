@@ -142,7 +142,7 @@ module TaskExporter =
                 onnxCounts.Add(Comparison.correctCounts logits classes set.LabelArray task.Classes)
                 let m = min perTask set.Count
                 comparedOnnx.AddRange(ArraySegment(logits, 0, m * classes))
-                comparedRows.Add(set.Inputs.narrow(0L, 0L, int64 m))
+                comparedRows.Add(set.InputRange(0L, int64 m))
             let compared =
                 use all = torch.cat(comparedRows.ToArray(), 0L)
                 Comparison.torchLogits after.Model after.Device all
@@ -328,7 +328,7 @@ type RunExporter(settings: ExportSettings, previous: TaskVerification list) =
             match cache.TryGetValue i with
             | true, a -> a
             | _ ->
-                let a = Comparison.toArray (snd after.TestSets.[i]).Inputs
+                let a = Comparison.inputArray (snd after.TestSets.[i])
                 cache.[i] <- a
                 a
         reports.Add(TaskExporter.exportTask settings testArray after)

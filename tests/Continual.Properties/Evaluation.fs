@@ -92,7 +92,7 @@ let private evaluate (c: EvaluationCase) (logits: float32[][] list) =
         List.zip c.Tasks c.Labels
         |> List.mapi (fun t (task, ls) ->
             { Index = t; Classes = task },
-            { Inputs = torch.zeros(int64 ls.Length, 4L); Labels = labelTensor ls; LabelArray = ls })
+            { Stored = torch.zeros(int64 ls.Length, 4L); Labels = labelTensor ls; LabelArray = ls; Normalisation = None })
     let byCount = dict [ for z in logits -> z.Length, z ]
     let scores (output: ModelOutput) = tensorOfRows byCount.[int output.Logits.shape.[0]]
     Evaluation.evaluateWith (Some scores) (model.Force()) torch.CPU sets

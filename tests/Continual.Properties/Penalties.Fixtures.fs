@@ -35,16 +35,18 @@ let architecture = Mlp(4, [ 5 ], 4)
 /// Number of scalars in the tiny architecture.
 let parameterCount = 4 * 5 + 5 + 5 * 4 + 4
 
-/// A labelled set of `n` random inputs in [0, 1]^4 labelled from `classes`, drawn from a seed.
+/// A labelled set of `n` random inputs in [0, 1]^4 labelled from `classes`, drawn from a seed (stored as
+/// float32, so `Stored` is what the model is fed).
 let synthetic (seed: int) (n: int) (classes: int list) : LabelledSet =
     let rnd = System.Random(seed)
     let cls = Array.ofList classes
     let labels = Array.init n (fun i -> cls.[i % cls.Length])
     // Class-dependent means make the tasks learnable, so importance is not degenerate.
     let inputs = Array.init (n * 4) (fun k -> float32 (0.5 * rnd.NextDouble() + 0.1 * float (labels.[k / 4] + (k % 4)) / 4.0))
-    { Inputs = torch.tensor(inputs, dtype = torch.ScalarType.Float32).reshape(int64 n, 4L)
+    { Stored = torch.tensor(inputs, dtype = torch.ScalarType.Float32).reshape(int64 n, 4L)
       Labels = torch.tensor(labels |> Array.map int64, dtype = torch.ScalarType.Int64)
-      LabelArray = labels }
+      LabelArray = labels
+      Normalisation = None }
 
 /// A two-task benchmark (classes {0,1} then {2,3}) on synthetic data, `perClass` examples per class.
 let benchmark (seed: int) (perClass: int) (taskCount: int) : Benchmark =

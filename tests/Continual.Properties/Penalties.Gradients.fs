@@ -35,13 +35,15 @@ let private modelOf (c: Case) =
         if p.dim () = 1L then p.uniform_(-0.5, 0.5) |> ignore
     m
 
+/// Random inputs and labels of a case, stored as float32 (so `Stored` is what the model is fed).
 let private dataOf (c: Case) =
     let rnd = System.Random(c.Seed + 1)
     let x = Array.init (c.Samples * 4) (fun _ -> float32 (rnd.NextDouble() * 2.0 - 0.5))
     let labels = Array.init c.Samples (fun _ -> rnd.Next 3)
-    { Inputs = torch.tensor(x, dtype = torch.ScalarType.Float32).reshape(int64 c.Samples, 4L)
+    { Stored = torch.tensor(x, dtype = torch.ScalarType.Float32).reshape(int64 c.Samples, 4L)
       Labels = torch.tensor(labels |> Array.map int64, dtype = torch.ScalarType.Int64)
-      LabelArray = labels }
+      LabelArray = labels
+      Normalisation = None }
 
 let private sameStatistics (what: string) (expected: Tensor list) (actual: Tensor list) =
     arraysClose 1e-5 what (flatValues expected) (flatValues actual)
@@ -54,13 +56,13 @@ let tests =
             let data = dataOf c
             let labels = data.LabelArray |> Array.map int64
             for objective in [ NegativeLogLikelihood(labels, false); NegativeLogLikelihood(labels, true); SquaredNorm ] do
-                sameStatistics (sprintf "%A" objective) (PerSample.loopSums model data.Inputs objective Squares) (PerSample.sums model data.Inputs objective Squares)
+                sameStatistics (sprintf "%A" objective) (PerSample.loopSums model data.Stored objective Squares) (PerSample.sums model data.Stored objective Squares)
             true))
 
         testPropertyWithConfig config "closed-form gradient magnitudes equal one backward per sample" (Prop.forAll (Arb.fromGen caseGen) (fun c ->
             let model = modelOf c
             let data = dataOf c
-            sameStatistics "MAS" (PerSample.loopSums model data.Inputs SquaredNorm Magnitudes) (PerSample.sums model data.Inputs SquaredNorm Magnitudes)
+            sameStatistics "MAS" (PerSample.loopSums model data.Stored SquaredNorm Magnitudes) (PerSample.sums model data.Stored SquaredNorm Magnitudes)
             true))
 
         testPropertyWithConfig config "the Fisher is the mean of squared per-sample gradients, for every kind" (Prop.forAll (Arb.fromGen caseGen) (fun c ->
@@ -77,35 +79,35 @@ let tests =
                     | Empirical -> NegativeLogLikelihood(labels, false)
                     | LabelWeighted -> NegativeLogLikelihood(labels, true)
                     | Sampled ->
-                        let logits = (use _ = torch.no_grad () in model.forward data.Inputs)
+                        let logits = (use _ = torch.no_grad () in model.forward data.Stored)
                         let probabilities = torch.nn.functional.softmax(logits, 1L)
                         fst (Draws.categorical probabilities rng) |> fun drawn -> NegativeLogLikelihood(drawn, false)
-                let reference = PerSample.loopSums model data.Inputs objective Squares |> List.map (fun t -> t.div((float c.Samples).ToScalar()))
+                let reference = PerSample.loopSums model data.Stored objective Squares |> List.map (fun t -> t.div((float c.Samples).ToScalar()))
                 sameStatistics (sprintf "Fisher %A" kind) reference fisher
             true))
 
         testPropertyWithConfig config "the batch Fisher from a step's own activations equals the reference" (Prop.forAll (Arb.fromGen caseGen) (fun c ->
             let model = modelOf c
             let data = dataOf c
-            let output = model.ForwardWithFeatures data.Inputs
+            let output = model.ForwardWithFeatures data.Stored
             let labels = data.LabelArray |> Array.map int64
-            let batch, _ = Estimate.batchFisher Empirical model data.Inputs (data.Inputs :: output.Features) output.Logits labels (Random.create 1L)
-            let reference = PerSample.loopSums model data.Inputs (NegativeLogLikelihood(labels, false)) Squares |> List.map (fun t -> t.div((float c.Samples).ToScalar()))
+            let batch, _ = Estimate.batchFisher Empirical model data.Stored (data.Stored :: output.Features) output.Logits labels (Random.create 1L)
+            let reference = PerSample.loopSums model data.Stored (NegativeLogLikelihood(labels, false)) Squares |> List.map (fun t -> t.div((float c.Samples).ToScalar()))
             sameStatistics "batch Fisher" reference batch
             true))
 
         testPropertyWithConfig config "the batch Fisher blended into a running Fisher in place equals decay · F + scale · Σ of one backward per sample" (Prop.forAll (Arb.fromGen (Gen.zip3 caseGen (Gen.choose (0, 100)) (Gen.choose (1, 300)))) (fun (c, d, s) ->
             let model = modelOf c
             let data = dataOf c
-            let output = model.ForwardWithFeatures data.Inputs
+            let output = model.ForwardWithFeatures data.Stored
             let labels = data.LabelArray |> Array.map int64
             let decay, scale = float d / 100.0, float s / 100.0
             for kind, weighted in [ Empirical, false; LabelWeighted, true ] do
                 torch.manual_seed (int64 c.Seed + 11L) |> ignore
                 let start = PerSample.parameters model |> List.map (fun p -> torch.rand_like p)
                 let running = start |> List.map (fun t -> t.clone ())
-                Estimate.blendBatchFisher kind model (PerSample.parameters model) data.Inputs (data.Inputs :: output.Features) output.Logits labels decay scale running (Random.create 1L) |> ignore
-                let sums = PerSample.loopSums model data.Inputs (NegativeLogLikelihood(labels, weighted)) Squares
+                Estimate.blendBatchFisher kind model (PerSample.parameters model) data.Stored (data.Stored :: output.Features) output.Logits labels decay scale running (Random.create 1L) |> ignore
+                let sums = PerSample.loopSums model data.Stored (NegativeLogLikelihood(labels, weighted)) Squares
                 let expected = List.map2 (fun (f: Tensor) (g: Tensor) -> f.mul(decay.ToScalar()).add(g, scale.ToScalar())) start sums
                 sameStatistics (sprintf "blended %A" kind) expected running
             true))
@@ -126,7 +128,7 @@ let tests =
                 batches <- batches + 1
                 let xi, r' = Draws.unitVectors slices 3 r
                 r <- r'
-                let mean = (model.forward (data.Inputs.narrow(0L, int64 start, int64 n))).mean([| 0L |])
+                let mean = (model.forward (data.Stored.narrow(0L, int64 start, int64 n))).mean([| 0L |])
                 for l in 0 .. slices - 1 do
                     let direction = torch.tensor([| for j in 0 .. 2 -> xi.[l, j] |], dtype = torch.ScalarType.Float32)
                     let grads = torch.autograd.grad([| mean.dot direction |], Array.ofList ps, null, true, false, true)

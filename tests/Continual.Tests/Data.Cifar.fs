@@ -38,20 +38,20 @@ let cifarTests =
             try
                 let files = generate folder 4 4 |> dict
                 let train, test = Cifar.readFolder folder
-                Expect.equal train.Inputs.shape [| 20L; 3072L |] "five batches of four"
-                Expect.equal test.Inputs.shape [| 4L; 3072L |] "the test batch"
+                Expect.equal train.Stored.shape [| 20L; 3072L |] "five batches of four"
+                Expect.equal test.Stored.shape [| 4L; 3072L |] "the test batch"
                 let labels = [ for n in Cifar.trainFileNames -> fst files.[n] ] |> Array.concat |> Array.map int
                 Expect.equal train.LabelArray labels "labels in file order"
                 Expect.equal (train.Labels.data<int64>().ToArray() |> Array.map int) labels "label tensor"
                 // Record 6 is the third record of data_batch_2; check red, green and blue at (row 5, col 7).
                 let _, pixels = files.["data_batch_2.bin"]
+                use record6 = train.InputRange(6L, 1L)
                 for channel in 0 .. 2 do
                     let expected = float32 pixels.[2 * 3072 + channel * 1024 + 5 * 32 + 7] / 255.0f
-                    let actual = train.Inputs.[6L, int64 (channel * 1024 + 5 * 32 + 7)].ToSingle()
+                    let actual = record6.[0L, int64 (channel * 1024 + 5 * 32 + 7)].ToSingle()
                     Expect.floatClose Accuracy.high (float actual) (float expected) (sprintf "channel %d" channel)
                 for s in [ train; test ] do
-                    s.Inputs.Dispose()
-                    s.Labels.Dispose()
+                    s.Dispose()
             finally
                 Directory.Delete(folder, true)
 
@@ -63,8 +63,7 @@ let cifarTests =
                 Expect.equal b.InputShape (3, 32, 32) "32 × 32 RGB"
                 Expect.equal (b.Tasks |> List.map (fun t -> t.Classes)) [ [ 0; 1 ]; [ 2; 3 ]; [ 4; 5 ]; [ 6; 7 ]; [ 8; 9 ] ] "5 tasks of 2 classes"
                 for s in [ b.Train; b.Test ] do
-                    s.Inputs.Dispose()
-                    s.Labels.Dispose()
+                    s.Dispose()
             finally
                 Directory.Delete(folder, true)
 

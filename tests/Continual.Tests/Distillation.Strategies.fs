@@ -15,7 +15,7 @@ let private features = 12
 let private architecture = Mlp(features, [ 16; 8 ], 10)
 
 /// A labelled set of `perClass` examples of each class, inputs drawn around a class-dependent centre
-/// so the classes can be learned.
+/// so the classes can be learned (stored as float32, so `Stored` is what the model is fed).
 let private syntheticSet (seed: int64) (classes: int list) (perClass: int) : LabelledSet =
     torch.manual_seed seed |> ignore
     let labels = [| for c in classes do for _ in 1 .. perClass -> c |]
@@ -24,9 +24,10 @@ let private syntheticSet (seed: int64) (classes: int list) (perClass: int) : Lab
     let centreValues : float32[] = labels |> Array.collect (fun c -> centres.[c])
     use centre = torch.tensor(centreValues, dimensions = System.ReadOnlySpan<int64>([| int64 labels.Length; int64 features |]))
     use scaled = noise.mul((0.5f).ToScalar())
-    { Inputs = scaled.add(centre)
+    { Stored = scaled.add(centre)
       Labels = torch.tensor(labels |> Array.map int64, dtype = torch.ScalarType.Int64)
-      LabelArray = labels }
+      LabelArray = labels
+      Normalisation = None }
 
 let private context (model: Backbone) (task: int) (train: LabelledSet) : TaskContext =
     { Task = task
@@ -64,15 +65,13 @@ let private sameValues (a: Tensor) (b: Tensor) = a.eq(b).all().ToBoolean()
 let private parameterValues (m: torch.nn.Module) = [ for p in m.parameters () -> p.detach().clone() ]
 
 let private view (model: Backbone) (set: LabelledSet) (task: int) : StepView =
-    { Batch = { Inputs = set.Inputs; Labels = set.Labels; LabelArray = set.LabelArray; Task = task }
-      Output = model.ForwardWithFeatures set.Inputs
+    { Batch = { Inputs = set.Stored; Labels = set.Labels; LabelArray = set.LabelArray; Task = task }
+      Output = model.ForwardWithFeatures set.Stored
       Replay = []
       Model = model
       Parameters = [ for p in model.parameters () -> p :> Tensor ] }
 
-let private disposeSet (s: LabelledSet) =
-    s.Inputs.Dispose()
-    s.Labels.Dispose()
+let private disposeSet (s: LabelledSet) = s.Dispose()
 
 [<Tests>]
 let lwfTests =
@@ -135,7 +134,7 @@ let icarlTests =
             match e2.ExtraTrainingData() with
             | Some extra ->
                 Expect.equal extra.LabelArray (Array.append (Array.create 10 0) (Array.create 10 1)) "the exemplars join task 2's data"
-                Expect.equal extra.Inputs.shape [| 20L; int64 features |] "as inputs"
+                Expect.equal extra.Stored.shape [| 20L; int64 features |] "as inputs"
                 disposeSet extra
             | None -> failtest "iCaRL must add its exemplars to the next task"
             let e3 = e2 |> end' (context model 1 second)
@@ -152,12 +151,12 @@ let icarlTests =
             let score = match e.Scores() with Some s -> s | None -> failwith "iCaRL scores after a task"
             use _ = torch.no_grad ()
             model.eval ()
-            let output = model.ForwardWithFeatures first.Inputs
+            let output = model.ForwardWithFeatures first.Stored
             let scores = score output
             let labels = first.LabelArray
             // The means from the exemplars, recomputed here from the training data the herding chose from.
             let extra = (e.BeginTask(context model 1 first)).ExtraTrainingData() |> Option.get
-            let embeddings = (model.ForwardWithFeatures extra.Inputs).Embedding
+            let embeddings = (model.ForwardWithFeatures extra.Stored).Embedding
             let mean c = embeddings.narrow(0L, int64 (10 * c), 10L).mean([| 0L |])
             let row = 3
             let expected c = -((output.Embedding.[int64 row].sub(mean c)).pow((2.0).ToScalar()).sum().ToDouble())
@@ -183,11 +182,11 @@ let distillTests =
                 let e0 = DistillationTerm.create settings |> begin' (context model 0 first)
                 Expect.isEmpty (e0.Terms(view model first 0)) (name + ": no old model on the first task")
                 // FitNets' regressor is the shell's: built here as the shell builds it.
-                let e0 = match e0.Auxiliary with Some build -> e0.Attach(build (Training.embed model (first.Inputs.narrow(0L, 0L, 1L)))) | None -> e0
+                let e0 = match e0.Auxiliary with Some build -> e0.Attach(build (Training.embed model (first.Stored.narrow(0L, 0L, 1L)))) | None -> e0
                 let e1 = e0 |> end' (context model 0 first) |> begin' (context model 1 second)
                 // The relation graph reads a buffer draw: give it one (the first task's data).
-                let draw = { Inputs = first.Inputs; Labels = first.Labels; Logits = torch.zeros(10L, 10L) } : ReplayDraw
-                let all = model.ForwardWithFeatures(torch.cat([| second.Inputs; first.Inputs |], 0L))
+                let draw = { Inputs = first.Stored; Labels = first.Labels; Logits = torch.zeros(10L, 10L) } : ReplayDraw
+                let all = model.ForwardWithFeatures(torch.cat([| second.Stored; first.Stored |], 0L))
                 let n = int64 second.LabelArray.Length
                 let v =
                     { view model second 1 with
@@ -237,7 +236,7 @@ let memoryTests =
                     { LearningRate = 0.05; BatchSize = 10; Epochs = 1; WeightDecay = 0.0; Seed = 0L; Device = torch.CPU; ProgressEvery = 1000 }
                 let mutable state = Training.initialise architecture benchmark strategy settings
                 let batchOf (set: LabelledSet) task =
-                    { Inputs = set.Inputs.narrow(0L, 0L, 10L); Labels = set.Labels.narrow(0L, 0L, 10L); LabelArray = Array.sub set.LabelArray 0 10; Task = task }
+                    { Inputs = set.Stored.narrow(0L, 0L, 10L); Labels = set.Labels.narrow(0L, 0L, 10L); LabelArray = Array.sub set.LabelArray 0 10; Task = task }
                 let b0, b1 = batchOf first 0, batchOf second 1
                 let contextOf task classes seen data = Training.taskContext architecture settings System.Threading.CancellationToken.None state task classes seen data
                 state <- Training.beginTask ignore (contextOf 0 [ 0; 1 ] [ 0; 1 ] first) state

@@ -100,8 +100,10 @@ let tests =
             let b = Benchmarks.splitMnistStyle "split-test" tmp.Path
             Expect.equal (b.Tasks |> List.map (fun t -> t.Classes)) [ [0;1]; [2;3]; [4;5]; [6;7]; [8;9] ] "tasks"
             Expect.equal (b.Train.Count, b.Test.Count) (30, 20) "counts"
-            Expect.equal b.Train.Inputs.shape [| 30L; 784L |] "flattened inputs"
-            Expect.isTrue (b.Train.Inputs.min().ToSingle() >= 0.0f && b.Train.Inputs.max().ToSingle() <= 1.0f) "scaled to [0, 1]"
+            Expect.equal b.Train.Stored.shape [| 30L; 784L |] "flattened inputs"
+            Expect.equal b.Train.Stored.dtype torch.ScalarType.Byte "stored as pixel bytes"
+            use inputs = b.Train.AllInputs()
+            Expect.isTrue (inputs.min().ToSingle() >= 0.0f && inputs.max().ToSingle() <= 1.0f) "scaled to [0, 1]"
             let task2 = Benchmarks.selectClasses [ 2; 3 ] b.Train
             Expect.equal (task2.LabelArray |> Array.distinct |> Array.sort) [| 2; 3 |] "task selection"
             Expect.equal task2.Count 6 "three of each class"

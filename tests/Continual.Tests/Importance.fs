@@ -12,15 +12,17 @@ open Continual.Penalties
 open Continual.Methods
 open TorchSharp
 
-/// A small synthetic two-task benchmark (inputs 1x4x4, classes {0,1} then {2,3}) held in memory.
+/// A small synthetic two-task benchmark (inputs 1x4x4, classes {0,1} then {2,3}) held in memory as
+/// float32 (so `Stored` is what the model is fed).
 let private tinyBenchmark () : Benchmark =
     let make (seed: int) (n: int) =
         let rnd = System.Random(seed)
         let labels = Array.init n (fun i -> i % 4)
         let inputs = Array.init (n * 16) (fun k -> float32 (0.6 * rnd.NextDouble() + 0.1 * float labels.[k / 16] * float (k % 4) / 3.0))
-        { Inputs = torch.tensor(inputs, dtype = torch.ScalarType.Float32).reshape(int64 n, 16L)
+        { Stored = torch.tensor(inputs, dtype = torch.ScalarType.Float32).reshape(int64 n, 16L)
           Labels = torch.tensor(labels |> Array.map int64, dtype = torch.ScalarType.Int64)
-          LabelArray = labels }
+          LabelArray = labels
+          Normalisation = None }
     { Name = "tiny"
       InputShape = (1, 4, 4)
       NumClasses = 4
@@ -79,7 +81,7 @@ let tests =
                 for i in 0 .. 14 do
                     let start = (i * 10) % (data.Count - 10)
                     let batch =
-                        { Inputs = data.Inputs.narrow(0L, int64 start, 10L); Labels = data.Labels.narrow(0L, int64 start, 10L)
+                        { Inputs = data.Stored.narrow(0L, int64 start, 10L); Labels = data.Labels.narrow(0L, int64 start, 10L)
                           LabelArray = Array.sub data.LabelArray start 10; Task = 0 }
                     // The closed-form penalty is evaluated apart (0 for the autograd variant, whose loss holds it).
                     let penalty = Training.penaltyValue st
@@ -219,7 +221,7 @@ let tests =
                     state <- Training.endTask ignore context state
                     state <- Training.beginTask ignore { context with Task = 1 } state
                     let batch =
-                        { Inputs = data.Inputs.narrow(0L, 0L, 10L); Labels = data.Labels.narrow(0L, 0L, 10L)
+                        { Inputs = data.Stored.narrow(0L, 0L, 10L); Labels = data.Labels.narrow(0L, 0L, 10L)
                           LabelArray = Array.sub data.LabelArray 0 10; Task = 1 }
                     let steps n =
                         for _ in 1 .. n do

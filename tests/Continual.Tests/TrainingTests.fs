@@ -49,7 +49,7 @@ let tests =
             let data = Benchmarks.selectClasses [ 0; 1 ] benchmark.Train
             let stepOnce i =
                 let start = (i * 10) % (data.Count - 10)
-                use x = data.Inputs.narrow(0L, int64 start, 10L)
+                use x = data.InputRange(int64 start, 10L)
                 use y = data.Labels.narrow(0L, int64 start, 10L)
                 let batch = { Inputs = x; Labels = y; LabelArray = data.LabelArray.[start .. start + 9]; Task = 0 }
                 let _, next = Training.step strategy batch state

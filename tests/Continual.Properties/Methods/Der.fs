@@ -158,7 +158,7 @@ let tests =
                 let mutable start = 0
                 for (k, size) in List.indexed c.Sizes do
                     use scope = torch.NewDisposeScope()
-                    let x = data.Inputs.narrow(0L, int64 start, int64 size)
+                    let x = data.Stored.narrow(0L, int64 start, int64 size)
                     let y = data.Labels.narrow(0L, int64 start, int64 size)
                     let ys = Array.sub data.LabelArray start size
                     let task = k % 2

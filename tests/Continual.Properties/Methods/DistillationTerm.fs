@@ -95,9 +95,9 @@ let tests =
             try
                 match (Method.stateOf<DistillationTerm.State> m).Snapshot with
                 | Some s ->
-                    let atEnd = rowsOf (use _ = torch.no_grad () in model.forward data.Inputs)
+                    let atEnd = rowsOf (use _ = torch.no_grad () in model.forward data.Stored)
                     moveModel 0.5 model
-                    arraysClose 1e-6 "the snapshot is the model at the task end" (Array.concat atEnd) (Array.concat (rowsOf (s.forward data.Inputs)))
+                    arraysClose 1e-6 "the snapshot is the model at the task end" (Array.concat atEnd) (Array.concat (rowsOf (s.forward data.Stored)))
                 | None -> failtest "a task end takes a snapshot"
             finally
                 Method.dispose m)

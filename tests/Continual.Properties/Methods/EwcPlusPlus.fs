@@ -31,8 +31,8 @@ let private observeCase =
 
 /// A step view of the model on a whole data set (the batch), as the shell builds it.
 let private viewOn (model: Backbone) (data: LabelledSet) : StepView =
-    let output = model.ForwardWithFeatures data.Inputs
-    { Batch = { Inputs = data.Inputs; Labels = data.Labels; LabelArray = data.LabelArray; Task = 0 }
+    let output = model.ForwardWithFeatures data.Stored
+    { Batch = { Inputs = data.Stored; Labels = data.Labels; LabelArray = data.LabelArray; Task = 0 }
       Output = output
       Replay = []
       Model = model
@@ -60,7 +60,7 @@ let tests =
                     for (first, size) in batches do
                         use scope = torch.NewDisposeScope()
                         let size = min size (data.Count - first)
-                        let x = data.Inputs.narrow(0L, int64 first, int64 size)
+                        let x = data.Stored.narrow(0L, int64 first, int64 size)
                         let ys = Array.sub data.LabelArray first size
                         let output = model.ForwardWithFeatures x
                         let view =

@@ -169,7 +169,7 @@ let tests =
                 match state.Snapshot with
                 | None -> Expect.isEmpty split.Old "no snapshot only without old classes"
                 | Some teacher ->
-                    let x = data.Inputs
+                    let x = data.Stored
                     let atStart = rowsOf (use _ = torch.no_grad () in model.forward x)
                     arraysClose 1e-6 "the snapshot's logits are the model's" (Array.concat atStart) (Array.concat (rowsOf (teacher.forward x)))
                     moveModel 0.5 model
