@@ -75,6 +75,16 @@ module Benchmarks =
           Labels = torch.tensor(labelArray |> Array.map int64, dtype = torch.ScalarType.Int64)
           LabelArray = labelArray }
 
+    /// A labelled set from floats: `labels.Length` examples of `featureCount` values each, one after
+    /// another, kept as they are (feature tables are not scaled).
+    // Also added on another branch with the same signature; the two are reconciled at merge.
+    let ofFloats (features: float32[]) (featureCount: int) (labels: int[]) : LabelledSet =
+        if features.Length <> labels.Length * featureCount then
+            invalidArg (nameof features) (sprintf "%d examples of %d features need %d values (got %d)" labels.Length featureCount (labels.Length * featureCount) features.Length)
+        { Inputs = torch.tensor(features, dtype = torch.ScalarType.Float32).reshape(int64 labels.Length, int64 featureCount)
+          Labels = torch.tensor(labels |> Array.map int64, dtype = torch.ScalarType.Int64)
+          LabelArray = Array.copy labels }
+
     let private toSet (imagesPath: string) (labelsPath: string) (images: IdxImages) (labels: byte[]) (numClasses: int) =
         if images.Count <> labels.Length then
             raise (DataFileError(labelsPath, sprintf "%d labels but %s holds %d images" labels.Length (Path.GetFileName imagesPath) images.Count))
