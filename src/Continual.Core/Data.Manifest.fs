@@ -165,6 +165,23 @@ module Manifest =
                   | None, None -> fail full node (where + "the task is empty: give classes: [...] or folder: DIR") ]
         { Path = full; Name = name; Source = source; Image = image; Table = table; Tasks = tasks }
 
+    /// The train and test examples of a manifest's source, their input shape and the source's folder.
+    let private readSource (imageOptions: ImageOptions) (tableOptions: TableOptions) (source: ManifestSource) : Examples * Examples * (int * int * int) * string =
+        match source with
+        | ManifestSource.Images folder ->
+            let train, test, shape, _ = ImageFolders.read imageOptions folder
+            train, test, shape, folder
+        | ManifestSource.Csv folder ->
+            DataFiles.checkFolder folder
+            let train = Tables.readCsv tableOptions (Path.Combine(folder, Tables.csvTrainFile))
+            let test = Tables.readCsv tableOptions (Path.Combine(folder, Tables.csvTestFile))
+            train, test, (1, 1, train.Features), folder
+        | ManifestSource.Npy folder ->
+            DataFiles.checkFolder folder
+            let train, shape = Tables.readNpyPair tableOptions.Scale (Path.Combine(folder, "x_train.npy")) (Path.Combine(folder, "y_train.npy"))
+            let test, _ = Tables.readNpyPair tableOptions.Scale (Path.Combine(folder, "x_test.npy")) (Path.Combine(folder, "y_test.npy"))
+            train, test, shape, folder
+
     /// Reads a manifest's data and builds its benchmark: classes in task order, examples of source
     /// classes that no task names left out. Image and table options in the manifest win over the given
     /// ones. A class missing from the source, or a folder task bringing a class another task has, is a
@@ -177,67 +194,55 @@ module Manifest =
         let tableOptions =
             { LabelColumn = (if manifest.Table.LabelColumn <> Tables.defaults.LabelColumn then manifest.Table.LabelColumn else table.LabelColumn)
               Scale = (match manifest.Table.Scale with Some s -> Some s | None -> table.Scale) }
-        let usesSource = manifest.Tasks |> List.exists (function ManifestTask.Classes _, _ -> true | _ -> false)
-        let source =
-            match manifest.Source with
-            | Some s when usesSource ->
-                let train, test, shape, where =
-                    match s with
-                    | ManifestSource.Images folder ->
-                        let train, test, shape, _ = ImageFolders.read imageOptions folder
-                        train, test, shape, folder
-                    | ManifestSource.Csv folder ->
-                        DataFiles.checkFolder folder
-                        let train = Tables.readCsv tableOptions (Path.Combine(folder, Tables.csvTrainFile))
-                        let test = Tables.readCsv tableOptions (Path.Combine(folder, Tables.csvTestFile))
-                        train, test, (1, 1, train.Features), folder
-                    | ManifestSource.Npy folder ->
-                        DataFiles.checkFolder folder
-                        let train, shape = Tables.readNpyPair tableOptions.Scale (Path.Combine(folder, "x_train.npy")) (Path.Combine(folder, "y_train.npy"))
-                        let test, _ = Tables.readNpyPair tableOptions.Scale (Path.Combine(folder, "x_test.npy")) (Path.Combine(folder, "y_test.npy"))
-                        train, test, shape, folder
-                Examples.checkTestClasses train test
-                Some(train, test, shape, Set.ofArray train.Classes, where)
-            | _ -> None
+        // The examples of every part (the source, then each folder task), with their input shapes.
+        let trains = ResizeArray<Examples>()
+        let tests = ResizeArray<Examples>()
+        let shapes = ResizeArray<int * int * int>()
+        let usesSource = manifest.Tasks |> List.exists (fun (t, _) -> match t with ManifestTask.Classes _ -> true | ManifestTask.Folder _ -> false)
+        let mutable present = Set.empty<string>
+        let mutable origin = path
+        match manifest.Source with
+        | Some s when usesSource ->
+            let train, test, shape, where = readSource imageOptions tableOptions s
+            Examples.checkTestClasses train test
+            trains.Add train
+            tests.Add test
+            shapes.Add shape
+            present <- Set.ofArray train.Classes
+            origin <- where
+        | _ -> ()
         let owner = Collections.Generic.Dictionary<string, int>()
-        let parts =
-            [ for (i, (task, line)) in List.indexed manifest.Tasks do
-                  let where = sprintf "line %d: task %d" line (i + 1)
-                  match task with
-                  | ManifestTask.Classes names ->
-                      let _, _, _, present, origin = source.Value
-                      for c in names do
-                          if not (present.Contains c) then
-                              raise (DataFileError(path, sprintf "%s: class '%s' is not in %s (it has %s)" where c origin
-                                                             (present |> Seq.truncate 12 |> Seq.map (sprintf "'%s'") |> String.concat ", " |> fun s -> if present.Count > 12 then s + ", ..." else s)))
-                          owner.[c] <- i + 1
-                      names, None
-                  | ManifestTask.Folder folder ->
-                      let train, test, shape, classes = ImageFolders.read imageOptions folder
-                      for c in classes do
-                          match owner.TryGetValue c with
-                          | true, t -> raise (DataFileError(path, sprintf "%s (folder %s): class '%s' is already in task %d (a class belongs to one task)" where folder c t))
-                          | _ -> owner.[c] <- i + 1
-                      classes, Some(train, test, shape) ]
-        let shapes =
-            [ match source with Some(_, _, shape, _, _) -> yield shape | None -> ()
-              for (_, p) in parts do match p with Some(_, _, shape) -> yield shape | None -> () ]
-        let shape = List.head shapes
-        let trains =
-            [ match source with Some(train, _, _, _, _) -> yield train | None -> ()
-              for (_, p) in parts do match p with Some(train, _, _) -> yield train | None -> () ]
-        let tests =
-            [ match source with Some(_, test, _, _, _) -> yield test | None -> ()
-              for (_, p) in parts do match p with Some(_, test, _) -> yield test | None -> () ]
-        match shapes |> List.tryFindIndex (fun s -> s <> shape) with
-        | Some k ->
-            let c, h, w = shapes.[k]
-            let c0, h0, w0 = shape
-            raise (DataFileError(trains.[k].Origin, sprintf "holds %dx%dx%d inputs where %s holds %dx%dx%d (set image: size: in %s so that every task agrees)" c h w trains.[0].Origin c0 h0 w0 path))
-        | None -> ()
-        let tasks = parts |> List.map fst
-        let train = Examples.concat path trains
-        let test = Examples.concat path tests
+        let tasks = ResizeArray<string list>()
+        manifest.Tasks
+        |> List.iteri (fun i (task, line) ->
+            let where = sprintf "line %d: task %d" line (i + 1)
+            match task with
+            | ManifestTask.Classes names ->
+                for c in names do
+                    if not (present.Contains c) then
+                        let known = present |> Seq.truncate 12 |> Seq.map (sprintf "'%s'") |> String.concat ", "
+                        raise (DataFileError(path, sprintf "%s: class '%s' is not in %s (it has %s%s)" where c origin known (if present.Count > 12 then ", ..." else "")))
+                    owner.[c] <- i + 1
+                tasks.Add names
+            | ManifestTask.Folder folder ->
+                let train, test, shape, classes = ImageFolders.read imageOptions folder
+                for c in classes do
+                    match owner.TryGetValue c with
+                    | true, t -> raise (DataFileError(path, sprintf "%s (folder %s): class '%s' is already in task %d (a class belongs to one task)" where folder c t))
+                    | _ -> owner.[c] <- i + 1
+                trains.Add train
+                tests.Add test
+                shapes.Add shape
+                tasks.Add classes)
+        let shape = shapes.[0]
+        for k in 1 .. shapes.Count - 1 do
+            if shapes.[k] <> shape then
+                let c, h, w = shapes.[k]
+                let c0, h0, w0 = shape
+                raise (DataFileError(trains.[k].Origin, sprintf "holds %dx%dx%d inputs where %s holds %dx%dx%d (set image: size: in %s so that every task agrees)" c h w trains.[0].Origin c0 h0 w0 path))
+        let train = Examples.concat path (List.ofSeq trains)
+        let test = Examples.concat path (List.ofSeq tests)
+        let tasks = List.ofSeq tasks
         Examples.benchmark manifest.Name shape (List.concat tasks) tasks train test
 
     /// Reads a manifest file and builds its benchmark.

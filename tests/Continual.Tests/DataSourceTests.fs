@@ -198,7 +198,9 @@ let tableTests =
             Tables.writeNpy path "<i2" [ 1; 1 ] [| 0uy; 0uy |]
             expectDataError "x.npy" [ "not supported" ] (fun () -> Tables.readNpyFeatures None path |> ignore)
             expectDataError "x.npy" [ "not supported" ] (fun () -> Tables.readNpyLabels path |> ignore)
-            File.WriteAllBytes(path, Array.append [| 0x93uy; byte 'N'; byte 'U'; byte 'M'; byte 'P'; byte 'Y'; 1uy; 0uy; 54uy; 0uy |] (Text.Encoding.Latin1.GetBytes "{'descr': '<f4', 'fortran_order': True, 'shape': (1, 1), }\n\x00\x00\x00\x00"))
+            Tables.writeNpy path "<f4" [ 1; 1 ] [| 0uy; 0uy; 0uy; 0uy |]
+            let text = Text.Encoding.Latin1.GetString(File.ReadAllBytes path)
+            File.WriteAllBytes(path, Text.Encoding.Latin1.GetBytes(text.Replace("'fortran_order': False", "'fortran_order': True ")))
             expectDataError "x.npy" [ "Fortran order" ] (fun () -> Tables.readNpyFeatures None path |> ignore)
             File.WriteAllText(path, "not numpy")
             expectDataError "x.npy" [ "not a NumPy" ] (fun () -> Tables.readNpy path |> ignore)
