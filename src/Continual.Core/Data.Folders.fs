@@ -32,16 +32,8 @@ module ImageFolders =
             raise (DataFileError(classFolder, sprintf "is an empty class folder: it holds no image (%s)" (String.concat ", " Images.extensions)))
         files
 
-    let private split (examples: Examples) (count: int) (trainOrigin: string) (testOrigin: string) =
-        match examples.Values with
-        | ExampleValues.Bytes pixels ->
-            let cut = count * examples.Features
-            { examples with Values = ExampleValues.Bytes pixels.[.. cut - 1]; Classes = examples.Classes.[.. count - 1]; Origin = trainOrigin },
-            { examples with Values = ExampleValues.Bytes pixels.[cut ..]; Classes = examples.Classes.[count ..]; Origin = testOrigin }
-        | ExampleValues.Floats _ -> invalidOp "images are bytes"
-
-    /// Reads an image folder's train and test images (decoded together, so that a size or colour that
-    /// differs names its image): train examples, test examples, the input shape and the class names in
+    /// Reads an image folder's train and test images (a size or colour that differs from the first
+    /// training image names its image): train examples, test examples, the input shape and the class names in
     /// sorted order. A test class without a training folder is a DataFileError naming it.
     let read (options: ImageOptions) (folder: string) : Examples * Examples * (int * int * int) * string list =
         DataFiles.checkFolder folder
@@ -61,8 +53,8 @@ module ImageFolders =
         let files classes = [| for (name, path) in classes do for f in imageFiles path -> f, name |]
         let trainFiles = files trainClasses
         let testFiles = files testClasses
-        let all, shape = Images.readExamples options folder (Array.append trainFiles testFiles)
-        let train, test = split all trainFiles.Length trainRoot testRoot
+        let train, shape = Images.readExamples options trainRoot None trainFiles
+        let test, _ = Images.readExamples options testRoot (Some(fst trainFiles.[0], shape)) testFiles
         train, test, shape, List.map fst trainClasses
 
     /// An image folder as a benchmark: its classes in sorted name order, cut into tasks of

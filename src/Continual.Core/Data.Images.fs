@@ -173,34 +173,35 @@ module Images =
             | other -> invalidArg (nameof path) (sprintf "cannot write '%s' images (write .png or .jpg)" other)
         Continual.Files.writeAtomically path (encode format 95 image)
 
-    /// Decodes files in parallel, in order; the first failure (in file order) is raised.
-    let readAll (options: ImageOptions) (paths: string[]) : DecodedImage[] =
-        let results = Array.zeroCreate<DecodedImage> paths.Length
-        let errors = Array.zeroCreate<exn> paths.Length
-        Parallel.For(0, paths.Length, ParallelOptions(MaxDegreeOfParallelism = Environment.ProcessorCount), fun i ->
-            try results.[i] <- read options paths.[i]
+    /// Labelled image files as examples, decoded in parallel straight into one byte array (so memory
+    /// holds the pixels once). Every image must agree in size and channel count with the reference
+    /// image (path and shape) when given, else with the first file: a DataFileError names the first
+    /// image, in file order, that differs or cannot be decoded. Returns the examples and their input
+    /// shape (channels, height, width).
+    let readExamples (options: ImageOptions) (origin: string) (reference: (string * (int * int * int)) option) (files: (string * string)[]) : Examples * (int * int * int) =
+        if files.Length = 0 then raise (DataFileError(origin, "holds no image"))
+        let referencePath, shape =
+            match reference with
+            | Some r -> r
+            | None ->
+                let first = read options (fst files.[0])
+                fst files.[0], (first.Channels, first.Height, first.Width)
+        let channels, height, width = shape
+        let features = channels * height * width
+        let pixels = Array.zeroCreate<byte> (files.Length * features)
+        let errors = Array.zeroCreate<exn> files.Length
+        Parallel.For(0, files.Length, ParallelOptions(MaxDegreeOfParallelism = Environment.ProcessorCount), fun i ->
+            try
+                let path = fst files.[i]
+                let image = read options path
+                if (image.Height, image.Width) <> (height, width) then
+                    raise (DataFileError(path, sprintf "is %dx%d but %s is %dx%d: images of mixed sizes need a target size (--image-size HxW, or size: in a manifest)" image.Height image.Width referencePath height width))
+                if image.Channels <> channels then
+                    raise (DataFileError(path, sprintf "has %d channel%s but %s has %d: images of mixed colour need a colour mode (--colour gray or rgb)" image.Channels (if image.Channels = 1 then "" else "s") referencePath channels))
+                Buffer.BlockCopy(image.Pixels, 0, pixels, i * features, features)
             with e -> errors.[i] <- e)
         |> ignore
         match errors |> Array.tryFind (isNull >> not) with
         | Some e -> raise e
-        | None -> results
-
-    /// Labelled image files as examples: decoded, checked to agree in size and channel count (a
-    /// DataFileError names the first image that differs from the first one), bytes side by side.
-    /// Returns the examples and their input shape (channels, height, width).
-    let readExamples (options: ImageOptions) (origin: string) (files: (string * string)[]) : Examples * (int * int * int) =
-        if files.Length = 0 then raise (DataFileError(origin, "holds no image"))
-        let images = readAll options (files |> Array.map fst)
-        let first = images.[0]
-        let firstPath = fst files.[0]
-        images
-        |> Array.iteri (fun i image ->
-            if (image.Height, image.Width) <> (first.Height, first.Width) then
-                raise (DataFileError(fst files.[i], sprintf "is %dx%d but %s is %dx%d: images of mixed sizes need a target size (--image-size HxW, or size: in a manifest)" image.Height image.Width firstPath first.Height first.Width))
-            if image.Channels <> first.Channels then
-                raise (DataFileError(fst files.[i], sprintf "has %d channel%s but %s has %d: images of mixed colour need a colour mode (--colour gray or rgb)" image.Channels (if image.Channels = 1 then "" else "s") firstPath first.Channels)))
-        let features = first.Channels * first.Height * first.Width
-        let pixels = Array.zeroCreate<byte> (images.Length * features)
-        images |> Array.iteri (fun i image -> Buffer.BlockCopy(image.Pixels, 0, pixels, i * features, features))
-        { Values = ExampleValues.Bytes pixels; Features = features; Classes = files |> Array.map snd; Origin = origin },
-        (first.Channels, first.Height, first.Width)
+        | None -> ()
+        { Values = ExampleValues.Bytes pixels; Features = features; Classes = files |> Array.map snd; Origin = origin }, shape

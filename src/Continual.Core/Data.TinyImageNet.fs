@@ -80,9 +80,7 @@ module TinyImageNet =
                    | true, name -> Path.Combine(folder, "val", "images", file), name
                    | _ -> raise (DataFileError(annotations, sprintf "line %d: %s has class %s, which is not in wnids.txt (a test label never seen in training)" line file w)) |]
         if testFiles.Length = 0 then raise (DataFileError(annotations, "lists no validation image"))
-        let all, shape = Images.readExamples (options given) folder (Array.append trainFiles testFiles)
-        let cut = trainFiles.Length * all.Features
-        let pixels = match all.Values with ExampleValues.Bytes p -> p | ExampleValues.Floats _ -> invalidOp "images are bytes"
-        let train = { all with Values = ExampleValues.Bytes pixels.[.. cut - 1]; Classes = all.Classes.[.. trainFiles.Length - 1]; Origin = Path.Combine(folder, "train") }
-        let test = { all with Values = ExampleValues.Bytes pixels.[cut ..]; Classes = all.Classes.[trainFiles.Length ..]; Origin = annotations }
+        let imageOptions = options given
+        let train, shape = Images.readExamples imageOptions (Path.Combine(folder, "train")) None trainFiles
+        let test, _ = Images.readExamples imageOptions annotations (Some(fst trainFiles.[0], shape)) testFiles
         Examples.benchmark "split-tinyimagenet" shape names (Examples.chunkTasks ClassesPerTask names) train test
