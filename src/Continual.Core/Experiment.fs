@@ -339,11 +339,18 @@ module Experiment =
           | _ -> ()
           match source.ClassesPerTask with
           | Some n when n <= 0 -> error "data.classesPerTask" (Some "classes-per-task") (sprintf "the classes per task must be positive (got %d)" n)
-          | Some _ when d.Benchmark = "split-tinyimagenet" ->
-              error "data.classesPerTask" (Some "classes-per-task") (sprintf "split-tinyimagenet always takes tasks of %d classes" TinyImageNet.ClassesPerTask)
-          | Some _ when d.Benchmark = "manifest" -> error "data.classesPerTask" (Some "classes-per-task") "a manifest names its tasks itself"
           | _ -> ()
           if String.IsNullOrWhiteSpace source.LabelColumn then error "data.labelColumn" (Some "label-column") "the label column needs a name"
+          // A source option the benchmark does not read is a mistake worth hearing about.
+          let images = [ "split-tinyimagenet"; "folder"; "manifest" ]
+          let tables = [ "csv"; "npy"; "manifest" ]
+          let notFor (option: string) (path: string) (readers: string list) =
+              error path (Some option) (sprintf "--%s does not apply to %s (it applies to %s)" option d.Benchmark (String.concat ", " readers))
+          if source.ImageSize.IsSome && not (List.contains d.Benchmark images) then notFor "image-size" "data.imageSize" images
+          if source.Colour <> SourceSettings.Default.Colour && not (List.contains d.Benchmark images) then notFor "colour" "data.colour" images
+          if source.ClassesPerTask.IsSome && not (List.contains d.Benchmark [ "folder"; "csv"; "npy" ]) then notFor "classes-per-task" "data.classesPerTask" [ "folder"; "csv"; "npy" ]
+          if source.LabelColumn <> SourceSettings.Default.LabelColumn && not (List.contains d.Benchmark [ "csv"; "manifest" ]) then notFor "label-column" "data.labelColumn" [ "csv"; "manifest" ]
+          if source.FeatureScale.IsSome && not (List.contains d.Benchmark tables) then notFor "feature-scale" "data.featureScale" tables
           match source.FeatureScale with
           | Some s when not (s > 0.0) || Double.IsInfinity s -> error "data.featureScale" (Some "feature-scale") (sprintf "the feature scale must be a positive number (got %g)" s)
           | _ -> ()

@@ -190,6 +190,19 @@ let tableTests =
                 Expect.equal (floatsOf b.Train) (scaled [| 0uy; 255uy; 1uy; 2uy; 3uy; 4uy |]) "uint8 scaled as images")
         }
 
+        test "more than 256 classes keep their labels" {
+            use temp = new TempFolder()
+            let rows = [ for c in 0 .. 299 -> sprintf "c%03d,%d" c c ]
+            File.WriteAllLines(Path.Combine(temp.Path, "train.csv"), "label,v" :: rows)
+            File.WriteAllLines(Path.Combine(temp.Path, "test.csv"), [ "label,v"; "c299,1" ])
+            withBenchmark (Tables.csvBenchmark { Tables.defaults with Scale = Some 255.0 } 100 temp.Path) (fun b ->
+                Expect.equal b.NumClasses 300 "classes"
+                Expect.equal b.Train.LabelArray [| 0 .. 299 |] "labels past 255"
+                Expect.equal (b.Train.Labels.data<int64>().ToArray()) [| 0L .. 299L |] "label tensor"
+                Expect.equal b.Test.LabelArray [| 299 |] "test label"
+                Expect.equal b.Tasks.Length 3 "tasks of 100")
+        }
+
         test ".npy arrays of other kinds are refused clearly" {
             use temp = new TempFolder()
             let path = Path.Combine(temp.Path, "x.npy")
@@ -391,6 +404,8 @@ let wiringTests =
                   [ "--benchmark"; "folder"; "--data"; temp.Path; "--colour"; "purple" ], "colour"
                   [ "--benchmark"; "folder"; "--data"; temp.Path; "--classes-per-task"; "0" ], "classes per task"
                   [ "--benchmark"; "folder" ], "--data"
+                  [ "--benchmark"; "split-fmnist"; "--image-size"; "32" ], "--image-size does not apply to split-fmnist"
+                  [ "--benchmark"; "split-tinyimagenet"; "--data"; temp.Path; "--classes-per-task"; "5" ], "--classes-per-task does not apply"
                   [ "--benchmark"; "csv"; "--data"; Path.Combine(temp.Path, "none") ], "not found" ] do
                 let code, _, errors = CliProcess.execute ("run" :: "--quiet" :: "--out" :: Path.Combine(temp.Path, "out") :: args) []
                 Expect.equal code 2 (sprintf "%A: exit 2 (%s)" args errors)
