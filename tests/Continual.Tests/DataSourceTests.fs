@@ -122,6 +122,15 @@ let tinyImageNetTests =
                 Expect.equal wnids.Length 40 "generator")
         }
 
+        test "the full 200 classes give Split Tiny ImageNet's 10 tasks of 20" {
+            use temp = new TempFolder()
+            writeTinyImageNet temp.Path 200 1 1 5 |> ignore
+            withBenchmark (TinyImageNet.splitTinyImageNet ImageOptions.defaults temp.Path) (fun b ->
+                Expect.equal b.Tasks.Length 10 "10 tasks"
+                Expect.isTrue (b.Tasks |> List.forall (fun t -> t.Classes.Length = 20)) "of 20 classes"
+                Expect.equal b.Test.Count 200 "one val image a class")
+        }
+
         test "a class count that is not a multiple of 20 is refused, naming wnids.txt" {
             use temp = new TempFolder()
             writeTinyImageNet temp.Path 30 1 1 3 |> ignore
