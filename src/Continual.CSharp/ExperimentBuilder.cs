@@ -546,7 +546,8 @@ public sealed class ExperimentBuilder
             _s.DataFolder ?? d.Folder,
             _s.TrainPerClass is int train ? FSharpOption<int>.Some(train) : FSharpOption<int>.None,
             _s.TestPerClass is int test ? FSharpOption<int>.Some(test) : FSharpOption<int>.None,
-            d.AllowMissingClasses);
+            d.AllowMissingClasses,
+            d.Source);
         var r = config.Run;
         var run = new CoreRun(
             _s.LearningRate ?? r.LearningRate,

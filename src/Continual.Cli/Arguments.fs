@@ -12,8 +12,13 @@ module Help =
 
     let private texts =
         dict [
-          "benchmark", "benchmark: split-fmnist (default), split-mnist or split-cifar10 (binary batches, --data FOLDER)."
-          "data", "folder with the four IDX files (default /usr/share/datasets/fashion-mnist), or CIFAR-10's binary batches."
+          "benchmark", "benchmark: split-fmnist (default), split-mnist, split-cifar10 (binary batches, --data FOLDER), split-tinyimagenet (Tiny ImageNet's layout), folder (train/<class>/, test/<class>/ images), csv (train.csv, test.csv), npy (x_train.npy ...) or manifest (--data FILE.yaml); docs/data.md."
+          "data", "folder with the four IDX files (default /usr/share/datasets/fashion-mnist), CIFAR-10's binary batches, Tiny ImageNet, an image folder or a table folder; the manifest file for --benchmark manifest."
+          "image-size", "bring every image to HxW (e.g. 64x64, or 64): scaled to cover it, then centre-cropped (default: the files' own size, which must agree; 64x64 for split-tinyimagenet)."
+          "colour", "image colour: auto (default, as the files are), gray or rgb."
+          "classes-per-task", "classes per task of folder, csv and npy benchmarks, in sorted class-name order (default 2; the last task takes what is left)."
+          "label-column", "the label column of csv files (default label)."
+          "feature-scale", "divide every feature of a csv or npy table by this (e.g. 255 for pixel values; with 255 and integer values 0-255 the table is read exactly as IDX images)."
           "strategy", sprintf "%s (default derpp)." (String.concat ", " Continual.Methods.Registry.methodNames)
           "buffer", "replay buffer size, iCaRL's memory (default 500; the reference settings exist for 200, 500, 5120)."
           "seed", "random seed (default 0)."
@@ -80,6 +85,11 @@ type RunArgs =
     | Train_Per_Class of count: int
     | Test_Per_Class of count: int
     | Allow_Missing_Classes
+    | Image_Size of size: string
+    | Colour of mode: string
+    | Classes_Per_Task of count: int
+    | Label_Column of name: string
+    | Feature_Scale of scale: float
     | Backbone of name: string
     | Penalty of name: string
     | Distill of name: string
@@ -128,6 +138,11 @@ type SavedRunArgs =
     | Train_Per_Class of count: int
     | Test_Per_Class of count: int
     | Allow_Missing_Classes
+    | Image_Size of size: string
+    | Colour of mode: string
+    | Classes_Per_Task of count: int
+    | Label_Column of name: string
+    | Feature_Scale of scale: float
     | Backbone of name: string
     | Penalty of name: string
     | Distill of name: string
@@ -199,6 +214,11 @@ type BenchArgs =
     | Train_Per_Class of count: int
     | Test_Per_Class of count: int
     | Allow_Missing_Classes
+    | Image_Size of size: string
+    | Colour of mode: string
+    | Classes_Per_Task of count: int
+    | Label_Column of name: string
+    | Feature_Scale of scale: float
     | Backbone of name: string
     | Penalty of name: string
     | Distill of name: string
@@ -243,6 +263,11 @@ type CompareArgs =
     | Train_Per_Class of count: int
     | Test_Per_Class of count: int
     | Allow_Missing_Classes
+    | Image_Size of size: string
+    | Colour of mode: string
+    | Classes_Per_Task of count: int
+    | Label_Column of name: string
+    | Feature_Scale of scale: float
     | Backbone of name: string
     | Penalty of name: string
     | Distill of name: string

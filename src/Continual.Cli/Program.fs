@@ -40,6 +40,21 @@ let private methodOptions (given: GivenOptions) : (string * string) list =
           | Some v -> name, string v
           | None -> () ]
 
+/// The source settings the data options describe (--image-size, --colour, --classes-per-task,
+/// --label-column, --feature-scale); the values are checked with the rest of the configuration.
+let private sourceOf (args: GivenOptions) : SourceSettings =
+    let d = SourceSettings.Default
+    { ImageSize =
+        GivenOptions.tryGet<string> "image-size" args
+        |> Option.map (fun text ->
+            match Data.ImageOptions.tryParseSize text with
+            | Some size -> size
+            | None -> raise (UsageProblem [ sprintf "--image-size: '%s' is not a size such as 64x64 or 64 (1 to 4096 pixels a side)" text ]))
+      Colour = (GivenOptions.get "colour" d.Colour args).Trim().ToLowerInvariant()
+      ClassesPerTask = GivenOptions.tryGet "classes-per-task" args
+      LabelColumn = GivenOptions.get "label-column" d.LabelColumn args
+      FeatureScale = GivenOptions.tryGet "feature-scale" args }
+
 /// The configuration the options describe, on top of the reference defaults for strategy and buffer.
 /// Method options that apply to none of the run's components are ignored (compare runs several
 /// strategies with one set of options).
@@ -59,6 +74,10 @@ let configOf (args: GivenOptions) (strategyOverride: string option) (seedOverrid
             match Methods.DistillationKind.parse name with
             | Some k -> k
             | None -> raise (UsageProblem [ sprintf "unknown distillation term '%s' (expected one of: %s)" name (String.concat ", " Methods.DistillationKind.names) ]))
+    match GivenOptions.tryGet<string> "benchmark" args with
+    | Some b when List.contains b Experiment.userDataBenchmarks && not (GivenOptions.contains "data" args) ->
+        raise (UsageProblem [ sprintf "--benchmark %s reads your files: give them with --data %s (docs/data.md)" b (if b = "manifest" then "FILE.yaml" else "DIR") ])
+    | _ -> ()
     let d = Experiment.defaults strategy (GivenOptions.get "buffer" 500 args) |> Experiment.withPenalty penalty
     let d = match kind with Some k -> Experiment.withDistillation k d | None -> d
     let config =
@@ -79,7 +98,8 @@ let configOf (args: GivenOptions) (strategyOverride: string option) (seedOverrid
                     Folder = GivenOptions.get "data" d.Data.Folder args
                     TrainPerClass = GivenOptions.tryGet "train-per-class" args
                     TestPerClass = GivenOptions.tryGet "test-per-class" args
-                    AllowMissingClasses = GivenOptions.contains "allow-missing-classes" args }
+                    AllowMissingClasses = GivenOptions.contains "allow-missing-classes" args
+                    Source = sourceOf args }
             Backbone = (GivenOptions.get "backbone" d.Backbone args).Trim().ToLowerInvariant() }
     methodOptions args
     |> List.fold (fun c (option, value) ->
@@ -126,6 +146,10 @@ let private check (config: Config) =
             if config.Data.Benchmark = "split-cifar10" then
                 for name in Cifar.fileNames do
                     Cifar.findFile config.Data.Folder name |> ignore
+            elif config.Data.Benchmark = "manifest" then
+                DataFiles.checkReadable config.Data.Folder
+            elif List.contains config.Data.Benchmark Experiment.userDataBenchmarks then
+                DataFiles.checkFolder config.Data.Folder
             else
                 for name in Benchmarks.idxFileNames do
                     Benchmarks.findIdxFile config.Data.Folder name |> ignore
@@ -135,7 +159,9 @@ let private check (config: Config) =
             raise e
         | DataFileError(path, reason) ->
             let hint =
-                if config.Data.Benchmark = "split-cifar10" then "point --data at a folder with CIFAR-10's binary batches (data_batch_1.bin ... test_batch.bin)"
+                if List.contains config.Data.Benchmark Experiment.userDataBenchmarks then
+                    sprintf "point --data at your %s (docs/data.md)" (if config.Data.Benchmark = "manifest" then "manifest file" else "data folder")
+                elif config.Data.Benchmark = "split-cifar10" then "point --data at a folder with CIFAR-10's binary batches (data_batch_1.bin ... test_batch.bin)"
                 else "point --data at a folder with the four IDX files; on Debian, apt-get install dataset-fashion-mnist"
             raise (UsageProblem [ sprintf "%s: %s (%s)" path reason hint ])
     | errors -> raise (UsageProblem (errors |> List.map describe))
@@ -389,6 +415,11 @@ let private contradictions (given: GivenOptions) (saved: Config) : string list =
               | "train-per-class" -> Some(optional saved.Data.TrainPerClass)
               | "test-per-class" -> Some(optional saved.Data.TestPerClass)
               | "allow-missing-classes" -> Some(box saved.Data.AllowMissingClasses)
+              | "image-size" -> Some(box (match saved.Data.Source.ImageSize with Some s -> Data.ImageOptions.sizeText s | None -> "none"))
+              | "colour" -> Some(box saved.Data.Source.Colour)
+              | "classes-per-task" -> Some(optional saved.Data.Source.ClassesPerTask)
+              | "label-column" -> Some(box saved.Data.Source.LabelColumn)
+              | "feature-scale" -> Some(optional saved.Data.Source.FeatureScale)
               | "backbone" -> Some(box saved.Backbone)
               | "penalty" -> Some(optional (Config.penaltyName saved))
               | "distill" -> Some(box (match saved.Distillation with [] -> "none" | ts -> ts |> List.map (fun t -> Methods.DistillationKind.name t.Kind) |> String.concat ","))
@@ -396,6 +427,7 @@ let private contradictions (given: GivenOptions) (saved: Config) : string list =
           let same (a: string) (b: string) =
               a.Trim().ToLowerInvariant() = b.Trim().ToLowerInvariant()
               || (name = "data" && Path.GetFullPath a = Path.GetFullPath b)
+              || (name = "image-size" && (Data.ImageOptions.tryParseSize a).IsSome && Data.ImageOptions.tryParseSize a = Data.ImageOptions.tryParseSize b)
           match savedValue with
           | Some v when same (text value) (text v) -> ()
           | Some v -> yield sprintf "--%s %s contradicts the saved configuration (%s)" name (text value) (text v)

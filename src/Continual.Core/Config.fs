@@ -6,18 +6,37 @@ open System.Text.Json
 open Continual.Methods
 open Continual.Penalties
 
+/// How the user's own data is read (image folders, Tiny ImageNet, tables, manifests); the built-in
+/// IDX and CIFAR-10 benchmarks ignore it.
+type SourceSettings =
+    { /// Height and width images are brought to (None: the files' own size; Tiny ImageNet: 64 x 64).
+      ImageSize: (int * int) option
+      /// auto (as the files are), gray or rgb.
+      Colour: string
+      /// Classes per task of image folders and tables (None: 2; Tiny ImageNet always takes 20).
+      ClassesPerTask: int option
+      /// The label column of CSV files.
+      LabelColumn: string
+      /// Every feature of a table is divided by this (e.g. 255 for pixel values).
+      FeatureScale: float option }
+    /// The files' own size and colour, tasks of 2 classes, the column "label", values as written.
+    static member Default =
+        { ImageSize = None; Colour = "auto"; ClassesPerTask = None; LabelColumn = "label"; FeatureScale = None }
+
 /// Which data a run learns.
 type DataSettings =
-    { /// split-fmnist, split-mnist or split-cifar10.
+    { /// split-fmnist, split-mnist, split-cifar10, split-tinyimagenet, folder, csv, npy or manifest.
       Benchmark: string
-      /// The folder holding the benchmark's files.
+      /// The folder holding the benchmark's files (the manifest file for manifest).
       Folder: string
       /// Use at most this many training examples per class (None: all).
       TrainPerClass: int option
       /// Use at most this many test examples per class (None: all).
       TestPerClass: int option
       /// Accept a training set in which some class has no example (by default such data is refused).
-      AllowMissingClasses: bool }
+      AllowMissingClasses: bool
+      /// How image folders, Tiny ImageNet, tables and manifests are read.
+      Source: SourceSettings }
 
 /// Everything that defines a run, typed and nested: the run's settings, its data, the backbone, the
 /// method, an optional importance penalty and optional distillation terms. `Config.version` numbers

@@ -76,6 +76,18 @@ module Config =
         writeOptionalInt w "testPerClass" config.Data.TestPerClass
         // Written only when set, so that the configurations (and hashes) of earlier runs are unchanged.
         if config.Data.AllowMissingClasses then w.WriteBoolean("allowMissingClasses", true)
+        let source = config.Data.Source
+        match source.ImageSize with
+        | Some size -> w.WriteString("imageSize", ImageOptions.sizeText size)
+        | None -> ()
+        if source.Colour <> SourceSettings.Default.Colour then w.WriteString("colour", source.Colour)
+        match source.ClassesPerTask with
+        | Some n -> w.WriteNumber("classesPerTask", n)
+        | None -> ()
+        if source.LabelColumn <> SourceSettings.Default.LabelColumn then w.WriteString("labelColumn", source.LabelColumn)
+        match source.FeatureScale with
+        | Some s -> w.WriteNumber("featureScale", s)
+        | None -> ()
         w.WriteEndObject()
         w.WriteString("backbone", config.Backbone)
         w.WritePropertyName "method"
@@ -142,7 +154,20 @@ module Config =
               Folder = data.GetProperty("folder").GetString()
               TrainPerClass = optionalInt (data.GetProperty "trainPerClass")
               TestPerClass = optionalInt (data.GetProperty "testPerClass")
-              AllowMissingClasses = (match data.TryGetProperty "allowMissingClasses" with | true, v -> v.GetBoolean() | _ -> false) }
+              AllowMissingClasses = (match data.TryGetProperty "allowMissingClasses" with | true, v -> v.GetBoolean() | _ -> false)
+              Source =
+                let get name = match data.TryGetProperty(name: string) with | true, v when v.ValueKind <> JsonValueKind.Null -> Some v | _ -> None
+                let d = SourceSettings.Default
+                { ImageSize =
+                    get "imageSize"
+                    |> Option.map (fun v ->
+                        match ImageOptions.tryParseSize (v.GetString()) with
+                        | Some s -> s
+                        | None -> invalidArg (nameof root) (sprintf "data.imageSize '%s' is not a size such as 64x64" (v.GetString())))
+                  Colour = get "colour" |> Option.map (fun v -> v.GetString()) |> Option.defaultValue d.Colour
+                  ClassesPerTask = get "classesPerTask" |> Option.map (fun v -> v.GetInt32())
+                  LabelColumn = get "labelColumn" |> Option.map (fun v -> v.GetString()) |> Option.defaultValue d.LabelColumn
+                  FeatureScale = get "featureScale" |> Option.map (fun v -> v.GetDouble()) } }
           Backbone = root.GetProperty("backbone").GetString()
           Method = Registry.readNamed methodJson entry.Settings (entry.Default (match methodJson.TryGetProperty "buffer" with | true, b -> b.GetInt32() | _ -> 500))
           Penalty = penalty
@@ -167,7 +192,19 @@ module Experiment =
     let isImportance (strategy: string) = List.contains strategy importanceNames
 
     /// The benchmarks this build knows.
-    let benchmarkNames = [ "split-fmnist"; "split-mnist"; "split-cifar10" ]
+    let benchmarkNames = [ "split-fmnist"; "split-mnist"; "split-cifar10"; "split-tinyimagenet"; "folder"; "csv"; "npy"; "manifest" ]
+
+    /// The benchmarks read from the user's files, which have no default folder: --data names it.
+    let userDataBenchmarks = [ "split-tinyimagenet"; "folder"; "csv"; "npy"; "manifest" ]
+
+    /// The image options of a configuration's source settings (the colour is checked by validate).
+    let imageOptions (source: SourceSettings) : ImageOptions =
+        { Size = source.ImageSize
+          Colour = ImageOptions.tryParseColour source.Colour |> Option.defaultValue ColourMode.Auto }
+
+    /// The table options of a configuration's source settings.
+    let tableOptions (source: SourceSettings) : TableOptions =
+        { LabelColumn = source.LabelColumn; Scale = source.FeatureScale }
 
     /// Buffer sizes with published reference settings; other sizes take the nearest one's settings.
     let referenceBufferSizes = Registry.referenceBufferSizes
@@ -192,7 +229,7 @@ module Experiment =
             | Some e -> e
             | None -> invalidArg (nameof strategy) (sprintf "unknown strategy '%s' (expected one of: %s)" strategy (String.concat ", " strategyNames))
         { Run = entry.Protocol bufferSize baseRun
-          Data = { Benchmark = "split-fmnist"; Folder = Benchmarks.defaultFashionMnistFolder; TrainPerClass = None; TestPerClass = None; AllowMissingClasses = false }
+          Data = { Benchmark = "split-fmnist"; Folder = Benchmarks.defaultFashionMnistFolder; TrainPerClass = None; TestPerClass = None; AllowMissingClasses = false; Source = SourceSettings.Default }
           Backbone = "mlp"
           Method = entry.Default bufferSize
           Penalty = None
@@ -255,7 +292,10 @@ module Experiment =
             | "split-fmnist" | "split-mnist" -> Some 6000L
             | "split-cifar10" -> Some 5000L
             | _ -> None
-        perClass |> Option.map (fun n -> 10L * (match config.Data.TrainPerClass with Some t -> min n (int64 t) | None -> n))
+        let classes = 10L
+        match config.Data.Benchmark with
+        | "split-tinyimagenet" -> Some(200L * (match config.Data.TrainPerClass with Some t -> min 500L (int64 t) | None -> 500L))
+        | _ -> perClass |> Option.map (fun n -> classes * (match config.Data.TrainPerClass with Some t -> min n (int64 t) | None -> n))
 
     let private settingErrors (prefix: string) (settings: Setting<'S> list) (value: 'S) =
         [ for s in settings do
@@ -290,6 +330,30 @@ module Experiment =
                   (sprintf "device %s needs the CUDA build of libtorch, but this build uses the CPU build and sees no CUDA device (see README, 'GPU machines')" r.Device)
           if not (List.contains d.Benchmark benchmarkNames) then
               error "data.benchmark" (Some "benchmark") (sprintf "unknown benchmark '%s' (expected one of: %s)" d.Benchmark (String.concat ", " benchmarkNames))
+          let source = d.Source
+          if (ImageOptions.tryParseColour source.Colour).IsNone then
+              error "data.colour" (Some "colour") (sprintf "unknown colour mode '%s' (expected one of: %s)" source.Colour (String.concat ", " ImageOptions.colourNames))
+          match source.ImageSize with
+          | Some(h, w) when h < 1 || w < 1 || h > 4096 || w > 4096 ->
+              error "data.imageSize" (Some "image-size") (sprintf "the image size must be 1 to 4096 pixels a side (got %dx%d)" h w)
+          | _ -> ()
+          match source.ClassesPerTask with
+          | Some n when n <= 0 -> error "data.classesPerTask" (Some "classes-per-task") (sprintf "the classes per task must be positive (got %d)" n)
+          | _ -> ()
+          if String.IsNullOrWhiteSpace source.LabelColumn then error "data.labelColumn" (Some "label-column") "the label column needs a name"
+          // A source option the benchmark does not read is a mistake worth hearing about.
+          let images = [ "split-tinyimagenet"; "folder"; "manifest" ]
+          let tables = [ "csv"; "npy"; "manifest" ]
+          let notFor (option: string) (path: string) (readers: string list) =
+              error path (Some option) (sprintf "--%s does not apply to %s (it applies to %s)" option d.Benchmark (String.concat ", " readers))
+          if source.ImageSize.IsSome && not (List.contains d.Benchmark images) then notFor "image-size" "data.imageSize" images
+          if source.Colour <> SourceSettings.Default.Colour && not (List.contains d.Benchmark images) then notFor "colour" "data.colour" images
+          if source.ClassesPerTask.IsSome && not (List.contains d.Benchmark [ "folder"; "csv"; "npy" ]) then notFor "classes-per-task" "data.classesPerTask" [ "folder"; "csv"; "npy" ]
+          if source.LabelColumn <> SourceSettings.Default.LabelColumn && not (List.contains d.Benchmark [ "csv"; "manifest" ]) then notFor "label-column" "data.labelColumn" [ "csv"; "manifest" ]
+          if source.FeatureScale.IsSome && not (List.contains d.Benchmark tables) then notFor "feature-scale" "data.featureScale" tables
+          match source.FeatureScale with
+          | Some s when not (s > 0.0) || Double.IsInfinity s -> error "data.featureScale" (Some "feature-scale") (sprintf "the feature scale must be a positive number (got %g)" s)
+          | _ -> ()
           match d.TrainPerClass with
           | Some n when n <= 0 -> error "data.trainPerClass" (Some "train-per-class") (sprintf "the training examples per class must be positive (got %d)" n)
           | _ -> ()
@@ -350,6 +414,11 @@ module Experiment =
             | "split-fmnist" -> Benchmarks.splitMnistStyle "split-fmnist" d.Folder
             | "split-mnist" -> Benchmarks.splitMnistStyle "split-mnist" d.Folder
             | "split-cifar10" -> Cifar.splitCifar10 d.Folder
+            | "split-tinyimagenet" -> TinyImageNet.splitTinyImageNet (imageOptions d.Source) d.Folder
+            | "folder" -> ImageFolders.benchmark (imageOptions d.Source) (defaultArg d.Source.ClassesPerTask 2) d.Folder
+            | "csv" -> Tables.csvBenchmark (tableOptions d.Source) (defaultArg d.Source.ClassesPerTask 2) d.Folder
+            | "npy" -> Tables.npyBenchmark d.Source.FeatureScale (defaultArg d.Source.ClassesPerTask 2) d.Folder
+            | "manifest" -> Manifest.benchmark (imageOptions d.Source) (tableOptions d.Source) d.Folder
             | other -> invalidArg (nameof config) (sprintf "unknown benchmark '%s'" other)
         if not d.AllowMissingClasses then
             let present = Set.ofArray full.Train.LabelArray
