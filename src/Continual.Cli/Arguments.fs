@@ -19,6 +19,7 @@ module Help =
           "classes-per-task", "classes per task of folder, csv and npy benchmarks, in sorted class-name order (default 2; the last task takes what is left)."
           "label-column", "the label column of csv files (default label)."
           "feature-scale", "divide every feature of a csv or npy table by this (e.g. 255 for pixel values; with 255 and integer values 0-255 the table is read exactly as IDX images)."
+          "normalise", "per-channel normalisation of images: none (default), train (each channel's mean and standard deviation over the training set) or MEAN,.../STD,... on the [0, 1] scale, e.g. 0.286/0.353."
           "strategy", sprintf "%s (default derpp)." (String.concat ", " Continual.Methods.Registry.methodNames)
           "buffer", "replay buffer size, iCaRL's memory (default 500; the reference settings exist for 200, 500, 5120)."
           "seed", "random seed (default 0)."
@@ -90,6 +91,7 @@ type RunArgs =
     | Classes_Per_Task of count: int
     | Label_Column of name: string
     | Feature_Scale of scale: float
+    | Normalise of values: string
     | Backbone of name: string
     | Penalty of name: string
     | Distill of name: string
@@ -143,6 +145,7 @@ type SavedRunArgs =
     | Classes_Per_Task of count: int
     | Label_Column of name: string
     | Feature_Scale of scale: float
+    | Normalise of values: string
     | Backbone of name: string
     | Penalty of name: string
     | Distill of name: string
@@ -219,6 +222,7 @@ type BenchArgs =
     | Classes_Per_Task of count: int
     | Label_Column of name: string
     | Feature_Scale of scale: float
+    | Normalise of values: string
     | Backbone of name: string
     | Penalty of name: string
     | Distill of name: string
@@ -268,6 +272,7 @@ type CompareArgs =
     | Classes_Per_Task of count: int
     | Label_Column of name: string
     | Feature_Scale of scale: float
+    | Normalise of values: string
     | Backbone of name: string
     | Penalty of name: string
     | Distill of name: string

@@ -53,7 +53,8 @@ let private sourceOf (args: GivenOptions) : SourceSettings =
       Colour = (GivenOptions.get "colour" d.Colour args).Trim().ToLowerInvariant()
       ClassesPerTask = GivenOptions.tryGet "classes-per-task" args
       LabelColumn = GivenOptions.get "label-column" d.LabelColumn args
-      FeatureScale = GivenOptions.tryGet "feature-scale" args }
+      FeatureScale = GivenOptions.tryGet "feature-scale" args
+      Normalise = (GivenOptions.get "normalise" d.Normalise args).Trim() }
 
 /// The configuration the options describe, on top of the reference defaults for strategy and buffer.
 /// Method options that apply to none of the run's components are ignored (compare runs several
@@ -420,6 +421,7 @@ let private contradictions (given: GivenOptions) (saved: Config) : string list =
               | "classes-per-task" -> Some(optional saved.Data.Source.ClassesPerTask)
               | "label-column" -> Some(box saved.Data.Source.LabelColumn)
               | "feature-scale" -> Some(optional saved.Data.Source.FeatureScale)
+              | "normalise" -> Some(box saved.Data.Source.Normalise)
               | "backbone" -> Some(box saved.Backbone)
               | "penalty" -> Some(optional (Config.penaltyName saved))
               | "distill" -> Some(box (match saved.Distillation with [] -> "none" | ts -> ts |> List.map (fun t -> Methods.DistillationKind.name t.Kind) |> String.concat ","))

@@ -18,10 +18,15 @@ type SourceSettings =
       /// The label column of CSV files.
       LabelColumn: string
       /// Every feature of a table is divided by this (e.g. 255 for pixel values).
-      FeatureScale: float option }
-    /// The files' own size and colour, tasks of 2 classes, the column "label", values as written.
+      FeatureScale: float option
+      /// Per-channel normalisation of images when a batch is made: "none", "train" (each channel's mean
+      /// and standard deviation over the training set, applied to train and test alike) or the values
+      /// as "MEAN,MEAN,.../STD,STD,..." (one of each per channel, on the [0, 1] scale).
+      Normalise: string }
+    /// The files' own size and colour, tasks of 2 classes, the column "label", values as written, no
+    /// normalisation.
     static member Default =
-        { ImageSize = None; Colour = "auto"; ClassesPerTask = None; LabelColumn = "label"; FeatureScale = None }
+        { ImageSize = None; Colour = "auto"; ClassesPerTask = None; LabelColumn = "label"; FeatureScale = None; Normalise = "none" }
 
 /// Which data a run learns.
 type DataSettings =

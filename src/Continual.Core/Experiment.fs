@@ -5,6 +5,7 @@ open System.IO
 open System.Text
 open System.Text.Json
 open System.Threading
+open System.Globalization
 open Continual.Data
 open Continual.Methods
 open Continual.Models
@@ -88,6 +89,7 @@ module Config =
         match source.FeatureScale with
         | Some s -> w.WriteNumber("featureScale", s)
         | None -> ()
+        if source.Normalise <> SourceSettings.Default.Normalise then w.WriteString("normalise", source.Normalise)
         w.WriteEndObject()
         w.WriteString("backbone", config.Backbone)
         w.WritePropertyName "method"
@@ -167,7 +169,8 @@ module Config =
                   Colour = get "colour" |> Option.map (fun v -> v.GetString()) |> Option.defaultValue d.Colour
                   ClassesPerTask = get "classesPerTask" |> Option.map (fun v -> v.GetInt32())
                   LabelColumn = get "labelColumn" |> Option.map (fun v -> v.GetString()) |> Option.defaultValue d.LabelColumn
-                  FeatureScale = get "featureScale" |> Option.map (fun v -> v.GetDouble()) } }
+                  FeatureScale = get "featureScale" |> Option.map (fun v -> v.GetDouble())
+                  Normalise = get "normalise" |> Option.map (fun v -> v.GetString()) |> Option.defaultValue d.Normalise } }
           Backbone = root.GetProperty("backbone").GetString()
           Method = Registry.readNamed methodJson entry.Settings (entry.Default (match methodJson.TryGetProperty "buffer" with | true, b -> b.GetInt32() | _ -> 500))
           Penalty = penalty
@@ -198,6 +201,39 @@ module Experiment =
     let userDataBenchmarks = [ "split-tinyimagenet"; "folder"; "csv"; "npy"; "manifest" ]
 
     /// The image options of a configuration's source settings (the colour is checked by validate).
+    /// The normalisation a `--normalise` value asks for.
+    type NormalisationChoice =
+        /// Each channel's mean and standard deviation over the training set.
+        | FromTraining
+        /// The values given, one mean and one standard deviation per channel.
+        | Given of ChannelNormalisation
+
+    /// Reads a `--normalise` value: "none", "train" or "MEAN,.../STD,..." (one of each per channel,
+    /// standard deviations positive), or says what is wrong with it.
+    let normalisationOf (text: string) : Result<NormalisationChoice option, string> =
+        let parseList (part: string) =
+            let values =
+                part.Split(',', StringSplitOptions.TrimEntries)
+                |> Array.map (fun v ->
+                    match Single.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture) with
+                    | true, x when Single.IsFinite x -> Some x
+                    | _ -> None)
+            if values |> Array.forall Option.isSome then Some(values |> Array.map Option.get |> List.ofArray) else None
+        match text.Trim().ToLowerInvariant() with
+        | "none" -> Ok None
+        | "train" -> Ok(Some FromTraining)
+        | given ->
+            match given.Split '/' with
+            | [| means; stds |] ->
+                match parseList means, parseList stds with
+                | Some m, Some s when m.Length = s.Length && not m.IsEmpty ->
+                    if s |> List.forall (fun v -> v > 0.0f) then Ok(Some(Given { Mean = m; Std = s }))
+                    else Error(sprintf "'%s': the standard deviations must be positive" text)
+                | Some m, Some s when m.Length <> s.Length ->
+                    Error(sprintf "'%s': %d means but %d standard deviations (one of each per channel)" text m.Length s.Length)
+                | _ -> Error(sprintf "'%s' is not none, train or MEAN,.../STD,... (numbers such as 0.5,0.5,0.5/0.25,0.25,0.25)" text)
+            | _ -> Error(sprintf "'%s' is not none, train or MEAN,.../STD,... (e.g. 0.286/0.353 for one channel)" text)
+
     let imageOptions (source: SourceSettings) : ImageOptions =
         { Size = source.ImageSize
           Colour = ImageOptions.tryParseColour source.Colour |> Option.defaultValue ColourMode.Auto }
@@ -351,6 +387,10 @@ module Experiment =
           if source.ClassesPerTask.IsSome && not (List.contains d.Benchmark [ "folder"; "csv"; "npy" ]) then notFor "classes-per-task" "data.classesPerTask" [ "folder"; "csv"; "npy" ]
           if source.LabelColumn <> SourceSettings.Default.LabelColumn && not (List.contains d.Benchmark [ "csv"; "manifest" ]) then notFor "label-column" "data.labelColumn" [ "csv"; "manifest" ]
           if source.FeatureScale.IsSome && not (List.contains d.Benchmark tables) then notFor "feature-scale" "data.featureScale" tables
+          match normalisationOf source.Normalise with
+          | Error message -> error "data.normalise" (Some "normalise") message
+          | Ok None -> ()
+          | Ok(Some _) -> if not (List.contains d.Benchmark images) then notFor "normalise" "data.normalise" images
           match source.FeatureScale with
           | Some s when not (s > 0.0) || Double.IsInfinity s -> error "data.featureScale" (Some "feature-scale") (sprintf "the feature scale must be a positive number (got %g)" s)
           | _ -> ()
@@ -437,6 +477,20 @@ module Experiment =
                 let reduced = Benchmarks.subsample (defaultArg train Int32.MaxValue) (defaultArg test Int32.MaxValue) full
                 Benchmarks.dispose full
                 reduced
+        let benchmark =
+            match normalisationOf d.Source.Normalise with
+            | Ok(Some FromTraining) -> Benchmarks.normaliseByTraining benchmark
+            | Ok(Some(Given values)) ->
+                let (channels, _, _) = benchmark.InputShape
+                if values.Mean.Length <> channels then
+                    Benchmarks.dispose benchmark
+                    raise (
+                        InvalidConfiguration
+                            [ { Path = "data.normalise"
+                                Option = Some "normalise"
+                                Message = sprintf "%d values per list for images of %d channel%s in %s" values.Mean.Length channels (if channels = 1 then "" else "s") d.Folder } ])
+                Benchmarks.normaliseWith values benchmark
+            | _ -> benchmark
         // The memory can hold at most the whole training set (validate bounds it by the published size).
         let memory = Config.bufferSize config
         if memory > benchmark.Train.Count then

@@ -401,9 +401,42 @@ let wiringTests =
                     Data =
                         { d.Data with
                             Benchmark = "folder"
-                            Source = { ImageSize = Some(32, 48); Colour = "rgb"; ClassesPerTask = Some 3; LabelColumn = "y"; FeatureScale = Some 255.0 } } }
+                            Source = { ImageSize = Some(32, 48); Colour = "rgb"; ClassesPerTask = Some 3; LabelColumn = "y"; FeatureScale = Some 255.0; Normalise = "0.5,0.4,0.3/0.2,0.2,0.2" } } }
             use doc = Text.Json.JsonDocument.Parse(Config.toJson c)
             Expect.equal (Config.ofJson doc.RootElement) c "round trip"
+        }
+
+        test "--normalise train normalises an image folder by its training set; given values must fit the channels" {
+            use temp = new TempFolder()
+            writeImageFolder temp.Path
+                [ for c in [ "a"; "b" ] do
+                    yield "train", c, [ for i in 0 .. 5 -> rgbImage 4 4 (i * 11 + (if c = "a" then 0 else 100)) ]
+                    yield "test", c, [ rgbImage 4 4 (if c = "a" then 7 else 120) ] ]
+            let d = Experiment.defaults "sgd" 0
+            let withNormalise text =
+                { d with Data = { d.Data with Benchmark = "folder"; Folder = temp.Path; Source = { d.Data.Source with Normalise = text } } }
+            withBenchmark (Experiment.loadBenchmark (withNormalise "train")) (fun b ->
+                let n = Expect.wantSome b.Train.Normalisation "the training set carries its normalisation"
+                Expect.equal b.Test.Normalisation b.Train.Normalisation "the test set uses the training values"
+                Expect.equal n.Mean.Length 3 "one mean per channel"
+                use all = b.Train.AllInputs()
+                use perChannel = all.reshape(int64 b.Train.Count, 3L, -1L)
+                use means = perChannel.mean([| 0L; 2L |])
+                for m in means.data<float32>().ToArray() do
+                    Expect.isLessThan (abs m) 1e-5f "each training channel is centred")
+            withBenchmark (Experiment.loadBenchmark (withNormalise "0.5,0.5,0.5/0.25,0.25,0.25")) (fun b ->
+                use raw = { b.Train with Normalisation = None }.InputRange(0L, 1L)
+                use normalised = b.Train.InputRange(0L, 1L)
+                use expected = raw.sub(0.5f.ToScalar()).div(0.25f.ToScalar())
+                Expect.isTrue (normalised.allclose(expected, 0.0, 1e-6)) "(x - mean) / std")
+            try
+                Experiment.loadBenchmark (withNormalise "0.5/0.25") |> Benchmarks.dispose
+                failtest "one value for three channels must be refused"
+            with InvalidConfiguration errors ->
+                Expect.stringContains (errors.Head.Message) "3 channels" "names the channel count"
+            Expect.isNonEmpty (Experiment.validate (withNormalise "0.5/0")) "a zero standard deviation is refused"
+            Expect.isNonEmpty (Experiment.validate (withNormalise "bright")) "an unknown value is refused"
+            Expect.isNonEmpty (Experiment.validate { withNormalise "train" with Data = { (withNormalise "train").Data with Benchmark = "split-fmnist" } }) "--normalise applies to image sources only"
         }
 
         test "bad data options are usage errors (exit 2)" {
