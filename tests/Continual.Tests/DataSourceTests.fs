@@ -245,6 +245,25 @@ let tableTests =
             finally Benchmarks.dispose idx
         }
 
+        test "ER learns a Fashion-MNIST CSV stream to exactly the accuracies of the same data from IDX (seed 0)" {
+            if not (hasFashionMnist ()) then skiptest "Fashion-MNIST is not installed"
+            use temp = new TempFolder()
+            writeIdxAsCsv fashionMnist temp.Path Integers (Some 100) (Some 50) |> ignore
+            let idx = { Experiment.defaults "er" 200 with Data.Folder = fashionMnist; Data.TrainPerClass = Some 100; Data.TestPerClass = Some 50 }
+            let csv =
+                { idx with
+                    Data = { idx.Data with Benchmark = "csv"; Folder = temp.Path; TrainPerClass = None; TestPerClass = None; Source = { idx.Data.Source with FeatureScale = Some 255.0 } } }
+            let learn config =
+                let result = Experiment.run config RunHooks.none Threading.CancellationToken.None
+                try result.Outcome.ClassIl, result.Outcome.TaskIl finally Experiment.release result
+            let idxClass, idxTask = learn idx
+            let csvClass, csvTask = learn csv
+            Expect.equal idxClass.Length 5 "five tasks learned"
+            Expect.isGreaterThan (Array.last idxTask |> Array.average) 60.0 "the run learned something (Task-IL, percent)"
+            Expect.equal csvClass idxClass "Class-IL matrices equal"
+            Expect.equal csvTask idxTask "Task-IL matrices equal"
+        }
+
         test "Fashion-MNIST's own images as PNG folders equal the IDX data exactly" {
             if not (hasFashionMnist ()) then skiptest "Fashion-MNIST is not installed"
             use temp = new TempFolder()
