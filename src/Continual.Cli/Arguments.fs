@@ -16,7 +16,7 @@ module Help =
           "data", "folder with the four IDX files (default /usr/share/datasets/fashion-mnist), CIFAR-10's binary batches, Tiny ImageNet, an image folder or a table folder; the manifest file for --benchmark manifest."
           "image-size", "bring every image to HxW (e.g. 64x64, or 64): scaled to cover it, then centre-cropped (default: the files' own size, which must agree; 64x64 for split-tinyimagenet)."
           "colour", "image colour: auto (default, as the files are), gray or rgb."
-          "classes-per-task", "classes per task of folder, csv and npy benchmarks, in sorted class-name order (default 2; the last task takes what is left)."
+          "classes-per-task", "classes per task, in class order (label order for split-fmnist, split-mnist and split-cifar10, sorted class names for folder, csv and npy; default 2; the last task takes what is left)."
           "label-column", "the label column of csv files (default label)."
           "feature-scale", "divide every feature of a csv or npy table by this (e.g. 255 for pixel values; with 255 and integer values 0-255 the table is read exactly as IDX images)."
           "normalise", "per-channel normalisation of images: none (default), train (each channel's mean and standard deviation over the training set) or MEAN,.../STD,... on the [0, 1] scale, e.g. 0.286/0.353."

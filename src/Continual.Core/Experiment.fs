@@ -384,7 +384,8 @@ module Experiment =
               error path (Some option) (sprintf "--%s does not apply to %s (it applies to %s)" option d.Benchmark (String.concat ", " readers))
           if source.ImageSize.IsSome && not (List.contains d.Benchmark images) then notFor "image-size" "data.imageSize" images
           if source.Colour <> SourceSettings.Default.Colour && not (List.contains d.Benchmark images) then notFor "colour" "data.colour" images
-          if source.ClassesPerTask.IsSome && not (List.contains d.Benchmark [ "folder"; "csv"; "npy" ]) then notFor "classes-per-task" "data.classesPerTask" [ "folder"; "csv"; "npy" ]
+          let splittable = [ "split-fmnist"; "split-mnist"; "split-cifar10"; "folder"; "csv"; "npy" ]
+          if source.ClassesPerTask.IsSome && not (List.contains d.Benchmark splittable) then notFor "classes-per-task" "data.classesPerTask" splittable
           if source.LabelColumn <> SourceSettings.Default.LabelColumn && not (List.contains d.Benchmark [ "csv"; "manifest" ]) then notFor "label-column" "data.labelColumn" [ "csv"; "manifest" ]
           if source.FeatureScale.IsSome && not (List.contains d.Benchmark tables) then notFor "feature-scale" "data.featureScale" tables
           match normalisationOf source.Normalise with
@@ -447,13 +448,22 @@ module Experiment =
         config.Distillation |> List.fold (fun s d -> s |> Method.add (DistillationTerm.create d)) penalised
 
     /// Loads the benchmark a configuration names, restricted per class when asked.
+    /// A built-in benchmark split into tasks of `classesPerTask` classes in label order instead of its
+    /// own split (the last task takes what is left).
+    let private resplit (classesPerTask: int option) (benchmark: Benchmark) : Benchmark =
+        match classesPerTask with
+        | None -> benchmark
+        | Some n ->
+            { benchmark with
+                Tasks = [ for (i, classes) in List.indexed (List.chunkBySize n [ 0 .. benchmark.NumClasses - 1 ]) -> { Index = i; Classes = classes } ] }
+
     let loadBenchmark (config: Config) : Benchmark =
         let d = config.Data
         let full =
             match d.Benchmark with
-            | "split-fmnist" -> Benchmarks.splitMnistStyle "split-fmnist" d.Folder
-            | "split-mnist" -> Benchmarks.splitMnistStyle "split-mnist" d.Folder
-            | "split-cifar10" -> Cifar.splitCifar10 d.Folder
+            | "split-fmnist" -> Benchmarks.splitMnistStyle "split-fmnist" d.Folder |> resplit d.Source.ClassesPerTask
+            | "split-mnist" -> Benchmarks.splitMnistStyle "split-mnist" d.Folder |> resplit d.Source.ClassesPerTask
+            | "split-cifar10" -> Cifar.splitCifar10 d.Folder |> resplit d.Source.ClassesPerTask
             | "split-tinyimagenet" -> TinyImageNet.splitTinyImageNet (imageOptions d.Source) d.Folder
             | "folder" -> ImageFolders.benchmark (imageOptions d.Source) (defaultArg d.Source.ClassesPerTask 2) d.Folder
             | "csv" -> Tables.csvBenchmark (tableOptions d.Source) (defaultArg d.Source.ClassesPerTask 2) d.Folder
