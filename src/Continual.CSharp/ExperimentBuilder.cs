@@ -557,7 +557,7 @@ public sealed class ExperimentBuilder
             _s.Device ?? r.Device,
             _s.Threads ?? r.Threads,
             !_s.ClipGradSet ? r.ClipGrad : _s.ClipGrad is double clip ? FSharpOption<double>.Some(clip) : FSharpOption<double>.None);
-        config = new CoreConfig(run, data, _s.Backbone ?? config.Backbone, config.Method, config.Penalty, config.Distillation);
+        config = new CoreConfig(run, data, _s.Backbone ?? config.Backbone, config.Method, config.Penalty, config.Distillation, config.Head);
 
         // Settings set by name, over the typed ones.
         foreach (var (_, option, text) in _s.Options)
@@ -588,7 +588,7 @@ public sealed class ExperimentBuilder
         global::Continual.Methods.MethodConfig? method = null,
         FSharpOption<global::Continual.Methods.ImportanceConfig>? penalty = null,
         FSharpList<global::Continual.Methods.DistillationSettings>? distillation = null) =>
-        new(config.Run, config.Data, config.Backbone, method ?? config.Method, penalty ?? config.Penalty, distillation ?? config.Distillation);
+        new(config.Run, config.Data, config.Backbone, method ?? config.Method, penalty ?? config.Penalty, distillation ?? config.Distillation, config.Head);
 
     /// <summary>Turns the core's events into <see cref="TrainingProgress"/> reports.</summary>
     internal sealed class ProgressTranslator(IProgress<TrainingProgress>? progress)

@@ -29,6 +29,7 @@ module Help =
           "train-per-class", "use at most this many training images per class."
           "test-per-class", "use at most this many test images per class."
           "allow-missing-classes", "run even when some class has no training example (refused otherwise)."
+          "growing-head", "start the classifier with the first task's classes and grow it before every task that brings new ones (default: one output per class of the benchmark from the start; docs/growing-head.md)."
           "distill", "extra distillation term on any strategy: kd, fitnets, nst, at, rkd, pod, sd, relation (default none); bench --distill all times each term per step against plain SGD."
           "distill-weight", "weight of the --distill term (default 1)."
           "temperature", "temperature of LwF's soft targets and of --distill kd (default 2)."
@@ -80,6 +81,7 @@ type RunArgs =
     | Train_Per_Class of count: int
     | Test_Per_Class of count: int
     | Allow_Missing_Classes
+    | Growing_Head
     | Backbone of name: string
     | Penalty of name: string
     | Distill of name: string
@@ -128,6 +130,7 @@ type SavedRunArgs =
     | Train_Per_Class of count: int
     | Test_Per_Class of count: int
     | Allow_Missing_Classes
+    | Growing_Head
     | Backbone of name: string
     | Penalty of name: string
     | Distill of name: string
@@ -199,6 +202,7 @@ type BenchArgs =
     | Train_Per_Class of count: int
     | Test_Per_Class of count: int
     | Allow_Missing_Classes
+    | Growing_Head
     | Backbone of name: string
     | Penalty of name: string
     | Distill of name: string
@@ -243,6 +247,7 @@ type CompareArgs =
     | Train_Per_Class of count: int
     | Test_Per_Class of count: int
     | Allow_Missing_Classes
+    | Growing_Head
     | Backbone of name: string
     | Penalty of name: string
     | Distill of name: string
