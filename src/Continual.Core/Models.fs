@@ -211,6 +211,7 @@ module Backbones =
             torch.nn.init.xavier_uniform_ layer.weight |> ignore
             torch.nn.init.zeros_ layer.bias |> ignore
         | Cnn _ | ResNet18 _ -> ()
+        use scope = torch.NewDisposeScope()
         layer.weight.detach().clone().DetachFromDisposeScope(), layer.bias.detach().clone().DetachFromDisposeScope()
 
     /// A copy of a backbone whose head has `count` ≥ its classes outputs, on a device: every parameter

@@ -19,7 +19,7 @@ let private syntheticSet (seed: int) (classes: int) (perClass: int) : LabelledSe
     let rng = Random(seed)
     let labels = [| for c in 0 .. classes - 1 do for _ in 1 .. perClass -> c |]
     let pixels = [| for l in labels do for p in 0 .. 63 -> float32 (min 1.0 (max 0.0 (0.1 * float ((l + p) % (classes + 1)) + 0.3 * rng.NextDouble()))) |]
-    { Inputs = torch.tensor(pixels, [| int64 labels.Length; 64L |])
+    { Inputs = torch.tensor(pixels).reshape(int64 labels.Length, 64L)
       Labels = torch.tensor(labels |> Array.map int64, dtype = torch.ScalarType.Int64)
       LabelArray = labels }
 
@@ -53,7 +53,10 @@ let private configurations () : (string * Config) list =
 
 let private matrices (learner: Learner) = learner.Point.Record.ClassIl, learner.Point.Record.TaskIl
 
-let private copies (ts: Tensor seq) = [ for t in ts -> t.detach().clone() ]
+let private copies (ts: Modules.Parameter seq) = [ for t in ts -> t.detach().clone() ]
+
+/// Exact equality of two tensors.
+let private same (a: Tensor) (b: Tensor) = a.shape = b.shape && a.eq(b).all().ToBoolean()
 
 /// The invariants of one growth step on a learner after its first task.
 let private checkGrowth (name: string) (learner: Learner) =
@@ -64,20 +67,31 @@ let private checkGrowth (name: string) (learner: Learner) =
     state.Model.eval ()
     let oldLogits = (use _ = torch.no_grad () in state.Model.forward probe)
     let penaltyBefore = Training.penaltyValue state
+    // Building a CNN or a ResNet leaves a few handles of TorchSharp's convolution modules alive after
+    // the module is disposed (the same with any snapshot): measured here, not counted against the growth.
+    let artefact =
+        let before = liveTensors ()
+        (Backbones.create state.Model.Architecture).Dispose()
+        liveTensors () - before
     let live = liveTensors ()
-    let grown = Training.growHead settings 4 state
-    Expect.equal (liveTensors ()) live (name + ": the growth keeps the live tensor count")
-    Expect.equal (Backbones.classes grown.Model.Architecture) 4 (name + ": four outputs")
+    let width = Backbones.classes state.Model.Architecture
+    let target = width + 2
+    let grown = Training.growHead settings target state
+    Expect.equal (liveTensors ()) (live + artefact) (name + ": the growth keeps the live tensor count")
+    Expect.equal (Backbones.classes grown.Model.Architecture) target (name + ": two more outputs")
     grown.Model.eval ()
     let newLogits = (use _ = torch.no_grad () in grown.Model.forward probe)
     grown.Model.train ()
-    Expect.isTrue (newLogits.narrow(1L, 0L, 2L).equal oldLogits) (name + ": old logits unchanged on any input")
+    // The old outputs' weights are the same numbers; a wider matrix product may round differently in the
+    // last bit (the library blocks it by shape), so the logits are compared within float32 rounding.
+    let difference = (newLogits.narrow(1L, 0L, int64 width) - oldLogits).abs().max().ToSingle()
+    Expect.isLessThanOrEqual difference 1e-5f (sprintf "%s: old logits unchanged on any input (largest difference %g)" name difference)
     Expect.equal (Training.penaltyValue grown) penaltyBefore (name + ": the penalties' value is unchanged by the growth")
-    let after = [ for p in grown.Model.parameters () -> p ]
+    let after = [ for p in grown.Model.parameters () -> p :> Tensor ]
     for (b, a) in List.zip before after do
-        if b.shape = a.shape then Expect.isTrue (b.equal a) (name + ": a parameter outside the head is unchanged")
+        if b.shape = a.shape then Expect.isTrue (same b a) (name + ": a parameter outside the head is unchanged")
         else
-            Expect.isTrue ((a.narrow(0L, 0L, b.shape.[0])).equal b) (name + ": the old rows are kept exactly")
+            Expect.isTrue (same (a.narrow(0L, 0L, b.shape.[0])) b) (name + ": the old rows are kept exactly")
             let fresh = a.narrow(0L, b.shape.[0], a.shape.[0] - b.shape.[0])
             if a.shape.Length = 2 then Expect.isTrue (fresh.abs().sum().ToSingle() > 0.0f) (name + ": new weight rows are initialised")
             elif learner.Config.Backbone = "mlp" then Expect.isTrue (fresh.abs().sum().ToSingle() = 0.0f) (name + ": the MLP's new biases are zero")
@@ -86,7 +100,7 @@ let private checkGrowth (name: string) (learner: Learner) =
         for p in m.Penalties() do
             Expect.equal p.Penalty.Shapes shapes (name + ": the penalty follows the parameters")
             Expect.equal p.Penalty.Anchor.shape.[0] grown.Parameters.Values.shape.[0] (name + ": the flat anchor follows")
-    grown.Buffer |> Option.iter (fun b -> Expect.equal b.Logits.shape.[1] 4L (name + ": the buffer's logits follow the head"))
+    grown.Buffer |> Option.iter (fun b -> Expect.equal b.Logits.shape.[1] (int64 target) (name + ": the buffer's logits follow the head"))
     Expect.isTrue (FlatParameters.isBound grown.Parameters grown.Model) (name + ": the grown model is laid out flat")
     Training.dispose grown
 
