@@ -107,6 +107,8 @@ module FileCheck =
         let classes = loaded.OutputFeatures
         if info.ClassToTask.Length <> classes then
             raise (InvalidModelFile(path, sprintf "the class-to-task map has %d classes but the model has %d logits" info.ClassToTask.Length classes))
+        if not info.ClassNames.IsEmpty && info.ClassNames.Length <> classes then
+            raise (InvalidModelFile(path, sprintf "the metadata names %d classes (continual.class_names) but the model has %d logits" info.ClassNames.Length classes))
         let test = readTestSet path info dataFolder
         try
             if int (test.Inputs.shape.[1]) <> loaded.InputFeatures then
