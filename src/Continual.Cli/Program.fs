@@ -321,10 +321,6 @@ let private runCommand (results: ParseResults<RunArgs>) =
                 raise (UsageProblem [ sprintf "--tasks %s: a run starts at task 1; continue a saved run with `continual learn --from RUN_DIR --tasks %s`" text text ])
             Some last
         | None -> None
-    // Task models of a growing head differ in width, which the ONNX checks and model repositories do
-    // not take yet (docs/growing-head.md).
-    if config.Head = HeadKind.Growing && not (GivenOptions.contains "no-onnx" args) then
-        raise (UsageProblem [ "--growing-head: the ONNX export of a growing head is not supported yet; add --no-onnx" ])
     AnsiConsole.MarkupLine(
         "[bold]{0}[/] on [bold]{1}[/]  buffer {2}  lr {3}  seed {4}  ->  {5}",
         Markup.Escape(Config.methodName config), Markup.Escape config.Data.Benchmark, Config.bufferSize config, config.Run.LearningRate, config.Run.Seed, Markup.Escape out)

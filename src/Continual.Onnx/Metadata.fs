@@ -118,7 +118,8 @@ module Metadata =
           for k in recorded.Keys do
               if k.StartsWith Prefix && not (known.Contains k) then
                   sprintf "the metadata key %s is not part of format %s" k FormatVersion
-          if not info.ClassNames.IsEmpty && info.ClassNames.Length <> classes then
+          // One name per output: a growing head's model has outputs for the classes seen so far only.
+          if info.ClassNames.Length > classes then
               sprintf "%s names %d classes but %s lists %d" (key "class_names") info.ClassNames.Length (key "class_to_task") classes
           if classes < 1 || classes > MaxClasses then
               sprintf "%s lists %d classes (expected 1 to %d)" (key "class_to_task") classes MaxClasses
