@@ -85,6 +85,7 @@ public sealed class ExperimentBuilder
         public int? TrainPerClass { get; init; }
 
         public int? TestPerClass { get; init; }
+        public bool? GrowingHead { get; init; }
 
         public string? Backbone { get; init; }
 
@@ -215,6 +216,11 @@ public sealed class ExperimentBuilder
 
     /// <summary>Use at most this many test examples per class (null: all).</summary>
     public ExperimentBuilder WithTestPerClass(int? count) => new(_s.Without("testPerClass") with { TestPerClass = count });
+
+    /// <summary>A classifier head that starts with the first task's classes and grows before every task
+    /// that brings new ones (true), or one output per class of the benchmark from the start (false, the
+    /// default). See docs/growing-head.md.</summary>
+    public ExperimentBuilder WithGrowingHead(bool growing = true) => new(_s with { GrowingHead = growing });
 
     /// <summary>The backbone by name: "mlp" (default, the reference MLP), "cnn" or "resnet18".</summary>
     public ExperimentBuilder WithBackbone(string backbone) =>
@@ -558,7 +564,8 @@ public sealed class ExperimentBuilder
             _s.Device ?? r.Device,
             _s.Threads ?? r.Threads,
             !_s.ClipGradSet ? r.ClipGrad : _s.ClipGrad is double clip ? FSharpOption<double>.Some(clip) : FSharpOption<double>.None);
-        config = new CoreConfig(run, data, _s.Backbone ?? config.Backbone, config.Method, config.Penalty, config.Distillation);
+        var head = _s.GrowingHead is bool growing ? (growing ? global::Continual.HeadKind.Growing : global::Continual.HeadKind.Fixed) : config.Head;
+        config = new CoreConfig(run, data, _s.Backbone ?? config.Backbone, config.Method, config.Penalty, config.Distillation, head);
 
         // Settings set by name, over the typed ones.
         foreach (var (_, option, text) in _s.Options)
@@ -589,7 +596,7 @@ public sealed class ExperimentBuilder
         global::Continual.Methods.MethodConfig? method = null,
         FSharpOption<global::Continual.Methods.ImportanceConfig>? penalty = null,
         FSharpList<global::Continual.Methods.DistillationSettings>? distillation = null) =>
-        new(config.Run, config.Data, config.Backbone, method ?? config.Method, penalty ?? config.Penalty, distillation ?? config.Distillation);
+        new(config.Run, config.Data, config.Backbone, method ?? config.Method, penalty ?? config.Penalty, distillation ?? config.Distillation, config.Head);
 
     /// <summary>Turns the core's events into <see cref="TrainingProgress"/> reports.</summary>
     internal sealed class ProgressTranslator(IProgress<TrainingProgress>? progress)

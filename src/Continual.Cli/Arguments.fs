@@ -35,6 +35,7 @@ module Help =
           "train-per-class", "use at most this many training images per class."
           "test-per-class", "use at most this many test images per class."
           "allow-missing-classes", "run even when some class has no training example (refused otherwise)."
+          "growing-head", "start the classifier with the first task's classes and grow it before every task that brings new ones (default: one output per class of the benchmark from the start; docs/growing-head.md)."
           "distill", "extra distillation term on any strategy: kd, fitnets, nst, at, rkd, pod, sd, relation (default none); bench --distill all times each term per step against plain SGD."
           "distill-weight", "weight of the --distill term (default 1)."
           "temperature", "temperature of LwF's soft targets and of --distill kd (default 2)."
@@ -92,6 +93,7 @@ type RunArgs =
     | Label_Column of name: string
     | Feature_Scale of scale: float
     | Normalise of values: string
+    | Growing_Head
     | Backbone of name: string
     | Penalty of name: string
     | Distill of name: string
@@ -146,6 +148,7 @@ type SavedRunArgs =
     | Label_Column of name: string
     | Feature_Scale of scale: float
     | Normalise of values: string
+    | Growing_Head
     | Backbone of name: string
     | Penalty of name: string
     | Distill of name: string
@@ -223,6 +226,7 @@ type BenchArgs =
     | Label_Column of name: string
     | Feature_Scale of scale: float
     | Normalise of values: string
+    | Growing_Head
     | Backbone of name: string
     | Penalty of name: string
     | Distill of name: string
@@ -273,6 +277,7 @@ type CompareArgs =
     | Label_Column of name: string
     | Feature_Scale of scale: float
     | Normalise of values: string
+    | Growing_Head
     | Backbone of name: string
     | Penalty of name: string
     | Distill of name: string

@@ -101,6 +101,7 @@ let configOf (args: GivenOptions) (strategyOverride: string option) (seedOverrid
                     TestPerClass = GivenOptions.tryGet "test-per-class" args
                     AllowMissingClasses = GivenOptions.contains "allow-missing-classes" args
                     Source = sourceOf args }
+            Head = if GivenOptions.contains "growing-head" args then HeadKind.Growing else d.Head
             Backbone = (GivenOptions.get "backbone" d.Backbone args).Trim().ToLowerInvariant() }
     methodOptions args
     |> List.fold (fun c (option, value) ->

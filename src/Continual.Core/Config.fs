@@ -43,6 +43,15 @@ type DataSettings =
       /// How image folders, Tiny ImageNet, tables and manifests are read.
       Source: SourceSettings }
 
+/// How the classifier head is sized.
+[<RequireQualifiedAccess>]
+type HeadKind =
+    /// One output per class of the benchmark from the start (the reference protocol; the default).
+    | Fixed
+    /// One output per class seen: the head starts with the first task's classes and grows before every
+    /// task that brings classes beyond its width (docs/growing-head.md).
+    | Growing
+
 /// Everything that defines a run, typed and nested: the run's settings, its data, the backbone, the
 /// method, an optional importance penalty and optional distillation terms. `Config.version` numbers
 /// its JSON form.
@@ -55,5 +64,7 @@ type Config =
       /// An importance penalty added to the method's loss (e.g. SI on DER++).
       Penalty: ImportanceConfig option
       /// Distillation terms against the old model snapshot, added in order.
-      Distillation: DistillationSettings list }
+      Distillation: DistillationSettings list
+      /// Fixed (every class from the start) or growing (the classes seen so far).
+      Head: HeadKind }
 

@@ -105,6 +105,8 @@ module Config =
         for d in config.Distillation do
             Registry.writeNamed w (DistillationKind.name d.Kind) Registry.distillationSettings d
         w.WriteEndArray()
+        // Written only when growing, so that the configurations (and hashes) of earlier runs are unchanged.
+        if config.Head = HeadKind.Growing then w.WriteString("head", "growing")
         w.WriteEndObject()
 
     /// The configuration as canonical JSON (compact, fixed field order), the input of its hash.
@@ -179,7 +181,13 @@ module Config =
                   let name = d.GetProperty("name").GetString()
                   match DistillationKind.parse name with
                   | Some kind -> Registry.readNamed d Registry.distillationSettings (DistillationSettings.Of kind)
-                  | None -> invalidArg (nameof root) (sprintf "unknown distillation term '%s'" name) ] }
+                  | None -> invalidArg (nameof root) (sprintf "unknown distillation term '%s'" name) ]
+          Head =
+            match root.TryGetProperty "head" with
+            | true, h when h.GetString() = "growing" -> HeadKind.Growing
+            | true, h when h.GetString() = "fixed" -> HeadKind.Fixed
+            | true, h -> invalidArg (nameof root) (sprintf "unknown head '%s' (expected fixed or growing)" (h.GetString()))
+            | _ -> HeadKind.Fixed }
 
 /// Configuring and running experiments.
 [<RequireQualifiedAccess>]
@@ -269,7 +277,8 @@ module Experiment =
           Backbone = "mlp"
           Method = entry.Default bufferSize
           Penalty = None
-          Distillation = [] }
+          Distillation = []
+          Head = HeadKind.Fixed }
 
     /// Adds an importance penalty with that method's default settings; the method's gradient clipping
     /// (SI, SCP) comes with it unless the run clips already. None leaves the configuration as is.
@@ -512,6 +521,13 @@ module Experiment =
                         Message = sprintf "a memory of %d examples is larger than the training set in %s (%d examples)" memory d.Folder benchmark.Train.Count } ])
         benchmark
 
+    /// The classifier head's width at the start of a run: every class of the benchmark for a fixed head,
+    /// the first task's classes for a growing one (the shell grows it before later tasks).
+    let initialHeadClasses (config: Config) (benchmark: Benchmark) : int =
+        match config.Head, benchmark.Tasks with
+        | HeadKind.Growing, first :: _ -> Training.requiredClasses first.Classes
+        | _ -> benchmark.NumClasses
+
     /// The training settings of a configuration.
     let settings (config: Config) : TrainingSettings =
         { LearningRate = config.Run.LearningRate
@@ -528,10 +544,11 @@ module Experiment =
         Engine.configureThreads config.Run.Threads
         let started = DateTime.UtcNow
         let clock = Diagnostics.Stopwatch.StartNew()
-        let architecture = Backbones.ofName config.Backbone benchmark.InputShape benchmark.NumClasses
+        let architecture = Backbones.ofName config.Backbone benchmark.InputShape (initialHeadClasses config benchmark)
         let outcome = Training.run architecture benchmark (strategy config) (settings config) hooks cancellation
         { Config = config
-          Architecture = architecture
+          // The model's own: a growing head ends wider than it started.
+          Architecture = outcome.State.Model.Architecture
           Benchmark = benchmark
           Outcome = outcome
           WallSeconds = clock.Elapsed.TotalSeconds

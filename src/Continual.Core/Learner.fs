@@ -30,6 +30,9 @@ type Learner =
       Point: RunPoint
       /// Sections that tools add to the file (the CLI keeps its ONNX figures here), by name.
       Extensions: Map<string, JsonNode>
+      /// Where each task added to the learner after its configuration's benchmark came from, in order
+      /// (`Learner.addTask`): the benchmark's last tasks. Empty for a learner of its benchmark alone.
+      Sources: TaskSource list
       StartedUtc: DateTime }
     /// Tasks learned so far.
     member this.TasksLearned = this.Point.State.NextTask
@@ -51,11 +54,11 @@ module Learner =
     [<Literal>]
     let FileName = "learner.safetensors"
 
-    /// A new learner for a configuration on an already loaded benchmark (the caller keeps it).
-    let createOn (benchmark: Benchmark) (config: Config) : Learner =
+    /// A new learner with a head of `headClasses` outputs (restoring a learner whose head grew).
+    let private createWithHead (benchmark: Benchmark) (config: Config) (headClasses: int) : Learner =
         Experiment.ensureValid config
         Engine.configureThreads config.Run.Threads
-        let architecture = Backbones.ofName config.Backbone benchmark.InputShape benchmark.NumClasses
+        let architecture = Backbones.ofName config.Backbone benchmark.InputShape headClasses
         let strategy = Experiment.strategy config
         let state = Training.initialise architecture benchmark strategy (Experiment.settings config)
         { Config = config
@@ -65,7 +68,13 @@ module Learner =
           Strategy = strategy
           Point = { State = state; Record = RunRecord.empty; Position = None }
           Extensions = Map.empty
+          Sources = []
           StartedUtc = DateTime.UtcNow }
+
+    /// A new learner for a configuration on an already loaded benchmark (the caller keeps it). Its
+    /// head has every class of the benchmark (fixed) or the first task's (growing, `Config.Head`).
+    let createOn (benchmark: Benchmark) (config: Config) : Learner =
+        createWithHead benchmark config (Experiment.initialHeadClasses config benchmark)
 
     /// A new learner for a configuration, loading its benchmark (which the learner then owns).
     let create (config: Config) : Learner =
@@ -82,7 +91,9 @@ module Learner =
         let outcome =
             Training.runFrom learner.Architecture learner.Benchmark learner.Strategy (Experiment.settings learner.Config)
                 hooks cancellation lastTask learner.Point
-        { learner with Point = { State = outcome.State; Record = TrainingOutcome.record outcome; Position = None } }
+        { learner with
+            Architecture = outcome.State.Model.Architecture
+            Point = { State = outcome.State; Record = TrainingOutcome.record outcome; Position = None } }
 
     /// Learns the next task of the stream (raises when every task is learned).
     let learnTask (hooks: RunHooks) (cancellation: CancellationToken) (learner: Learner) : Learner =
@@ -90,6 +101,21 @@ module Learner =
         if next >= learner.TaskCount then
             invalidOp (sprintf "the learner has learned all %d tasks of %s" learner.TaskCount learner.Benchmark.Name)
         learnUntil hooks cancellation (Some next) learner
+
+    /// The learner with one more task at the end of its stream: a one-task benchmark (labels 0..k-1, its
+    /// own class names; the caller keeps it) and where it came from. Its classes get the global indices
+    /// after the learner's, its names are appended, and `learnTask` then learns it, growing the head
+    /// first (whatever `Config.Head` says: a fixed head is fixed for the configuration's benchmark only);
+    /// `evaluate` covers every task's test data. The source is recorded in the learner (and its file), not
+    /// in its configuration. Raises TaskDataError for the same class name in two tasks, a test label that
+    /// never appears in training, or inputs of another shape, and InvalidOperationException for JOINT
+    /// (which learns all its tasks at once).
+    let addTask (source: TaskSource) (task: Benchmark) (learner: Learner) : Learner =
+        if learner.Strategy.Schedule = Joint then
+            invalidOp "JOINT learns all its tasks at once: a task cannot be added to it"
+        let benchmark = TaskStream.append task learner.Benchmark
+        if learner.OwnsBenchmark then Benchmarks.dispose learner.Benchmark
+        { learner with Benchmark = benchmark; OwnsBenchmark = true; Sources = learner.Sources @ [ source ] }
 
     /// The learner's accuracy now on every task's test set (its own classifier: iCaRL's nearest mean
     /// of exemplars where the method has one).
@@ -104,7 +130,7 @@ module Learner =
     /// The learner's results so far as an experiment result (for results.json).
     let result (wallSeconds: float) (learner: Learner) : ExperimentResult =
         { Config = learner.Config
-          Architecture = learner.Architecture
+          Architecture = learner.Point.State.Model.Architecture
           Benchmark = learner.Benchmark
           Outcome = TrainingOutcome.ofRecord learner.Point.Record learner.Point.State
           WallSeconds = wallSeconds
@@ -135,14 +161,26 @@ module Learner =
         root.["startedUtc"] <- JsonValue.Create(learner.StartedUtc.ToString "o")
         root.["configHash"] <- JsonValue.Create(Config.hash learner.Config)
         root.["config"] <- JsonNode.Parse(Config.toJson learner.Config)
-        root.["architecture"] <- JsonValue.Create(Backbones.describe learner.Architecture)
+        root.["architecture"] <- JsonValue.Create(Backbones.describe state.Model.Architecture)
         let b = learner.Benchmark
         let benchmark = JsonObject()
         benchmark.["name"] <- JsonValue.Create b.Name
         benchmark.["classes"] <- JsonValue.Create b.NumClasses
         benchmark.["tasks"] <- JsonArray([| for t in b.Tasks -> ints (Array.ofList t.Classes) :> JsonNode |])
         benchmark.["classToTask"] <- ints b.TaskOfClass
+        benchmark.["classNames"] <- JsonArray([| for n in b.ClassNames -> JsonValue.Create n :> JsonNode |])
         root.["benchmark"] <- benchmark
+        root.["headClasses"] <- JsonValue.Create(Backbones.classes state.Model.Architecture)
+        root.["addedTasks"] <-
+            JsonArray(
+                [| for s in learner.Sources ->
+                       let o = JsonObject()
+                       o.["kind"] <- JsonValue.Create s.Kind
+                       o.["path"] <- JsonValue.Create s.Path
+                       let options = JsonObject()
+                       for KeyValue(k, v) in s.Options do options.[k] <- JsonValue.Create v
+                       o.["options"] <- options
+                       o :> JsonNode |])
         root.["nextTask"] <- JsonValue.Create state.NextTask
         root.["stepsTaken"] <- JsonValue.Create state.StepsTaken
         root.["position"] <-
@@ -185,6 +223,7 @@ module Learner =
                 o.["rng"] <- rngJson buffer.Rng
                 o.["taskIds"] <- ints buffer.TaskIds
                 o.["labels"] <- ints buffer.LabelArray
+                o.["logitWidths"] <- ints buffer.LogitWidths
                 o.["examples"] <- JsonValue.Create(table.Store("buffer.examples", buffer.Examples))
                 o.["labelTensor"] <- JsonValue.Create(table.Store("buffer.labels", buffer.Labels))
                 o.["logits"] <- JsonValue.Create(table.Store("buffer.logits", buffer.Logits))
@@ -299,6 +338,16 @@ module Learner =
     /// Frees the tensors of a file read but not restored.
     let discard (saved: SavedLearner) = for (_, t) in saved.Tensors.Stored do t.Dispose()
 
+    /// The sources of the added tasks a learner file records (none in files of learners that added none).
+    let private sourcesOf (root: JsonObject) : TaskSource list =
+        match root.["addedTasks"] with
+        | null -> []
+        | added ->
+            [ for s in added.AsArray() ->
+                  ({ Kind = s.["kind"].GetValue<string>()
+                     Path = s.["path"].GetValue<string>()
+                     Options = s.["options"].AsObject() |> Seq.map (fun kv -> kv.Key, kv.Value.GetValue<string>()) |> Map.ofSeq } : TaskSource) ]
+
     /// Restores a learner read from a file on a benchmark (the caller keeps it), checking that the
     /// benchmark splits its classes into the same tasks. The learner continues exactly where it was
     /// saved: same model, optimiser, buffer, method states, generators and records.
@@ -310,7 +359,19 @@ module Learner =
         let tasks = root.["benchmark"].["tasks"].AsArray() |> Seq.map (fun t -> t.AsArray() |> Seq.map (fun c -> c.GetValue<int>()) |> List.ofSeq) |> List.ofSeq
         if tasks <> (benchmark.Tasks |> List.map (fun t -> t.Classes)) then
             fail (sprintf "its tasks %A do not match the benchmark %s's" tasks benchmark.Name)
-        let learner = createOn benchmark config
+        match root.["benchmark"].["classNames"] with
+        | null -> ()
+        | names ->
+            let names = names.AsArray() |> Seq.map (fun n -> n.GetValue<string>()) |> List.ofSeq
+            if names <> benchmark.ClassNames then
+                fail (sprintf "its class names %s do not match the benchmark %s's %s" (String.Join(", ", names)) benchmark.Name (String.Join(", ", benchmark.ClassNames)))
+        // Files written before heads could grow have no width: their head is the benchmark's.
+        let headClasses =
+            match root.["headClasses"] with
+            | null -> benchmark.NumClasses
+            | n -> n.GetValue<int>()
+        let sources = sourcesOf root
+        let learner = createWithHead benchmark config headClasses
         let state = learner.Point.State
         let tensor name =
             match saved.Tensors.TryFind name with
@@ -342,7 +403,12 @@ module Learner =
                     let taskIds = o.["taskIds"].AsArray() |> Seq.map (fun v -> v.GetValue<int>()) |> Array.ofSeq
                     let labels = o.["labels"].AsArray() |> Seq.map (fun v -> v.GetValue<int>()) |> Array.ofSeq
                     if taskIds.Length <> b.Capacity || labels.Length <> b.Capacity then fail "corrupted: the buffer's slot lists have the wrong length"
-                    Some { b with TaskIds = taskIds; LabelArray = labels; Seen = o.["seen"].GetValue<int64>(); Rng = rngOf o.["rng"] }
+                    let widths =
+                        match o.["logitWidths"] with
+                        | null -> Array.create b.Capacity (int b.Logits.shape.[1])
+                        | w -> w.AsArray() |> Seq.map (fun v -> v.GetValue<int>()) |> Array.ofSeq
+                    if widths.Length <> b.Capacity then fail "corrupted: the buffer's slot lists have the wrong length"
+                    Some { b with TaskIds = taskIds; LabelArray = labels; LogitWidths = widths; Seen = o.["seen"].GetValue<int64>(); Rng = rngOf o.["rng"] }
                 | None, null -> None
                 | None, _ -> fail "it has a replay buffer, the configuration has none"
             let savedMethods = root.["methods"].AsArray()
@@ -416,6 +482,7 @@ module Learner =
                           CheckpointSeconds = record.["checkpointSeconds"].GetValue<float>() }
                       Position = position }
                 Extensions = extensions
+                Sources = sources
                 StartedUtc = DateTime.Parse(root.["startedUtc"].GetValue<string>(), Globalization.CultureInfo.InvariantCulture, Globalization.DateTimeStyles.RoundtripKind) }
         with
         | LearnerFileError _ ->
@@ -425,19 +492,60 @@ module Learner =
             Training.dispose learner.Point.State
             fail (sprintf "corrupted: %s" e.Message)
 
-    /// Loads a learner file on an already loaded benchmark (the caller keeps it).
-    let loadOn (benchmark: Benchmark) (path: string) : Learner =
+    /// The sources of the tasks a saved learner added to its benchmark.
+    let addedTasks (saved: SavedLearner) : TaskSource list = sourcesOf saved.Root
+
+    /// A loader for learners that added no task: it refuses.
+    let private noLoader (path: string) (source: TaskSource) : Benchmark =
+        raise (LearnerFileError(path, sprintf "it has tasks added from %s '%s': load it with a task loader (Learner.loadWith)" source.Kind source.Path))
+
+    /// The benchmark with the saved learner's added tasks appended, each read by `loader` (new tensors,
+    /// or the benchmark itself when there are none).
+    let private withAddedTasks (loader: TaskSource -> Benchmark) (saved: SavedLearner) (benchmark: Benchmark) : Benchmark =
+        addedTasks saved
+        |> List.fold (fun (current: Benchmark) source ->
+            let task = loader source
+            try
+                let next = TaskStream.append task current
+                if not (obj.ReferenceEquals(current, benchmark)) then Benchmarks.dispose current
+                next
+            finally Benchmarks.dispose task) benchmark
+
+    /// Loads a learner file on an already loaded benchmark (the caller keeps it), reading each task the
+    /// learner added with `loader` (the data loaders' `TaskSource -> Benchmark`).
+    let loadOnWith (loader: TaskSource -> Benchmark) (benchmark: Benchmark) (path: string) : Learner =
         let saved = read path
-        try restoreOn benchmark saved
+        try
+            let full = withAddedTasks loader saved benchmark
+            let owns = not (obj.ReferenceEquals(full, benchmark))
+            try { restoreOn full saved with OwnsBenchmark = owns }
+            with _ ->
+                if owns then Benchmarks.dispose full
+                reraise ()
         finally discard saved
 
-    /// Loads a learner file and the benchmark its configuration names (which the learner then owns).
-    let load (path: string) : Learner =
+    /// Loads a learner file on an already loaded benchmark (the caller keeps it); a learner with added
+    /// tasks needs `loadOnWith`.
+    let loadOn (benchmark: Benchmark) (path: string) : Learner = loadOnWith (noLoader path) benchmark path
+
+    /// Loads a learner file and the benchmark its configuration names (which the learner then owns),
+    /// reading each task the learner added with `loader`.
+    let loadWith (loader: TaskSource -> Benchmark) (path: string) : Learner =
         let saved = read path
         try
             let benchmark = Experiment.loadBenchmark saved.Config
-            try { restoreOn benchmark saved with OwnsBenchmark = true }
+            let full =
+                try withAddedTasks loader saved benchmark
+                with _ ->
+                    Benchmarks.dispose benchmark
+                    reraise ()
+            if not (obj.ReferenceEquals(full, benchmark)) then Benchmarks.dispose benchmark
+            try { restoreOn full saved with OwnsBenchmark = true }
             with _ ->
-                Benchmarks.dispose benchmark
+                Benchmarks.dispose full
                 reraise ()
         finally discard saved
+
+    /// Loads a learner file and the benchmark its configuration names (which the learner then owns); a
+    /// learner with added tasks needs `loadWith`.
+    let load (path: string) : Learner = loadWith (noLoader path) path

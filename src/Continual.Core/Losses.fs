@@ -20,11 +20,24 @@ module Losses =
     let derLogitMatching (logits: Tensor) (storedLogits: Tensor) : Tensor =
         torch.nn.functional.mse_loss(logits, storedLogits)
 
+    /// DER's logit-matching term where only some stored logits hold a value (`valid`, bool, the shape of
+    /// the logits: a head that grew after the examples were stored): the mean over the valid entries of
+    /// the squared difference. With every entry valid it equals `derLogitMatching`.
+    let derLogitMatchingValid (logits: Tensor) (storedLogits: Tensor) (valid: Tensor) : Tensor =
+        use difference = logits.sub storedLogits
+        use squared = difference.square ()
+        use zeros = torch.zeros_like squared
+        use kept = torch.where(valid, squared, zeros)
+        use sum = kept.sum ()
+        use count = valid.sum().to_type(sum.dtype).clamp_min(1.0.ToScalar())
+        sum.div count
+
     /// Logits with every class outside `classes` set to -infinity (Task-IL masking).
     let maskToClasses (classes: int list) (logits: Tensor) : Tensor =
         let numClasses = logits.shape.[logits.shape.Length - 1]
         let keep = Array.create (int numClasses) false
-        for c in classes do keep.[c] <- true
+        // Classes beyond the logits (a growing head that has not reached them) have no column to keep.
+        for c in classes do if c < keep.Length then keep.[c] <- true
         use mask = torch.tensor(keep |> Array.map not, dtype = torch.ScalarType.Bool)
         logits.masked_fill(mask, System.Single.NegativeInfinity)
 

@@ -114,6 +114,11 @@ type Method<'State> =
       Scores: 'State -> (ModelOutput -> Tensor) option
       /// A module the shell builds, trains and owns for the method.
       Auxiliary: AuxiliaryModule<'State> option
+      /// The state after the classifier head grew (between tasks, before the next task's warm-up): every
+      /// tensor shaped by the model's parameters or by the head's width follows it (HeadGrowth's
+      /// helpers), old rows unchanged; snapshots of the old model keep their width. Like every
+      /// transition it returns new tensors and the shell frees the ones dropped.
+      Grow: HeadGrowth -> 'State -> 'State
       /// Everything the state owns (tensors, snapshots): what the shell frees when a transition drops
       /// it and at the end of a run.
       Owned: 'State -> IDisposable list }
@@ -135,6 +140,8 @@ type MethodInstance =
       Observe: (StepView -> MethodInstance) option
       AfterStep: (Tensor list -> MethodInstance) option
       EndTask: TaskContext -> MethodInstance
+      /// The method after the head grew (see Method.Grow).
+      Grow: HeadGrowth -> MethodInstance
       ExtraTrainingData: unit -> LabelledSet option
       Scores: unit -> (ModelOutput -> Tensor) option
       Auxiliary: (Tensor -> torch.nn.Module<Tensor, Tensor>) option
@@ -180,6 +187,7 @@ module Method =
           ExtraTrainingData = fun _ -> None
           Scores = fun _ -> None
           Auxiliary = None
+          Grow = fun _ s -> s
           Owned = fun _ -> [] }
 
     /// Packs a method with a state into the type the shell runs.
@@ -202,6 +210,7 @@ module Method =
           Observe = m.Observe |> Option.map (fun observe -> fun view -> pack m (observe view state))
           AfterStep = m.AfterStep |> Option.map (fun step -> fun parameters -> pack m (step parameters state))
           EndTask = fun context -> pack m (m.EndTask context state)
+          Grow = fun growth -> pack m (m.Grow growth state)
           ExtraTrainingData = fun () -> m.ExtraTrainingData state
           Scores = fun () -> m.Scores state
           Auxiliary = m.Auxiliary |> Option.map (fun a -> a.Build)

@@ -13,14 +13,16 @@ module Metrics =
     let averageAccuracy (r: float[][]) : float = lastRow r |> Array.average
 
     /// Average forgetting: mean over j < T of (max over i < T of R[i][j]) - R[T][j]. None when the matrix
-    /// is not square or has a single task (there is nothing to forget).
+    /// has a single task (there is nothing to forget) or is neither square nor lower-triangular-complete
+    /// (the rows of a learner that added tasks: row i covers at least tasks 0..i).
     let forgetting (r: float[][]) : float option =
         let t = r.Length
-        if t < 2 || r |> Array.exists (fun row -> row.Length <> t) then None
+        // Rows recorded before a task was added to a learner are shorter: row i needs tasks 0..i only.
+        if t < 2 || r.[t - 1].Length <> t || r |> Array.indexed |> Array.exists (fun (i, row) -> row.Length < i + 1 || row.Length > t) then None
         else
             Some(
                 [| for j in 0 .. t - 2 ->
-                     let best = [| for i in 0 .. t - 2 -> r.[i].[j] |] |> Array.max
+                     let best = [| for i in 0 .. t - 2 do if j < r.[i].Length then yield r.[i].[j] |] |> Array.max
                      best - r.[t - 1].[j] |]
                 |> Array.average)
 
@@ -28,7 +30,7 @@ module Metrics =
     /// has a single task.
     let backwardTransfer (r: float[][]) : float option =
         let t = r.Length
-        if t < 2 || r |> Array.exists (fun row -> row.Length <> t) then None
+        if t < 2 || r.[t - 1].Length <> t || r |> Array.indexed |> Array.exists (fun (i, row) -> row.Length < i + 1 || row.Length > t) then None
         else Some([| for j in 0 .. t - 2 -> r.[t - 1].[j] - r.[j].[j] |] |> Array.average)
 
     /// Forward transfer (Lopez-Paz & Ranzato, GEM 2017): mean over j ≥ 1 of R[j-1][j] − b[j], how much

@@ -185,6 +185,74 @@ module Backbones =
         copy.eval ()
         copy
 
+    /// The number of classes (outputs) of an architecture's head.
+    let classes (architecture: Architecture) : int =
+        match architecture with
+        | Mlp(_, _, c) -> c
+        | Cnn(_, _, _, c) -> c
+        | ResNet18(_, _, _, _, c) -> c
+
+    /// The same architecture with a head of another width.
+    let withClasses (count: int) (architecture: Architecture) : Architecture =
+        match architecture with
+        | Mlp(i, h, _) -> Mlp(i, h, count)
+        | Cnn(ch, h, w, _) -> Cnn(ch, h, w, count)
+        | ResNet18(ch, h, w, f, _) -> ResNet18(ch, h, w, f, count)
+
+    /// The weight and bias of a classifier of `count` outputs over `features` inputs, initialised as the
+    /// architecture initialises its own: Xavier-uniform weights and zero biases for the MLP (the DER
+    /// framework's), TorchSharp's default Linear initialisation (PyTorch's: Kaiming-uniform with a = √5,
+    /// biases uniform in ±1/√features) for the CNN and the ResNet. Draws from torch's global generator.
+    let initialClassifier (architecture: Architecture) (features: int64) (count: int) : Tensor * Tensor =
+        use layer = torch.nn.Linear(features, int64 count)
+        use _ = torch.no_grad ()
+        match architecture with
+        | Mlp _ ->
+            torch.nn.init.xavier_uniform_ layer.weight |> ignore
+            torch.nn.init.zeros_ layer.bias |> ignore
+        | Cnn _ | ResNet18 _ -> ()
+        use scope = torch.NewDisposeScope()
+        layer.weight.detach().clone().DetachFromDisposeScope(), layer.bias.detach().clone().DetachFromDisposeScope()
+
+    /// A copy of a backbone whose head has `count` ≥ its classes outputs, on a device: every parameter
+    /// and buffer is copied, the classifier's old rows exactly, and the new rows (outputs) are initialised
+    /// as the architecture initialises its classifier (`initialClassifier`, drawn from torch's global
+    /// generator; nothing else is drawn). The original is left as it was; the copy is in training mode.
+    let grow (device: Device) (count: int) (model: Backbone) : Backbone =
+        let old = classes model.Architecture
+        if count < old then invalidArg (nameof count) (sprintf "a head of %d classes cannot shrink to %d" old count)
+        let architecture = withClasses count model.Architecture
+        // Building the copy draws a whole initialisation; the generator is put back so that only the new
+        // rows draw from it.
+        let generator = torch.get_rng_state ()
+        let copy =
+            try create architecture
+            finally
+                torch.set_rng_state generator
+                generator.Dispose()
+        copy.``to`` device |> ignore
+        let features = (Seq.head (model.Classifier.parameters ())).shape.[1]
+        let weight, bias = initialClassifier model.Architecture features count
+        use _ = torch.no_grad ()
+        try
+            let classifierParameters = Set.ofSeq [ for p in copy.Classifier.parameters () -> p.Handle ]
+            for (target, source) in Seq.zip (copy.parameters ()) (model.parameters ()) do
+                if target.shape = source.shape then target.copy_ source |> ignore
+                elif classifierParameters.Contains target.Handle then
+                    let fresh = if target.shape.Length = 2 then weight else bias
+                    use oldRows = target.narrow(0L, 0L, int64 old)
+                    oldRows.copy_ source |> ignore
+                    use newRows = target.narrow(0L, int64 old, int64 (count - old))
+                    use initial = fresh.narrow(0L, int64 old, int64 (count - old))
+                    newRows.copy_ initial |> ignore
+                else invalidOp (sprintf "growing the head changed a parameter outside the classifier (shape [%s])" (System.String.Join(", ", source.shape)))
+            for (target, source) in Seq.zip (copy.buffers ()) (model.buffers ()) do
+                target.copy_ source |> ignore
+        finally
+            weight.Dispose()
+            bias.Dispose()
+        copy
+
     /// The MLP 784-100-100-10 of the reference protocol.
     let referenceMlp = Mlp(784, [ 100; 100 ], 10)
 

@@ -32,6 +32,9 @@ type ReplayBuffer =
       TaskIds: int[]
       /// The label of each slot (-1 while empty), mirrored on the host.
       LabelArray: int[]
+      /// How many of each slot's logits were stored: the head's width when the example was inserted.
+      /// A head that grew later leaves the columns beyond it without a stored value (zeros in `Logits`).
+      LogitWidths: int[]
       /// How many examples the stream has offered so far.
       Seen: int64
       Rng: RandomState }
@@ -42,7 +45,10 @@ type ReplayBuffer =
 type ReplayDraw =
     { Inputs: Tensor
       Labels: Tensor
-      Logits: Tensor }
+      Logits: Tensor
+      /// Which stored logits hold a value ([n, classes], bool), None when all do: the columns of classes
+      /// added to the head after an example was stored have none.
+      Valid: Tensor option }
 
 /// Operations on replay buffers.
 [<RequireQualifiedAccess>]
@@ -60,6 +66,7 @@ module Replay =
           Logits = allocate [| int64 capacity; int64 classes |] torch.ScalarType.Float32
           TaskIds = Array.create capacity -1
           LabelArray = Array.create capacity -1
+          LogitWidths = Array.create capacity classes
           Seen = 0L
           Rng = rng }
 
@@ -79,6 +86,7 @@ module Replay =
                 placed.[s] <- row
                 buffer.TaskIds.[s] <- task
                 buffer.LabelArray.[s] <- labelArray.[row]
+                buffer.LogitWidths.[s] <- int logits.shape.[1]
             | None -> ()
         if placed.Count > 0 then
             use _ = torch.no_grad ()
@@ -99,10 +107,32 @@ module Replay =
         else
             let indices, rng = Random.sampleWithoutReplacement count buffer.Filled buffer.Rng
             let index = torch.tensor(indices, dtype = torch.ScalarType.Int64)
+            let classes = int buffer.Logits.shape.[1]
+            // Decided on the host, so that a buffer whose logits are all whole (every fixed head) costs nothing more.
+            let valid =
+                if indices |> Array.forall (fun i -> buffer.LogitWidths.[int i] >= classes) then None
+                else
+                    let widths = torch.tensor(indices |> Array.map (fun i -> int64 buffer.LogitWidths.[int i]), dtype = torch.ScalarType.Int64, device = buffer.Logits.device)
+                    let columns = torch.arange(int64 classes, dtype = torch.ScalarType.Int64, device = buffer.Logits.device)
+                    Some(columns.unsqueeze(0L).lt(widths.unsqueeze 1L))
             Some { Inputs = buffer.Examples.index_select(0L, index)
                    Labels = buffer.Labels.index_select(0L, index)
-                   Logits = buffer.Logits.index_select(0L, index) },
+                   Logits = buffer.Logits.index_select(0L, index)
+                   Valid = valid },
             { buffer with Rng = rng }
+
+    /// The buffer for a head of `classes` ≥ its width: the stored logits get zero columns, which
+    /// `LogitWidths` marks as not stored (the old tensor is left to the caller to free).
+    let grow (classes: int) (buffer: ReplayBuffer) : ReplayBuffer =
+        let width = int buffer.Logits.shape.[1]
+        if classes < width then invalidArg (nameof classes) (sprintf "the buffer's logits cannot shrink from %d to %d" width classes)
+        if classes = width then buffer
+        else
+            use _ = torch.no_grad ()
+            use zeros = torch.zeros([| int64 buffer.Capacity; int64 (classes - width) |], dtype = buffer.Logits.dtype, device = buffer.Logits.device)
+            { buffer with
+                Logits = torch.cat([| buffer.Logits; zeros |], 1L).DetachFromDisposeScope()
+                LogitWidths = Array.copy buffer.LogitWidths }
 
     /// Frees the buffer's tensors.
     let dispose (buffer: ReplayBuffer) =

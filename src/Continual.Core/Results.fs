@@ -61,6 +61,14 @@ module Results =
              for c in t.Classes do w.WriteNumberValue c
              w.WriteEndArray()
          w.WriteEndArray()
+         // Names by class index, and the task (0-based) that brought each class.
+         w.WriteStartArray "classNames"
+         for n in result.Benchmark.ClassNames do w.WriteStringValue n
+         w.WriteEndArray()
+         w.WriteStartArray "classToTask"
+         for t in result.Benchmark.TaskOfClass do w.WriteNumberValue t
+         w.WriteEndArray()
+         w.WriteNumber("headClasses", Backbones.classes result.Architecture)
          w.WriteEndObject()
          writeMatrix w "classIl" o.ClassIl
          writeMatrix w "taskIl" o.TaskIl

@@ -203,7 +203,7 @@ module Training =
         let features = let c, h, w = benchmark.InputShape in c * h * w
         let buffer =
             if strategy.BufferSize > 0 then
-                let b = Replay.create strategy.BufferSize features benchmark.NumClasses (Random.split 1L rng)
+                let b = Replay.create strategy.BufferSize features (Backbones.classes architecture) (Random.split 1L rng)
                 // `to` makes a new handle even on the same device; the first one is freed.
                 let moved (t: Tensor) =
                     let m = t.``to``(settings.Device).DetachFromDisposeScope()
@@ -541,6 +541,52 @@ module Training =
         onEvent (PhaseStarted(context.Task, "end of task"))
         { state with Methods = state.Methods |> List.map (phase (fun m -> context.Cancellation.ThrowIfCancellationRequested(); m.EndTask context)) }
 
+    /// The head width that classes need: one output per class index up to the largest.
+    let requiredClasses (classes: int list) : int = if classes.IsEmpty then 0 else 1 + List.max classes
+
+    /// The state with the classifier head grown to `classes` outputs (between tasks): a grown copy of
+    /// the model (old outputs exactly, new ones initialised as the backbone initialises its classifier,
+    /// `Backbones.grow`), its flat layout, a new SGD over its parameters with the same settings (plain
+    /// SGD keeps no state between steps, so nothing is lost) plus the auxiliary modules' groups, the
+    /// buffer's stored logits widened (`Replay.grow`) and every method's state grown (`Method.Grow`).
+    /// The old model, layout, optimiser and whatever the methods dropped are freed.
+    let growHead (settings: TrainingSettings) (classes: int) (state: TrainingState) : TrainingState =
+        let oldClasses = Backbones.classes state.Model.Architecture
+        if classes <= oldClasses then state
+        else
+            let model = Backbones.grow settings.Device classes state.Model
+            let flat = FlatParameters.create model
+            let optimiser =
+                torch.optim.SGD(model.parameters (), settings.LearningRate, weight_decay = settings.WeightDecay) :> torch.optim.Optimizer
+            for (_, auxiliary) in state.Auxiliary do
+                match optimiser with
+                | :? Modules.SGD as sgd ->
+                    sgd.add_param_group(Modules.SGD.ParamGroup(auxiliary.parameters (), settings.LearningRate, 0.0, 0.0, 0.0, false, false))
+                | _ -> ()
+            let parameters = PerSample.parameters model
+            let growth =
+                { OldClasses = oldClasses
+                  NewClasses = classes
+                  OldShapes = state.ParameterList |> List.map (fun p -> p.shape)
+                  Parameters = parameters }
+            let buffer =
+                state.Buffer
+                |> Option.map (fun b ->
+                    let grown = Replay.grow classes b
+                    if not (obj.ReferenceEquals(grown.Logits, b.Logits)) then b.Logits.Dispose()
+                    grown)
+            let methods = state.Methods |> List.map (phase (fun m -> m.Grow growth))
+            state.Optimiser.Dispose()
+            FlatParameters.dispose state.Parameters
+            state.Model.Dispose()
+            { state with
+                Model = model
+                Parameters = flat
+                ParameterList = parameters
+                Optimiser = optimiser
+                Buffer = buffer
+                Methods = methods }
+
     /// The units a strategy trains, in order: (task index, its classes, whether the data is a copy the
     /// run frees). JOINT trains one unit of every class.
     let private units (strategy: Strategy) (benchmark: Benchmark) =
@@ -582,6 +628,13 @@ module Training =
                 let resumeAt = start.Position |> Option.filter (fun p -> p.Task = taskIndex)
                 let earlier = resumeAt |> Option.map (fun p -> p.Seconds) |> Option.defaultValue 0.0
                 let clock = Stopwatch.StartNew()
+                // A task that brings classes beyond the head grows it first (a growing head, or tasks
+                // added to a learner); a task resumed from inside grew before it was saved.
+                let needed = requiredClasses classes
+                if resumeAt.IsNone && needed > Backbones.classes state.Model.Architecture then
+                    hooks.OnEvent(PhaseStarted(taskIndex, sprintf "growing the head to %d classes" needed))
+                    state <- growHead settings needed state
+                let architecture = state.Model.Architecture
                 let data = if ownsData then Benchmarks.selectClasses classes benchmark.Train else benchmark.Train
                 let seen =
                     benchmark.Tasks |> List.filter (fun t -> t.Index <= taskIndex) |> List.collect (fun t -> t.Classes) |> List.append classes |> List.distinct |> List.sort
@@ -648,7 +701,7 @@ module Training =
                 hooks.AfterTask
                     { Task = taskIndex
                       Model = state.Model
-                      Architecture = architecture
+                      Architecture = state.Model.Architecture
                       Benchmark = benchmark
                       Accuracies = logitAccuracies
                       TestSets = testSets

@@ -24,7 +24,8 @@ module Comparison =
     /// of row-major logits [rows, classes] against labels.
     let correctCounts (logits: float32[]) (classes: int) (labels: int[]) (taskClasses: int list) : int * int =
         let all = Array.init classes id
-        let own = taskClasses |> List.sort |> Array.ofList
+        // A growing head has no outputs yet for the classes of later tasks: Task-IL masks to those it has.
+        let own = taskClasses |> List.filter (fun c -> c < classes) |> List.sort |> Array.ofList
         let mutable classIl = 0
         let mutable taskIl = 0
         for r in 0 .. labels.Length - 1 do

@@ -105,13 +105,19 @@ module FileCheck =
             try Runtime.load preference bytes
             with ModelLoadError reason -> raise (InvalidModelFile(path, reason))
         let classes = loaded.OutputFeatures
-        if info.ClassToTask.Length <> classes then
+        // The map covers the stream's classes; a growing head has logits for the classes seen so far.
+        if info.ClassToTask.Length < classes then
             raise (InvalidModelFile(path, sprintf "the class-to-task map has %d classes but the model has %d logits" info.ClassToTask.Length classes))
+        match info.ClassesSeen |> List.tryFind (fun c -> c >= classes) with
+        | Some c -> raise (InvalidModelFile(path, sprintf "the metadata has seen class %d but the model has %d logits" c classes))
+        | None -> ()
+        if not info.ClassNames.IsEmpty && info.ClassNames.Length <> classes then
+            raise (InvalidModelFile(path, sprintf "the metadata names %d classes (continual.class_names) but the model has %d logits" info.ClassNames.Length classes))
         let test = readTestSet path info dataFolder
         try
             if test.Features <> loaded.InputFeatures then
                 raise (InvalidModelFile(path, sprintf "the model takes %d features but the images in %s have %d" loaded.InputFeatures dataFolder test.Features))
-            let tasks = [ for t in 1 .. info.TaskCount -> t, [ for c in 0 .. classes - 1 do if info.ClassToTask.[c] = t then c ] ]
+            let tasks = [ for t in 1 .. info.TaskCount -> t, [ for c in 0 .. info.ClassToTask.Length - 1 do if info.ClassToTask.[c] = t then c ] ]
             let results =
                 tasks
                 |> List.map (fun (_, taskClasses) ->

@@ -19,6 +19,9 @@ type TaskModelInfo =
       /// For each class c (index), the 1-based task that brings it: Task-IL masks the logits of
       /// every class whose task differs from the requested one.
       ClassToTask: int[]
+      /// The name of every class by output index (`continual.class_names`, a JSON array), so that a
+      /// service can answer with names; empty in files written before names were recorded.
+      ClassNames: string list
       Strategy: string
       /// `Continual.Results.configHash` of the run's configuration.
       ConfigHash: string
@@ -67,6 +70,7 @@ module Metadata =
           Prefix + "task_count", string info.TaskCount
           Prefix + "classes_seen", json (Array.ofList info.ClassesSeen)
           Prefix + "class_to_task", json info.ClassToTask
+          if not info.ClassNames.IsEmpty then Prefix + "class_names", json (Array.ofList info.ClassNames)
           Prefix + "strategy", info.Strategy
           Prefix + "config_hash", info.ConfigHash
           Prefix + "benchmark", info.Benchmark
@@ -114,6 +118,9 @@ module Metadata =
           for k in recorded.Keys do
               if k.StartsWith Prefix && not (known.Contains k) then
                   sprintf "the metadata key %s is not part of format %s" k FormatVersion
+          // One name per output: a growing head's model has outputs for the classes seen so far only.
+          if info.ClassNames.Length > classes then
+              sprintf "%s names %d classes but %s lists %d" (key "class_names") info.ClassNames.Length (key "class_to_task") classes
           if classes < 1 || classes > MaxClasses then
               sprintf "%s lists %d classes (expected 1 to %d)" (key "class_to_task") classes MaxClasses
           elif info.TaskCount < 1 || info.TaskCount > classes then
@@ -212,6 +219,13 @@ module Metadata =
                       TaskCount = parse "task_count" int
                       ClassesSeen = ints "classes_seen" |> List.ofArray
                       ClassToTask = ints "class_to_task"
+                      ClassNames =
+                        if d.ContainsKey(Prefix + "class_names") then
+                            parse "class_names" (fun v ->
+                                match JsonSerializer.Deserialize<string[]> v with
+                                | null -> failwith "null"
+                                | a -> List.ofArray a)
+                        else []
                       Strategy = get "strategy"
                       ConfigHash = get "config_hash"
                       Benchmark = get "benchmark"

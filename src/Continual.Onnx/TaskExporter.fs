@@ -93,6 +93,7 @@ module TaskExporter =
             if settings.Run.Joint then b.Tasks |> List.collect (fun t -> t.Classes) |> List.sort
             else b.Tasks |> List.filter (fun t -> t.Index <= after.Task) |> List.collect (fun t -> t.Classes) |> List.sort
           ClassToTask = b.TaskOfClass |> Array.map (fun t -> t + 1)
+          ClassNames = b.ClassNames |> List.truncate (Backbones.classes after.Architecture)
           Strategy = settings.Run.Strategy
           ConfigHash = settings.Run.ConfigHash
           Benchmark = settings.Run.Benchmark
@@ -294,7 +295,7 @@ module WarmUp =
         tensors.["w.bias"] <- torch.zeros(2L)
         let exported = Export.ofGraph { Name = "warm-up"; InputFeatures = 2; Layers = [ Gemm "w"; Relu ] } tensors (fun _ -> true)
         let info =
-            { Task = 1; TaskCount = 1; ClassesSeen = [ 0; 1 ]; ClassToTask = [| 1; 1 |]; Strategy = ""; ConfigHash = ""
+            { Task = 1; TaskCount = 1; ClassesSeen = [ 0; 1 ]; ClassToTask = [| 1; 1 |]; ClassNames = []; Strategy = ""; ConfigHash = ""
               Benchmark = ""; Architecture = ""; TestPerClass = None; TestExamples = [| 1 |]; ClassIlCorrect = [| 1 |]; TaskIlCorrect = [| 1 |] }
         let bytes = Export.toBytes (Metadata.stamp info exported.Model)
         match Checks.parse bytes with

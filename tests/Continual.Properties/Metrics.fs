@@ -49,7 +49,8 @@ let private bestLastRow (strict: bool) : Gen<float[][]> =
     }
 
 /// Matrices on which forgetting and transfer are undefined: rectangular (JOINT's single row among
-/// them), ragged, one task, no rows.
+/// them), ragged (a row shorter than its index + 1, longer than the tasks, or a short last row), one
+/// task, no rows.
 let private undefinedShape : Gen<float[][]> =
     Gen.oneof [
         gen {
@@ -61,7 +62,8 @@ let private undefinedShape : Gen<float[][]> =
             let! t = Gen.choose (2, 8)
             let! r = matrix t t
             let! i = Gen.choose (0, t - 1)
-            let! length = Gen.choose (0, 9) |> Gen.filter (fun n -> n <> t)
+            // Row i may cover only tasks 0..i (a learner that added tasks); shorter or longer is undefined.
+            let! length = Gen.choose (0, 9) |> Gen.filter (fun n -> n <> t && (i = t - 1 || n < i + 1 || n > t))
             let! row = Gen.arrayOfLength length accuracy
             return Array.updateAt i row r
         }

@@ -45,6 +45,24 @@ let tests =
             Expect.isFalse (Directory.Exists out) "nothing written"
         }
 
+        test "run --growing-head grows the head to every class, records class names, and exports task models of growing width that verify" {
+            use tmp = new TempFolder()
+            writeSyntheticFolder tmp.Path 20 5
+            let out = Path.Combine(tmp.Path, "out")
+            let code = Continual.Cli.Program.run [| "run"; "--data"; tmp.Path; "--strategy"; "derpp"; "--buffer"; "40"; "--growing-head"; "--out"; out; "--quiet" |]
+            Expect.equal code 0 "exit code"
+            use doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(out, "results.json")))
+            let root = doc.RootElement
+            Expect.equal (root.GetProperty("config").GetProperty("head").GetString()) "growing" "the head recorded in the configuration"
+            let benchmark = root.GetProperty "benchmark"
+            Expect.equal (benchmark.GetProperty("headClasses").GetInt32()) 10 "the head grew to every class"
+            Expect.equal (benchmark.GetProperty("classNames").GetArrayLength()) 10 "class names"
+            Expect.equal (benchmark.GetProperty("classToTask").[9].GetInt32()) 4 "class-to-task map"
+            for task in 1 .. 5 do
+                let code = Continual.Cli.Program.run [| "verify"; Path.Combine(out, sprintf "task-%d.onnx" task); "--data"; tmp.Path |]
+                Expect.equal code 0 (sprintf "task-%d.onnx (%d outputs) verifies on its own" task (2 * task))
+        }
+
         test "run writes results.json and results.csv with configuration, matrices, metrics, timings and versions" {
             use tmp = new TempFolder()
             writeSyntheticFolder tmp.Path 20 5

@@ -185,7 +185,7 @@ let distillTests =
                 let e0 = match e0.Auxiliary with Some build -> e0.Attach(build (Training.embed model (first.Stored.narrow(0L, 0L, 1L)))) | None -> e0
                 let e1 = e0 |> end' (context model 0 first) |> begin' (context model 1 second)
                 // The relation graph reads a buffer draw: give it one (the first task's data).
-                let draw = { Inputs = first.Stored; Labels = first.Labels; Logits = torch.zeros(10L, 10L) } : ReplayDraw
+                let draw = { Inputs = first.Stored; Labels = first.Labels; Logits = torch.zeros(10L, 10L); Valid = None } : ReplayDraw
                 let all = model.ForwardWithFeatures(torch.cat([| second.Stored; first.Stored |], 0L))
                 let n = int64 second.LabelArray.Length
                 let v =

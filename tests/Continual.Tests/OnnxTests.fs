@@ -610,7 +610,7 @@ let metadataTests =
     testList "metadata" [
         test "metadata round-trips and the graph hash guards the graph" {
             let info =
-                { Task = 2; TaskCount = 5; ClassesSeen = [ 0; 1; 2; 3 ]; ClassToTask = [| 1; 1; 2; 2; 3; 3; 4; 4; 5; 5 |]
+                { Task = 2; TaskCount = 5; ClassesSeen = [ 0; 1; 2; 3 ]; ClassToTask = [| 1; 1; 2; 2; 3; 3; 4; 4; 5; 5 |]; ClassNames = []
                   Strategy = "er"; ConfigHash = "abc"; Benchmark = "split-fmnist"; Architecture = "mlp 20-16-12-6"
                   TestPerClass = Some 7; TestExamples = [| 14; 14; 14; 14; 14 |]
                   ClassIlCorrect = [| 3; 14; 0; 0; 1 |]; TaskIlCorrect = [| 14; 13; 7; 8; 9 |] }

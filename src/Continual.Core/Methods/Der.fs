@@ -35,7 +35,13 @@ module Der =
 
     /// The DER logit term alone: α times the MSE between the current and the stored logits.
     let logitTerm (alpha: float) (replay: ReplayView) : LossTerm =
-        { Name = "der.logits"; Value = (Losses.derLogitMatching replay.Logits replay.Draw.Logits).mul(alpha.ToScalar()) }
+        let matching =
+            match replay.Draw.Valid with
+            | None -> Losses.derLogitMatching replay.Logits replay.Draw.Logits
+            // Examples stored before the head grew have no stored logits for the newer classes: those
+            // columns are left out, not compared with an invented target (docs/growing-head.md).
+            | Some valid -> Losses.derLogitMatchingValid replay.Logits replay.Draw.Logits valid
+        { Name = "der.logits"; Value = matching.mul(alpha.ToScalar()) }
 
     /// DER as a method: CE on the batch plus α × MSE to the stored logits of the draw.
     let derMethod (settings: Settings) : Method<unit> =

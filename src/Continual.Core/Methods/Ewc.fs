@@ -1,6 +1,7 @@
 namespace Continual.Methods
 
 open Continual
+open Continual.Models
 open Continual.Penalties
 open TorchSharp
 
@@ -32,6 +33,13 @@ module Ewc =
         let tasks = state.Tasks @ [ fisher, ParameterTensors.copy context.Parameters ]
         { Tasks = tasks; Penalty = Some(Quadratic.consolidate Half settings.Lambda tasks); Rng = rng }
 
+    /// EWC after the head grew: every task's Fisher gets zero rows (the new outputs did not exist for
+    /// that task: unconstrained), its anchor the new rows' initial values; the penalty likewise.
+    let grow (growth: HeadGrowth) (state: State) : State =
+        { state with
+            Tasks = state.Tasks |> List.map (fun (f, a) -> HeadGrowth.growTensors growth RowFill.Zeros f, HeadGrowth.growTensors growth RowFill.Initial a)
+            Penalty = HeadGrowth.growPenalty growth state.Penalty }
+
     /// The tensors EWC's state owns.
     let owned (state: State) =
         Method.tensors [ for (f, a) in state.Tasks do yield! f; yield! a ]
@@ -42,6 +50,7 @@ module Ewc =
         { Method.empty "ewc" with
             Penalties = fun s -> Method.penaltyTerms "ewc" s.Penalty
             EndTask = endTask settings
+            Grow = grow
             Owned = owned }
 
     /// EWC packed with its initial state, its generator drawn from the run's seed.

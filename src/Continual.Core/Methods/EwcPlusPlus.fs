@@ -1,6 +1,7 @@
 namespace Continual.Methods
 
 open Continual
+open Continual.Models
 open Continual.Penalties
 open TorchSharp
 
@@ -42,6 +43,14 @@ module EwcPlusPlus =
             Running = Some running
             Penalty = Some(Quadratic.create Half lambda running parameters) }
 
+    /// EWC++ after the head grew: the running Fisher gets zero rows (the running average of the new
+    /// outputs starts from nothing, as the whole Fisher does on the first batch), the penalty zero
+    /// curvature and the initial values as anchor on the new rows.
+    let grow (growth: HeadGrowth) (state: State) : State =
+        { state with
+            Running = HeadGrowth.growOptional growth RowFill.Zeros state.Running
+            Penalty = HeadGrowth.growPenalty growth state.Penalty }
+
     /// The tensors EWC++'s state owns.
     let owned (state: State) =
         Method.optionalTensors state.Running @ Method.ownedPenalty state.Penalty
@@ -56,6 +65,7 @@ module EwcPlusPlus =
                         Importance.batchFisherBlend settings.Fisher view.Model view.Parameters view.Batch.Inputs view.Output.Features view.Output.Logits view.Batch.LabelArray
                     observe settings.FisherAlpha view.Batch.LabelArray.Length blend view.Parameters s)
             EndTask = fun c s -> endTask settings.Lambda c.Parameters s
+            Grow = grow
             Owned = owned }
 
     /// EWC++ packed with its initial state, its generator drawn from the run's seed.

@@ -100,6 +100,20 @@ module Icarl =
                 let distances = output.Embedding.unsqueeze(1L).sub(table.unsqueeze 0L).pow((2.0).ToScalar()).sum(2L)
                 distances.neg().masked_fill(missing.unsqueeze 0L, System.Single.NegativeInfinity))
 
+    /// iCaRL after the head grew: the class-mean table gets zero rows for the new classes, marked as
+    /// having no exemplars (they get means at the task's end); exemplars and the snapshot (old width:
+    /// its targets are taken for the old classes only) are kept.
+    let grow (growth: HeadGrowth) (state: State) : State =
+        match state.Means with
+        | None -> state
+        | Some(table, missing) ->
+            use _ = torch.no_grad ()
+            use scope = torch.NewDisposeScope()
+            let extra = int64 (growth.NewClasses - growth.OldClasses)
+            let table' = torch.cat([| table; torch.zeros([| extra; table.shape.[1] |], dtype = table.dtype, device = table.device) |], 0L)
+            let missing' = torch.cat([| missing; torch.ones([| extra |], dtype = torch.ScalarType.Bool, device = missing.device) |], 0L)
+            { state with Means = Some(table'.DetachFromDisposeScope(), missing'.DetachFromDisposeScope()) }
+
     /// The tensors and the snapshot iCaRL's state owns.
     let owned (state: State) : System.IDisposable list =
         Method.tensors [ for e in state.Exemplars -> e.Inputs ]
@@ -114,6 +128,7 @@ module Icarl =
             EndTask = endTask settings
             ExtraTrainingData = fun s -> Exemplars.asTrainingSet s.Exemplars
             Scores = scores
+            Grow = grow
             Owned = owned }
 
     /// iCaRL as a strategy (its memory is the method's exemplar store, not the reservoir buffer).

@@ -1,6 +1,7 @@
 namespace Continual.Methods
 
 open Continual
+open Continual.Models
 open Continual.Penalties
 open TorchSharp
 
@@ -35,6 +36,8 @@ module L2 =
         { Method.empty "l2" with
             Penalties = fun s -> Method.penaltyTerms "l2" s.Penalty
             EndTask = endTask settings
+            // New outputs get importance 0, not L2's 1: no task anchored them.
+            Grow = fun growth s -> { Penalty = HeadGrowth.growPenalty growth s.Penalty }
             Owned = fun s -> Method.ownedPenalty s.Penalty }
 
     /// L2 packed before the first task.

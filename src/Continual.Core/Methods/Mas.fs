@@ -1,6 +1,7 @@
 namespace Continual.Methods
 
 open Continual
+open Continual.Models
 open Continual.Penalties
 open TorchSharp
 
@@ -36,6 +37,12 @@ module Mas =
         { Importance = Some importance
           Penalty = Some(Quadratic.create Half settings.Lambda importance context.Parameters) }
 
+    /// MAS after the head grew: Ω gets zero rows, the penalty zero curvature and the initial values as
+    /// anchor on the new rows.
+    let grow (growth: HeadGrowth) (state: State) : State =
+        { Importance = HeadGrowth.growOptional growth RowFill.Zeros state.Importance
+          Penalty = HeadGrowth.growPenalty growth state.Penalty }
+
     /// The tensors MAS's state owns.
     let owned (state: State) =
         Method.optionalTensors state.Importance @ Method.ownedPenalty state.Penalty
@@ -45,6 +52,7 @@ module Mas =
         { Method.empty "mas" with
             Penalties = fun s -> Method.penaltyTerms "mas" s.Penalty
             EndTask = endTask settings
+            Grow = grow
             Owned = owned }
 
     /// MAS packed with its initial state.

@@ -1,6 +1,7 @@
 namespace Continual.Methods
 
 open Continual
+open Continual.Models
 open Continual.Penalties
 open TorchSharp
 
@@ -47,6 +48,13 @@ module OnlineEwc =
           Penalty = Some(Quadratic.create Whole settings.Lambda fisher context.Parameters)
           Rng = rng }
 
+    /// Online EWC after the head grew: the running Fisher gets zero rows, the penalty zero curvature and
+    /// the initial values as anchor on the new rows.
+    let grow (growth: HeadGrowth) (state: State) : State =
+        { state with
+            Fisher = HeadGrowth.growOptional growth RowFill.Zeros state.Fisher
+            Penalty = HeadGrowth.growPenalty growth state.Penalty }
+
     /// The tensors online EWC's state owns.
     let owned (state: State) =
         Method.optionalTensors state.Fisher @ Method.ownedPenalty state.Penalty
@@ -56,6 +64,7 @@ module OnlineEwc =
         { Method.empty "ewc-online" with
             Penalties = fun s -> Method.penaltyTerms "ewc-online" s.Penalty
             EndTask = endTask settings
+            Grow = grow
             Owned = owned }
 
     /// Online EWC packed with its initial state, its generator drawn from the run's seed.

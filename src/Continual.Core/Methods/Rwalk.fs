@@ -1,6 +1,7 @@
 namespace Continual.Methods
 
 open Continual
+open Continual.Models
 open Continual.Penalties
 open TorchSharp
 
@@ -124,6 +125,19 @@ module Rwalk =
             PreviousScores = Some averaged
             Penalty = Some penalty }
 
+    /// RWalk after the head grew: the running Fisher, the window's loss and every score get zero rows,
+    /// the window's start the new rows' initial values, the penalty zero curvature and the initial
+    /// values as anchor on the new rows.
+    let grow (growth: HeadGrowth) (state: State) : State =
+        let zeros = HeadGrowth.growOptional growth RowFill.Zeros
+        { state with
+            Running = zeros state.Running
+            WindowLoss = zeros state.WindowLoss
+            WindowStart = HeadGrowth.growOptional growth RowFill.Initial state.WindowStart
+            Scores = zeros state.Scores
+            PreviousScores = zeros state.PreviousScores
+            Penalty = HeadGrowth.growPenalty growth state.Penalty }
+
     /// The tensors RWalk's state owns.
     let owned (state: State) =
         [ state.Running; state.WindowLoss; state.WindowStart; state.Scores; state.PreviousScores ]
@@ -142,6 +156,7 @@ module Rwalk =
                     observe settings.FisherAlpha view.Batch.LabelArray.Length blend (Importance.gradients view.Parameters) s)
             AfterStep = Some(fun parameters s -> afterStep settings.ScoreEvery settings.Epsilon parameters s)
             EndTask = fun c s -> endTask settings.Lambda settings.Epsilon c.Parameters s
+            Grow = grow
             Owned = owned }
 
     /// RWalk packed with its initial state, its generator drawn from the run's seed.

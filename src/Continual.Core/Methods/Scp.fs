@@ -1,6 +1,7 @@
 namespace Continual.Methods
 
 open Continual
+open Continual.Models
 open Continual.Penalties
 open TorchSharp
 
@@ -51,6 +52,13 @@ module Scp =
           Penalty = Some(Quadratic.create Whole settings.Lambda gamma context.Parameters)
           Rng = rng }
 
+    /// SCP after the head grew: Γ gets zero rows, the penalty zero curvature and the initial values as
+    /// anchor on the new rows.
+    let grow (growth: HeadGrowth) (state: State) : State =
+        { state with
+            Gamma = HeadGrowth.growOptional growth RowFill.Zeros state.Gamma
+            Penalty = HeadGrowth.growPenalty growth state.Penalty }
+
     /// The tensors SCP's state owns.
     let owned (state: State) =
         Method.optionalTensors state.Gamma @ Method.ownedPenalty state.Penalty
@@ -60,6 +68,7 @@ module Scp =
         { Method.empty "scp" with
             Penalties = fun s -> Method.penaltyTerms "scp" s.Penalty
             EndTask = endTask settings
+            Grow = grow
             Owned = owned }
 
     /// SCP packed with its initial state, its generator drawn from the run's seed.

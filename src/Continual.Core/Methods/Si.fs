@@ -1,6 +1,7 @@
 namespace Continual.Methods
 
 open Continual
+open Continual.Models
 open Continual.Penalties
 open TorchSharp
 
@@ -77,6 +78,16 @@ module Si =
                 Penalty = Some(Quadratic.create Whole c importance anchor) }
         | _ -> invalidOp "SI ended a task it did not begin"
 
+    /// SI after the head grew: ω and Ω get zero rows (no path walked yet), θ_start the new rows'
+    /// initial values (their path starts there), the penalty zero curvature and the initial values as
+    /// anchor on the new rows.
+    let grow (growth: HeadGrowth) (state: State) : State =
+        { state with
+            Omega = HeadGrowth.growOptional growth RowFill.Zeros state.Omega
+            Importance = HeadGrowth.growOptional growth RowFill.Zeros state.Importance
+            Start = HeadGrowth.growOptional growth RowFill.Initial state.Start
+            Penalty = HeadGrowth.growPenalty growth state.Penalty }
+
     /// The tensors SI's state owns.
     let owned (state: State) =
         Method.optionalTensors state.Omega
@@ -91,6 +102,7 @@ module Si =
             Penalties = fun s -> Method.penaltyTerms "si" s.Penalty
             Observe = Some(fun view s -> observe (Importance.gradients view.Parameters) s)
             EndTask = fun c s -> endTask settings.C settings.Xi c.Parameters s
+            Grow = grow
             Owned = owned }
 
     /// SI packed with its initial state.

@@ -119,7 +119,7 @@ let viewOf (inputs: Block) (batchLabels: int[]) (logits: Block) (draws: Draw opt
       Replay =
         draws
         |> List.map (Option.map (fun d ->
-            { Draw = { Inputs = d.Inputs.Tensor; Labels = labelTensor d.Labels; Logits = d.Stored.Tensor }
+            { Draw = { Inputs = d.Inputs.Tensor; Labels = labelTensor d.Labels; Logits = d.Stored.Tensor; Valid = None }
               Logits = d.Current.Tensor
               Features = [] }))
       Model = model
