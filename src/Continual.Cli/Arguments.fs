@@ -192,6 +192,7 @@ type ResumeArgs =
 type LearnArgs =
     | [<Mandatory>] From of folder: string
     | Tasks of range: string
+    | Task of path: string
     | Checkpoint_Every of steps: int
     | Quiet
     | [<GatherUnrecognized; Hidden>] Saved of string
@@ -201,6 +202,7 @@ type LearnArgs =
             match this with
             | From _ -> "the --out folder of a run whose learner continues (learner.safetensors); results and task models are added there. Options of run may follow (e.g. --seed 0): each must agree with the saved configuration."
             | Tasks _ -> "the tasks to learn, numbered from 1 and starting at the next one, e.g. 4-5 (default: every remaining task)."
+            | Task _ -> "add ONE new task to the learner and learn it: a folder (train/<class>/ and test/<class>/ images, train.csv and test.csv, or .npy files) or MANIFEST#N (the manifest's task N, from 1). The head grows for its classes; every task seen so far is evaluated; docs/data.md."
             | Saved _ -> "any option of run, checked against the saved configuration."
             | other -> Help.of' other
 

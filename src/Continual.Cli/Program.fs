@@ -477,10 +477,20 @@ let private holdSaved (folder: string) (options: string list) : OutputFolder.Hol
         (hold :> IDisposable).Dispose()
         reraise ()
 
-/// Restores a checked learner file with its benchmark (which the learner owns).
+/// Restores a checked learner file with its benchmark and the tasks it added (which the learner owns).
 let private restore (saved: Learner.SavedLearner) : Learner =
     try
-        let benchmark = Experiment.loadBenchmark saved.Config
+        let initial = Experiment.loadBenchmark saved.Config
+        let benchmark =
+            try Learner.appendAddedTasks (Learner.loaderFor saved.Path) saved initial
+            with
+            | LearnerFileError(path, reason) ->
+                Benchmarks.dispose initial
+                raise (LearnerProblem(sprintf "%s: %s (nothing was changed)" path reason))
+            | _ ->
+                Benchmarks.dispose initial
+                reraise ()
+        if not (obj.ReferenceEquals(benchmark, initial)) then Benchmarks.dispose initial
         try { Learner.restoreOn benchmark saved with OwnsBenchmark = true }
         with
         | LearnerFileError(path, reason) ->
@@ -526,15 +536,69 @@ let private resumeCommand (results: ParseResults<ResumeArgs>) =
             next + 1, learner.TaskCount, learner.Point.State.StepsTaken)
     learnInto hold section every (results.Contains ResumeArgs.Quiet) clock learner
 
+/// The options a new task's data are read with, so that they fit the learner: images are brought to
+/// its input size and colour, tables read with its label column and scale.
+let private taskOptionsFor (learner: Learner) : Map<string, string> =
+    let channels, height, width = learner.Benchmark.InputShape
+    if learner.Benchmark.Train.Stored.dtype = TorchSharp.torch.ScalarType.Byte then
+        Map.ofList
+            [ "imageSize", Data.ImageOptions.sizeText (height, width)
+              "colour", (if channels = 1 then "gray" else "rgb") ]
+    else
+        let source = learner.Config.Data.Source
+        Map.ofList
+            [ yield "labelColumn", source.LabelColumn
+              match source.FeatureScale with
+              | Some s -> yield "featureScale", s.ToString("R", Globalization.CultureInfo.InvariantCulture)
+              | None -> () ]
+
+/// `learn --from RUN --task PATH`: the learner with PATH's task added to its stream (checked before any
+/// work), or a one-line reason.
+let private withNewTask (path: string) (learner: Learner) : Learner =
+    let fail reason =
+        Learner.dispose learner
+        raise (LearnerProblem(sprintf "%s (nothing was changed)" reason))
+    if nextTask learner < learner.TaskCount then
+        fail (sprintf "--task %s: the learner has learned %d of its %d tasks; learn the rest first (continual learn --from RUN_DIR, or resume)" path (nextTask learner) learner.TaskCount)
+    let source =
+        try Data.TaskLoaders.sourceOf (taskOptionsFor learner) path
+        with e ->
+            Learner.dispose learner
+            raise e
+    let task =
+        try Data.TaskLoaders.load source
+        with e ->
+            Learner.dispose learner
+            raise e
+    try
+        try Learner.addTask source task learner
+        with
+        | Data.TaskDataError reason -> fail (sprintf "--task %s: %s" path reason)
+        | :? InvalidOperationException as e -> fail (sprintf "--task %s: %s" path e.Message)
+    finally Benchmarks.dispose task
+
 let private learnCommand (results: ParseResults<LearnArgs>) =
     let folder = results.GetResult LearnArgs.From
     let every = checkpointEvery (results.TryGetResult LearnArgs.Checkpoint_Every)
     let range = results.TryGetResult LearnArgs.Tasks |> Option.map (fun t -> t, taskRange t)
+    let newTask = results.TryGetResult LearnArgs.Task
+    if newTask.IsSome && range.IsSome then
+        raise (UsageProblem [ "--task adds a new task and --tasks learns tasks the learner already has: give one of them" ])
     let hold, saved = holdSaved folder (results.GetResults LearnArgs.Saved)
     use hold = hold
     let out = hold.Path
     let clock = Diagnostics.Stopwatch.StartNew()
     let learner = restore saved
+    let learner =
+        match newTask with
+        | Some path ->
+            let grown = withNewTask path learner
+            AnsiConsole.MarkupLine(
+                "added task {0} from {1}: {2}",
+                grown.TaskCount, Markup.Escape path, Markup.Escape(String.concat ", " (grown.Benchmark.ClassNames |> List.skip (grown.Benchmark.NumClasses - (List.last grown.Benchmark.Tasks).Classes.Length))))
+            hold.EnsureSpace(outputBytes grown)
+            grown
+        | None -> learner
     let next = nextTask learner
     let last =
         match range with

@@ -9,17 +9,19 @@ let private f2 (v: float) = v.ToString("0.00", Globalization.CultureInfo.Invaria
 
 let private optional (v: float option) = match v with Some x -> f2 x | None -> "-"
 
-/// A table of an accuracy matrix: one row per training step, one column per task.
+/// A table of an accuracy matrix: one row per training step, one column per task. A learner that added
+/// tasks has shorter early rows (a task not yet in its stream shows "-").
 let matrixTable (title: string) (m: float[][]) =
     let table = Table(Title = TableTitle(title))
     table.AddColumn(TableColumn("after task")) |> ignore
-    let tasks = if m.Length = 0 then 0 else m.[0].Length
+    let tasks = if m.Length = 0 then 0 else m |> Array.map Array.length |> Array.max
     for j in 0 .. tasks - 1 do
         table.AddColumn(TableColumn(sprintf "task %d" (j + 1)).RightAligned()) |> ignore
     table.AddColumn(TableColumn("mean").RightAligned()) |> ignore
     m |> Array.iteri (fun i row ->
         let label = if m.Length = 1 && tasks > 1 then "all (joint)" else string (i + 1)
-        table.AddRow(Array.concat [ [| label |]; row |> Array.map f2; [| f2 (Array.average row) |] ]) |> ignore)
+        let missing = Array.create (tasks - row.Length) "-"
+        table.AddRow(Array.concat [ [| label |]; row |> Array.map f2; missing; [| f2 (Array.average row) |] ]) |> ignore)
     table
 
 /// The final figures of a run in both scenarios.

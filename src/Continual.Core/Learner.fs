@@ -495,13 +495,15 @@ module Learner =
     /// The sources of the tasks a saved learner added to its benchmark.
     let addedTasks (saved: SavedLearner) : TaskSource list = sourcesOf saved.Root
 
-    /// A loader for learners that added no task: it refuses.
-    let private noLoader (path: string) (source: TaskSource) : Benchmark =
-        raise (LearnerFileError(path, sprintf "it has tasks added from %s '%s': load it with a task loader (Learner.loadWith)" source.Kind source.Path))
+    /// The loader of `load` and `loadOn`: the data loaders' own kinds (TaskLoaders); a task of another
+    /// kind (e.g. arrays given in memory) needs `loadWith` and a loader that knows it.
+    let private defaultLoader (path: string) (source: TaskSource) : Benchmark =
+        if List.contains source.Kind TaskLoaders.kinds then TaskLoaders.load source
+        else raise (LearnerFileError(path, sprintf "it has a task added from %s '%s', which only its own loader can read again: load it with Learner.loadWith" source.Kind source.Path))
 
     /// The benchmark with the saved learner's added tasks appended, each read by `loader` (new tensors,
     /// or the benchmark itself when there are none).
-    let private withAddedTasks (loader: TaskSource -> Benchmark) (saved: SavedLearner) (benchmark: Benchmark) : Benchmark =
+    let appendAddedTasks (loader: TaskSource -> Benchmark) (saved: SavedLearner) (benchmark: Benchmark) : Benchmark =
         addedTasks saved
         |> List.fold (fun (current: Benchmark) source ->
             let task = loader source
@@ -516,7 +518,7 @@ module Learner =
     let loadOnWith (loader: TaskSource -> Benchmark) (benchmark: Benchmark) (path: string) : Learner =
         let saved = read path
         try
-            let full = withAddedTasks loader saved benchmark
+            let full = appendAddedTasks loader saved benchmark
             let owns = not (obj.ReferenceEquals(full, benchmark))
             try { restoreOn full saved with OwnsBenchmark = owns }
             with _ ->
@@ -524,9 +526,9 @@ module Learner =
                 reraise ()
         finally discard saved
 
-    /// Loads a learner file on an already loaded benchmark (the caller keeps it); a learner with added
-    /// tasks needs `loadOnWith`.
-    let loadOn (benchmark: Benchmark) (path: string) : Learner = loadOnWith (noLoader path) benchmark path
+    /// Loads a learner file on an already loaded benchmark (the caller keeps it), reading the tasks it
+    /// added with the data loaders (TaskLoaders).
+    let loadOn (benchmark: Benchmark) (path: string) : Learner = loadOnWith (defaultLoader path) benchmark path
 
     /// Loads a learner file and the benchmark its configuration names (which the learner then owns),
     /// reading each task the learner added with `loader`.
@@ -535,7 +537,7 @@ module Learner =
         try
             let benchmark = Experiment.loadBenchmark saved.Config
             let full =
-                try withAddedTasks loader saved benchmark
+                try appendAddedTasks loader saved benchmark
                 with _ ->
                     Benchmarks.dispose benchmark
                     reraise ()
@@ -546,6 +548,9 @@ module Learner =
                 reraise ()
         finally discard saved
 
-    /// Loads a learner file and the benchmark its configuration names (which the learner then owns); a
-    /// learner with added tasks needs `loadWith`.
-    let load (path: string) : Learner = loadWith (noLoader path) path
+    /// Loads a learner file and the benchmark its configuration names (which the learner then owns),
+    /// reading the tasks it added with the data loaders (TaskLoaders).
+    let load (path: string) : Learner = loadWith (defaultLoader path) path
+
+    /// The loader `load` uses for a learner file: the data loaders' kinds, and a clear error for others.
+    let loaderFor (path: string) : TaskSource -> Benchmark = defaultLoader path
