@@ -2,7 +2,8 @@
 # The packages work in a fresh project: packs them (scripts/pack.sh) into a local folder feed, copies
 # samples/ into a fresh temporary folder with its own NuGet.config (the feed, plus the machine's usual
 # sources), builds and runs the C# and the F# sample against the packages, then installs the `continual`
-# tool from the feed with `dotnet tool install --tool-path` and runs a small benchmark with it.
+# tool from the feed with `dotnet tool install --tool-path` and runs a small benchmark with it; also
+# compiles the C# blocks of README.md and docs/csharp.md against the packages.
 # Our package ids are removed from the global packages folder first, so no stale copy is used.
 # Each check prints PASS or FAIL; the last line is "N passed, N failed"; the exit code is non-zero
 # when a check failed.
@@ -54,6 +55,10 @@ check build-fsharp-sample build FSharp/Continual.Samples.FSharp.fsproj
 check csharp-sample-uses-feed grep -q "\"Continual.CSharp/$version\"" CSharp/obj/project.assets.json
 check run-csharp-sample CSharp/bin/Release/net10.0/linux-x64/Continual.Samples.CSharp "$data" "$work/out-csharp"
 check run-fsharp-sample FSharp/bin/Release/net10.0/linux-x64/Continual.Samples.FSharp "$data" "$work/out-fsharp"
+
+# The C# blocks of README.md and docs/csharp.md compile as written against the packages.
+check docs-csharp-snippets-compile bash -c "python3 '$repo/scripts/snippets-project.py' '$work/snippets' '$version' \
+    '$repo/README.md' '$repo/docs/csharp.md' && dotnet build '$work/snippets/Snippets.csproj' -c Release -nologo -clp:ErrorsOnly -v:quiet"
 
 # The tool, as `dotnet tool install` gives it to a user.
 check tool-install dotnet tool install --tool-path "$work/tool" --add-source "$feed" --version "$version" continual
