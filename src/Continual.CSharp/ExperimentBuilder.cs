@@ -320,6 +320,7 @@ public sealed class ExperimentBuilder
     /// <exception cref="ExperimentValidationException">The configuration is not valid (nothing was run).</exception>
     /// <exception cref="ContinualDataException">A data file is missing or unreadable.</exception>
     /// <exception cref="OperationCanceledException">The token was cancelled.</exception>
+    /// <exception cref="TrainingDivergedException">The loss stopped being a finite number (nothing is kept).</exception>
     public ExperimentResult Run(IProgress<TrainingProgress>? progress = null, CancellationToken cancellationToken = default)
     {
         var config = ValidConfig();
@@ -331,9 +332,9 @@ public sealed class ExperimentBuilder
         {
             result = CoreExperiment.run(config, hooks, cancellationToken);
         }
-        catch (DataFileError e)
+        catch (Exception e) when (FacadeErrors.Translate(e) is { } translated)
         {
-            throw new ContinualDataException(e.path, e.reason, e);
+            throw translated;
         }
         return new ExperimentResult(result, new ExperimentSettings(config));
     }

@@ -83,9 +83,9 @@ public sealed class Learner : IDisposable
         {
             return new Learner(CoreLearners.create(config));
         }
-        catch (global::Continual.Data.DataFileError e)
+        catch (Exception e) when (FacadeErrors.Translate(e) is { } translated)
         {
-            throw new ContinualDataException(e.path, e.reason, e);
+            throw translated;
         }
     }
 
@@ -120,9 +120,9 @@ public sealed class Learner : IDisposable
             {
                 throw new LearnerFileException(path, "its configuration is not valid: " + e.Message, e);
             }
-            catch (global::Continual.Data.DataFileError e)
+            catch (Exception e) when (FacadeErrors.Translate(e) is { } translated)
             {
-                throw new ContinualDataException(e.path, e.reason, e);
+                throw translated;
             }
         }).ConfigureAwait(false);
     }
@@ -176,6 +176,8 @@ public sealed class Learner : IDisposable
     /// </exception>
     /// <exception cref="ObjectDisposedException">The learner was disposed.</exception>
     /// <exception cref="OperationCanceledException">The token was cancelled.</exception>
+    /// <exception cref="TrainingDivergedException">The loss stopped being a finite number; the learner is unusable.</exception>
+    /// <exception cref="ContinualDataException">The benchmark's data could not be read.</exception>
     public Task<LearnedTask> LearnTaskAsync(IProgress<TrainingProgress>? progress = null, CancellationToken cancellationToken = default) =>
         RunAsync(nameof(LearnTaskAsync), () =>
         {
@@ -196,7 +198,8 @@ public sealed class Learner : IDisposable
             catch (Exception e)
             {
                 // The core freed the model, optimiser, buffer and methods: nothing can go on from here.
-                _broken = $"its {nameof(LearnTaskAsync)} failed or was cancelled inside task {next} ({e.GetType().Name}), which freed its training state; load a saved learner file to go on";
+                _broken = $"its {nameof(LearnTaskAsync)} failed or was cancelled inside task {next + 1} ({e.GetType().Name}), which freed its training state; load a saved learner file to go on";
+                if (FacadeErrors.Translate(e) is { } translated) throw translated;
                 throw;
             }
             _learner = learned;
@@ -221,6 +224,10 @@ public sealed class Learner : IDisposable
         {
             var accuracies = CoreLearners.evaluate(_learner);
             return new LearnerEvaluation(ReadOnly(accuracies.ClassIl), ReadOnly(accuracies.TaskIl));
+        }
+        catch (Exception e) when (FacadeErrors.Translate(e) is { } translated)
+        {
+            throw translated;
         }
         finally
         {
@@ -286,11 +293,9 @@ public sealed class Learner : IDisposable
                 ReadOnly(v.OnnxTaskIlCorrect),
                 TimeSpan.FromSeconds(v.ExportSeconds + v.VerifySeconds + v.WriteSeconds));
         }
-        catch (Exception e) when (e is global::Continual.Onnx.VerificationFailed
-                                      or global::Continual.Onnx.ExportError
-                                      or global::Continual.Onnx.ModelLoadError)
+        catch (Exception e) when (FacadeErrors.Translate(e) is { } translated)
         {
-            throw new OnnxExportException(e.Message, e);
+            throw translated;
         }
         finally
         {
@@ -353,6 +358,10 @@ public sealed class Learner : IDisposable
         try
         {
             return await Task.Run(body).ConfigureAwait(false);
+        }
+        catch (Exception e) when (FacadeErrors.Translate(e) is { } translated)
+        {
+            throw translated;
         }
         finally
         {
