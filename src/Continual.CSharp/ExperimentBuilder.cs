@@ -315,7 +315,10 @@ public sealed class ExperimentBuilder
     /// is evaluated. Reports are made on the training thread; <see cref="Progress{T}"/> forwards them to its
     /// synchronisation context (and may deliver the last ones after this method returns).
     /// </param>
-    /// <param name="cancellationToken">Checked before loading and before every training step.</param>
+    /// <param name="cancellationToken">
+    /// Observed while the data loads (the call returns at once; the load ends in the background) and checked before
+    /// every training step and evaluation phase.
+    /// </param>
     /// <returns>The result; dispose it to release the trained model.</returns>
     /// <exception cref="ExperimentValidationException">The configuration is not valid (nothing was run).</exception>
     /// <exception cref="ContinualDataException">A data file is missing or unreadable.</exception>
@@ -328,15 +331,45 @@ public sealed class ExperimentBuilder
         var events = new ProgressTranslator(progress);
         var hooks = global::Continual.RunHooksModule.events(FuncConvert.FromAction<global::Continual.TrainingEvent>(events.OnEvent));
         global::Continual.ExperimentResult result;
+        var clock = System.Diagnostics.Stopwatch.StartNew();
         try
         {
-            result = CoreExperiment.run(config, hooks, cancellationToken);
+            var benchmark = LoadBenchmark(config, cancellationToken);
+            try
+            {
+                var run = CoreExperiment.runOn(benchmark, config, hooks, cancellationToken);
+                // The wall time includes loading, as the core's Experiment.run counts it.
+                result = new global::Continual.ExperimentResult(run.Config, run.Architecture, run.Benchmark, run.Outcome, clock.Elapsed.TotalSeconds, run.StartedUtc);
+            }
+            finally
+            {
+                Benchmarks.dispose(benchmark);
+            }
         }
         catch (Exception e) when (FacadeErrors.Translate(e) is { } translated)
         {
             throw translated;
         }
         return new ExperimentResult(result, new ExperimentSettings(config));
+    }
+
+    /// <summary>
+    /// Loads the benchmark on a thread-pool thread while the caller waits on <paramref name="cancellationToken"/>:
+    /// a cancellation while the files are read throws at once; the abandoned load frees what it read when it ends.
+    /// </summary>
+    internal static Benchmark LoadBenchmark(CoreConfig config, CancellationToken cancellationToken)
+    {
+        cancellationToken.ThrowIfCancellationRequested();
+        var loading = Task.Run(() => CoreExperiment.loadBenchmark(config));
+        try
+        {
+            return loading.WaitAsync(cancellationToken).GetAwaiter().GetResult();
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            loading.ContinueWith(t => { if (t.IsCompletedSuccessfully) Benchmarks.dispose(t.Result); }, TaskScheduler.Default);
+            throw;
+        }
     }
 
     /// <summary>
@@ -603,20 +636,20 @@ public sealed class ExperimentBuilder
             {
                 case global::Continual.TrainingEvent.TaskStarted started:
                     _steps[started.task] = started.steps;
-                    progress.Report(new TrainingProgress(TrainingProgressKind.TaskStarted, started.task, 0, started.steps, null, null, null, null));
+                    progress.Report(new TrainingProgress(TrainingProgressKind.TaskStarted, started.task + 1, 0, started.steps, null, null, null, null));
                     break;
                 case global::Continual.TrainingEvent.PhaseStarted phase:
                     var total = _steps.GetValueOrDefault(phase.task);
-                    progress.Report(new TrainingProgress(TrainingProgressKind.PhaseStarted, phase.task, total, total, null, null, null, null, phase.phase));
+                    progress.Report(new TrainingProgress(TrainingProgressKind.PhaseStarted, phase.task + 1, total, total, null, null, null, null, phase.phase));
                     break;
                 case global::Continual.TrainingEvent.StepsCompleted done:
-                    progress.Report(new TrainingProgress(TrainingProgressKind.StepsCompleted, done.task, done.completed, done.steps, done.meanLoss, null, null, null));
+                    progress.Report(new TrainingProgress(TrainingProgressKind.StepsCompleted, done.task + 1, done.completed, done.steps, done.meanLoss, null, null, null));
                     break;
                 case global::Continual.TrainingEvent.TaskFinished finished:
                     var steps = _steps.GetValueOrDefault(finished.task);
                     progress.Report(new TrainingProgress(
                         TrainingProgressKind.TaskFinished,
-                        finished.task,
+                        finished.task + 1,
                         steps,
                         steps,
                         null,

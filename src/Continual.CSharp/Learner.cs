@@ -164,7 +164,7 @@ public sealed class Learner : IDisposable
     /// loaded from a file saved inside a task finishes that task.
     /// </summary>
     /// <param name="progress">
-    /// Receives the same reports as <see cref="ExperimentBuilder.Run"/> (tasks counted from 0), on the training thread.
+    /// Receives the same reports as <see cref="ExperimentBuilder.Run"/> (tasks counted from 1), on the training thread.
     /// </param>
     /// <param name="cancellationToken">
     /// Checked before the task starts and before every training step. A cancellation before the task starts leaves
@@ -205,7 +205,7 @@ public sealed class Learner : IDisposable
             _learner = learned;
             var record = learned.Point.Record;
             return new LearnedTask(
-                learned.TasksLearned - 1,
+                learned.TasksLearned,
                 ReadOnly(record.ClassIl[^1]),
                 ReadOnly(record.TaskIl[^1]),
                 TimeSpan.FromSeconds(record.TaskSeconds[^1]));
@@ -401,7 +401,7 @@ public sealed class LearnedTask
         Time = time;
     }
 
-    /// <summary>The task learned, counted from 0 (as <see cref="TrainingProgress.Task"/>).</summary>
+    /// <summary>The task learned, counted from 1 (as <see cref="TrainingProgress.Task"/>).</summary>
     public int Task { get; }
 
     /// <summary>Class-IL accuracy (percent) on every task's test set after this task: the new row of <see cref="Learner.ClassIncremental"/>.</summary>

@@ -1,5 +1,5 @@
 using System.Reflection;
-using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 
 namespace Continual.CSharp.Tests;
 
@@ -17,6 +17,7 @@ internal static partial class Checks
         ("surface: every exception type of the core and of Continual.Onnx is translated at the façade's boundary", EveryCoreExceptionIsTranslated),
         ("surface: a diverging run throws TrainingDivergedException, its task counted from 1", DivergingRunThrowsDotNetException),
         ("surface: a diverging learner throws TrainingDivergedException and is then refused", DivergingLearnerThrowsDotNetException),
+        ("cancel: a token cancelled while the data loads ends Run while the load is still blocked", CancellationObservedWhileLoading),
     ];
 
     private static Assembly Facade => typeof(ExperimentBuilder).Assembly;
@@ -134,5 +135,52 @@ internal static partial class Checks
         Assert.Equal(1, e.Task);
         var refused = await Assert.ThrowsAsync<InvalidOperationException>(() => learner.LearnTaskAsync());
         Assert.True(refused.Message.Contains("inside task 1", StringComparison.Ordinal), refused.Message);
+    }
+
+    [DllImport("libc", SetLastError = true)]
+    private static extern int mkfifo(string path, uint mode);
+
+    [DllImport("libc", SetLastError = true)]
+    private static extern int open(string path, int flags);
+
+    [DllImport("libc", SetLastError = true)]
+    private static extern int close(int fd);
+
+    private static async Task CancellationObservedWhileLoading()
+    {
+        // The training images are a FIFO: the loader blocks opening it until a writer comes, and then in reading
+        // it until the writer closes it. Cancelling while it is blocked there must end Run at once.
+        var folder = TestData.NewFolder("fifo");
+        foreach (var file in Directory.GetFiles(TestData.Folder))
+            File.Copy(file, Path.Combine(folder, Path.GetFileName(file)));
+        var fifo = Path.Combine(folder, "train-images-idx3-ubyte");
+        File.Delete(fifo);
+        Assert.True(mkfifo(fifo, Convert.ToUInt32("600", 8)) == 0, $"mkfifo failed ({Marshal.GetLastPInvokeError()})");
+        using var source = new CancellationTokenSource();
+        var recorder = new Recorder();
+        var run = Task.Run(() => Subset().WithDataFolder(folder).WithStrategy("sgd").Run(recorder, source.Token));
+        // A non-blocking open for writing succeeds only once a reader has the FIFO open: then the load is under way.
+        const int WriteOnlyNonBlocking = 0x1 | 0x800;
+        var writer = -1;
+        for (var i = 0; i < 6000 && writer < 0 && !run.IsCompleted; i++)
+        {
+            writer = open(fifo, WriteOnlyNonBlocking);
+            if (writer < 0) await Task.Delay(10);
+        }
+        try
+        {
+            Assert.True(writer >= 0, run.IsCompleted ? $"the run ended before reading the data: {run.Exception?.InnerException?.Message}" : "the load never opened the FIFO");
+            source.Cancel();
+            // The writer stays open, so the load cannot end: only the cancellation can end Run. (Without it, Run
+            // would wait here for ever; the bound only keeps a failing check from hanging the suite.)
+            var ended = await Task.WhenAny(run, Task.Delay(TimeSpan.FromMinutes(2))) == run;
+            Assert.True(ended, "Run did not end while the data was loading");
+            await Assert.ThrowsAsync<OperationCanceledException>(() => run);
+            Assert.Equal(0, recorder.Reports.Count);
+        }
+        finally
+        {
+            if (writer >= 0) close(writer);   // the abandoned load reads end-of-file and ends
+        }
     }
 }

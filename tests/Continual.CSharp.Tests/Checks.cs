@@ -449,10 +449,10 @@ internal static partial class Checks
         Assert.True(reports.Count > 0, "no progress reported");
         var started = reports.Where(r => r.Kind == TrainingProgressKind.TaskStarted).ToList();
         var finished = reports.Where(r => r.Kind == TrainingProgressKind.TaskFinished).ToList();
-        Assert.True(started.Select(r => r.Task).SequenceEqual([0, 1, 2, 3, 4]), "one TaskStarted per task, in order");
-        Assert.True(finished.Select(r => r.Task).SequenceEqual([0, 1, 2, 3, 4]), "one TaskFinished per task, in order");
+        Assert.True(started.Select(r => r.Task).SequenceEqual([1, 2, 3, 4, 5]), "one TaskStarted per task, in order, counted from 1");
+        Assert.True(finished.Select(r => r.Task).SequenceEqual([1, 2, 3, 4, 5]), "one TaskFinished per task, in order, counted from 1");
         Assert.Equal(result.Steps, (long)started.Sum(r => r.TotalSteps));
-        for (var t = 0; t < 5; t++)
+        for (var t = 1; t <= 5; t++)
         {
             var ofTask = reports.Where(r => r.Task == t).ToList();
             Assert.Equal(TrainingProgressKind.TaskStarted, ofTask[0].Kind);
@@ -462,8 +462,8 @@ internal static partial class Checks
             Assert.True(steps.All(s => s.MeanLoss is double l && double.IsFinite(l) && l >= 0), $"task {t}: loss not a finite non-negative number");
             Assert.Equal(ofTask[0].TotalSteps, steps[^1].CompletedSteps);
             Assert.Equal(1.0, ofTask[^1].Fraction);
-            Assert.True(ofTask[^1].ClassIncrementalAccuracies!.SequenceEqual(result.ClassIncremental[t]), $"task {t}: reported Class-IL differs from the matrix row");
-            Assert.True(ofTask[^1].TaskIncrementalAccuracies!.SequenceEqual(result.TaskIncremental[t]), $"task {t}: reported Task-IL differs from the matrix row");
+            Assert.True(ofTask[^1].ClassIncrementalAccuracies!.SequenceEqual(result.ClassIncremental[t - 1]), $"task {t}: reported Class-IL differs from the matrix row");
+            Assert.True(ofTask[^1].TaskIncrementalAccuracies!.SequenceEqual(result.TaskIncremental[t - 1]), $"task {t}: reported Task-IL differs from the matrix row");
             Assert.True(ofTask[^1].TaskTime > TimeSpan.Zero);
         }
         return Task.CompletedTask;
@@ -561,7 +561,7 @@ internal static partial class Checks
         Console.WriteLine($"     live tensors: {before} before, {held} while the result is held, {after} after Dispose (drift {drift})");
         // Diagnostic only: what a cancelled run leaves to the finalizers.
         using var source = new CancellationTokenSource();
-        var recorder = new Recorder(r => { if (r.Kind == TrainingProgressKind.TaskFinished && r.Task == 0) source.Cancel(); });
+        var recorder = new Recorder(r => { if (r.Kind == TrainingProgressKind.TaskFinished && r.Task == 1) source.Cancel(); });
         var leftBefore = LiveTensors();
         Assert.Throws<OperationCanceledException>(() => builder.Run(recorder, source.Token));
         Console.WriteLine($"     a cancelled run leaves {LiveTensors() - leftBefore - drift} tensors alive after a garbage collection");
@@ -663,16 +663,16 @@ internal static partial class Checks
     private static Task CancellationStopsTheRun()
     {
         using var source = new CancellationTokenSource();
-        // Cancel as soon as task 1 (the second) has been trained and evaluated.
+        // Cancel as soon as task 2 has been trained and evaluated.
         var recorder = new Recorder(r =>
         {
-            if (r.Kind == TrainingProgressKind.TaskFinished && r.Task == 1) source.Cancel();
+            if (r.Kind == TrainingProgressKind.TaskFinished && r.Task == 2) source.Cancel();
         });
         var builder = Subset().WithStrategy("derpp").WithBuffer(500);
         Assert.Throws<OperationCanceledException>(() => builder.Run(recorder, source.Token));
-        var afterCancel = recorder.Reports.SkipWhile(r => !(r.Kind == TrainingProgressKind.TaskFinished && r.Task == 1)).Skip(1).ToList();
-        // The shell may announce task 2, but not a single step of it is completed.
-        Assert.True(afterCancel.All(r => r.Kind == TrainingProgressKind.TaskStarted && r.Task == 2),
+        var afterCancel = recorder.Reports.SkipWhile(r => !(r.Kind == TrainingProgressKind.TaskFinished && r.Task == 2)).Skip(1).ToList();
+        // The shell may announce task 3, but not a single step of it is completed.
+        Assert.True(afterCancel.All(r => r.Kind == TrainingProgressKind.TaskStarted && r.Task == 3),
             "reports after cancelling: " + string.Join(" | ", afterCancel));
         Assert.Equal(2, recorder.Reports.Count(r => r.Kind == TrainingProgressKind.TaskFinished));
         // A run after a cancelled one works normally.
@@ -694,7 +694,7 @@ internal static partial class Checks
         using var source = new CancellationTokenSource();
         var recorder = new Recorder(r =>
         {
-            if (r.Kind == TrainingProgressKind.TaskStarted && r.Task == 0) source.Cancel();
+            if (r.Kind == TrainingProgressKind.TaskStarted && r.Task == 1) source.Cancel();
         });
         await Assert.ThrowsAsync<OperationCanceledException>(() => Subset().WithStrategy("er").RunAsync(recorder, source.Token));
         Assert.True(recorder.Reports.All(r => r.Kind == TrainingProgressKind.TaskStarted), "no step completed after cancelling");
