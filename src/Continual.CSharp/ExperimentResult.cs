@@ -131,7 +131,26 @@ public sealed class ExperimentResult : IDisposable
     /// <remarks>A strategy that evaluates with a classifier of its own (e.g. nearest mean of exemplars) may predict differently.</remarks>
     /// <exception cref="ObjectDisposedException">The result was disposed.</exception>
     /// <exception cref="ArgumentException">The length is not a multiple of <see cref="InputFeatures"/>.</exception>
-    public int[] Predict(ReadOnlySpan<float> inputs)
+    public int[] Predict(ReadOnlySpan<float> inputs) => ArgMax(PredictLogits(inputs), null);
+
+    /// <summary>
+    /// Task-IL predictions: the caller says which task the examples come from, and each prediction is the argmax
+    /// over that task's classes only (<see cref="TaskClasses"/>), as the Task-IL accuracies are measured.
+    /// </summary>
+    /// <param name="inputs">Consecutive rows of <see cref="InputFeatures"/> numbers (pixel / 255).</param>
+    /// <param name="task">The task the examples come from, counted from 1.</param>
+    /// <exception cref="ObjectDisposedException">The result was disposed.</exception>
+    /// <exception cref="ArgumentException">The length is not a multiple of <see cref="InputFeatures"/>.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="task"/> is not between 1 and the number of tasks.</exception>
+    public int[] Predict(ReadOnlySpan<float> inputs, int task) => ArgMax(PredictLogits(inputs), TaskMask(task));
+
+    /// <summary>
+    /// The trained network's logits for the examples: <see cref="ClassCount"/> numbers per example, row after row
+    /// (the same numbers the exported ONNX model gives).
+    /// </summary>
+    /// <exception cref="ObjectDisposedException">The result was disposed.</exception>
+    /// <exception cref="ArgumentException">The length is not a multiple of <see cref="InputFeatures"/>.</exception>
+    public float[] PredictLogits(ReadOnlySpan<float> inputs)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (inputs.Length % InputFeatures != 0)
@@ -148,13 +167,72 @@ public sealed class ExperimentResult : IDisposable
         model.eval();
         try
         {
-            var predicted = model.forward(x).argmax(1L).cpu();
-            return predicted.data<long>().ToArray().Select(p => (int)p).ToArray();
+            return model.forward(x).cpu().data<float>().ToArray();
         }
         finally
         {
             model.train();
         }
+    }
+
+    /// <summary>
+    /// Class probabilities for the examples, <see cref="ClassCount"/> per example, row after row: the softmax of the
+    /// logits over all classes, or, when <paramref name="task"/> is given (Task-IL), over that task's classes only
+    /// (the other classes get 0).
+    /// </summary>
+    /// <param name="inputs">Consecutive rows of <see cref="InputFeatures"/> numbers (pixel / 255).</param>
+    /// <param name="task">The task the examples come from, counted from 1; null for Class-IL.</param>
+    /// <exception cref="ObjectDisposedException">The result was disposed.</exception>
+    /// <exception cref="ArgumentException">The length is not a multiple of <see cref="InputFeatures"/>.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="task"/> is not between 1 and the number of tasks.</exception>
+    public float[] PredictProbabilities(ReadOnlySpan<float> inputs, int? task = null)
+    {
+        var mask = task is int t ? TaskMask(t) : null;
+        var logits = PredictLogits(inputs);
+        var probabilities = new float[logits.Length];
+        for (var row = 0; row < logits.Length / ClassCount; row++)
+        {
+            var at = row * ClassCount;
+            var max = double.NegativeInfinity;
+            for (var c = 0; c < ClassCount; c++)
+                if (mask is null || mask[c]) max = Math.Max(max, logits[at + c]);
+            var sum = 0.0;
+            var e = new double[ClassCount];
+            for (var c = 0; c < ClassCount; c++)
+            {
+                e[c] = mask is null || mask[c] ? Math.Exp(logits[at + c] - max) : 0.0;
+                sum += e[c];
+            }
+            for (var c = 0; c < ClassCount; c++) probabilities[at + c] = (float)(e[c] / sum);
+        }
+        return probabilities;
+    }
+
+    private bool[] TaskMask(int task)
+    {
+        if (task < 1 || task > TaskClasses.Count)
+        {
+            throw new ArgumentOutOfRangeException(nameof(task), task, $"tasks are counted from 1 to {TaskClasses.Count}");
+        }
+        var mask = new bool[ClassCount];
+        foreach (var c in TaskClasses[task - 1]) mask[c] = true;
+        return mask;
+    }
+
+    private int[] ArgMax(float[] logits, bool[]? mask)
+    {
+        var predictions = new int[logits.Length / ClassCount];
+        for (var row = 0; row < predictions.Length; row++)
+        {
+            var best = -1;
+            for (var c = 0; c < ClassCount; c++)
+            {
+                if (mask is not null && !mask[c]) continue;
+                if (best < 0 || logits[row * ClassCount + c] > logits[row * ClassCount + best]) best = c;
+            }
+            predictions[row] = best;
+        }
+        return predictions;
     }
 
     /// <summary>results.json's content: configuration, matrices, metrics, timings and versions.</summary>

@@ -34,7 +34,7 @@ internal static partial class Checks
         ("run: same seed gives identical matrices, another seed differs", SameSeedSameMatrices),
         ("run: progress is reported for every task", ProgressIsReported),
         ("run: results files are written", ResultsFilesAreWritten),
-        ("run: Predict agrees with the last row; Dispose releases the model", PredictAndDispose),
+        ("run: Predict (Class-IL and Task-IL), its logits and probabilities agree with the last row; Dispose releases the model", PredictAndDispose),
         ("run: Dispose frees every tensor the run kept", DisposeFreesTensors),
         ("run: JOINT has one row and undefined forgetting", JointHasOneRow),
         ("run: TrainPerClass / TestPerClass restrict the data", PerClassLimits),
@@ -520,7 +520,30 @@ internal static partial class Checks
             Assert.True(predicted.All(c => c >= 0 && c < result.ClassCount));
             var accuracy = 100.0 * rows.Where((r, k) => predicted[k] == labels[r]).Count() / rows.Count;
             Assert.Close(result.ClassIncremental[4][task], accuracy, 1e-9);
+            // Task-IL: the task is given (counted from 1) and the argmax runs over its classes only.
+            var taskIl = result.Predict(inputs, task + 1);
+            Assert.True(taskIl.All(c => result.TaskClasses[task].Contains(c)), "Task-IL predictions stay in the task's classes");
+            var taskAccuracy = 100.0 * rows.Where((r, k) => taskIl[k] == labels[r]).Count() / rows.Count;
+            Assert.Close(result.TaskIncremental[4][task], taskAccuracy, 1e-9);
+            // Logits and probabilities agree with the predictions.
+            var logits = result.PredictLogits(inputs);
+            Assert.Equal(rows.Count * result.ClassCount, logits.Length);
+            var probabilities = result.PredictProbabilities(inputs);
+            var taskProbabilities = result.PredictProbabilities(inputs, task + 1);
+            for (var k = 0; k < rows.Count; k++)
+            {
+                var row = Enumerable.Range(0, result.ClassCount).ToArray();
+                Assert.Equal(predicted[k], row.MaxBy(c => logits[k * result.ClassCount + c]));
+                Assert.Equal(predicted[k], row.MaxBy(c => probabilities[k * result.ClassCount + c]));
+                Assert.Equal(taskIl[k], row.MaxBy(c => taskProbabilities[k * result.ClassCount + c]));
+                Assert.Close(1.0, row.Sum(c => (double)probabilities[k * result.ClassCount + c]), 1e-5);
+                Assert.Close(1.0, row.Sum(c => (double)taskProbabilities[k * result.ClassCount + c]), 1e-5);
+                Assert.True(row.Where(c => !result.TaskClasses[task].Contains(c)).All(c => taskProbabilities[k * result.ClassCount + c] == 0f),
+                    "Task-IL probabilities are 0 outside the task's classes");
+            }
         }
+        Assert.Throws<ArgumentOutOfRangeException>(() => result.Predict(new float[result.InputFeatures], 0));
+        Assert.Throws<ArgumentOutOfRangeException>(() => result.Predict(new float[result.InputFeatures], result.TaskClasses.Count + 1));
         Assert.Throws<ArgumentException>(() => result.Predict(new float[result.InputFeatures + 1]));
         Assert.Equal(0, result.Predict(ReadOnlySpan<float>.Empty).Length);
         var before = result.ClassIncremental;
