@@ -78,6 +78,27 @@ public sealed class OnnxExportException : Exception
 }
 
 /// <summary>
+/// An ONNX file that cannot be verified by <see cref="OnnxModels.Verify"/>: missing, truncated or damaged, not a
+/// model this library exported, or one whose metadata does not fit the data it is checked on.
+/// </summary>
+public sealed class OnnxModelFileException : IOException
+{
+    /// <summary>An exception about one ONNX file.</summary>
+    public OnnxModelFileException(string path, string reason, Exception? innerException = null)
+        : base($"{path}: {reason}", innerException)
+    {
+        Path = path;
+        Reason = reason;
+    }
+
+    /// <summary>The file at fault.</summary>
+    public string Path { get; }
+
+    /// <summary>What is wrong with it.</summary>
+    public string Reason { get; }
+}
+
+/// <summary>
 /// Training produced a loss that is not a finite number (the learning rate, a penalty's strength or a
 /// distillation weight is too large for the data); the run stopped instead of reporting chance accuracy.
 /// The training state of the run (or learner) was freed.
@@ -125,7 +146,7 @@ internal static class FacadeErrors
         global::Continual.RunStopped => new OperationCanceledException(e.Message, e),
         global::Continual.Onnx.VerificationFailed or global::Continual.Onnx.ExportError or global::Continual.Onnx.ModelLoadError =>
             new OnnxExportException(e.Message, e),
-        global::Continual.Onnx.InvalidModelFile x => new OnnxExportException($"{x.path}: {x.reason}", e),
+        global::Continual.Onnx.InvalidModelFile x => new OnnxModelFileException(x.path, x.reason, e),
         global::Continual.Onnx.RepositoryError x => new IOException($"{x.path}: {x.reason}", e),
         _ => null,
     };

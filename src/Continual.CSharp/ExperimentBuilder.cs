@@ -107,6 +107,12 @@ public sealed class ExperimentBuilder
 
         public double? ClipGrad { get; init; }
 
+        // ONNX export after every task (on by default, as on the command line) and the folder it writes into
+        // (null: a new folder under the system's temporary folder).
+        public bool OnnxExport { get; init; } = true;
+
+        public string? OnnxFolder { get; init; }
+
         // Settings of the method, the penalty or the distillation terms set by name (WithOption), applied
         // in order over the typed ones; one per normalised name (a later value replaces an earlier one).
         public (string Key, string Name, string Text)[] Options { get; init; } = [];
@@ -117,6 +123,20 @@ public sealed class ExperimentBuilder
 
         public State Without(string key) => this with { Problems = Problems.Where(p => p.Key != key).ToArray() };
     }
+
+    /// <summary>
+    /// Exports the model to <c>task-k.onnx</c> in <paramref name="folder"/> (created when missing) after every task,
+    /// verified under ONNX Runtime against TorchSharp before it is written, as <c>continual run</c> does (export is on
+    /// by default; without this call the files go to a new folder under the system's temporary folder).
+    /// <see cref="ExperimentResult.OnnxFiles"/> lists the files with their verification figures.
+    /// </summary>
+    public ExperimentBuilder WithOnnxExport(string folder) => new(_s with { OnnxExport = true, OnnxFolder = NotNull(folder) });
+
+    /// <summary>Turns the after-task ONNX export off (as <c>continual run --no-onnx</c>).</summary>
+    public ExperimentBuilder WithoutOnnxExport() => new(_s with { OnnxExport = false, OnnxFolder = null });
+
+    /// <summary>Whether <see cref="Run"/> exports the model to ONNX after every task.</summary>
+    public bool ExportsOnnx => _s.OnnxExport;
 
     /// <summary>The strategies this build knows (e.g. sgd, joint, er, der, derpp).</summary>
     public static IReadOnlyList<string> KnownStrategies => ListModule.ToArray(CoreExperiment.strategyNames);
@@ -324,12 +344,23 @@ public sealed class ExperimentBuilder
     /// <exception cref="ContinualDataException">A data file is missing or unreadable.</exception>
     /// <exception cref="OperationCanceledException">The token was cancelled.</exception>
     /// <exception cref="TrainingDivergedException">The loss stopped being a finite number (nothing is kept).</exception>
+    /// <exception cref="OnnxExportException">A task's ONNX export failed a check (see <see cref="WithoutOnnxExport"/>).</exception>
     public ExperimentResult Run(IProgress<TrainingProgress>? progress = null, CancellationToken cancellationToken = default)
     {
         var config = ValidConfig();
         cancellationToken.ThrowIfCancellationRequested();
         var events = new ProgressTranslator(progress);
         var hooks = global::Continual.RunHooksModule.events(FuncConvert.FromAction<global::Continual.TrainingEvent>(events.OnEvent));
+        global::Continual.Onnx.RunExporter? exporter = null;
+        if (_s.OnnxExport)
+        {
+            var folder = Path.GetFullPath(_s.OnnxFolder ?? Path.Combine(Path.GetTempPath(), "continual-onnx", $"{DateTime.UtcNow:yyyyMMdd-HHmmss}-{Guid.NewGuid():N}"));
+            Directory.CreateDirectory(folder);
+            exporter = new global::Continual.Onnx.RunExporter(
+                global::Continual.Onnx.ExportSettingsModule.forRun(global::Continual.Onnx.LearnerExport.runIdentity(config), folder));
+            hooks = new global::Continual.RunHooks(
+                hooks.OnEvent, FuncConvert.FromAction<global::Continual.AfterTask>(exporter.AfterTask), hooks.Checkpoint, hooks.CheckpointEvery, hooks.StopRequested);
+        }
         global::Continual.ExperimentResult result;
         var clock = System.Diagnostics.Stopwatch.StartNew();
         try
@@ -350,7 +381,11 @@ public sealed class ExperimentBuilder
         {
             throw translated;
         }
-        return new ExperimentResult(result, new ExperimentSettings(config));
+        finally
+        {
+            exporter?.Finish();
+        }
+        return new ExperimentResult(result, new ExperimentSettings(config), exporter);
     }
 
     /// <summary>

