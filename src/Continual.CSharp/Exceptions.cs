@@ -138,6 +138,8 @@ internal static class FacadeErrors
     public static Exception? Translate(Exception e) => e switch
     {
         global::Continual.Data.DataFileError x => new ContinualDataException(x.path, x.reason, e),
+        // Task data given in memory that does not fit together (a class name in two tasks, a label out of range).
+        global::Continual.Data.TaskDataError => new ArgumentException(e.Message, e),
         global::Continual.LearnerFileError x => new LearnerFileException(x.path, x.reason, e),
         global::Continual.SafetensorsError x => new LearnerFileException(x.path, x.reason, e),
         global::Continual.StateCodecError x => new LearnerFileException(x.path, x.reason, e),
