@@ -29,5 +29,18 @@ for project in tests/*/; do
     if [ "$p" -eq 0 ] && [ "$code" -eq 0 ]; then echo "error: $name ran no test" >&2; status=1; fi
     rm -f "$log"
 done
+# The packages in a fresh project: pack, build and run samples/ against them, install and run the tool,
+# compile the docs' C# blocks (scripts/test-packages.sh; about 3.5 minutes here, most of it packing the tool).
+echo "== packages (scripts/test-packages.sh)"
+log=$(mktemp)
+scripts/test-packages.sh 2>&1 | tee "$log"
+code=${PIPESTATUS[0]}
+p=$(grep -oE '^[0-9]+ passed' "$log" | tail -1 | grep -oE '[0-9]+' || echo 0)
+f=$(grep -oE '[0-9]+ failed$' "$log" | tail -1 | grep -oE '[0-9]+' || echo 0)
+passed=$((passed + p))
+failed=$((failed + f))
+if [ "$code" -ne 0 ]; then status=1; [ "$f" -eq 0 ] && failed=$((failed + 1)); fi
+rm -f "$log"
+
 printf "\n%s passed, %s failed\n" "$passed" "$failed"
 exit $status

@@ -108,6 +108,12 @@ public sealed class ExperimentBuilder
 
         public double? ClipGrad { get; init; }
 
+        // ONNX export after every task (on by default, as on the command line) and the folder it writes into
+        // (null: a new folder under the system's temporary folder).
+        public bool OnnxExport { get; init; } = true;
+
+        public string? OnnxFolder { get; init; }
+
         // Settings of the method, the penalty or the distillation terms set by name (WithOption), applied
         // in order over the typed ones; one per normalised name (a later value replaces an earlier one).
         public (string Key, string Name, string Text)[] Options { get; init; } = [];
@@ -118,6 +124,20 @@ public sealed class ExperimentBuilder
 
         public State Without(string key) => this with { Problems = Problems.Where(p => p.Key != key).ToArray() };
     }
+
+    /// <summary>
+    /// Exports the model to <c>task-k.onnx</c> in <paramref name="folder"/> (created when missing) after every task,
+    /// verified under ONNX Runtime against TorchSharp before it is written, as <c>continual run</c> does (export is on
+    /// by default; without this call the files go to a new folder under the system's temporary folder).
+    /// <see cref="ExperimentResult.OnnxFiles"/> lists the files with their verification figures.
+    /// </summary>
+    public ExperimentBuilder WithOnnxExport(string folder) => new(_s with { OnnxExport = true, OnnxFolder = NotNull(folder) });
+
+    /// <summary>Turns the after-task ONNX export off (as <c>continual run --no-onnx</c>).</summary>
+    public ExperimentBuilder WithoutOnnxExport() => new(_s with { OnnxExport = false, OnnxFolder = null });
+
+    /// <summary>Whether <see cref="Run"/> exports the model to ONNX after every task.</summary>
+    public bool ExportsOnnx => _s.OnnxExport;
 
     /// <summary>The strategies this build knows (e.g. sgd, joint, er, der, derpp).</summary>
     public static IReadOnlyList<string> KnownStrategies => ListModule.ToArray(CoreExperiment.strategyNames);
@@ -321,27 +341,76 @@ public sealed class ExperimentBuilder
     /// is evaluated. Reports are made on the training thread; <see cref="Progress{T}"/> forwards them to its
     /// synchronisation context (and may deliver the last ones after this method returns).
     /// </param>
-    /// <param name="cancellationToken">Checked before loading and before every training step.</param>
+    /// <param name="cancellationToken">
+    /// Observed while the data loads (the call returns at once; the load ends in the background) and checked before
+    /// every training step and evaluation phase.
+    /// </param>
     /// <returns>The result; dispose it to release the trained model.</returns>
     /// <exception cref="ExperimentValidationException">The configuration is not valid (nothing was run).</exception>
     /// <exception cref="ContinualDataException">A data file is missing or unreadable.</exception>
     /// <exception cref="OperationCanceledException">The token was cancelled.</exception>
+    /// <exception cref="TrainingDivergedException">The loss stopped being a finite number (nothing is kept).</exception>
+    /// <exception cref="OnnxExportException">A task's ONNX export failed a check (see <see cref="WithoutOnnxExport"/>).</exception>
     public ExperimentResult Run(IProgress<TrainingProgress>? progress = null, CancellationToken cancellationToken = default)
     {
         var config = ValidConfig();
         cancellationToken.ThrowIfCancellationRequested();
         var events = new ProgressTranslator(progress);
         var hooks = global::Continual.RunHooksModule.events(FuncConvert.FromAction<global::Continual.TrainingEvent>(events.OnEvent));
+        global::Continual.Onnx.RunExporter? exporter = null;
+        if (_s.OnnxExport)
+        {
+            var folder = Path.GetFullPath(_s.OnnxFolder ?? Path.Combine(Path.GetTempPath(), "continual-onnx", $"{DateTime.UtcNow:yyyyMMdd-HHmmss}-{Guid.NewGuid():N}"));
+            Directory.CreateDirectory(folder);
+            exporter = new global::Continual.Onnx.RunExporter(
+                global::Continual.Onnx.ExportSettingsModule.forRun(global::Continual.Onnx.LearnerExport.runIdentity(config), folder));
+            hooks = new global::Continual.RunHooks(
+                hooks.OnEvent, FuncConvert.FromAction<global::Continual.AfterTask>(exporter.AfterTask), hooks.Checkpoint, hooks.CheckpointEvery, hooks.StopRequested);
+        }
         global::Continual.ExperimentResult result;
+        var clock = System.Diagnostics.Stopwatch.StartNew();
         try
         {
-            result = CoreExperiment.run(config, hooks, cancellationToken);
+            var benchmark = LoadBenchmark(config, cancellationToken);
+            try
+            {
+                var run = CoreExperiment.runOn(benchmark, config, hooks, cancellationToken);
+                // The wall time includes loading, as the core's Experiment.run counts it.
+                result = new global::Continual.ExperimentResult(run.Config, run.Architecture, run.Benchmark, run.Outcome, clock.Elapsed.TotalSeconds, run.StartedUtc);
+            }
+            finally
+            {
+                Benchmarks.dispose(benchmark);
+            }
         }
-        catch (DataFileError e)
+        catch (Exception e) when (FacadeErrors.Translate(e) is { } translated)
         {
-            throw new ContinualDataException(e.path, e.reason, e);
+            throw translated;
         }
-        return new ExperimentResult(result, new ExperimentSettings(config));
+        finally
+        {
+            exporter?.Finish();
+        }
+        return new ExperimentResult(result, new ExperimentSettings(config), exporter);
+    }
+
+    /// <summary>
+    /// Loads the benchmark on a thread-pool thread while the caller waits on <paramref name="cancellationToken"/>:
+    /// a cancellation while the files are read throws at once; the abandoned load frees what it read when it ends.
+    /// </summary>
+    internal static Benchmark LoadBenchmark(CoreConfig config, CancellationToken cancellationToken)
+    {
+        cancellationToken.ThrowIfCancellationRequested();
+        var loading = Task.Run(() => CoreExperiment.loadBenchmark(config));
+        try
+        {
+            return loading.WaitAsync(cancellationToken).GetAwaiter().GetResult();
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            loading.ContinueWith(t => { if (t.IsCompletedSuccessfully) Benchmarks.dispose(t.Result); }, TaskScheduler.Default);
+            throw;
+        }
     }
 
     /// <summary>
@@ -610,20 +679,20 @@ public sealed class ExperimentBuilder
             {
                 case global::Continual.TrainingEvent.TaskStarted started:
                     _steps[started.task] = started.steps;
-                    progress.Report(new TrainingProgress(TrainingProgressKind.TaskStarted, started.task, 0, started.steps, null, null, null, null));
+                    progress.Report(new TrainingProgress(TrainingProgressKind.TaskStarted, started.task + 1, 0, started.steps, null, null, null, null));
                     break;
                 case global::Continual.TrainingEvent.PhaseStarted phase:
                     var total = _steps.GetValueOrDefault(phase.task);
-                    progress.Report(new TrainingProgress(TrainingProgressKind.PhaseStarted, phase.task, total, total, null, null, null, null, phase.phase));
+                    progress.Report(new TrainingProgress(TrainingProgressKind.PhaseStarted, phase.task + 1, total, total, null, null, null, null, phase.phase));
                     break;
                 case global::Continual.TrainingEvent.StepsCompleted done:
-                    progress.Report(new TrainingProgress(TrainingProgressKind.StepsCompleted, done.task, done.completed, done.steps, done.meanLoss, null, null, null));
+                    progress.Report(new TrainingProgress(TrainingProgressKind.StepsCompleted, done.task + 1, done.completed, done.steps, done.meanLoss, null, null, null));
                     break;
                 case global::Continual.TrainingEvent.TaskFinished finished:
                     var steps = _steps.GetValueOrDefault(finished.task);
                     progress.Report(new TrainingProgress(
                         TrainingProgressKind.TaskFinished,
-                        finished.task,
+                        finished.task + 1,
                         steps,
                         steps,
                         null,

@@ -16,10 +16,18 @@ public sealed class ExperimentResult : IDisposable
     private readonly CoreResult _result;
     private bool _disposed;
 
-    internal ExperimentResult(CoreResult result, ExperimentSettings settings)
+    private readonly global::Continual.Onnx.RunExporter? _exporter;
+
+    internal ExperimentResult(CoreResult result, ExperimentSettings settings, global::Continual.Onnx.RunExporter? exporter = null)
     {
         _result = result;
+        _exporter = exporter;
         Settings = settings;
+        OnnxFiles = exporter is null
+            ? Array.Empty<OnnxExportResult>()
+            : Array.AsReadOnly(ListModule.ToArray(exporter.Reports)
+                .Select(v => OnnxExportResult.Of(v, System.IO.Path.Combine(exporter.Settings.Folder, v.File)))
+                .ToArray());
         var outcome = result.Outcome;
         ClassIncremental = Matrix(outcome.ClassIl);
         TaskIncremental = Matrix(outcome.TaskIl);
@@ -51,6 +59,12 @@ public sealed class ExperimentResult : IDisposable
 
     private static ReadOnlyCollection<IReadOnlyList<double>> Matrix(double[][] rows) =>
         Array.AsReadOnly(rows.Select(r => (IReadOnlyList<double>)Array.AsReadOnly((double[])r.Clone())).ToArray());
+
+    /// <summary>
+    /// The model after each task, exported to <c>task-k.onnx</c> and verified under ONNX Runtime (in task order;
+    /// empty with <see cref="ExperimentBuilder.WithoutOnnxExport"/>), each with its verification figures.
+    /// </summary>
+    public IReadOnlyList<OnnxExportResult> OnnxFiles { get; }
 
     /// <summary>The configuration the experiment ran with.</summary>
     public ExperimentSettings Settings { get; }
@@ -131,7 +145,26 @@ public sealed class ExperimentResult : IDisposable
     /// <remarks>A strategy that evaluates with a classifier of its own (e.g. nearest mean of exemplars) may predict differently.</remarks>
     /// <exception cref="ObjectDisposedException">The result was disposed.</exception>
     /// <exception cref="ArgumentException">The length is not a multiple of <see cref="InputFeatures"/>.</exception>
-    public int[] Predict(ReadOnlySpan<float> inputs)
+    public int[] Predict(ReadOnlySpan<float> inputs) => ArgMax(PredictLogits(inputs), null);
+
+    /// <summary>
+    /// Task-IL predictions: the caller says which task the examples come from, and each prediction is the argmax
+    /// over that task's classes only (<see cref="TaskClasses"/>), as the Task-IL accuracies are measured.
+    /// </summary>
+    /// <param name="inputs">Consecutive rows of <see cref="InputFeatures"/> numbers (pixel / 255).</param>
+    /// <param name="task">The task the examples come from, counted from 1.</param>
+    /// <exception cref="ObjectDisposedException">The result was disposed.</exception>
+    /// <exception cref="ArgumentException">The length is not a multiple of <see cref="InputFeatures"/>.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="task"/> is not between 1 and the number of tasks.</exception>
+    public int[] Predict(ReadOnlySpan<float> inputs, int task) => ArgMax(PredictLogits(inputs), TaskMask(task));
+
+    /// <summary>
+    /// The trained network's logits for the examples: <see cref="ClassCount"/> numbers per example, row after row
+    /// (the same numbers the exported ONNX model gives).
+    /// </summary>
+    /// <exception cref="ObjectDisposedException">The result was disposed.</exception>
+    /// <exception cref="ArgumentException">The length is not a multiple of <see cref="InputFeatures"/>.</exception>
+    public float[] PredictLogits(ReadOnlySpan<float> inputs)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (inputs.Length % InputFeatures != 0)
@@ -148,8 +181,7 @@ public sealed class ExperimentResult : IDisposable
         model.eval();
         try
         {
-            var predicted = model.forward(x).argmax(1L).cpu();
-            return predicted.data<long>().ToArray().Select(p => (int)p).ToArray();
+            return model.forward(x).cpu().data<float>().ToArray();
         }
         finally
         {
@@ -157,19 +189,83 @@ public sealed class ExperimentResult : IDisposable
         }
     }
 
+    /// <summary>
+    /// Class probabilities for the examples, <see cref="ClassCount"/> per example, row after row: the softmax of the
+    /// logits over all classes, or, when <paramref name="task"/> is given (Task-IL), over that task's classes only
+    /// (the other classes get 0).
+    /// </summary>
+    /// <param name="inputs">Consecutive rows of <see cref="InputFeatures"/> numbers (pixel / 255).</param>
+    /// <param name="task">The task the examples come from, counted from 1; null for Class-IL.</param>
+    /// <exception cref="ObjectDisposedException">The result was disposed.</exception>
+    /// <exception cref="ArgumentException">The length is not a multiple of <see cref="InputFeatures"/>.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="task"/> is not between 1 and the number of tasks.</exception>
+    public float[] PredictProbabilities(ReadOnlySpan<float> inputs, int? task = null)
+    {
+        var mask = task is int t ? TaskMask(t) : null;
+        var logits = PredictLogits(inputs);
+        var probabilities = new float[logits.Length];
+        for (var row = 0; row < logits.Length / ClassCount; row++)
+        {
+            var at = row * ClassCount;
+            var max = double.NegativeInfinity;
+            for (var c = 0; c < ClassCount; c++)
+                if (mask is null || mask[c]) max = Math.Max(max, logits[at + c]);
+            var sum = 0.0;
+            var e = new double[ClassCount];
+            for (var c = 0; c < ClassCount; c++)
+            {
+                e[c] = mask is null || mask[c] ? Math.Exp(logits[at + c] - max) : 0.0;
+                sum += e[c];
+            }
+            for (var c = 0; c < ClassCount; c++) probabilities[at + c] = (float)(e[c] / sum);
+        }
+        return probabilities;
+    }
+
+    private bool[] TaskMask(int task)
+    {
+        if (task < 1 || task > TaskClasses.Count)
+        {
+            throw new ArgumentOutOfRangeException(nameof(task), task, $"tasks are counted from 1 to {TaskClasses.Count}");
+        }
+        var mask = new bool[ClassCount];
+        foreach (var c in TaskClasses[task - 1]) mask[c] = true;
+        return mask;
+    }
+
+    private int[] ArgMax(float[] logits, bool[]? mask)
+    {
+        var predictions = new int[logits.Length / ClassCount];
+        for (var row = 0; row < predictions.Length; row++)
+        {
+            var best = -1;
+            for (var c = 0; c < ClassCount; c++)
+            {
+                if (mask is not null && !mask[c]) continue;
+                if (best < 0 || logits[row * ClassCount + c] > logits[row * ClassCount + best]) best = c;
+            }
+            predictions[row] = best;
+        }
+        return predictions;
+    }
+
     /// <summary>results.json's content: configuration, matrices, metrics, timings and versions.</summary>
     public string ToJson() =>
-        System.Text.Encoding.UTF8.GetString(global::Continual.Results.toJson(_result, FuncConvert.FromAction<System.Text.Json.Utf8JsonWriter>(_ => { })));
+        System.Text.Encoding.UTF8.GetString(global::Continual.Results.toJson(_result, OnnxSection()));
 
     /// <summary>
-    /// Writes results.json and results.csv into a folder (created when missing), each atomically, in the
+    /// Writes results.json (with its "onnx" section when the models were exported) and results.csv into a folder (created when missing), each atomically, in the
     /// same format as the command line's <c>continual run --out</c>.
     /// </summary>
     public void WriteResults(string folder)
     {
         ArgumentNullException.ThrowIfNull(folder);
-        global::Continual.Results.write(folder, _result, FuncConvert.FromAction<System.Text.Json.Utf8JsonWriter>(_ => { }));
+        global::Continual.Results.write(folder, _result, OnnxSection());
     }
+
+    // results.json's "onnx" section, as `continual run` writes it (nothing without ONNX export).
+    private FSharpFunc<System.Text.Json.Utf8JsonWriter, Unit> OnnxSection() =>
+        FuncConvert.FromAction<System.Text.Json.Utf8JsonWriter>(w => _exporter?.WriteJson(w, _result.Outcome.HookSeconds, _result.WallSeconds));
 
     /// <summary>Releases the trained model, optimiser and buffer. Safe to call more than once.</summary>
     public void Dispose()

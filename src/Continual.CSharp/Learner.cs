@@ -83,9 +83,9 @@ public sealed class Learner : IDisposable
         {
             return new Learner(CoreLearners.create(config));
         }
-        catch (global::Continual.Data.DataFileError e)
+        catch (Exception e) when (FacadeErrors.Translate(e) is { } translated)
         {
-            throw new ContinualDataException(e.path, e.reason, e);
+            throw translated;
         }
     }
 
@@ -120,9 +120,9 @@ public sealed class Learner : IDisposable
             {
                 throw new LearnerFileException(path, "its configuration is not valid: " + e.Message, e);
             }
-            catch (global::Continual.Data.DataFileError e)
+            catch (Exception e) when (FacadeErrors.Translate(e) is { } translated)
             {
-                throw new ContinualDataException(e.path, e.reason, e);
+                throw translated;
             }
         }).ConfigureAwait(false);
     }
@@ -164,7 +164,7 @@ public sealed class Learner : IDisposable
     /// loaded from a file saved inside a task finishes that task.
     /// </summary>
     /// <param name="progress">
-    /// Receives the same reports as <see cref="ExperimentBuilder.Run"/> (tasks counted from 0), on the training thread.
+    /// Receives the same reports as <see cref="ExperimentBuilder.Run"/> (tasks counted from 1), on the training thread.
     /// </param>
     /// <param name="cancellationToken">
     /// Checked before the task starts and before every training step. A cancellation before the task starts leaves
@@ -176,6 +176,8 @@ public sealed class Learner : IDisposable
     /// </exception>
     /// <exception cref="ObjectDisposedException">The learner was disposed.</exception>
     /// <exception cref="OperationCanceledException">The token was cancelled.</exception>
+    /// <exception cref="TrainingDivergedException">The loss stopped being a finite number; the learner is unusable.</exception>
+    /// <exception cref="ContinualDataException">The benchmark's data could not be read.</exception>
     public Task<LearnedTask> LearnTaskAsync(IProgress<TrainingProgress>? progress = null, CancellationToken cancellationToken = default) =>
         RunAsync(nameof(LearnTaskAsync), () =>
         {
@@ -196,13 +198,14 @@ public sealed class Learner : IDisposable
             catch (Exception e)
             {
                 // The core freed the model, optimiser, buffer and methods: nothing can go on from here.
-                _broken = $"its {nameof(LearnTaskAsync)} failed or was cancelled inside task {next} ({e.GetType().Name}), which freed its training state; load a saved learner file to go on";
+                _broken = $"its {nameof(LearnTaskAsync)} failed or was cancelled inside task {next + 1} ({e.GetType().Name}), which freed its training state; load a saved learner file to go on";
+                if (FacadeErrors.Translate(e) is { } translated) throw translated;
                 throw;
             }
             _learner = learned;
             var record = learned.Point.Record;
             return new LearnedTask(
-                learned.TasksLearned - 1,
+                learned.TasksLearned,
                 ReadOnly(record.ClassIl[^1]),
                 ReadOnly(record.TaskIl[^1]),
                 TimeSpan.FromSeconds(record.TaskSeconds[^1]));
@@ -221,6 +224,10 @@ public sealed class Learner : IDisposable
         {
             var accuracies = CoreLearners.evaluate(_learner);
             return new LearnerEvaluation(ReadOnly(accuracies.ClassIl), ReadOnly(accuracies.TaskIl));
+        }
+        catch (Exception e) when (FacadeErrors.Translate(e) is { } translated)
+        {
+            throw translated;
         }
         finally
         {
@@ -272,25 +279,11 @@ public sealed class Learner : IDisposable
         try
         {
             var v = global::Continual.Onnx.LearnerExport.export(path, _learner);
-            return new OnnxExportResult(
-                Path.GetFullPath(path),
-                v.Task,
-                v.Bytes,
-                v.Sha256,
-                v.Provider,
-                v.ParameterCount,
-                v.ComparedImages,
-                v.MaxAbsDifference,
-                ReadOnly(v.TestExamples),
-                ReadOnly(v.OnnxClassIlCorrect),
-                ReadOnly(v.OnnxTaskIlCorrect),
-                TimeSpan.FromSeconds(v.ExportSeconds + v.VerifySeconds + v.WriteSeconds));
+            return OnnxExportResult.Of(v, path);
         }
-        catch (Exception e) when (e is global::Continual.Onnx.VerificationFailed
-                                      or global::Continual.Onnx.ExportError
-                                      or global::Continual.Onnx.ModelLoadError)
+        catch (Exception e) when (FacadeErrors.Translate(e) is { } translated)
         {
-            throw new OnnxExportException(e.Message, e);
+            throw translated;
         }
         finally
         {
@@ -354,6 +347,10 @@ public sealed class Learner : IDisposable
         {
             return await Task.Run(body).ConfigureAwait(false);
         }
+        catch (Exception e) when (FacadeErrors.Translate(e) is { } translated)
+        {
+            throw translated;
+        }
         finally
         {
             Exit();
@@ -392,7 +389,7 @@ public sealed class LearnedTask
         Time = time;
     }
 
-    /// <summary>The task learned, counted from 0 (as <see cref="TrainingProgress.Task"/>).</summary>
+    /// <summary>The task learned, counted from 1 (as <see cref="TrainingProgress.Task"/>).</summary>
     public int Task { get; }
 
     /// <summary>Class-IL accuracy (percent) on every task's test set after this task: the new row of <see cref="Learner.ClassIncremental"/>.</summary>
@@ -455,6 +452,20 @@ public sealed class OnnxExportResult
         TaskIncrementalCorrect = taskIncrementalCorrect;
         Time = time;
     }
+
+    internal static OnnxExportResult Of(global::Continual.Onnx.TaskVerification v, string path) =>
+        new(System.IO.Path.GetFullPath(path),
+            v.Task,
+            v.Bytes,
+            v.Sha256,
+            v.Provider,
+            v.ParameterCount,
+            v.ComparedImages,
+            v.MaxAbsDifference,
+            Array.AsReadOnly((int[])v.TestExamples.Clone()),
+            Array.AsReadOnly((int[])v.OnnxClassIlCorrect.Clone()),
+            Array.AsReadOnly((int[])v.OnnxTaskIlCorrect.Clone()),
+            TimeSpan.FromSeconds(v.ExportSeconds + v.VerifySeconds + v.WriteSeconds));
 
     /// <summary>The file written (full path).</summary>
     public string Path { get; }

@@ -45,7 +45,7 @@ public sealed class TrainingProgress
     /// <summary>What this report is about.</summary>
     public TrainingProgressKind Kind { get; }
 
-    /// <summary>The task being trained, counted from 0 (JOINT trains once, as task 0).</summary>
+    /// <summary>The task being trained, counted from 1 as the command line and the ONNX files count them (JOINT trains once, as task 1).</summary>
     public int Task { get; }
 
     /// <summary>Steps of this task done so far (0 when it starts; all of them when it finishes).</summary>

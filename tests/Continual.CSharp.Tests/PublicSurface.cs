@@ -1,4 +1,5 @@
 using System.Reflection;
+using System.Reflection.Emit;
 
 namespace Continual.CSharp.Tests;
 
@@ -80,5 +81,68 @@ internal static class PublicSurface
         if (t.GetCustomAttributesData().Any(a => a.AttributeType.FullName == "Microsoft.FSharp.Core.CompilationMappingAttribute"))
             return true;
         return assembly.GetCustomAttributesData().Any(a => a.AttributeType.FullName == "Microsoft.FSharp.Core.FSharpInterfaceDataVersionAttribute");
+    }
+    /// <summary>
+    /// Every exception type that code of <paramref name="assembly"/> constructs (a <c>newobj</c> of a type
+    /// derived from <see cref="Exception"/> in any method body, compiler-generated ones included: lambdas,
+    /// async state machines), with a method that constructs it.
+    /// </summary>
+    public static Dictionary<Type, string> ConstructedExceptions(Assembly assembly)
+    {
+        var found = new Dictionary<Type, string>();
+        const BindingFlags all = BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Instance | BindingFlags.Static | BindingFlags.DeclaredOnly;
+        foreach (var type in assembly.GetTypes())
+        {
+            var methods = type.GetMethods(all).Cast<MethodBase>().Concat(type.GetConstructors(all));
+            foreach (var method in methods)
+            {
+                byte[]? il;
+                try { il = method.GetMethodBody()?.GetILAsByteArray(); }
+                catch (Exception) { continue; }
+                if (il is null) continue;
+                foreach (var token in NewObjTokens(il))
+                {
+                    MethodBase? constructor;
+                    try { constructor = method.Module.ResolveMethod(token, GenericArguments(type), GenericArguments(method)); }
+                    catch (Exception) { continue; }
+                    var created = constructor?.DeclaringType;
+                    if (created is not null && typeof(Exception).IsAssignableFrom(created))
+                        found.TryAdd(created.IsGenericType ? created.GetGenericTypeDefinition() : created, $"{type.FullName}.{method.Name}");
+                }
+            }
+        }
+        return found;
+    }
+
+    private static Type[]? GenericArguments(Type t) => t.IsGenericTypeDefinition ? t.GetGenericArguments() : null;
+
+    private static Type[]? GenericArguments(MethodBase m) => m.IsGenericMethodDefinition ? m.GetGenericArguments() : null;
+
+    private static readonly Dictionary<short, OpCode> OpCodesByValue =
+        typeof(OpCodes).GetFields(BindingFlags.Public | BindingFlags.Static)
+            .Select(f => (OpCode)f.GetValue(null)!)
+            .GroupBy(o => o.Value)
+            .ToDictionary(g => g.Key, g => g.First());
+
+    /// <summary>The metadata tokens of every newobj instruction, found by decoding the IL instruction by instruction.</summary>
+    private static IEnumerable<int> NewObjTokens(byte[] il)
+    {
+        var at = 0;
+        while (at < il.Length)
+        {
+            short value = il[at] == 0xFE && at + 1 < il.Length ? (short)(0xFE00 | il[at + 1]) : il[at];
+            if (!OpCodesByValue.TryGetValue(value, out var op)) yield break; // not IL we can decode: stop, never guess
+            at += op.Size;
+            if (op == OpCodes.Newobj) yield return BitConverter.ToInt32(il, at);
+            at += op.OperandType switch
+            {
+                OperandType.InlineNone => 0,
+                OperandType.ShortInlineBrTarget or OperandType.ShortInlineI or OperandType.ShortInlineVar => 1,
+                OperandType.InlineVar => 2,
+                OperandType.InlineI8 or OperandType.InlineR => 8,
+                OperandType.InlineSwitch => 4 + 4 * BitConverter.ToInt32(il, at),
+                _ => 4,
+            };
+        }
     }
 }
