@@ -42,7 +42,7 @@ public sealed class ContinualDataException : IOException
 }
 
 /// <summary>
-/// A learner file that cannot be used by <see cref="Learner.LoadAsync"/>: missing, truncated or corrupted
+/// A learner file that cannot be used by <see cref="Learner.LoadAsync(string, CancellationToken)"/>: missing, truncated or corrupted
 /// (its checksum does not match), of another format or version, or saved with a configuration or benchmark
 /// this build cannot rebuild. The message names the file and the problem.
 /// </summary>

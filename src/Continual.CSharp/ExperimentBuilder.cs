@@ -422,7 +422,7 @@ public sealed class ExperimentBuilder
 
     /// <summary>
     /// Creates a <see cref="Learner"/> for this configuration: validates it, loads the benchmark and builds
-    /// the untrained model, ready to learn the stream task by task (see <see cref="Learner.Create"/>).
+    /// the untrained model, ready to learn the stream task by task (see <see cref="Learner.Create(ExperimentBuilder)"/>).
     /// </summary>
     /// <exception cref="ExperimentValidationException">The configuration is not valid (nothing was loaded).</exception>
     /// <exception cref="ContinualDataException">A data file is missing or unreadable.</exception>

@@ -8,19 +8,19 @@ namespace Continual.CSharp;
 
 /// <summary>
 /// A learner that outlives its process: a configuration, its benchmark, its whole training state and the
-/// accuracies measured so far. It learns the stream one task at a time (<see cref="LearnTaskAsync"/>), can be
+/// accuracies measured so far. It learns the stream one task at a time (<see cref="LearnTaskAsync(IProgress{TrainingProgress}?, CancellationToken)"/>), can be
 /// saved after any task (<see cref="SaveAsync"/>, one safetensors file written atomically) and loaded in another
-/// process (<see cref="LoadAsync"/>) to go on exactly where it stopped: the resumed run's accuracy matrices equal
+/// process (<see cref="LoadAsync(string, CancellationToken)"/>) to go on exactly where it stopped: the resumed run's accuracy matrices equal
 /// an uninterrupted run's.
 /// </summary>
 /// <remarks>
 /// <para>
 /// One operation at a time: a call made while another is running (for example <see cref="Evaluate"/> while
-/// <see cref="LearnTaskAsync"/> has not finished) throws <see cref="InvalidOperationException"/>. The properties
+/// <see cref="LearnTaskAsync(IProgress{TrainingProgress}?, CancellationToken)"/> has not finished) throws <see cref="InvalidOperationException"/>. The properties
 /// may be read at any time; they show the learner as of its last finished operation.
 /// </para>
 /// <para>
-/// A <see cref="LearnTaskAsync"/> that fails or is cancelled part-way frees the training state (the core does so
+/// A <see cref="LearnTaskAsync(IProgress{TrainingProgress}?, CancellationToken)"/> that fails or is cancelled part-way frees the training state (the core does so
 /// at once, so that a failed run holds no memory): the learner is then unusable, and every later operation
 /// throws <see cref="InvalidOperationException"/>; load the last saved file to go on.
 /// </para>
@@ -63,10 +63,6 @@ public sealed class Learner : IDisposable
         var benchmark = learner.Benchmark;
         BenchmarkName = benchmark.Name;
         Architecture = global::Continual.Models.Backbones.describe(learner.Architecture);
-        TaskClasses = Array.AsReadOnly(
-            SeqModule.ToArray(benchmark.Tasks)
-                .Select(t => (IReadOnlyList<int>)Array.AsReadOnly(ListModule.ToArray(t.Classes)))
-                .ToArray());
     }
 
     /// <summary>
@@ -90,6 +86,54 @@ public sealed class Learner : IDisposable
     }
 
     /// <summary>
+    /// Creates a learner whose first task is your own data (an image folder, a CSV or an .npy folder): the
+    /// settings' data become that task, and the classifier head grows as later tasks bring new classes
+    /// (<see cref="LearnTaskAsync(TaskData, IProgress{TrainingProgress}?, CancellationToken)"/>).
+    /// </summary>
+    /// <exception cref="ArgumentException">The first task is a manifest entry or arrays (those can only follow).</exception>
+    /// <exception cref="ExperimentValidationException">The configuration is not valid.</exception>
+    /// <exception cref="ContinualDataException">The task's files are missing, unreadable or malformed.</exception>
+    public static Learner Create(ExperimentBuilder settings, TaskData firstTask)
+    {
+        ArgumentNullException.ThrowIfNull(settings);
+        ArgumentNullException.ThrowIfNull(firstTask);
+        var config = settings.ValidConfig();
+        try
+        {
+            return new Learner(CoreLearners.createFromTask(config, firstTask.SourceFor(null)));
+        }
+        catch (Exception e) when (FacadeErrors.Translate(e) is { } translated)
+        {
+            throw translated;
+        }
+    }
+
+    /// <summary>
+    /// Loads a learner file whose stream has tasks that were given as arrays
+    /// (<see cref="TaskData.FromArrays"/>): those are taken from <paramref name="tasksInMemory"/> by their names;
+    /// every other task is read again from its files.
+    /// </summary>
+    /// <param name="path">The learner file.</param>
+    /// <param name="tasksInMemory">The tasks given as arrays, by the name they were given under.</param>
+    /// <param name="cancellationToken">Checked before loading.</param>
+    /// <exception cref="LearnerFileException">The file cannot be used, or a task given as arrays is not in <paramref name="tasksInMemory"/>.</exception>
+    /// <exception cref="ContinualDataException">The data files are missing or unreadable.</exception>
+    /// <exception cref="OperationCanceledException">The token was cancelled before loading.</exception>
+    public static Task<Learner> LoadAsync(string path, IReadOnlyDictionary<string, TaskData> tasksInMemory, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        ArgumentNullException.ThrowIfNull(tasksInMemory);
+        var fallback = CoreLearners.loaderFor(path);
+        var loader = FuncConvert.FromFunc<global::Continual.Data.TaskSource, global::Continual.Data.Benchmark>(source =>
+        {
+            if (source.Kind != "arrays") return fallback.Invoke(source);
+            if (tasksInMemory.TryGetValue(source.Path, out var data)) return data.Read(source);
+            throw new LearnerFileException(path, $"its task '{source.Path}' was given as arrays: pass it to LoadAsync in tasksInMemory under that name");
+        });
+        return LoadWithAsync(path, loader, cancellationToken);
+    }
+
+    /// <summary>
     /// Loads a learner file written by <see cref="SaveAsync"/> (or by the command line's checkpoints) and the
     /// benchmark its configuration names, on a thread-pool thread. The learner goes on exactly where it was saved.
     /// </summary>
@@ -102,15 +146,21 @@ public sealed class Learner : IDisposable
     /// </exception>
     /// <exception cref="ContinualDataException">The benchmark's data files are missing or unreadable.</exception>
     /// <exception cref="OperationCanceledException">The token was cancelled before loading.</exception>
-    public static async Task<Learner> LoadAsync(string path, CancellationToken cancellationToken = default)
+    public static Task<Learner> LoadAsync(string path, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(path);
+        return LoadWithAsync(path, CoreLearners.loaderFor(path), cancellationToken);
+    }
+
+    private static async Task<Learner> LoadWithAsync(
+        string path, FSharpFunc<global::Continual.Data.TaskSource, global::Continual.Data.Benchmark> loader, CancellationToken cancellationToken)
+    {
         return await Task.Run(() =>
         {
             cancellationToken.ThrowIfCancellationRequested();
             try
             {
-                return new Learner(CoreLearners.load(path));
+                return new Learner(CoreLearners.loadWith(loader, path));
             }
             catch (global::Continual.LearnerFileError e)
             {
@@ -136,8 +186,15 @@ public sealed class Learner : IDisposable
     /// <summary>The backbone, e.g. "mlp 784-100-100-10".</summary>
     public string Architecture { get; }
 
-    /// <summary>The classes each task brings, in stream order.</summary>
-    public IReadOnlyList<IReadOnlyList<int>> TaskClasses { get; }
+    /// <summary>The classes each task brings, in stream order (tasks added with <see cref="LearnTaskAsync(TaskData, IProgress{TrainingProgress}?, CancellationToken)"/> included).</summary>
+    public IReadOnlyList<IReadOnlyList<int>> TaskClasses =>
+        Array.AsReadOnly(
+            SeqModule.ToArray(_learner.Benchmark.Tasks)
+                .Select(t => (IReadOnlyList<int>)Array.AsReadOnly(ListModule.ToArray(t.Classes)))
+                .ToArray());
+
+    /// <summary>The name of every class by class index (what the learner's outputs and ONNX models mean).</summary>
+    public IReadOnlyList<string> ClassNames => Array.AsReadOnly(ListModule.ToArray(_learner.Benchmark.ClassNames));
 
     /// <summary>Tasks the stream has in all (JOINT learns them as one, so its count is 1).</summary>
     public int TaskCount => _learner.TaskCount;
@@ -188,28 +245,82 @@ public sealed class Learner : IDisposable
                 throw new InvalidOperationException($"the learner has learned all {learner.TaskCount} tasks of {learner.Benchmark.Name}");
             }
             cancellationToken.ThrowIfCancellationRequested();
-            var events = new ExperimentBuilder.ProgressTranslator(progress);
-            var hooks = global::Continual.RunHooksModule.events(FuncConvert.FromAction<global::Continual.TrainingEvent>(events.OnEvent));
-            CoreLearner learned;
+            return LearnNext(progress, cancellationToken);
+        });
+
+    // Learns the learner's next task (inside an operation); a failure frees the core's training state.
+    private LearnedTask LearnNext(IProgress<TrainingProgress>? progress, CancellationToken cancellationToken)
+    {
+        var learner = _learner;
+        var next = learner.Point.Position is { } position ? position.Value.Task : learner.TasksLearned;
+        var events = new ExperimentBuilder.ProgressTranslator(progress);
+        var hooks = global::Continual.RunHooksModule.events(FuncConvert.FromAction<global::Continual.TrainingEvent>(events.OnEvent));
+        CoreLearner learned;
+        try
+        {
+            learned = CoreLearners.learnTask(hooks, cancellationToken, learner);
+        }
+        catch (Exception e)
+        {
+            // The core freed the model, optimiser, buffer and methods: nothing can go on from here.
+            _broken = $"its {nameof(LearnTaskAsync)} failed or was cancelled inside task {next + 1} ({e.GetType().Name}), which freed its training state; load a saved learner file to go on";
+            if (FacadeErrors.Translate(e) is { } translated) throw translated;
+            throw;
+        }
+        _learner = learned;
+        var record = learned.Point.Record;
+        return new LearnedTask(
+            learned.TasksLearned,
+            ReadOnly(record.ClassIl[^1]),
+            ReadOnly(record.TaskIl[^1]),
+            TimeSpan.FromSeconds(record.TaskSeconds[^1]));
+    }
+
+    /// <summary>
+    /// Adds a task of your own data to the end of the learner's stream and learns it: its classes get the indices
+    /// after the learner's, the classifier head grows for them, and the accuracies after it cover the test data of
+    /// every task seen so far. Images are brought to the learner's input size and colour.
+    /// </summary>
+    /// <param name="data">The task (<see cref="TaskData"/>); its class names must be new to the learner.</param>
+    /// <param name="progress">Receives progress events (tasks counted from 1).</param>
+    /// <param name="cancellationToken">As for <see cref="LearnTaskAsync(IProgress{TrainingProgress}?, CancellationToken)"/>.</param>
+    /// <returns>The task learned and the accuracies after it.</returns>
+    /// <exception cref="ArgumentException">
+    /// The task does not fit the learner: a class name it knows already, a test label never seen in training,
+    /// inputs of another shape or kind. The learner is unchanged.
+    /// </exception>
+    /// <exception cref="ContinualDataException">The task's files are missing, unreadable or malformed; the learner is unchanged.</exception>
+    /// <exception cref="InvalidOperationException">
+    /// The learner has not learned all its tasks yet, learns JOINT (which cannot add tasks), another operation is
+    /// running, or an earlier failure left it unusable.
+    /// </exception>
+    /// <exception cref="ObjectDisposedException">The learner was disposed.</exception>
+    /// <exception cref="OperationCanceledException">The token was cancelled.</exception>
+    /// <exception cref="TrainingDivergedException">The loss stopped being a finite number; the learner is unusable.</exception>
+    public Task<LearnedTask> LearnTaskAsync(TaskData data, IProgress<TrainingProgress>? progress = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(data);
+        return RunAsync(nameof(LearnTaskAsync), () =>
+        {
+            var learner = _learner;
+            var next = learner.Point.Position is { } position ? position.Value.Task : learner.TasksLearned;
+            if (next < learner.TaskCount)
+            {
+                throw new InvalidOperationException($"the learner has learned {next} of its {learner.TaskCount} tasks: learn them before adding one");
+            }
+            cancellationToken.ThrowIfCancellationRequested();
+            var (source, task) = data.Load(learner);
             try
             {
-                learned = CoreLearners.learnTask(hooks, cancellationToken, learner);
+                _learner = CoreLearners.addTask(source, task, learner);
             }
-            catch (Exception e)
+            finally
             {
-                // The core freed the model, optimiser, buffer and methods: nothing can go on from here.
-                _broken = $"its {nameof(LearnTaskAsync)} failed or was cancelled inside task {next + 1} ({e.GetType().Name}), which freed its training state; load a saved learner file to go on";
-                if (FacadeErrors.Translate(e) is { } translated) throw translated;
-                throw;
+                global::Continual.Data.Benchmarks.dispose(task);
             }
-            _learner = learned;
-            var record = learned.Point.Record;
-            return new LearnedTask(
-                learned.TasksLearned,
-                ReadOnly(record.ClassIl[^1]),
-                ReadOnly(record.TaskIl[^1]),
-                TimeSpan.FromSeconds(record.TaskSeconds[^1]));
+            return LearnNext(progress, cancellationToken);
         });
+    }
 
     /// <summary>
     /// Evaluates the model as it stands now on every task's test set, with the method's own classifier (iCaRL's
@@ -238,7 +349,7 @@ public sealed class Learner : IDisposable
     /// <summary>
     /// Saves the learner to one file (safetensors: the model, optimiser, buffer, every method's state, the random
     /// generators and the accuracies so far), atomically, on a thread-pool thread: a process killed at any instant
-    /// leaves the previous file or the new one. <see cref="LoadAsync"/> reads it back.
+    /// leaves the previous file or the new one. <see cref="LoadAsync(string, CancellationToken)"/> reads it back.
     /// </summary>
     /// <param name="path">The file to write (its folder is created when missing); <see cref="DefaultFileName"/> is the usual name.</param>
     /// <param name="cancellationToken">Checked before writing (a write, once started, runs to its end).</param>

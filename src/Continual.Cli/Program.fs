@@ -536,22 +536,6 @@ let private resumeCommand (results: ParseResults<ResumeArgs>) =
             next + 1, learner.TaskCount, learner.Point.State.StepsTaken)
     learnInto hold section every (results.Contains ResumeArgs.Quiet) clock learner
 
-/// The options a new task's data are read with, so that they fit the learner: images are brought to
-/// its input size and colour, tables read with its label column and scale.
-let private taskOptionsFor (learner: Learner) : Map<string, string> =
-    let channels, height, width = learner.Benchmark.InputShape
-    if learner.Benchmark.Train.Stored.dtype = TorchSharp.torch.ScalarType.Byte then
-        Map.ofList
-            [ "imageSize", Data.ImageOptions.sizeText (height, width)
-              "colour", (if channels = 1 then "gray" else "rgb") ]
-    else
-        let source = learner.Config.Data.Source
-        Map.ofList
-            [ yield "labelColumn", source.LabelColumn
-              match source.FeatureScale with
-              | Some s -> yield "featureScale", s.ToString("R", Globalization.CultureInfo.InvariantCulture)
-              | None -> () ]
-
 /// `learn --from RUN --task PATH`: the learner with PATH's task added to its stream (checked before any
 /// work), or a one-line reason.
 let private withNewTask (path: string) (learner: Learner) : Learner =
@@ -561,7 +545,7 @@ let private withNewTask (path: string) (learner: Learner) : Learner =
     if nextTask learner < learner.TaskCount then
         fail (sprintf "--task %s: the learner has learned %d of its %d tasks; learn the rest first (continual learn --from RUN_DIR, or resume)" path (nextTask learner) learner.TaskCount)
     let source =
-        try Data.TaskLoaders.sourceOf (taskOptionsFor learner) path
+        try Data.TaskLoaders.sourceOf (Learner.taskOptions learner) path
         with e ->
             Learner.dispose learner
             raise e

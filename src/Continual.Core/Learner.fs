@@ -85,6 +85,31 @@ module Learner =
             Benchmarks.dispose benchmark
             reraise ()
 
+    /// A new learner whose first task is a task of the data loaders (TaskLoaders kinds folder, csv or
+    /// npy): the configuration's data become that source as one task, and its head grows as tasks are
+    /// added. Raises ArgumentException for other kinds (a manifest entry or arrays can only follow).
+    let createFromTask (config: Config) (source: TaskSource) : Learner =
+        if not (List.contains source.Kind [ "folder"; "csv"; "npy" ]) then
+            invalidArg (nameof source) (sprintf "a learner's first task comes from an image folder, a CSV folder or an .npy folder, not from %s (such tasks can follow)" source.Kind)
+        let classes =
+            let task = TaskLoaders.load source
+            try task.NumClasses finally Benchmarks.dispose task
+        let option (key: string) = source.Options.TryFind key
+        let s = config.Data.Source
+        let data =
+            { config.Data with
+                Benchmark = source.Kind
+                Folder = source.Path
+                Source =
+                    { s with
+                        ClassesPerTask = Some classes
+                        LabelColumn = defaultArg (option "labelColumn") s.LabelColumn
+                        FeatureScale =
+                            match option "featureScale" with
+                            | Some text -> Some(Double.Parse(text, Globalization.CultureInfo.InvariantCulture))
+                            | None -> s.FeatureScale } }
+        create { config with Data = data; Head = HeadKind.Growing }
+
     /// Learns the stream up to and including task `lastTask` (0-based; every remaining task when None),
     /// from wherever the learner stands (inside a task when it was saved there).
     let learnUntil (hooks: RunHooks) (cancellation: CancellationToken) (lastTask: int option) (learner: Learner) : Learner =
@@ -116,6 +141,20 @@ module Learner =
         let benchmark = TaskStream.append task learner.Benchmark
         if learner.OwnsBenchmark then Benchmarks.dispose learner.Benchmark
         { learner with Benchmark = benchmark; OwnsBenchmark = true; Sources = learner.Sources @ [ source ] }
+
+    /// The options a new task's data are read with (TaskLoaders) so that they fit the learner: images are
+    /// brought to its input size and colour, tables read with its configuration's label column and scale.
+    let taskOptions (learner: Learner) : Map<string, string> =
+        let channels, height, width = learner.Benchmark.InputShape
+        if learner.Benchmark.Train.Stored.dtype = torch.ScalarType.Byte then
+            Map.ofList [ "imageSize", ImageOptions.sizeText (height, width); "colour", (if channels = 1 then "gray" else "rgb") ]
+        else
+            let source = learner.Config.Data.Source
+            Map.ofList
+                [ yield "labelColumn", source.LabelColumn
+                  match source.FeatureScale with
+                  | Some s -> yield "featureScale", s.ToString("R", Globalization.CultureInfo.InvariantCulture)
+                  | None -> () ]
 
     /// The learner's accuracy now on every task's test set (its own classifier: iCaRL's nearest mean
     /// of exemplars where the method has one).

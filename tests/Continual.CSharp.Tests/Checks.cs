@@ -44,6 +44,7 @@ internal static partial class Checks
         ("run: WithPenalty adds an importance penalty with its method's defaults", PenaltyWithDefaults),
         .. TypedChecks,
         .. LearnerChecks,
+        .. OwnDataChecks,
         .. OnnxChecks,
         ("cancel: a cancelled token stops the run within a step", CancellationStopsTheRun),
         ("cancel: an already cancelled token runs nothing", PreCancelledTokenRunsNothing),
