@@ -479,26 +479,19 @@ let private holdSaved (folder: string) (options: string list) : OutputFolder.Hol
 
 /// Restores a checked learner file with its benchmark and the tasks it added (which the learner owns).
 let private restore (saved: Learner.SavedLearner) : Learner =
+    // Frees `benchmark` when `f` fails; a learner file that cannot be used becomes a one-line problem.
+    let using' (benchmark: Benchmark) (f: unit -> 'T) : 'T =
+        try f ()
+        with e ->
+            Benchmarks.dispose benchmark
+            match e with
+            | LearnerFileError(path, reason) -> raise (LearnerProblem(sprintf "%s: %s (nothing was changed)" path reason))
+            | _ -> reraise ()
     try
         let initial = Experiment.loadBenchmark saved.Config
-        let benchmark =
-            try Learner.appendAddedTasks (Learner.loaderFor saved.Path) saved initial
-            with
-            | LearnerFileError(path, reason) ->
-                Benchmarks.dispose initial
-                raise (LearnerProblem(sprintf "%s: %s (nothing was changed)" path reason))
-            | _ ->
-                Benchmarks.dispose initial
-                reraise ()
+        let benchmark = using' initial (fun () -> Learner.appendAddedTasks (Learner.loaderFor saved.Path) saved initial)
         if not (obj.ReferenceEquals(benchmark, initial)) then Benchmarks.dispose initial
-        try { Learner.restoreOn benchmark saved with OwnsBenchmark = true }
-        with
-        | LearnerFileError(path, reason) ->
-            Benchmarks.dispose benchmark
-            raise (LearnerProblem(sprintf "%s: %s (nothing was changed)" path reason))
-        | _ ->
-            Benchmarks.dispose benchmark
-            reraise ()
+        using' benchmark (fun () -> { Learner.restoreOn benchmark saved with OwnsBenchmark = true })
     finally
         Learner.discard saved
 
