@@ -226,10 +226,45 @@ internal sealed class ExternalTerm(ICustomTerm term) : CoreMethods.IExternalTerm
     }
 }
 
-/// <summary>A stateless custom term given as a function (<see cref="ExperimentBuilder.WithCustomTerm(string, Func{TermContext, Tensor})"/>).</summary>
-internal sealed class FunctionTerm(string name, Func<TermContext, Tensor?> compute) : ICustomTerm
+/// <summary>Custom terms made from functions, for terms that need no class of their own.</summary>
+public static class CustomTerm
+{
+    /// <summary>
+    /// A custom term from functions: <paramref name="compute"/> is <see cref="ICustomTerm.Compute"/>, and the optional
+    /// <paramref name="onTaskStart"/>, <paramref name="onTaskEnd"/> and <paramref name="dispose"/> are called at a task's
+    /// start, at its end and when the run's result is disposed. State kept across calls lives in the functions'
+    /// captured variables; make the term inside <see cref="ExperimentBuilder.WithCustomTerm(Func{ICustomTerm})"/>'s
+    /// factory, so that every run starts from fresh variables. The lifetime rules of <see cref="ICustomTerm"/> apply.
+    /// </summary>
+    /// <exception cref="ArgumentNullException"><paramref name="name"/> or <paramref name="compute"/> is null.</exception>
+    public static ICustomTerm Create(
+        string name,
+        Func<TermContext, Tensor?> compute,
+        Action<TermTaskContext>? onTaskStart = null,
+        Action<TermTaskContext>? onTaskEnd = null,
+        Action? dispose = null)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        ArgumentNullException.ThrowIfNull(compute);
+        return new FunctionTerm(name, compute, onTaskStart, onTaskEnd, dispose);
+    }
+}
+
+/// <summary>A custom term given as functions (<see cref="CustomTerm.Create"/>).</summary>
+internal sealed class FunctionTerm(
+    string name,
+    Func<TermContext, Tensor?> compute,
+    Action<TermTaskContext>? onTaskStart,
+    Action<TermTaskContext>? onTaskEnd,
+    Action? dispose) : ICustomTerm, IDisposable
 {
     public string Name => name;
 
     public Tensor? Compute(TermContext context) => compute(context);
+
+    public void OnTaskStart(TermTaskContext context) => onTaskStart?.Invoke(context);
+
+    public void OnTaskEnd(TermTaskContext context) => onTaskEnd?.Invoke(context);
+
+    public void Dispose() => dispose?.Invoke();
 }

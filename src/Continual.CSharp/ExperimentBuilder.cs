@@ -258,7 +258,7 @@ public sealed class ExperimentBuilder
     {
         ArgumentNullException.ThrowIfNull(name);
         ArgumentNullException.ThrowIfNull(compute);
-        return WithCustomTerm(() => new FunctionTerm(name, compute));
+        return WithCustomTerm(() => new FunctionTerm(name, compute, null, null, null));
     }
 
     /// <summary>Removes every custom term.</summary>

@@ -8,7 +8,7 @@ internal static partial class Checks
 {
     private static List<(string Name, Func<Task> Body)> CustomTermChecks =>
     [
-        ("custom term: an L2-to-anchor term in C# gives the built-in L2 penalty's matrices", CustomL2MatchesBuiltInL2),
+        ("custom term: an L2-to-anchor term in C# (a class, and functions) gives the built-in L2 penalty's matrices", CustomL2MatchesBuiltInL2),
         ("custom term: a term's value reaches the loss, its task counted from 1", CustomTermValueReachesTheLoss),
         ("custom term: bad names and learners are refused; a term is disposed with its result", CustomTermsRefusedAndDisposed),
     ];
@@ -100,6 +100,43 @@ internal static partial class Checks
             Assert.True(!term.Disposed, "the term lives as long as the result");
         }
         Assert.True(terms[0].Disposed, "disposing the result disposes the term");
+
+        // The same term from functions (docs/csharp.md's snippet), its state in captured variables.
+        var released = 0;
+        var functions = small.WithCustomTerm(() =>
+        {
+            IReadOnlyList<Tensor>? anchor = null;
+            void Release()
+            {
+                foreach (var t in anchor ?? []) t.Dispose();
+                anchor = null;
+            }
+            return CustomTerm.Create(
+                "l2-anchor",
+                compute: c =>
+                {
+                    if (anchor is null) return null;
+                    Tensor sum = torch.zeros(1, device: c.Logits.device);
+                    for (var i = 0; i < anchor.Count; i++) sum = sum + (c.Parameters[i].Value - anchor[i]).square().sum();
+                    return sum * (lambda / 2);
+                },
+                onTaskEnd: c =>
+                {
+                    Release();
+                    anchor = c.SnapshotParameters();
+                },
+                dispose: () =>
+                {
+                    released++;
+                    Release();
+                });
+        });
+        using (var fromFunctions = functions.Run())
+        {
+            Assert.Matrix(reference.ClassIncremental, fromFunctions.ClassIncremental, "CustomTerm.Create vs built-in L2: class-il");
+            Assert.Matrix(reference.TaskIncremental, fromFunctions.TaskIncremental, "CustomTerm.Create vs built-in L2: task-il");
+        }
+        Assert.Equal(1, released);
         // The penalty is strong enough to matter: without it the matrices differ (else the check proves nothing).
         Assert.True(!plain.ClassIncremental.Zip(reference.ClassIncremental).All(p => p.First.SequenceEqual(p.Second)),
             "L2 with λ 20 changes the class-il matrix from plain SGD's");
