@@ -91,9 +91,23 @@ public interface ICustomTerm
 }
 
 /// <summary>A parameter of the model by its name, e.g. "layers.0.weight" (a tensor of the run: never dispose it).</summary>
-/// <param name="Name">The parameter's name in the model (TorchSharp's <c>named_parameters()</c>).</param>
-/// <param name="Value">The parameter itself, on the run's device, with its gradient tracked.</param>
-public sealed record ModelParameter(string Name, Tensor Value);
+public sealed class ModelParameter
+{
+    internal ModelParameter(string name, Tensor value)
+    {
+        Name = name;
+        Value = value;
+    }
+
+    /// <summary>The parameter's name in the model (TorchSharp's <c>named_parameters()</c>).</summary>
+    public string Name { get; }
+
+    /// <summary>The parameter itself, on the run's device, with its gradient tracked.</summary>
+    public Tensor Value { get; }
+
+    /// <inheritdoc/>
+    public override string ToString() => $"{Name} [{string.Join(", ", Value.shape)}]";
+}
 
 /// <summary>
 /// What a custom term sees at one training step: the batch, the model's output on it and the model's
