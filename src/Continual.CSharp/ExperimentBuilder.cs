@@ -1,6 +1,7 @@
 using Microsoft.FSharp.Collections;
 using Microsoft.FSharp.Core;
 using Continual.Data;
+using Tensor = TorchSharp.torch.Tensor;
 using CoreConfig = global::Continual.Config;
 using CoreData = global::Continual.DataSettings;
 using CoreExperiment = global::Continual.Experiment;
@@ -114,6 +115,9 @@ public sealed class ExperimentBuilder
 
         public string? OnnxFolder { get; init; }
 
+        // Custom terms (WithCustomTerm): a factory each, called once per run for a fresh term.
+        public Func<ICustomTerm>[] CustomTerms { get; init; } = [];
+
         // Settings of the method, the penalty or the distillation terms set by name (WithOption), applied
         // in order over the typed ones; one per normalised name (a later value replaces an earlier one).
         public (string Key, string Name, string Text)[] Options { get; init; } = [];
@@ -219,6 +223,49 @@ public sealed class ExperimentBuilder
         ArgumentNullException.ThrowIfNull(term);
         return new(_s with { Distillation = [.. _s.Distillation, term] });
     }
+
+    /// <summary>
+    /// Adds a loss term or penalty written in C# (see <see cref="ICustomTerm"/>): every run calls
+    /// <paramref name="factory"/> once for a fresh term and adds its value to every step's loss under its name, after
+    /// the method's, penalty's and distillation's terms. Several terms are added in order. Custom terms are code,
+    /// not settings: <see cref="Settings"/> and results.json do not show them, and a <see cref="Learner"/> does not
+    /// take them yet (<see cref="CreateLearner"/> refuses a builder that has one).
+    /// </summary>
+    /// <example>
+    /// <code>
+    /// var builder = new ExperimentBuilder().WithStrategy("sgd").WithCustomTerm(() =&gt; new L2Anchor(lambda: 0.1));
+    /// </code>
+    /// </example>
+    public ExperimentBuilder WithCustomTerm(Func<ICustomTerm> factory)
+    {
+        ArgumentNullException.ThrowIfNull(factory);
+        return new(_s with { CustomTerms = [.. _s.CustomTerms, factory] });
+    }
+
+    /// <summary>
+    /// Adds a custom term of a type with a parameterless constructor, a fresh instance for every run (see
+    /// <see cref="WithCustomTerm(Func{ICustomTerm})"/>).
+    /// </summary>
+    public ExperimentBuilder WithCustomTerm<TTerm>()
+        where TTerm : ICustomTerm, new() => WithCustomTerm(() => new TTerm());
+
+    /// <summary>
+    /// Adds a stateless custom term given as a function of the step (see <see cref="ICustomTerm.Compute"/>): e.g. a
+    /// confidence penalty <c>c =&gt; -0.1 * entropy(c.Logits)</c>. The function returns a scalar tensor of the step's
+    /// dispose scope, or null for no term at that step.
+    /// </summary>
+    public ExperimentBuilder WithCustomTerm(string name, Func<TermContext, Tensor?> compute)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        ArgumentNullException.ThrowIfNull(compute);
+        return WithCustomTerm(() => new FunctionTerm(name, compute, null, null, null));
+    }
+
+    /// <summary>Removes every custom term.</summary>
+    public ExperimentBuilder WithoutCustomTerms() => new(_s with { CustomTerms = [] });
+
+    /// <summary>How many custom terms <see cref="WithCustomTerm(Func{ICustomTerm})"/> added.</summary>
+    public int CustomTermCount => _s.CustomTerms.Length;
 
     /// <summary>Removes every distillation term.</summary>
     public ExperimentBuilder WithoutDistillation() =>
@@ -353,7 +400,7 @@ public sealed class ExperimentBuilder
     /// <exception cref="OnnxExportException">A task's ONNX export failed a check (see <see cref="WithoutOnnxExport"/>).</exception>
     public ExperimentResult Run(IProgress<TrainingProgress>? progress = null, CancellationToken cancellationToken = default)
     {
-        var config = ValidConfig();
+        var config = ValidRunConfig();
         cancellationToken.ThrowIfCancellationRequested();
         var events = new ProgressTranslator(progress);
         var hooks = global::Continual.RunHooksModule.events(FuncConvert.FromAction<global::Continual.TrainingEvent>(events.OnEvent));
@@ -374,7 +421,18 @@ public sealed class ExperimentBuilder
             var benchmark = LoadBenchmark(config, cancellationToken);
             try
             {
-                var run = CoreExperiment.runOn(benchmark, config, hooks, cancellationToken);
+                var terms = CreateCustomTerms();
+                global::Continual.ExperimentResult run;
+                try
+                {
+                    run = CoreExperiment.runOnWith(Options.List<global::Continual.Methods.IExternalTerm>(terms), benchmark, config, hooks, cancellationToken);
+                }
+                catch
+                {
+                    // A run that ends in an exception has freed its state but for what the terms own.
+                    foreach (var term in terms) term.Dispose();
+                    throw;
+                }
                 // The wall time includes loading, as the core's Experiment.run counts it.
                 result = new global::Continual.ExperimentResult(run.Config, run.Architecture, run.Benchmark, run.Outcome, clock.Elapsed.TotalSeconds, run.StartedUtc);
             }
@@ -426,11 +484,26 @@ public sealed class ExperimentBuilder
     /// </summary>
     /// <exception cref="ExperimentValidationException">The configuration is not valid (nothing was loaded).</exception>
     /// <exception cref="ContinualDataException">A data file is missing or unreadable.</exception>
+    /// <exception cref="ExperimentValidationException">
+    /// The builder has a custom term (<see cref="WithCustomTerm(Func{ICustomTerm})"/>): learners do not take them yet.
+    /// </exception>
     public Learner CreateLearner() => Learner.Create(this);
 
     /// <summary>The validated configuration (the core's type); throws when <see cref="Validate"/> finds problems.</summary>
     /// <exception cref="ExperimentValidationException">The configuration is not valid.</exception>
     internal CoreConfig ValidConfig()
+    {
+        if (_s.CustomTerms.Length > 0)
+        {
+            // The learner's path (Learner.Create) does not pass custom terms to the core yet: refuse rather than drop them.
+            throw new ExperimentValidationException(
+                [$"a learner does not take custom terms yet ({nameof(WithCustomTerm)}): run them with {nameof(Run)} or {nameof(RunAsync)}, or remove them ({nameof(WithoutCustomTerms)})"]);
+        }
+        return ValidRunConfig();
+    }
+
+    /// <summary>The validated configuration for <see cref="Run"/> (custom terms are passed apart).</summary>
+    private CoreConfig ValidRunConfig()
     {
         var errors = Validate();
         if (errors.Count > 0) throw new ExperimentValidationException(errors);
@@ -442,6 +515,45 @@ public sealed class ExperimentBuilder
     {
         var built = Build();
         return built.Fatal.Count > 0 ? string.Join("; ", built.Fatal) : new ExperimentSettings(built.Config).ToString();
+    }
+
+    /// <summary>
+    /// A fresh term from every custom-term factory, in order, checked: a factory returns a term, names are
+    /// non-empty and distinct. On a problem the terms made are disposed and nothing runs.
+    /// </summary>
+    /// <exception cref="ExperimentValidationException">A factory returned null or a name is empty or repeated.</exception>
+    private ExternalTerm[] CreateCustomTerms()
+    {
+        var terms = new List<ExternalTerm>();
+        var problems = new List<string>();
+        try
+        {
+            foreach (var factory in _s.CustomTerms)
+            {
+                if (factory() is not ICustomTerm term)
+                {
+                    problems.Add($"a custom term's factory returned null ({nameof(WithCustomTerm)})");
+                    continue;
+                }
+                terms.Add(new ExternalTerm(term));
+                var name = term.Name;
+                if (string.IsNullOrWhiteSpace(name))
+                    problems.Add($"a custom term ({term.GetType().Name}) has an empty name ({nameof(ICustomTerm)}.{nameof(ICustomTerm.Name)})");
+                else if (terms.Count(t => t.Name == name) > 1)
+                    problems.Add($"two custom terms are named '{name}' ({nameof(ICustomTerm)}.{nameof(ICustomTerm.Name)})");
+            }
+        }
+        catch
+        {
+            foreach (var term in terms) term.Dispose();
+            throw;
+        }
+        if (problems.Count > 0)
+        {
+            foreach (var term in terms) term.Dispose();
+            throw new ExperimentValidationException(problems);
+        }
+        return [.. terms];
     }
 
     private static T NotNull<T>(T value, [System.Runtime.CompilerServices.CallerArgumentExpression(nameof(value))] string? name = null)

@@ -538,14 +538,16 @@ module Experiment =
           Device = Engine.device config.Run.Device
           ProgressEvery = 100 }
 
-    /// Runs a configuration on an already loaded benchmark (the caller keeps ownership of it).
-    let runOn (benchmark: Benchmark) (config: Config) (hooks: RunHooks) (cancellation: CancellationToken) =
+    /// Runs a configuration on an already loaded benchmark (the caller keeps ownership of it), with
+    /// external terms (the C# façade's custom terms) added after the configuration's own methods.
+    let runOnWith (terms: IExternalTerm list) (benchmark: Benchmark) (config: Config) (hooks: RunHooks) (cancellation: CancellationToken) =
         ensureValid config
         Engine.configureThreads config.Run.Threads
         let started = DateTime.UtcNow
         let clock = Diagnostics.Stopwatch.StartNew()
         let architecture = Backbones.ofName config.Backbone benchmark.InputShape (initialHeadClasses config benchmark)
-        let outcome = Training.run architecture benchmark (strategy config) (settings config) hooks cancellation
+        let strategy = terms |> List.fold (fun s t -> s |> Method.add (ExternalTerm.create t)) (strategy config)
+        let outcome = Training.run architecture benchmark strategy (settings config) hooks cancellation
         { Config = config
           // The model's own: a growing head ends wider than it started.
           Architecture = outcome.State.Model.Architecture
@@ -553,6 +555,10 @@ module Experiment =
           Outcome = outcome
           WallSeconds = clock.Elapsed.TotalSeconds
           StartedUtc = started }
+
+    /// Runs a configuration on an already loaded benchmark (the caller keeps ownership of it).
+    let runOn (benchmark: Benchmark) (config: Config) (hooks: RunHooks) (cancellation: CancellationToken) =
+        runOnWith [] benchmark config hooks cancellation
 
     /// Validates, loads the data and runs a configuration end to end.
     let run (config: Config) (hooks: RunHooks) (cancellation: CancellationToken) : ExperimentResult =

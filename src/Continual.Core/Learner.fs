@@ -76,6 +76,15 @@ module Learner =
     let createOn (benchmark: Benchmark) (config: Config) : Learner =
         createWithHead benchmark config (Experiment.initialHeadClasses config benchmark)
 
+    /// The learner with external terms (the C# façade's custom terms) added after its strategy's own
+    /// methods, before it has trained. A learner with one cannot be saved (`saveAt`).
+    let addTerms (terms: IExternalTerm list) (learner: Learner) : Learner =
+        let extra = terms |> List.map ExternalTerm.create
+        let point = learner.Point
+        { learner with
+            Strategy = { learner.Strategy with Methods = learner.Strategy.Methods @ extra }
+            Point = { point with State = { point.State with Methods = point.State.Methods @ extra } } }
+
     /// A new learner for a configuration, loading its benchmark (which the learner then owns).
     let create (config: Config) : Learner =
         Experiment.ensureValid config
@@ -301,8 +310,16 @@ module Learner =
         root, tensors
 
     /// Saves the learner at a point of its run (a checkpoint hook's point) to a file, atomically: a
-    /// process killed at any instant leaves the previous file or the new one.
+    /// process killed at any instant leaves the previous file or the new one. Raises NotSupportedException
+    /// (and writes nothing) when the learner has an external term (`addTerms`), whose state lives in its
+    /// own object where the file's codec cannot reach it.
     let saveAt (path: string) (point: RunPoint) (learner: Learner) =
+        match point.State.Methods |> List.tryFind ExternalTerm.isExternal with
+        | Some m ->
+            raise (
+                NotSupportedException(
+                    sprintf "the learner has the custom term '%s', whose state lives in its own object: a learner file cannot hold it" m.Name))
+        | None -> ()
         use scope = torch.NewDisposeScope()
         let root, tensors = encode learner point
         let metadata =

@@ -22,6 +22,7 @@ internal static partial class Checks
         ("surface: no F# type in any public signature", NoFSharpInPublicSignatures),
         ("surface: the signature check finds F# types where they are", SignatureCheckCanFail),
         .. SurfaceChecks,
+        .. CustomTermChecks,
         ("builder: defaults are the core's reference defaults", DefaultsAreTheCoresDefaults),
         ("builder: every With method sets its part of the configuration", EveryWithMethodSetsItsField),
         ("builder: WithOption maps names onto the builder's setters and the method's settings", WithOptionMapsOntoFields),
