@@ -228,8 +228,8 @@ public sealed class ExperimentBuilder
     /// Adds a loss term or penalty written in C# (see <see cref="ICustomTerm"/>): every run calls
     /// <paramref name="factory"/> once for a fresh term and adds its value to every step's loss under its name, after
     /// the method's, penalty's and distillation's terms. Several terms are added in order. Custom terms are code,
-    /// not settings: <see cref="Settings"/> and results.json do not show them, and a <see cref="Learner"/> does not
-    /// take them yet (<see cref="CreateLearner"/> refuses a builder that has one).
+    /// not settings: <see cref="Settings"/> and results.json do not show them. A <see cref="Learner"/> made from the
+    /// builder takes fresh terms too, but cannot be saved while it holds them.
     /// </summary>
     /// <example>
     /// <code>
@@ -484,23 +484,11 @@ public sealed class ExperimentBuilder
     /// </summary>
     /// <exception cref="ExperimentValidationException">The configuration is not valid (nothing was loaded).</exception>
     /// <exception cref="ContinualDataException">A data file is missing or unreadable.</exception>
-    /// <exception cref="ExperimentValidationException">
-    /// The builder has a custom term (<see cref="WithCustomTerm(Func{ICustomTerm})"/>): learners do not take them yet.
-    /// </exception>
     public Learner CreateLearner() => Learner.Create(this);
 
     /// <summary>The validated configuration (the core's type); throws when <see cref="Validate"/> finds problems.</summary>
     /// <exception cref="ExperimentValidationException">The configuration is not valid.</exception>
-    internal CoreConfig ValidConfig()
-    {
-        if (_s.CustomTerms.Length > 0)
-        {
-            // The learner's path (Learner.Create) does not pass custom terms to the core yet: refuse rather than drop them.
-            throw new ExperimentValidationException(
-                [$"a learner does not take custom terms yet ({nameof(WithCustomTerm)}): run them with {nameof(Run)} or {nameof(RunAsync)}, or remove them ({nameof(WithoutCustomTerms)})"]);
-        }
-        return ValidRunConfig();
-    }
+    internal CoreConfig ValidConfig() => ValidRunConfig();
 
     /// <summary>The validated configuration for <see cref="Run"/> (custom terms are passed apart).</summary>
     private CoreConfig ValidRunConfig()
@@ -522,7 +510,7 @@ public sealed class ExperimentBuilder
     /// non-empty and distinct. On a problem the terms made are disposed and nothing runs.
     /// </summary>
     /// <exception cref="ExperimentValidationException">A factory returned null or a name is empty or repeated.</exception>
-    private ExternalTerm[] CreateCustomTerms()
+    internal ExternalTerm[] CreateCustomTerms()
     {
         var terms = new List<ExternalTerm>();
         var problems = new List<string>();

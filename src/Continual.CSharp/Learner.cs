@@ -56,9 +56,13 @@ public sealed class Learner : IDisposable
     // Set when a failed or cancelled LearnTaskAsync left the core's training state freed.
     private string? _broken;
 
-    private Learner(CoreLearner learner)
+    // Custom terms the learner owns (ExperimentBuilder.WithCustomTerm), disposed with it.
+    private readonly ExternalTerm[] _terms;
+
+    private Learner(CoreLearner learner, ExternalTerm[]? terms = null)
     {
         _learner = learner;
+        _terms = terms ?? [];
         Settings = new ExperimentSettings(learner.Config);
         var benchmark = learner.Benchmark;
         BenchmarkName = benchmark.Name;
@@ -75,13 +79,23 @@ public sealed class Learner : IDisposable
     {
         ArgumentNullException.ThrowIfNull(settings);
         var config = settings.ValidConfig();
+        return WithCustomTerms(settings, () => CoreLearners.create(config));
+    }
+
+    // A learner made by `create`, with the settings' custom terms (fresh ones, which the learner then owns).
+    private static Learner WithCustomTerms(ExperimentBuilder settings, Func<CoreLearner> create)
+    {
+        var terms = settings.CreateCustomTerms();
         try
         {
-            return new Learner(CoreLearners.create(config));
+            var learner = create();
+            return new Learner(terms.Length == 0 ? learner : CoreLearners.addTerms(Options.List<global::Continual.Methods.IExternalTerm>(terms), learner), terms);
         }
-        catch (Exception e) when (FacadeErrors.Translate(e) is { } translated)
+        catch (Exception e)
         {
-            throw translated;
+            foreach (var term in terms) term.Dispose();
+            if (FacadeErrors.Translate(e) is { } translated) throw translated;
+            throw;
         }
     }
 
@@ -98,14 +112,7 @@ public sealed class Learner : IDisposable
         ArgumentNullException.ThrowIfNull(settings);
         ArgumentNullException.ThrowIfNull(firstTask);
         var config = settings.ValidConfig();
-        try
-        {
-            return new Learner(CoreLearners.createFromTask(config, firstTask.SourceFor(null)));
-        }
-        catch (Exception e) when (FacadeErrors.Translate(e) is { } translated)
-        {
-            throw translated;
-        }
+        return WithCustomTerms(settings, () => CoreLearners.createFromTask(config, firstTask.SourceFor(null)));
     }
 
     /// <summary>
@@ -356,6 +363,10 @@ public sealed class Learner : IDisposable
     /// <exception cref="InvalidOperationException">Another operation is running, or the learner is unusable.</exception>
     /// <exception cref="ObjectDisposedException">The learner was disposed.</exception>
     /// <exception cref="IOException">The file cannot be written.</exception>
+    /// <exception cref="NotSupportedException">
+    /// The learner has custom terms (<see cref="ExperimentBuilder.WithCustomTerm(Func{ICustomTerm})"/>), whose state lives in
+    /// their own objects and cannot be saved; nothing is written.
+    /// </exception>
     /// <exception cref="OperationCanceledException">The token was cancelled before writing.</exception>
     public Task SaveAsync(string path, CancellationToken cancellationToken = default)
     {
@@ -472,6 +483,7 @@ public sealed class Learner : IDisposable
     {
         if (_freed) return;
         _freed = true;
+        foreach (var term in _terms) term.Dispose();
         if (_broken is null)
         {
             CoreLearners.dispose(_learner);

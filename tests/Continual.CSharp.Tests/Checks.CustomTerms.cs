@@ -10,7 +10,8 @@ internal static partial class Checks
     [
         ("custom term: an L2-to-anchor term in C# (a class, and functions) gives the built-in L2 penalty's matrices", CustomL2MatchesBuiltInL2),
         ("custom term: a term's value reaches the loss, its task counted from 1", CustomTermValueReachesTheLoss),
-        ("custom term: bad names and learners are refused; a term is disposed with its result", CustomTermsRefusedAndDisposed),
+        ("custom term: bad names are refused; a term is disposed with its result", CustomTermsRefusedAndDisposed),
+        ("custom term: a learner takes the builder's terms, learns as Run does, and refuses to save them", LearnerWithCustomTerm),
     ];
 
     /// <summary>
@@ -187,10 +188,32 @@ internal static partial class Checks
         Assert.True(twice.Message.Contains("two custom terms are named 'a'", StringComparison.Ordinal), twice.Message);
         Assert.True(made.Count == 3 && made.All(t => t.Disposed), "terms made for a refused run are disposed");
 
-        var learner = Assert.Throws<ExperimentValidationException>(() => small.WithCustomTerm(() => Make("b")).CreateLearner());
-        Assert.True(learner.Message.Contains("WithCustomTerm", StringComparison.Ordinal), learner.Message);
-        Assert.True(made.Count == 3, "CreateLearner refuses before making a term");
         Assert.Equal(0, small.WithCustomTerm(() => Make("c")).WithoutCustomTerms().CustomTermCount);
         return Task.CompletedTask;
+    }
+
+    private static async Task LearnerWithCustomTerm()
+    {
+        // A learner takes the builder's custom terms: the same matrices as Run, the term disposed with the learner,
+        // and SaveAsync refuses (the term's state is beyond the file's reach).
+        var builder = Subset().WithoutOnnxExport().WithTrainPerClass(20).WithTestPerClass(10).WithSeed(4).WithStrategy("sgd");
+        var terms = new List<L2Anchor>();
+        var withTerm = builder.WithCustomTerm(() => { var t = new L2Anchor(20.0); terms.Add(t); return t; });
+        var run = withTerm.Run();
+        var expected = run.ClassIncremental;
+        run.Dispose();
+        var plain = builder.Run();
+        var sgd = plain.ClassIncremental;
+        plain.Dispose();
+        var file = Path.Combine(TestData.NewFolder("term-learner"), Learner.DefaultFileName);
+        using (var learner = withTerm.CreateLearner())
+        {
+            while (learner.TasksLearned < learner.TaskCount) await learner.LearnTaskAsync();
+            Assert.Matrix(expected, learner.ClassIncremental, "a learner with the term learns as Run does");
+            Assert.True(!learner.ClassIncremental.Select(r => r.ToArray()).SelectMany(r => r).SequenceEqual(sgd.SelectMany(r => r)), "the term changed what SGD learns");
+            await Assert.ThrowsAsync<NotSupportedException>(() => learner.SaveAsync(file));
+            Assert.True(!File.Exists(file), "nothing written");
+        }
+        Assert.True(terms.Count == 2 && terms.All(t => t.Disposed), "each learner's and run's term is disposed with it");
     }
 }
