@@ -60,6 +60,10 @@ check run-fsharp-sample FSharp/bin/Release/net10.0/linux-x64/Continual.Samples.F
 check docs-csharp-snippets-compile bash -c "python3 '$repo/scripts/snippets-project.py' '$work/snippets' '$version' \
     '$repo/README.md' '$repo/docs/csharp.md' && dotnet build '$work/snippets/Snippets.csproj' -c Release -nologo -clp:ErrorsOnly -v:quiet"
 
+# The F# blocks of docs/fsharp.md compile as written (as one program, in order) against the packages.
+check docs-fsharp-snippets-compile bash -c "python3 '$repo/scripts/fsharp-snippets-project.py' '$work/fsnippets' '$version' \
+    '$repo/docs/fsharp.md' && dotnet build '$work/fsnippets/Snippets.fsproj' -c Release -nologo -clp:ErrorsOnly -v:quiet"
+
 # The tool, as `dotnet tool install` gives it to a user.
 check tool-install dotnet tool install --tool-path "$work/tool" --add-source "$feed" --version "$version" continual
 check tool-run "$work/tool/continual" run --data "$data" --strategy er --buffer 50 --train-per-class 20 \
