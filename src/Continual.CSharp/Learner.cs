@@ -125,7 +125,7 @@ public sealed class Learner : IDisposable
     /// <param name="cancellationToken">Checked before loading.</param>
     /// <exception cref="LearnerFileException">The file cannot be used, or a task given as arrays is not in <paramref name="tasksInMemory"/>.</exception>
     /// <exception cref="ContinualDataException">The data files are missing or unreadable.</exception>
-    /// <exception cref="OperationCanceledException">The token was cancelled before loading.</exception>
+    /// <exception cref="OperationCanceledException">The token was cancelled before or while loading.</exception>
     public static Task<Learner> LoadAsync(string path, IReadOnlyDictionary<string, TaskData> tasksInMemory, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(path);
@@ -145,29 +145,33 @@ public sealed class Learner : IDisposable
     /// benchmark its configuration names, on a thread-pool thread. The learner goes on exactly where it was saved.
     /// </summary>
     /// <param name="path">The learner file.</param>
-    /// <param name="cancellationToken">Checked before loading (a load, once started, runs to its end).</param>
+    /// <param name="cancellationToken">
+    /// Observed while the files are read: a cancellation throws at once, and the abandoned load frees what it read.
+    /// </param>
     /// <returns>The learner; dispose it to release its model and data.</returns>
     /// <exception cref="LearnerFileException">
     /// The file is missing, truncated or corrupted, of another format or version, or holds a configuration or
     /// benchmark split this build cannot rebuild.
     /// </exception>
     /// <exception cref="ContinualDataException">The benchmark's data files are missing or unreadable.</exception>
-    /// <exception cref="OperationCanceledException">The token was cancelled before loading.</exception>
+    /// <exception cref="OperationCanceledException">The token was cancelled before or while loading.</exception>
     public static Task<Learner> LoadAsync(string path, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(path);
         return LoadWithAsync(path, CoreLearners.loaderFor(path), cancellationToken);
     }
 
+    // Loads on a thread-pool thread while the caller waits on the token: a cancellation while the files are read
+    // throws at once, and the abandoned load frees what it read when it ends.
     private static async Task<Learner> LoadWithAsync(
         string path, FSharpFunc<global::Continual.Data.TaskSource, global::Continual.Data.Benchmark> loader, CancellationToken cancellationToken)
     {
-        return await Task.Run(() =>
+        cancellationToken.ThrowIfCancellationRequested();
+        var loading = Task.Run(() =>
         {
-            cancellationToken.ThrowIfCancellationRequested();
             try
             {
-                return new Learner(CoreLearners.loadWith(loader, path));
+                return CoreLearners.loadWith(loader, path);
             }
             catch (global::Continual.LearnerFileError e)
             {
@@ -181,7 +185,16 @@ public sealed class Learner : IDisposable
             {
                 throw translated;
             }
-        }).ConfigureAwait(false);
+        });
+        try
+        {
+            return new Learner(await loading.WaitAsync(cancellationToken).ConfigureAwait(false));
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            _ = loading.ContinueWith(t => { if (t.IsCompletedSuccessfully) CoreLearners.dispose(t.Result); }, TaskScheduler.Default);
+            throw;
+        }
     }
 
     /// <summary>The learner's configuration.</summary>

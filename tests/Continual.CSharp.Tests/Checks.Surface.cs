@@ -18,6 +18,7 @@ internal static partial class Checks
         ("surface: a diverging run throws TrainingDivergedException, its task counted from 1", DivergingRunThrowsDotNetException),
         ("surface: a diverging learner throws TrainingDivergedException and is then refused", DivergingLearnerThrowsDotNetException),
         ("cancel: a token cancelled while the data loads ends Run while the load is still blocked", CancellationObservedWhileLoading),
+        ("cancel: a token cancelled while Learner.LoadAsync reads the data ends it while the load is still blocked", LoadAsyncObservesCancellationWhileLoading),
     ];
 
     private static Assembly Facade => typeof(ExperimentBuilder).Assembly;
@@ -148,35 +149,66 @@ internal static partial class Checks
 
     private static async Task CancellationObservedWhileLoading()
     {
-        // The training images are a FIFO: the loader blocks opening it until a writer comes, and then in reading
-        // it until the writer closes it. Cancelling while it is blocked there must end Run at once.
-        var folder = TestData.NewFolder("fifo");
+        var folder = FifoDataFolder("fifo", out var fifo);
+        var recorder = new Recorder();
+        await CancelledWhileBlockedOn(fifo, token => Task.Run(() => Subset().WithDataFolder(folder).WithStrategy("sgd").Run(recorder, token)));
+        Assert.Equal(0, recorder.Reports.Count);
+    }
+
+    private static async Task LoadAsyncObservesCancellationWhileLoading()
+    {
+        // A learner saved on a copy of the test data, whose training images then become a FIFO.
+        var folder = TestData.NewFolder("fifo-learner");
         foreach (var file in Directory.GetFiles(TestData.Folder))
             File.Copy(file, Path.Combine(folder, Path.GetFileName(file)));
+        var saved = Path.Combine(folder, "learner", Learner.DefaultFileName);
+        using (var learner = Subset().WithDataFolder(folder).WithStrategy("sgd").WithTrainPerClass(10).WithTestPerClass(5).CreateLearner())
+        {
+            await learner.LearnTaskAsync();
+            await learner.SaveAsync(saved);
+        }
+        foreach (var file in Directory.GetFiles(folder, "train-images*")) File.Delete(file);
         var fifo = Path.Combine(folder, "train-images-idx3-ubyte");
-        File.Delete(fifo);
         Assert.True(mkfifo(fifo, Convert.ToUInt32("600", 8)) == 0, $"mkfifo failed ({Marshal.GetLastPInvokeError()})");
+        await CancelledWhileBlockedOn(fifo, token => Learner.LoadAsync(saved, token));
+    }
+
+    // A copy of the test data whose training images are a FIFO: the loader blocks opening it until a writer comes,
+    // and then in reading it until the writer closes it.
+    private static string FifoDataFolder(string label, out string fifo)
+    {
+        var folder = TestData.NewFolder(label);
+        foreach (var file in Directory.GetFiles(TestData.Folder))
+            File.Copy(file, Path.Combine(folder, Path.GetFileName(file)));
+        fifo = Path.Combine(folder, "train-images-idx3-ubyte");
+        foreach (var file in Directory.GetFiles(folder, "train-images*")) File.Delete(file);
+        Assert.True(mkfifo(fifo, Convert.ToUInt32("600", 8)) == 0, $"mkfifo failed ({Marshal.GetLastPInvokeError()})");
+        return folder;
+    }
+
+    // Starts an operation that reads `fifo`, cancels it while the read is blocked there, and expects it to end at
+    // once with OperationCanceledException.
+    private static async Task CancelledWhileBlockedOn(string fifo, Func<CancellationToken, Task> start)
+    {
         using var source = new CancellationTokenSource();
-        var recorder = new Recorder();
-        var run = Task.Run(() => Subset().WithDataFolder(folder).WithStrategy("sgd").Run(recorder, source.Token));
+        var operation = start(source.Token);
         // A non-blocking open for writing succeeds only once a reader has the FIFO open: then the load is under way.
         const int WriteOnlyNonBlocking = 0x1 | 0x800;
         var writer = -1;
-        for (var i = 0; i < 6000 && writer < 0 && !run.IsCompleted; i++)
+        for (var i = 0; i < 6000 && writer < 0 && !operation.IsCompleted; i++)
         {
             writer = open(fifo, WriteOnlyNonBlocking);
             if (writer < 0) await Task.Delay(10);
         }
         try
         {
-            Assert.True(writer >= 0, run.IsCompleted ? $"the run ended before reading the data: {run.Exception?.InnerException?.Message}" : "the load never opened the FIFO");
+            Assert.True(writer >= 0, operation.IsCompleted ? $"the operation ended before reading the data: {operation.Exception?.InnerException?.Message}" : "the load never opened the FIFO");
             source.Cancel();
-            // The writer stays open, so the load cannot end: only the cancellation can end Run. (Without it, Run
-            // would wait here for ever; the bound only keeps a failing check from hanging the suite.)
-            var ended = await Task.WhenAny(run, Task.Delay(TimeSpan.FromMinutes(2))) == run;
-            Assert.True(ended, "Run did not end while the data was loading");
-            await Assert.ThrowsAsync<OperationCanceledException>(() => run);
-            Assert.Equal(0, recorder.Reports.Count);
+            // The writer stays open, so the load cannot end: only the cancellation can end the operation. (Without
+            // it, it would wait here for ever; the bound only keeps a failing check from hanging the suite.)
+            var ended = await Task.WhenAny(operation, Task.Delay(TimeSpan.FromMinutes(2))) == operation;
+            Assert.True(ended, "the operation did not end while the data was loading");
+            await Assert.ThrowsAsync<OperationCanceledException>(() => operation);
         }
         finally
         {
