@@ -486,6 +486,15 @@ public sealed class ExperimentBuilder
     /// <exception cref="ContinualDataException">A data file is missing or unreadable.</exception>
     public Learner CreateLearner() => Learner.Create(this);
 
+    /// <summary>
+    /// A learner for this configuration (<see cref="Learner.Create(ExperimentBuilder, CancellationToken)"/>), observing
+    /// <paramref name="cancellationToken"/> while the data load.
+    /// </summary>
+    /// <exception cref="ExperimentValidationException">The configuration is not valid (nothing was loaded).</exception>
+    /// <exception cref="ContinualDataException">A data file is missing or unreadable.</exception>
+    /// <exception cref="OperationCanceledException">The token was cancelled before or while the data loaded.</exception>
+    public Learner CreateLearner(CancellationToken cancellationToken) => Learner.Create(this, cancellationToken);
+
     /// <summary>The validated configuration (the core's type); throws when <see cref="Validate"/> finds problems.</summary>
     /// <exception cref="ExperimentValidationException">The configuration is not valid.</exception>
     internal CoreConfig ValidConfig() => ValidRunConfig();

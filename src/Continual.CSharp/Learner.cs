@@ -71,15 +71,37 @@ public sealed class Learner : IDisposable
 
     /// <summary>
     /// Creates a learner for a configuration: validates it, loads the benchmark and builds the untrained model
-    /// (the same as <see cref="ExperimentBuilder.CreateLearner"/>).
+    /// (the same as <see cref="ExperimentBuilder.CreateLearner()"/>).
     /// </summary>
     /// <exception cref="ExperimentValidationException">The configuration is not valid (nothing was loaded).</exception>
     /// <exception cref="ContinualDataException">A data file is missing or unreadable.</exception>
-    public static Learner Create(ExperimentBuilder settings)
+    public static Learner Create(ExperimentBuilder settings) => Create(settings, CancellationToken.None);
+
+    /// <summary>
+    /// Creates a learner for a configuration as <see cref="Create(ExperimentBuilder)"/> does, observing
+    /// <paramref name="cancellationToken"/> while the data load: a cancellation throws at once, and the abandoned load
+    /// frees what it read.
+    /// </summary>
+    /// <exception cref="ExperimentValidationException">The configuration is not valid (nothing was loaded).</exception>
+    /// <exception cref="ContinualDataException">A data file is missing or unreadable.</exception>
+    /// <exception cref="OperationCanceledException">The token was cancelled before or while the data loaded.</exception>
+    public static Learner Create(ExperimentBuilder settings, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(settings);
         var config = settings.ValidConfig();
-        return WithCustomTerms(settings, () => CoreLearners.create(config));
+        return WithCustomTerms(settings, () =>
+        {
+            var benchmark = ExperimentBuilder.LoadBenchmark(config, cancellationToken);
+            try
+            {
+                return CoreLearners.createOwning(benchmark, config);
+            }
+            catch
+            {
+                global::Continual.Data.Benchmarks.dispose(benchmark);
+                throw;
+            }
+        });
     }
 
     // A learner made by `create`, with the settings' custom terms (fresh ones, which the learner then owns).

@@ -85,6 +85,10 @@ module Learner =
             Strategy = { learner.Strategy with Methods = learner.Strategy.Methods @ extra }
             Point = { point with State = { point.State with Methods = point.State.Methods @ extra } } }
 
+    /// A new learner for a configuration on a benchmark the learner then owns (freed with it).
+    let createOwning (benchmark: Benchmark) (config: Config) : Learner =
+        { createOn benchmark config with OwnsBenchmark = true }
+
     /// A new learner for a configuration, loading its benchmark (which the learner then owns).
     let create (config: Config) : Learner =
         Experiment.ensureValid config

@@ -18,7 +18,7 @@ internal static partial class Checks
         ("surface: a diverging run throws TrainingDivergedException, its task counted from 1", DivergingRunThrowsDotNetException),
         ("surface: a diverging learner throws TrainingDivergedException and is then refused", DivergingLearnerThrowsDotNetException),
         ("cancel: a token cancelled while the data loads ends Run while the load is still blocked", CancellationObservedWhileLoading),
-        ("cancel: a token cancelled while Learner.LoadAsync reads the data ends it while the load is still blocked", LoadAsyncObservesCancellationWhileLoading),
+        ("cancel: a token cancelled while Learner.LoadAsync or Create reads the data ends it while the load is still blocked", LoadAsyncObservesCancellationWhileLoading),
     ];
 
     private static Assembly Facade => typeof(ExperimentBuilder).Assembly;
@@ -171,6 +171,9 @@ internal static partial class Checks
         var fifo = Path.Combine(folder, "train-images-idx3-ubyte");
         Assert.True(mkfifo(fifo, Convert.ToUInt32("600", 8)) == 0, $"mkfifo failed ({Marshal.GetLastPInvokeError()})");
         await CancelledWhileBlockedOn(fifo, token => Learner.LoadAsync(saved, token));
+        // Creating a learner is cancelled the same way (a FIFO of its own: no reader of the first may be left on it).
+        var other = FifoDataFolder("fifo-create", out var otherFifo);
+        await CancelledWhileBlockedOn(otherFifo, token => Task.Run(() => Subset().WithDataFolder(other).WithStrategy("sgd").CreateLearner(token)));
     }
 
     // A copy of the test data whose training images are a FIFO: the loader blocks opening it until a writer comes,
