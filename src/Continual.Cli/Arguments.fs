@@ -45,6 +45,7 @@ module Help =
           "out", "folder for results.json and results.csv (default runs/<benchmark>-<strategy>-<buffer>-s<seed>); compare: for one such folder per run and compare.json (default runs/compare)."
           "quiet", "no progress bars (compare shows one line per run either way)."
           "repeat", "number of whole runs to time (default 1)."
+          "bare-loop", "the bare-loop program (bench/BareLoop) to time next to each run (default: BareLoop next to continual, else bench/BareLoop's build in the source tree above it)."
           "strategies", "comma-separated strategies (default sgd,joint,er,der,derpp)."
           "seeds", "comma-separated seeds (default 0,1,2)."
           "penalty", sprintf "add an importance penalty to the strategy: %s (e.g. derpp with si)." (String.concat ", " Continual.Methods.Registry.importanceNames)
@@ -253,6 +254,8 @@ type BenchArgs =
     | Out of folder: string
     | Quiet
     | Repeat of count: int
+    | No_Onnx
+    | Bare_Loop of path: string
 
     interface IArgParserTemplate with
         member this.Usage = Help.of' this

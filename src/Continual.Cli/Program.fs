@@ -648,7 +648,21 @@ let private distillCosts (args: GivenOptions) =
     | None -> ()
     0
 
+/// One timed run of `bench`: its result, the seconds of its phases and the bare loop's figures beside it.
+type private BenchRow =
+    { Result: ExperimentResult
+      DataSeconds: float
+      LoadSeconds: float
+      CheckpointMiB: float
+      PeakRssMiB: float
+      BareLoop: BareLoop.Figures option }
+
+/// `bench`: whole runs with a checkpoint after every task and (unless --no-onnx) the ONNX export and
+/// verification, each with the bare loop (bench/BareLoop) run after it on the same work where it has a
+/// counterpart; the phases of each run, the peak RSS, and the ratio of training times.
 let private benchCommand (results: ParseResults<BenchArgs>) =
+    // From process start to here: runtime start-up, native library loading so far, argument parsing.
+    let startUpSeconds = (DateTime.Now - Diagnostics.Process.GetCurrentProcess().StartTime).TotalSeconds
     let args = GivenOptions.ofResults (results.GetAllResults())
     if GivenOptions.tryGet<string> "distill" args |> Option.exists (fun d -> d.Trim().ToLowerInvariant() = "all") then distillCosts args else
     let config = configOf args None None
@@ -657,8 +671,23 @@ let private benchCommand (results: ParseResults<BenchArgs>) =
     let repeat = GivenOptions.get "repeat" 1 args
     if repeat <= 0 then raise (UsageProblem [ sprintf "--repeat must be positive (got %d)" repeat ])
     GivenOptions.tryGet<string> "out" args |> Option.iter checkOut
+    let onnx = not (GivenOptions.contains "no-onnx" args)
+    // The bare loop, or the one line that says why there is no ratio.
+    let bareLoop =
+        match BareLoop.argumentsFor config with
+        | Error why -> Error why
+        | Ok arguments ->
+            match BareLoop.locate (GivenOptions.tryGet<string> "bare-loop" args) with
+            | Some program -> Ok(program, arguments)
+            | None ->
+                match GivenOptions.tryGet<string> "bare-loop" args with
+                | Some given -> Error(sprintf "the bare loop is not at %s" given)
+                | None -> Error "the bare loop is not built (dotnet build bench/BareLoop -c Release)"
+    match bareLoop with
+    | Error why -> AnsiConsole.MarkupLine("bare loop: {0}; no ratio", Markup.Escape why)
+    | Ok _ -> ()
     let table = Table(Title = TableTitle(sprintf "%s on %s, buffer %d" (Config.methodName config) config.Data.Benchmark (Config.bufferSize config)))
-    for c in [ "run"; "wall s (load+train+eval+checkpoints)"; "train s"; "eval s"; "checkpoint s"; "checkpoints % of wall"; "load s"; "file MiB"; "steps"; "steps/s"; "peak memory MiB"; "class-il"; "task-il" ] do
+    for c in [ "run"; "wall s"; "data s"; "train s"; "eval s"; "onnx s"; "checkpoint s"; "other s"; "load s"; "file MiB"; "steps"; "steps/s"; "peak RSS MiB"; "bare train s"; "train / bare"; "class-il"; "task-il" ] do
         table.AddColumn(c) |> ignore
     // Checkpoints after every task, as `run` writes them, into a scratch folder (or --out).
     let folder = match GivenOptions.tryGet<string> "out" args with Some out -> out | None -> Path.Combine(Path.GetTempPath(), "continual-bench-" + Guid.NewGuid().ToString "N")
@@ -667,9 +696,18 @@ let private benchCommand (results: ParseResults<BenchArgs>) =
         try
             [ for r in 1 .. repeat ->
                 let clock = Diagnostics.Stopwatch.StartNew()
-                let learner = Learner.create config
+                let benchmark = Experiment.loadBenchmark config
+                let dataSeconds = clock.Elapsed.TotalSeconds
+                let learner = { Learner.createOn benchmark config with OwnsBenchmark = true }
                 let checkpoint _ point = Learner.saveAt file point learner
-                let finished = Report.withProgress true (fun onEvent -> Learner.learnUntil { RunHooks.none with OnEvent = onEvent; Checkpoint = checkpoint } CancellationToken.None None learner)
+                let exporter = if onnx then Some(Onnx.RunExporter(Onnx.ExportSettings.forRun (OnnxCommands.runIdentity config) folder, [])) else None
+                let finished =
+                    try
+                        Report.withProgress true (fun onEvent ->
+                            Learner.learnUntil
+                                { RunHooks.none with OnEvent = onEvent; Checkpoint = checkpoint; AfterTask = OnnxCommands.afterTask exporter }
+                                CancellationToken.None None learner)
+                    finally exporter |> Option.iter (fun e -> e.Finish())
                 let result = Learner.result clock.Elapsed.TotalSeconds finished
                 // Loading the last checkpoint on the loaded data: what `resume` and `learn` pay besides the data.
                 let loadClock = Diagnostics.Stopwatch.StartNew()
@@ -677,47 +715,87 @@ let private benchCommand (results: ParseResults<BenchArgs>) =
                 let loadSeconds = loadClock.Elapsed.TotalSeconds
                 Training.dispose loaded.Point.State
                 Learner.dispose finished
-                let o = result.Outcome
-                use me = Diagnostics.Process.GetCurrentProcess()
-                let peak = float me.PeakWorkingSet64 / 1048576.0
-                let megabytes = float (FileInfo(file).Length) / 1048576.0
-                let row = [ string r
-                            sprintf "%.2f" result.WallSeconds
-                            sprintf "%.2f" o.TrainSeconds
-                            sprintf "%.2f" o.EvalSeconds
-                            sprintf "%.3f" o.CheckpointSeconds
-                            sprintf "%.2f" (100.0 * o.CheckpointSeconds / result.WallSeconds)
-                            sprintf "%.3f" loadSeconds
-                            sprintf "%.1f" megabytes
-                            string o.Steps
-                            sprintf "%.0f" (float o.Steps / o.TrainSeconds)
-                            sprintf "%.0f" peak
-                            sprintf "%.2f" (Metrics.averageAccuracy o.ClassIl)
-                            sprintf "%.2f" (Metrics.averageAccuracy o.TaskIl) ]
-                table.AddRow(Array.ofList row) |> ignore
-                result, peak, loadSeconds, megabytes ]
+                let peak = BareLoop.peakRssMiB ()
+                let bare = match bareLoop with Ok(program, arguments) -> Some(BareLoop.run program arguments) | Error _ -> None
+                { Result = result; DataSeconds = dataSeconds; LoadSeconds = loadSeconds
+                  CheckpointMiB = float (FileInfo(file).Length) / 1048576.0; PeakRssMiB = peak; BareLoop = bare } ]
         finally
             if not (GivenOptions.contains "out" args) then (try Directory.Delete(folder, true) with _ -> ())
+    let otherSeconds (row: BenchRow) =
+        let o = row.Result.Outcome
+        max 0.0 (row.Result.WallSeconds - row.DataSeconds - o.TrainSeconds - o.EvalSeconds - o.HookSeconds - o.CheckpointSeconds)
+    rows |> List.iteri (fun i row ->
+        let o = row.Result.Outcome
+        table.AddRow(
+            string (i + 1), sprintf "%.2f" row.Result.WallSeconds, sprintf "%.3f" row.DataSeconds, sprintf "%.2f" o.TrainSeconds,
+            sprintf "%.2f" o.EvalSeconds, sprintf "%.2f" o.HookSeconds, sprintf "%.3f" o.CheckpointSeconds, sprintf "%.2f" (otherSeconds row),
+            sprintf "%.3f" row.LoadSeconds, sprintf "%.1f" row.CheckpointMiB, string o.Steps, sprintf "%.0f" (float o.Steps / o.TrainSeconds),
+            sprintf "%.0f" row.PeakRssMiB,
+            (match row.BareLoop with Some b -> sprintf "%.2f" b.TrainSeconds | None -> "-"),
+            (match row.BareLoop with Some b -> sprintf "%.2f" (o.TrainSeconds / b.TrainSeconds) | None -> "-"),
+            sprintf "%.2f" (Metrics.averageAccuracy o.ClassIl), sprintf "%.2f" (Metrics.averageAccuracy o.TaskIl)) |> ignore)
     AnsiConsole.Write table
+    let peak = BareLoop.peakRssMiB ()
+    AnsiConsole.MarkupLine("start-up {0:F2} s (process start to the bench command, once per process); peak RSS {1:F0} MiB", startUpSeconds, peak)
+    for (i, row) in List.indexed rows do
+        match row.BareLoop with
+        | Some b ->
+            AnsiConsole.MarkupLine(
+                "run {0}: training {1:F2} s, bare loop {2:F2} s ({3} steps): ratio {4:F2}; wall with start-up {5:F2} s, bare loop's {6:F2} s: {7:F2}",
+                i + 1, row.Result.Outcome.TrainSeconds, b.TrainSeconds, b.Steps, row.Result.Outcome.TrainSeconds / b.TrainSeconds,
+                startUpSeconds + row.Result.WallSeconds, b.WallSeconds, (startUpSeconds + row.Result.WallSeconds) / b.WallSeconds)
+        | None -> ()
     match GivenOptions.tryGet<string> "out" args with
     | Some out ->
         let json =
             Json.toBytes (fun w ->
-                w.WriteStartArray()
-                for (r, peak, loadSeconds, megabytes) in rows do
+                w.WriteStartObject()
+                w.WriteString("strategy", Config.methodName config)
+                w.WriteString("benchmark", config.Data.Benchmark)
+                w.WriteNumber("buffer", Config.bufferSize config)
+                w.WriteNumber("startUpSeconds", Json.fixedPoint 3 startUpSeconds)
+                w.WriteNumber("peakRssMiB", Json.fixedPoint 0 peak)
+                match bareLoop with
+                | Ok(program, _) -> w.WriteString("bareLoop", program)
+                | Error why -> w.WriteString("bareLoopSkipped", why)
+                w.WriteStartArray "runs"
+                for row in rows do
+                    let r = row.Result
                     w.WriteStartObject()
                     w.WriteNumber("wallSeconds", Json.fixedPoint 3 r.WallSeconds)
                     w.WriteNumber("trainSeconds", Json.fixedPoint 3 r.Outcome.TrainSeconds)
                     w.WriteNumber("evalSeconds", Json.fixedPoint 3 r.Outcome.EvalSeconds)
                     w.WriteNumber("checkpointSeconds", Json.fixedPoint 3 r.Outcome.CheckpointSeconds)
                     w.WriteNumber("checkpointShareOfWall", Json.fixedPoint 4 (r.Outcome.CheckpointSeconds / r.WallSeconds))
-                    w.WriteNumber("checkpointLoadSeconds", Json.fixedPoint 3 loadSeconds)
-                    w.WriteNumber("checkpointMiB", Json.fixedPoint 2 megabytes)
+                    w.WriteNumber("checkpointLoadSeconds", Json.fixedPoint 3 row.LoadSeconds)
+                    w.WriteNumber("checkpointMiB", Json.fixedPoint 2 row.CheckpointMiB)
                     w.WriteNumber("steps", r.Outcome.Steps)
-                    w.WriteNumber("peakMemoryMiB", Json.fixedPoint 0 peak)
+                    w.WriteNumber("peakRssMiB", Json.fixedPoint 0 row.PeakRssMiB)
+                    // The phases: start-up once per process (the first run), then this run's own.
+                    w.WriteStartObject "phases"
+                    w.WriteNumber("startUp", Json.fixedPoint 3 (if obj.ReferenceEquals(row, List.head rows) then startUpSeconds else 0.0))
+                    w.WriteNumber("data", Json.fixedPoint 3 row.DataSeconds)
+                    w.WriteNumber("train", Json.fixedPoint 3 r.Outcome.TrainSeconds)
+                    w.WriteNumber("evaluation", Json.fixedPoint 3 r.Outcome.EvalSeconds)
+                    w.WriteNumber("onnx", Json.fixedPoint 3 r.Outcome.HookSeconds)
+                    w.WriteNumber("checkpoint", Json.fixedPoint 3 r.Outcome.CheckpointSeconds)
+                    w.WriteNumber("other", Json.fixedPoint 3 (otherSeconds row))
                     w.WriteEndObject()
-                w.WriteEndArray())
-        Files.writeAtomically (Path.Combine(out, "bench.json")) json
+                    match row.BareLoop with
+                    | Some b ->
+                        w.WriteStartObject "bareLoop"
+                        w.WriteNumber("steps", b.Steps)
+                        w.WriteNumber("trainSeconds", Json.fixedPoint 3 b.TrainSeconds)
+                        w.WriteNumber("wallSeconds", Json.fixedPoint 3 b.WallSeconds)
+                        w.WriteNumber("peakRssMiB", Json.fixedPoint 0 b.PeakRssMiB)
+                        w.WriteEndObject()
+                        w.WriteNumber("ratio", Json.fixedPoint 3 (r.Outcome.TrainSeconds / b.TrainSeconds))
+                        w.WriteNumber("wallRatio", Json.fixedPoint 3 ((startUpSeconds + r.WallSeconds) / b.WallSeconds))
+                    | None -> ()
+                    w.WriteEndObject()
+                w.WriteEndArray()
+                w.WriteEndObject())
+        Files.writeAtomicallyWith (Path.Combine(out, "bench.json")) (fun stream -> stream.Write(json, 0, json.Length))
     | None -> ()
     0
 

@@ -20,7 +20,7 @@ let tests =
                           [| "run"; "--seeds"; "1,2" |]
                           // Each command has its own options: compare takes --strategies, not --strategy ...
                           [| "compare"; "--strategy"; "sgd" |]
-                          [| "bench"; "--no-onnx" |]
+                          [| "bench"; "--seeds"; "1,2" |]
                           // ... and a method option that sets nothing in the run is refused.
                           [| "run"; "--strategy"; "derpp"; "--xi"; "0.3" |]
                           [| "run"; "--strategy"; "sgd"; "--fisher"; "true" |]
@@ -91,6 +91,29 @@ let tests =
             Expect.isEmpty (Directory.GetFiles(out, "*.tmp")) "no temporary files left"
         }
 
+        test "continual bench (a real process) writes bench.json with every phase, the peak RSS and, with the bare loop built, its ratio" {
+            use tmp = new TempFolder()
+            writeSyntheticFolder tmp.Path 20 5
+            let out = Path.Combine(tmp.Path, "bench")
+            let code, _, errors = CliProcess.execute [ "bench"; "--data"; tmp.Path; "--strategy"; "derpp"; "--buffer"; "20"; "--out"; out ] []
+            Expect.equal code 0 (sprintf "bench exit code (%s)" errors)
+            use bench = JsonDocument.Parse(File.ReadAllText(Path.Combine(out, "bench.json")))
+            let root = bench.RootElement
+            Expect.isGreaterThan (root.GetProperty("peakRssMiB").GetDouble()) 0.0 "peak RSS"
+            let run = root.GetProperty("runs").[0]
+            Expect.sequenceEqual
+                [ for p in run.GetProperty("phases").EnumerateObject() -> p.Name ]
+                [ "startUp"; "data"; "train"; "evaluation"; "onnx"; "checkpoint"; "other" ]
+                "every phase"
+            Expect.isGreaterThan (run.GetProperty("peakRssMiB").GetDouble()) 0.0 "peak RSS of the run"
+            match Continual.Cli.BareLoop.locate None with
+            | Some _ ->
+                Expect.isGreaterThan (run.GetProperty("ratio").GetDouble()) 0.0 "the ratio, with the bare loop built"
+                Expect.equal (run.GetProperty("bareLoop").GetProperty("steps").GetInt64()) (run.GetProperty("steps").GetInt64()) "the bare loop takes as many steps"
+            | None ->
+                Expect.isTrue (root.TryGetProperty("bareLoopSkipped") |> fst) "without the bare loop, why there is no ratio"
+        }
+
         test "bench writes bench.json, and with --distill all distill-costs.json: one object per run" {
             use tmp = new TempFolder()
             writeSyntheticFolder tmp.Path 20 5
@@ -98,13 +121,13 @@ let tests =
             Expect.equal (Continual.Cli.Program.run [| "bench"; "--data"; tmp.Path; "--strategy"; "sgd"; "--repeat"; "2"; "--out"; out; "--quiet" |]) 0 "bench exit code"
             let rounded (digits: int) (v: JsonElement) = v.GetDouble() = System.Math.Round(v.GetDouble(), digits)
             use bench = JsonDocument.Parse(File.ReadAllText(Path.Combine(out, "bench.json")))
-            let runs = [ for r in bench.RootElement.EnumerateArray() -> r ]
+            let runs = [ for r in bench.RootElement.GetProperty("runs").EnumerateArray() -> r ]
             Expect.equal runs.Length 2 "one object per repeat"
             for r in runs do
                 Expect.sequenceEqual
-                    [ for p in r.EnumerateObject() -> p.Name ]
-                    [ "wallSeconds"; "trainSeconds"; "evalSeconds"; "checkpointSeconds"; "checkpointShareOfWall"; "checkpointLoadSeconds"; "checkpointMiB"; "steps"; "peakMemoryMiB" ]
-                    "fields"
+                    ([ for p in r.EnumerateObject() -> p.Name ] |> List.truncate 10)
+                    [ "wallSeconds"; "trainSeconds"; "evalSeconds"; "checkpointSeconds"; "checkpointShareOfWall"; "checkpointLoadSeconds"; "checkpointMiB"; "steps"; "peakRssMiB"; "phases" ]
+                    "fields (then the bare loop's, where it is built)"
                 Expect.isGreaterThan (r.GetProperty("steps").GetInt64()) 0L "steps"
                 // Checkpoints after every task are part of the run: their time is within the wall time.
                 let share = r.GetProperty("checkpointShareOfWall").GetDouble()
@@ -113,7 +136,7 @@ let tests =
                 Expect.isTrue (File.Exists(Path.Combine(out, Continual.Learner.FileName))) "the last checkpoint is in --out"
                 for name in [ "wallSeconds"; "trainSeconds"; "evalSeconds" ] do
                     Expect.isTrue (rounded 3 (r.GetProperty name)) (sprintf "%s to the millisecond" name)
-                Expect.isTrue (rounded 0 (r.GetProperty "peakMemoryMiB")) "whole MiB"
+                Expect.isTrue (rounded 0 (r.GetProperty "peakRssMiB")) "whole MiB"
             Expect.equal (Continual.Cli.Program.run [| "bench"; "--distill"; "all"; "--data"; tmp.Path; "--strategy"; "der"; "--buffer"; "20"; "--out"; out; "--quiet" |]) 0 "bench --distill all exit code"
             use costs = JsonDocument.Parse(File.ReadAllText(Path.Combine(out, "distill-costs.json")))
             let rows = [ for r in costs.RootElement.EnumerateArray() -> r ]
