@@ -104,9 +104,6 @@ module Learner =
     let createFromTask (config: Config) (source: TaskSource) : Learner =
         if not (List.contains source.Kind [ "folder"; "csv"; "npy" ]) then
             invalidArg (nameof source) (sprintf "a learner's first task comes from an image folder, a CSV folder or an .npy folder, not from %s (such tasks can follow)" source.Kind)
-        let classes =
-            let task = TaskLoaders.load source
-            try task.NumClasses finally Benchmarks.dispose task
         let option (key: string) = source.Options.TryFind key
         let s = config.Data.Source
         let data =
@@ -115,13 +112,21 @@ module Learner =
                 Folder = source.Path
                 Source =
                     { s with
-                        ClassesPerTask = Some classes
+                        ClassesPerTask = None
                         LabelColumn = defaultArg (option "labelColumn") s.LabelColumn
                         FeatureScale =
                             match option "featureScale" with
                             | Some text -> Some(Double.Parse(text, Globalization.CultureInfo.InvariantCulture))
                             | None -> s.FeatureScale } }
-        create { config with Data = data; Head = HeadKind.Growing }
+        // Read once; its classes, counted, make the one task the configuration then names (and reloads as).
+        let loaded = Experiment.loadBenchmark { config with Data = data }
+        let classes = loaded.NumClasses
+        let whole = { loaded with Tasks = [ { Index = 0; Classes = [ 0 .. classes - 1 ] } ] }
+        let config' = { config with Data = { data with Source = { data.Source with ClassesPerTask = Some classes } }; Head = HeadKind.Growing }
+        try createOwning whole config'
+        with _ ->
+            Benchmarks.dispose loaded
+            reraise ()
 
     /// Learns the stream up to and including task `lastTask` (0-based; every remaining task when None),
     /// from wherever the learner stands (inside a task when it was saved there).

@@ -37,15 +37,7 @@ let private config (strategy: string) (buffer: int) =
 
 /// Every method, every penalty and every distillation term, each once, with a growing head.
 let private configurations () : (string * Config) list =
-    [ for name in Experiment.strategyNames do
-          let buffer = if List.contains name [ "er"; "der"; "derpp"; "icarl" ] then 30 else 0
-          yield name, config name buffer
-      for penalty in Experiment.importanceNames do
-          yield sprintf "derpp + %s" penalty, config "derpp" 30 |> Experiment.withPenalty (Some penalty)
-      for (kind, name) in DistillationKind.all do
-          let baseName = if name = "relation" then "er" else "sgd"
-          yield sprintf "%s + %s" baseName name, config baseName (if baseName = "er" then 30 else 0) |> Experiment.withDistillation kind
-      yield "lwf + kd", config "lwf" 0 |> Experiment.withDistillation Kd
+    [ yield! everyMethod config 30
       yield "si on cnn", { config "si" 0 with Backbone = "cnn" }
       yield "ewc on resnet18", { config "ewc" 0 with Backbone = "resnet18" } ]
 

@@ -34,15 +34,7 @@ let private tame (config: Config) =
 /// Every method, every penalty (added to SGD-free methods where that makes sense), every distillation
 /// term and every backbone, each once.
 let private configurations () : (string * Config) list =
-    [ for name in Experiment.strategyNames do
-          let buffer = if List.contains name [ "er"; "der"; "derpp"; "icarl" ] then 50 else 0
-          yield name, small name buffer
-      for penalty in Experiment.importanceNames do
-          yield sprintf "derpp + %s" penalty, small "derpp" 50 |> Experiment.withPenalty (Some penalty)
-      for (kind, name) in DistillationKind.all do
-          let baseName = if name = "relation" then "er" else "sgd"
-          yield sprintf "%s + %s" baseName name, small baseName (if baseName = "er" then 50 else 0) |> Experiment.withDistillation kind
-      yield "lwf + kd", small "lwf" 0 |> Experiment.withDistillation (fst (List.head DistillationKind.all))
+    [ yield! everyMethod small 50
       for backbone in [ "cnn"; "resnet18" ] do
           yield sprintf "si on %s" backbone, { small "si" 0 with Backbone = backbone }
       yield "ewc on resnet18", { small "ewc" 0 with Backbone = "resnet18" } ]

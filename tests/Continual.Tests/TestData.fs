@@ -43,3 +43,16 @@ let fashionMnist = Benchmarks.defaultFashionMnistFolder
 /// True when the real Fashion-MNIST files are present.
 let hasFashionMnist () =
     Benchmarks.idxFileNames |> List.forall (fun n -> File.Exists(Path.Combine(fashionMnist, n + ".gz")) || File.Exists(Path.Combine(fashionMnist, n)))
+
+/// Every strategy, every importance penalty (on DER++) and every distillation term (on SGD; the relation
+/// graph, which reads buffer draws, on ER), each once, plus LwF with KD: `make strategy buffer` builds each
+/// configuration, with `buffer` examples for the methods that keep a memory.
+let everyMethod (make: string -> int -> Continual.Config) (buffer: int) : (string * Continual.Config) list =
+    [ for name in Continual.Experiment.strategyNames do
+          yield name, make name (if List.contains name [ "er"; "der"; "derpp"; "icarl" ] then buffer else 0)
+      for penalty in Continual.Experiment.importanceNames do
+          yield sprintf "derpp + %s" penalty, make "derpp" buffer |> Continual.Experiment.withPenalty (Some penalty)
+      for (kind, name) in Continual.Methods.DistillationKind.all do
+          let baseName = if name = "relation" then "er" else "sgd"
+          yield sprintf "%s + %s" baseName name, make baseName (if baseName = "er" then buffer else 0) |> Continual.Experiment.withDistillation kind
+      yield "lwf + kd", make "lwf" 0 |> Continual.Experiment.withDistillation Continual.Methods.Kd ]
