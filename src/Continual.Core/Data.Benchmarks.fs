@@ -189,29 +189,44 @@ module Benchmarks =
         | None -> ()
         { set with Normalisation = Some normalisation }
 
-    let private toSet (imagesPath: string) (labelsPath: string) (images: IdxImages) (labels: byte[]) (numClasses: int) =
-        if images.Count <> labels.Length then
-            raise (DataFileError(labelsPath, sprintf "%d labels but %s holds %d images" labels.Length (Path.GetFileName imagesPath) images.Count))
+    /// A labelled set from images already stored as a uint8 tensor [count, features] (it is taken, not
+    /// copied) and their labels, checked against the class count.
+    let private toSet (imagesPath: string) (labelsPath: string) (images: Tensor) (labels: byte[]) (numClasses: int) =
+        let count = int images.shape.[0]
+        if count <> labels.Length then
+            raise (DataFileError(labelsPath, sprintf "%d labels but %s holds %d images" labels.Length (Path.GetFileName imagesPath) count))
         match labels |> Array.tryFindIndex (fun l -> int l >= numClasses) with
         | Some i -> raise (DataFileError(labelsPath, sprintf "label %d at index %d is out of range 0..%d" labels.[i] i (numClasses - 1)))
         | None -> ()
-        ofBytes images.Pixels (images.Rows * images.Cols) labels
+        let labelArray = labels |> Array.map int
+        { Stored = images
+          Labels = torch.tensor(labelArray |> Array.map int64, dtype = torch.ScalarType.Int64)
+          LabelArray = labelArray
+          Normalisation = None }
 
     /// Reads the four IDX files of an MNIST-style folder (MNIST, Fashion-MNIST). Every file is
-    /// checked before any tensor is made.
+    /// checked before the sets are made; the pixels are read straight into uint8 tensors.
     let readIdxFolder (folder: string) (numClasses: int) : LabelledSet * LabelledSet * (int * int) =
         let paths = idxFileNames |> List.map (findIdxFile folder)
-        let trainImages = Idx.readImages paths.[0]
         let trainLabels = Idx.readLabels paths.[1]
-        let testImages = Idx.readImages paths.[2]
         let testLabels = Idx.readLabels paths.[3]
-        if trainImages.Count = 0 then raise (DataFileError(paths.[0], "holds 0 images: the training set is empty"))
-        if testImages.Count = 0 then raise (DataFileError(paths.[2], "holds 0 images: the test set is empty"))
-        if (testImages.Rows, testImages.Cols) <> (trainImages.Rows, trainImages.Cols) then
-            raise (DataFileError(paths.[2], sprintf "images are %dx%d but the training images are %dx%d" testImages.Rows testImages.Cols trainImages.Rows trainImages.Cols))
-        let train = toSet paths.[0] paths.[1] trainImages trainLabels numClasses
-        let test = toSet paths.[2] paths.[3] testImages testLabels numClasses
-        train, test, (trainImages.Rows, trainImages.Cols)
+        let trainImages, rows, cols = Idx.readImageTensor paths.[0]
+        try
+            let testImages, testRows, testCols = Idx.readImageTensor paths.[2]
+            try
+                if trainImages.shape.[0] = 0L then raise (DataFileError(paths.[0], "holds 0 images: the training set is empty"))
+                if testImages.shape.[0] = 0L then raise (DataFileError(paths.[2], "holds 0 images: the test set is empty"))
+                if (testRows, testCols) <> (rows, cols) then
+                    raise (DataFileError(paths.[2], sprintf "images are %dx%d but the training images are %dx%d" testRows testCols rows cols))
+                let train = toSet paths.[0] paths.[1] trainImages trainLabels numClasses
+                let test = toSet paths.[2] paths.[3] testImages testLabels numClasses
+                train, test, (rows, cols)
+            with _ ->
+                testImages.Dispose()
+                reraise ()
+        with _ ->
+            trainImages.Dispose()
+            reraise ()
 
     /// Splits classes 0 .. numClasses-1 into consecutive tasks of classesPerTask classes, in label order.
     let splitTasks (numClasses: int) (classesPerTask: int) : TaskSpec list =

@@ -63,65 +63,144 @@ module Idx =
 
     let private fail path reason = raise (DataFileError(path, reason))
 
-    let private readAllBytes (path: string) : byte[] =
+    /// The decompressed content of an IDX file as a stream (gzip or plain), read once from the start:
+    /// nothing is held in memory but the stream's buffers. `Recorded` is the uncompressed size (mod
+    /// 2^32) that a gzip trailer records.
+    type private Content =
+        { Stream: Stream
+          Recorded: uint32 option }
+        interface IDisposable with
+            member this.Dispose() = this.Stream.Dispose()
+
+    let private openContent (path: string) : Content =
         DataFiles.checkReadable path
-        let raw = File.ReadAllBytes path
-        if raw.Length >= 2 && raw.[0] = 0x1fuy && raw.[1] = 0x8buy then
-            if raw.Length < 18 then fail path (sprintf "corrupt gzip stream: %d bytes, shorter than a gzip header and trailer" raw.Length)
-            if raw.[2] <> 8uy then fail path (sprintf "corrupt gzip stream: compression method %d in the header (gzip uses 8, deflate)" raw.[2])
-            try
-                use input = new GZipStream(new MemoryStream(raw), CompressionMode.Decompress)
-                use output = new MemoryStream()
-                input.CopyTo output
-                // The trailer records the uncompressed size (mod 2^32); fewer bytes mean a cut stream.
-                let recorded = BitConverter.ToUInt32(raw, raw.Length - 4)
-                if uint32 (output.Length % 4294967296L) < recorded then
-                    fail path (sprintf "corrupt gzip stream: truncated (%d bytes decompressed, the trailer records %d)" output.Length recorded)
-                output.ToArray()
-            with
-            | :? InvalidDataException -> fail path "corrupt gzip stream: the compressed data is damaged"
-            | :? EndOfStreamException -> fail path "corrupt gzip stream: truncated"
-        elif path.EndsWith(".gz", StringComparison.OrdinalIgnoreCase) then
-            fail path (sprintf "corrupt gzip stream: the file is named .gz but does not start with the gzip signature 1f 8b (it starts with %s)"
-                           (raw |> Array.truncate 2 |> Array.map (sprintf "%02x") |> String.concat " "))
-        else
-            raw
+        let file = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 <<< 16)
+        try
+            let start = Array.zeroCreate<byte> 3
+            let got = file.ReadAtLeast(Span start, 3, false)
+            if got >= 2 && start.[0] = 0x1fuy && start.[1] = 0x8buy then
+                if file.Length < 18L then fail path (sprintf "corrupt gzip stream: %d bytes, shorter than a gzip header and trailer" file.Length)
+                if start.[2] <> 8uy then fail path (sprintf "corrupt gzip stream: compression method %d in the header (gzip uses 8, deflate)" start.[2])
+                let trailer = Array.zeroCreate<byte> 4
+                file.Seek(-4L, SeekOrigin.End) |> ignore
+                file.ReadExactly(Span trailer)
+                file.Seek(0L, SeekOrigin.Begin) |> ignore
+                { Stream = new GZipStream(file, CompressionMode.Decompress)
+                  Recorded = Some(BitConverter.ToUInt32(trailer, 0)) }
+            elif path.EndsWith(".gz", StringComparison.OrdinalIgnoreCase) then
+                fail path (sprintf "corrupt gzip stream: the file is named .gz but does not start with the gzip signature 1f 8b (it starts with %s)"
+                               (start |> Array.truncate (min got 2) |> Array.map (sprintf "%02x") |> String.concat " "))
+            else
+                file.Seek(0L, SeekOrigin.Begin) |> ignore
+                { Stream = file; Recorded = None }
+        with _ ->
+            file.Dispose()
+            reraise ()
+
+    /// Runs a read of the content, turning a damaged gzip stream into a DataFileError.
+    let private guarded (path: string) (content: Content) (read: unit -> 'a) : 'a =
+        try
+            read ()
+        with
+        | :? InvalidDataException when content.Recorded.IsSome -> fail path "corrupt gzip stream: the compressed data is damaged"
+        | :? EndOfStreamException when content.Recorded.IsSome -> fail path "corrupt gzip stream: truncated"
 
     let private bigEndianInt (bytes: byte[]) (offset: int) =
         (int bytes.[offset] <<< 24) ||| (int bytes.[offset + 1] <<< 16) ||| (int bytes.[offset + 2] <<< 8) ||| int bytes.[offset + 3]
 
-    let private header (path: string) (bytes: byte[]) (expectedMagic: int) (what: string) (dims: int) =
+    /// Reads and checks the header; returns the dimensions and the header's length in bytes.
+    let private header (path: string) (content: Content) (expectedMagic: int) (what: string) (dims: int) =
         let headerLength = 4 + 4 * dims
-        if bytes.Length < 4 then
-            fail path (sprintf "truncated: %d bytes, too short for an IDX magic number" bytes.Length)
+        let bytes = Array.zeroCreate<byte> headerLength
+        let got = content.Stream.ReadAtLeast(Span bytes, headerLength, false)
+        if got < 4 then
+            fail path (sprintf "truncated: %d bytes, too short for an IDX magic number" got)
         let magic = bigEndianInt bytes 0
         if magic <> expectedMagic then
             fail path (sprintf "wrong magic number 0x%08X (expected 0x%08X for IDX %s)" magic expectedMagic what)
-        if bytes.Length < headerLength then
-            fail path (sprintf "truncated: %d bytes, shorter than the %d-byte IDX header of %s" bytes.Length headerLength what)
+        if got < headerLength then
+            fail path (sprintf "truncated: %d bytes, shorter than the %d-byte IDX header of %s" got headerLength what)
         let sizes = Array.init dims (fun d -> bigEndianInt bytes (4 + 4 * d))
         if sizes |> Array.exists (fun s -> s < 0) then fail path "negative dimension in the IDX header"
-        let expected = int64 headerLength + (sizes |> Array.fold (fun acc s -> acc * int64 s) 1L)
-        if int64 bytes.Length < expected then
-            fail path (sprintf "truncated: the header promises %d bytes, the file holds %d" expected bytes.Length)
-        if int64 bytes.Length > expected then
-            fail path (sprintf "%d unexpected bytes after the %d the header promises" (int64 bytes.Length - expected) expected)
         sizes, headerLength
+
+    /// The payload length in bytes that the header's dimensions promise.
+    let private payloadLength (sizes: int[]) =
+        sizes |> Array.fold (fun acc s -> acc * int64 s) 1L
+
+    /// Reads the next `destination.Length` payload bytes; `before` bytes of the content came earlier.
+    let private readPayload (path: string) (content: Content) (expected: int64) (before: int64) (destination: Span<byte>) =
+        let got = content.Stream.ReadAtLeast(destination, destination.Length, false)
+        if got < destination.Length then
+            fail path (sprintf "truncated: the header promises %d bytes, the file holds %d" expected (before + int64 got))
+
+    /// Checks that the content ends where the header says, and that a gzip trailer agrees.
+    let private checkEnd (path: string) (content: Content) (expected: int64) =
+        let scratch = Array.zeroCreate<byte> 4096
+        let mutable extra = 0L
+        let mutable n = content.Stream.Read(scratch, 0, scratch.Length)
+        while n > 0 do
+            extra <- extra + int64 n
+            n <- content.Stream.Read(scratch, 0, scratch.Length)
+        if extra > 0L then
+            fail path (sprintf "%d unexpected bytes after the %d the header promises" extra expected)
+        match content.Recorded with
+        | Some recorded when uint32 (expected % 4294967296L) <> recorded ->
+            fail path (sprintf "corrupt gzip stream: truncated (%d bytes decompressed, the trailer records %d)" expected recorded)
+        | _ -> ()
+
+    /// Reads a one-dimensional or image payload into a new array.
+    let private readArray (path: string) (expectedMagic: int) (what: string) (dims: int) : int[] * byte[] =
+        use content = openContent path
+        guarded path content (fun () ->
+            let sizes, headerLength = header path content expectedMagic what dims
+            let length = payloadLength sizes
+            if length > int64 Array.MaxLength then fail path (sprintf "the header promises %d bytes, more than one array holds" length)
+            let payload = Array.zeroCreate<byte> (int length)
+            let expected = int64 headerLength + length
+            readPayload path content expected (int64 headerLength) (Span payload)
+            checkEnd path content expected
+            sizes, payload)
 
     /// Reads an IDX image file (magic 0x00000803), gzip or plain.
     let readImages (path: string) : IdxImages =
-        let bytes = readAllBytes path
-        let sizes, offset = header path bytes ImagesMagic "images" 3
+        let sizes, pixels = readArray path ImagesMagic "images" 3
         { Count = sizes.[0]
           Rows = sizes.[1]
           Cols = sizes.[2]
-          Pixels = bytes.AsSpan(offset).ToArray() }
+          Pixels = pixels }
+
+    /// Rows decompressed per chunk when images are read into a tensor.
+    let private rowsPerChunk = 4096
+
+    /// Reads an IDX image file (gzip or plain) straight into a new uint8 tensor of shape
+    /// [count, rows * cols] on the CPU, with its rows and columns. The pixels are decompressed into
+    /// the tensor's own memory, so the file costs one byte a pixel and no managed copy.
+    let readImageTensor (path: string) : TorchSharp.torch.Tensor * int * int =
+        use content = openContent path
+        guarded path content (fun () ->
+            let sizes, headerLength = header path content ImagesMagic "images" 3
+            let count, rows, cols = sizes.[0], sizes.[1], sizes.[2]
+            let features = int64 rows * int64 cols
+            let expected = int64 headerLength + payloadLength sizes
+            let pixels = TorchSharp.torch.empty([| int64 count; features |], dtype = TorchSharp.torch.ScalarType.Byte)
+            try
+                let mutable start = 0
+                while start < count do
+                    let n = min rowsPerChunk (count - start)
+                    if int64 n * features > int64 Int32.MaxValue then fail path "an image is too large to read"
+                    use chunk = pixels.narrow(0L, int64 start, int64 n)
+                    readPayload path content expected (int64 headerLength + int64 start * features) chunk.bytes
+                    start <- start + n
+                checkEnd path content expected
+                pixels, rows, cols
+            with _ ->
+                pixels.Dispose()
+                reraise ())
 
     /// Reads an IDX label file (magic 0x00000801), gzip or plain.
     let readLabels (path: string) : byte[] =
-        let bytes = readAllBytes path
-        let _, offset = header path bytes LabelsMagic "labels" 1
-        bytes.AsSpan(offset).ToArray()
+        readArray path LabelsMagic "labels" 1 |> snd
 
     let private writeAtomically (path: string) (content: byte[]) =
         let bytes =

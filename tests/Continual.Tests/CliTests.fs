@@ -8,6 +8,15 @@ open Continual.Tests.TestData
 [<Tests>]
 let tests =
     testSequenced <| testList "command line" [
+        test "the argument types are well formed" {
+            // The tool skips Argu's structure check at start-up for speed; it runs here instead, so a
+            // malformed option (a clash of names, a bad attribute) fails the tests, not a user's run.
+            for create in [ (fun () -> Argu.ArgumentParser.Create<Continual.Cli.Arguments.Command>(programName = "continual", checkStructure = true) :> Argu.ArgumentParser)
+                            (fun () -> Argu.ArgumentParser.Create<Continual.Cli.Arguments.SavedRunArgs>(programName = "continual", checkStructure = true)) ] do
+                let parser = create ()
+                Expect.isNonEmpty (parser.PrintUsage()) "the parser prints its usage"
+        }
+
         test "bad options exit 2 before any work and write nothing" {
             use tmp = new TempFolder()
             let out = Path.Combine(tmp.Path, "out")

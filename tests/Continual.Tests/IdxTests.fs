@@ -30,6 +30,11 @@ let tests =
                 Expect.equal (back.Count, back.Rows, back.Cols) (5, 28, 28) "header"
                 Expect.equal back.Pixels images.Pixels "pixels"
                 Expect.equal (Idx.readLabels lp) labels "labels"
+                // Read straight into a tensor: the same bytes, one row per image.
+                let tensor, rows, cols = Idx.readImageTensor ip
+                use tensor = tensor
+                Expect.equal (tensor.shape, rows, cols) ([| 5L; 784L |], 28, 28) "tensor shape"
+                Expect.equal (tensor.data<byte>().ToArray()) images.Pixels "tensor pixels"
             Expect.isTrue (File.ReadAllBytes(Path.Combine(tmp.Path, "img.gz")).[0] = 0x1fuy) "the .gz file is gzip"
         }
 
@@ -56,6 +61,9 @@ let tests =
             let bytes = File.ReadAllBytes p
             File.WriteAllBytes(p, bytes.[.. bytes.Length - 100])
             expectDataError "truncated" "short" (fun () -> Idx.readImages p)
+            expectDataError "the header promises 1584 bytes, the file holds 1485" "short" (fun () -> Idx.readImageTensor p)
+            File.WriteAllBytes(p, Array.append bytes [| 7uy; 7uy |])
+            expectDataError "2 unexpected bytes after the 1584" "short" (fun () -> Idx.readImageTensor p)
             File.WriteAllBytes(p, bytes.[.. 6])
             expectDataError "shorter than the 16-byte IDX header" "short" (fun () -> Idx.readImages p)
         }
@@ -67,6 +75,7 @@ let tests =
             let bytes = File.ReadAllBytes p
             File.WriteAllBytes(p, bytes.[.. bytes.Length / 2])
             expectDataError "" "cut.gz" (fun () -> Idx.readImages p)
+            expectDataError "" "cut.gz" (fun () -> Idx.readImageTensor p)
         }
 
         test "image and label counts that disagree are named" {
