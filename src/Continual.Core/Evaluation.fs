@@ -37,11 +37,12 @@ module Evaluation =
     /// exemplars) and by the logits otherwise.
     let evaluateWith (scores: (ModelOutput -> Tensor) option) (model: Backbone) (device: Device) (sets: TaskTestSets) : TaskAccuracies =
         use _ = torch.no_grad ()
-        use scope = torch.NewDisposeScope()
         model.eval ()
         let results =
             sets
             |> List.map (fun (task, set) ->
+                // One scope per task: only one task's inputs and logits are alive at a time.
+                use scope = torch.NewDisposeScope()
                 // Moved in the stored form, materialised on the device.
                 let inputs = set.Materialise(set.Stored.``to`` device)
                 let labels = set.Labels.``to`` device

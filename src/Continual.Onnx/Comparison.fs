@@ -45,6 +45,7 @@ module Comparison =
         use inputs = set.AllInputs()
         toArray inputs
 
+
     /// TorchSharp's logits of a module in eval mode (no gradients), the module's mode restored after.
     let torchLogits (model: torch.nn.Module<Tensor, Tensor>) (device: Device) (inputs: Tensor) : float32[] =
         let wasTraining = model.training
@@ -66,3 +67,18 @@ module Comparison =
             if Double.IsNaN d then m <- Double.PositiveInfinity
             elif d > m then m <- d
         m
+
+/// Row-major float32 inputs of one labelled set at a time, in one array reused from set to set
+/// (ONNX Runtime reads it in place): verifying every task's test set holds the largest set's floats
+/// once, instead of a new array per set. An array from `Fill` is valid until the next `Fill`.
+type InputBuffer() =
+    let mutable buffer: float32[] = [||]
+    /// The set's materialised inputs in the first Count x Features values of the buffer.
+    member _.Fill(set: Continual.Data.LabelledSet) : float32[] =
+        let needed = set.Count * set.Features
+        if buffer.Length < needed then buffer <- Array.zeroCreate needed
+        use scope = torch.NewDisposeScope()
+        let inputs = set.AllInputs().cpu().to_type(torch.ScalarType.Float32).contiguous()
+        let values = MemoryMarshal.Cast<byte, float32>(Span<byte>.op_Implicit inputs.bytes : ReadOnlySpan<byte>)
+        values.CopyTo(Span<float32>(buffer, 0, needed))
+        buffer

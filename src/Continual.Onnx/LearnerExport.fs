@@ -52,7 +52,8 @@ module LearnerExport =
                   Accuracies = Evaluation.evaluate model device testSets
                   TestSets = testSets
                   Device = device }
-            let testArray i = Comparison.inputArray (snd testSets.[i])
+            let inputs = InputBuffer()
+            let testArray i = inputs.Fill(snd testSets.[i])
             TaskExporter.exportTaskTo settings path testArray after
         finally
             for (_, set) in testSets do set.Dispose()

@@ -108,7 +108,8 @@ module TaskExporter =
     /// validity, strict loading, the exported parameter count equal to the model's, logits on the
     /// compared images within the tolerance of TorchSharp's eval-mode forward pass, and Class-IL and
     /// Task-IL accuracy on every task's whole test set equal to TorchSharp's. `testArrays` gives each
-    /// task's test inputs as a row-major array (callers cache them across tasks).
+    /// task's test inputs as a row-major array, used before the next is asked for (callers may reuse
+    /// one array: InputBuffer).
     /// Raises VerificationFailed naming the failed check.
     let exportTaskTo (settings: ExportSettings) (path: string) (testArrays: int -> float32[]) (after: AfterTask) : TaskVerification =
         let k = after.Task + 1
@@ -312,7 +313,7 @@ module WarmUp =
 /// keeping each task's figures for results.json.
 type RunExporter(settings: ExportSettings, previous: TaskVerification list) =
     let reports = ResizeArray<TaskVerification>(previous)
-    let cache = Collections.Generic.Dictionary<int, float32[]>()
+    let inputs = InputBuffer()
     // ONNX Runtime's start-up (environment, CUDA probe, first session) overlaps the first task's
     // training on another thread; failures here resurface, with their message, in the real load.
     let warmUp = Threading.Tasks.Task.Run(fun () -> try WarmUp.exportPath settings.Provider with _ -> ())
@@ -325,13 +326,7 @@ type RunExporter(settings: ExportSettings, previous: TaskVerification list) =
     /// The after-task hook: export, verify, write task-<k>.onnx (raises VerificationFailed).
     member _.AfterTask(after: AfterTask) =
         warmUp.Wait()
-        let testArray i =
-            match cache.TryGetValue i with
-            | true, a -> a
-            | _ ->
-                let a = Comparison.inputArray (snd after.TestSets.[i])
-                cache.[i] <- a
-                a
+        let testArray i = inputs.Fill(snd after.TestSets.[i])
         reports.Add(TaskExporter.exportTask settings testArray after)
     /// Waits for the background warm-up to end: a process must not exit while it runs in native code.
     member _.Finish() = try warmUp.Wait() with _ -> ()
