@@ -335,21 +335,20 @@ module Training =
             let order, rng = Random.permutation n epochRng
             state <- { state with Rng = rng }
             use index = torch.tensor(order, dtype = torch.ScalarType.Int64)
-            // The shuffle and the move happen in the stored form (uint8 for images, a quarter of the
-            // floats); each batch is materialised as float32 on the device.
-            // `to` makes a new handle even on the same device: both the shuffled copy and the moved one are freed.
-            use shuffledInputs = data.Stored.index_select(0L, index)
-            use shuffledLabels = data.Labels.index_select(0L, index)
-            use inputs = shuffledInputs.``to`` settings.Device
-            use labels = shuffledLabels.``to`` settings.Device
+            // Each batch's rows are gathered from the stored form (uint8 for images, a quarter of the
+            // floats), moved, and materialised as float32 on the device: the epoch's shuffle is never a
+            // second copy of the task's data.
             let labelArray = order |> Array.map (fun i -> data.LabelArray.[int i])
             for s in (if epoch = firstEpoch then firstStep else 0) .. stepsPerEpoch - 1 do
                 cancellation.ThrowIfCancellationRequested()
                 let start = s * settings.BatchSize
                 let size = min settings.BatchSize (n - start)
-                use rows = inputs.narrow(0L, int64 start, int64 size)
+                use batchIndex = index.narrow(0L, int64 start, int64 size)
+                use stored = data.Stored.index_select(0L, batchIndex)
+                use rows = stored.``to`` settings.Device
                 use x = data.Materialise rows
-                use y = labels.narrow(0L, int64 start, int64 size)
+                use storedLabels = data.Labels.index_select(0L, batchIndex)
+                use y = storedLabels.``to`` settings.Device
                 let batch = { Inputs = x; Labels = y; LabelArray = Array.sub labelArray start size; Task = taskIndex }
                 let loss, next = step strategy batch state
                 state <- next
@@ -589,6 +588,9 @@ module Training =
 
     /// The units a strategy trains, in order: (task index, its classes, whether the data is a copy the
     /// run frees). JOINT trains one unit of every class.
+    /// Rows copied at a time when a task's data and a method's extra examples are joined.
+    let private unionChunk = 4096
+
     let private units (strategy: Strategy) (benchmark: Benchmark) =
         match strategy.Schedule with
         | Sequential -> benchmark.Tasks |> List.map (fun t -> t.Index, t.Classes, true)
@@ -652,16 +654,21 @@ module Training =
                         | _ ->
                             // The extra examples are float32 and already materialised (normalised where
                             // the data is), so the union is held as float32 without normalisation.
+                            // Filled in chunks, so the task's data never exists twice as float32.
                             let sets = data :: extra
-                            let inputs = [| for s in sets -> s.AllInputs() |]
-                            let union =
-                                { Stored = torch.cat(inputs, 0L)
-                                  Labels = torch.cat([| for s in sets -> s.Labels |], 0L)
-                                  LabelArray = Array.concat [ for s in sets -> s.LabelArray ]
-                                  Normalisation = None }
-                            for i in inputs do
-                                i.Dispose()
-                            union
+                            let inputs = torch.empty([| int64 (sets |> List.sumBy (fun s -> s.Count)); int64 data.Features |], dtype = torch.ScalarType.Float32)
+                            let mutable offset = 0L
+                            for s in sets do
+                                for start in 0 .. unionChunk .. s.Count - 1 do
+                                    let n = min unionChunk (s.Count - start)
+                                    use rows = s.InputRange(int64 start, int64 n)
+                                    use target = inputs.narrow(0L, offset + int64 start, int64 n)
+                                    target.copy_ rows |> ignore
+                                offset <- offset + int64 s.Count
+                            { Stored = inputs
+                              Labels = torch.cat([| for s in sets -> s.Labels |], 0L)
+                              LabelArray = Array.concat [ for s in sets -> s.LabelArray ]
+                              Normalisation = None }
                     let atStep (position: TaskPosition) (current: TrainingState) =
                         let point () = { State = current; Record = record; Position = Some { position with Seconds = earlier + clock.Elapsed.TotalSeconds } }
                         if Faults.enabled then Faults.reached "step" current.StepsTaken
