@@ -10,22 +10,6 @@ open Continual.Data
 open Continual.Methods
 open Spectre.Console
 
-/// glibc's allocator, tuned once at start-up (docs/performance.md, "Memory").
-module private Malloc =
-    [<Runtime.InteropServices.DllImport("libc.so.6", EntryPoint = "mallopt")>]
-    extern int private mallopt(int parameter, int value)
-
-    /// M_MMAP_THRESHOLD in glibc's malloc.h.
-    let private mmapThreshold = -3
-
-    /// Blocks of 128 KiB or more get their own mapping, returned to the system when freed. By default
-    /// glibc raises this threshold (up to 32 MiB) each time such a block is freed, after which
-    /// libtorch's evaluation and export tensors come from the heap and stay there: an MLP run peaked
-    /// ~45 MB higher. Without glibc (another C library) nothing changes.
-    let fixMmapThreshold () =
-        try mallopt (mmapThreshold, 131072) |> ignore
-        with :? DllNotFoundException | :? EntryPointNotFoundException -> ()
-
 /// Exit codes: 0 success, 1 the work failed (bad data, a failed check), 2 bad usage.
 [<Literal>]
 let private UsageError = 2
