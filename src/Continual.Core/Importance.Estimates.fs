@@ -196,7 +196,7 @@ module Estimate =
     /// one autograd pass per sample. `parameters` are the model's, in order.
     let blendBatchFisher (kind: FisherKind) (model: Backbone) (parameters: Tensor list) (inputs: Tensor) (activations: Tensor list) (logits: Tensor) (labels: int64[]) (decay: float) (scale: float) (running: Tensor list) (rng: RandomState) : RandomState =
         let objective, rng' = fisherLabels kind logits labels rng
-        match PerSample.chainOf model parameters with
+        match PerSample.cachedChainOf model parameters with
         | Some c when activations.Length = c.Layers.Length ->
             PerSample.chainBlendSquares c activations logits objective decay scale running
         | _ ->

@@ -52,6 +52,24 @@ module PerSample =
     /// The linear chain of a model when it is the MLP backbone (checked by shapes), None otherwise.
     let chain (model: Backbone) : LinearChain option = chainOf model (parameters model)
 
+    // Chains already checked, by the identity of the parameter list they were read from (the shell lists a
+    // model's parameters once and hands the same list to every step; a grown model gets a new list). The
+    // table holds no tensor of its own and forgets a list when the list is collected.
+    let private checkedChains = System.Runtime.CompilerServices.ConditionalWeakTable<Tensor list, LinearChain option>()
+
+    /// `chainOf`, remembered for a parameter list that is handed over again (a training step's cached
+    /// list): the shape checks cost about as much as the rest of a step's online Fisher.
+    let cachedChainOf (model: Backbone) (ps: Tensor list) : LinearChain option =
+        match model with
+        | :? MlpBackbone ->
+            match checkedChains.TryGetValue ps with
+            | true, c -> c
+            | _ ->
+                let c = chainOf model ps
+                checkedChains.AddOrUpdate(ps, c)
+                c
+        | _ -> None
+
     /// The activations entering each layer (the inputs first) and the logits, without autograd.
     let forward (chain: LinearChain) (inputs: Tensor) : Tensor list * Tensor =
         use _ = torch.no_grad ()
@@ -76,9 +94,10 @@ module PerSample =
         let deltas = Array.zeroCreate<Tensor> count
         deltas.[count - 1] <- deltaOut
         for l in count - 2 .. -1 .. 0 do
-            use back = deltas.[l + 1].matmul weights.[l + 1]
+            // Masked in place: the product is this function's own tensor.
+            let back = deltas.[l + 1].matmul weights.[l + 1]
             use mask = acts.[l + 1].gt(0.0.ToScalar())
-            deltas.[l] <- back.mul mask
+            deltas.[l] <- back.mul_ mask
         List.ofArray deltas
 
     /// `Σ_n w_n g_n²` or `Σ_n |g_n|` per parameter from per-sample activations [n, in] and output
@@ -127,17 +146,19 @@ module PerSample =
         use _ = torch.no_grad ()
         match objective with
         | NegativeLogLikelihood(labels, weighted) ->
-            use y = torch.tensor(labels, dtype = torch.ScalarType.Int64, device = logits.device)
+            let n = int64 labels.Length
+            use y = torch.tensor(labels, System.ReadOnlySpan<int64>([| n; 1L |]), System.Nullable torch.ScalarType.Int64, logits.device)
             let p = torch.nn.functional.softmax(logits, 1L)
-            use onehot = torch.nn.functional.one_hot(y, logits.shape.[1]).to_type(logits.dtype)
-            let delta = p.sub onehot
             let weights =
                 if weighted then
-                    use picked = p.gather(1L, y.unsqueeze 1L)
+                    use picked = p.gather(1L, y)
                     Some(picked.squeeze 1L)
                 else None
-            p.Dispose()
-            delta, weights
+            // p − onehot(y), in place: adding −1 at each label is the same float operation as
+            // subtracting 1, and the other entries are left as they are (p − 0 = p), in two calls
+            // instead of one_hot, a cast and a subtraction.
+            use minusOne = torch.full([| n; 1L |], (-1.0).ToScalar(), dtype = p.dtype, device = p.device)
+            p.scatter_add_(1L, y, minusOne), weights
         | SquaredNorm -> logits.mul(2.0.ToScalar()), None
 
     /// Sums over a batch of per-sample statistics of an MLP from activations already computed
@@ -151,10 +172,31 @@ module PerSample =
     /// Blends a batch's sums of squared per-sample gradients into running statistics in place (see
     /// `blendSquares`), from activations already computed (e.g. the training step's own forward pass).
     let chainBlendSquares (chain: LinearChain) (activations: Tensor list) (logits: Tensor) (objective: Objective) (decay: float) (scale: float) (targets: Tensor list) : unit =
+        // Inference mode: nothing made here is ever differentiated, and libtorch skips its autograd
+        // bookkeeping (the targets are updated in place as under no_grad).
+        use _ = torch.inference_mode true
         use scope = torch.NewDisposeScope()
         let delta, weights = outputGradient objective logits
         let deltas = backward chain activations delta
-        blendSquares decay scale activations deltas weights targets
+        let layers = targets |> List.chunkBySize 2
+        if layers.Length <> activations.Length || layers.Length <> deltas.Length then
+            invalidArg (nameof targets) (sprintf "%d targets for %d layers" targets.Length activations.Length)
+        use ones = torch.ones([| delta.shape.[0] |], dtype = delta.dtype, device = delta.device)
+        let beta, alpha = float32 decay, float32 scale
+        // As blendSquares, with the deltas (this function's own) squared and weighted in place.
+        List.zip3 activations deltas layers
+        |> List.iter (fun (a: Tensor, d: Tensor, layer: Tensor list) ->
+            let squares = d.mul_ d
+            match weights with
+            | Some w -> (use column = w.unsqueeze 1L in squares.mul_ column) |> ignore
+            | None -> ()
+            use inputSquares = a.square ()
+            use transposed = squares.t ()
+            match layer with
+            | [ weight; bias ] ->
+                weight.addmm_(transposed, inputSquares, beta, alpha) |> ignore
+                bias.addmv_(transposed, ones, beta, alpha) |> ignore
+            | _ -> invalidArg (nameof targets) "targets come in (weight, bias) pairs")
 
     /// The reference: sums of per-sample statistics for any backbone, one autograd pass per sample
     /// (the model's `.grad` fields are not touched). Slow; used for non-MLP backbones and in tests.
