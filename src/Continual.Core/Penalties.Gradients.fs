@@ -93,10 +93,11 @@ module PerSample =
         let count = weights.Length
         let deltas = Array.zeroCreate<Tensor> count
         deltas.[count - 1] <- deltaOut
+        use zero = 0.0.ToScalar()
         for l in count - 2 .. -1 .. 0 do
             // Masked in place: the product is this function's own tensor.
             let back = deltas.[l + 1].matmul weights.[l + 1]
-            use mask = acts.[l + 1].gt(0.0.ToScalar())
+            use mask = acts.[l + 1].gt zero
             deltas.[l] <- back.mul_ mask
         List.ofArray deltas
 
@@ -157,7 +158,8 @@ module PerSample =
             // p − onehot(y), in place: adding −1 at each label is the same float operation as
             // subtracting 1, and the other entries are left as they are (p − 0 = p), in two calls
             // instead of one_hot, a cast and a subtraction.
-            use minusOne = torch.full([| n; 1L |], (-1.0).ToScalar(), dtype = p.dtype, device = p.device)
+            use minusOneValue = (-1.0).ToScalar()
+            use minusOne = torch.full([| n; 1L |], minusOneValue, dtype = p.dtype, device = p.device)
             p.scatter_add_(1L, y, minusOne), weights
         | SquaredNorm -> logits.mul(2.0.ToScalar()), None
 
