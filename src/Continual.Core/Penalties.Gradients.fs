@@ -58,7 +58,7 @@ module PerSample =
     let private checkedChains = System.Runtime.CompilerServices.ConditionalWeakTable<Tensor list, LinearChain option>()
 
     /// `chainOf`, remembered for a parameter list that is handed over again (a training step's cached
-    /// list): the shape checks cost about as much as the rest of a step's online Fisher.
+    /// list): its shape checks took about a sixth of a step's online Fisher.
     let cachedChainOf (model: Backbone) (ps: Tensor list) : LinearChain option =
         match model with
         | :? MlpBackbone ->
@@ -120,7 +120,8 @@ module PerSample =
 
     /// Blends a batch's `Σ_n w_n g_n²` into running statistics in place, `target ← decay · target +
     /// scale · Σ_n w_n g_n²`, with one fused `addmm_` (weights) or `addmv_` (biases) per tensor: the
-    /// batch's sums are never materialised. `targets` are in the order of `reduce`'s result.
+    /// batch's sums are never materialised. `targets` are in the order of `reduce`'s result. The deltas
+    /// are consumed: each is overwritten with its (weighted) squares, to spare a temporary per layer.
     let blendSquares (decay: float) (scale: float) (activations: Tensor list) (deltas: Tensor list) (sampleWeights: Tensor option) (targets: Tensor list) : unit =
         use _ = torch.no_grad ()
         let layers = targets |> List.chunkBySize 2
@@ -129,12 +130,14 @@ module PerSample =
         let first: Tensor = List.head deltas
         use ones = torch.ones([| first.shape.[0] |], dtype = first.dtype, device = first.device)
         let beta, alpha = float32 decay, float32 scale
+        use column = match sampleWeights with Some w -> w.unsqueeze 1L | None -> null
         List.zip3 activations deltas layers
         |> List.iter (fun (a: Tensor, d: Tensor, layer: Tensor list) ->
-            use squares = d.square ()
-            use weighted = match sampleWeights with Some w -> squares.mul(w.unsqueeze 1L) | None -> squares.alias ()
+            // d·d and then the weights: the same float operations as `square` and `mul`.
+            let squares = d.mul_ d
+            if not (isNull column) then squares.mul_ column |> ignore
             use inputSquares = a.square ()
-            use transposed = weighted.t ()
+            use transposed = squares.t ()
             match layer with
             | [ weight; bias ] ->
                 weight.addmm_(transposed, inputSquares, beta, alpha) |> ignore
@@ -179,26 +182,9 @@ module PerSample =
         use _ = torch.inference_mode true
         use scope = torch.NewDisposeScope()
         let delta, weights = outputGradient objective logits
+        // The deltas are this function's own: blendSquares may square them in place.
         let deltas = backward chain activations delta
-        let layers = targets |> List.chunkBySize 2
-        if layers.Length <> activations.Length || layers.Length <> deltas.Length then
-            invalidArg (nameof targets) (sprintf "%d targets for %d layers" targets.Length activations.Length)
-        use ones = torch.ones([| delta.shape.[0] |], dtype = delta.dtype, device = delta.device)
-        let beta, alpha = float32 decay, float32 scale
-        // As blendSquares, with the deltas (this function's own) squared and weighted in place.
-        List.zip3 activations deltas layers
-        |> List.iter (fun (a: Tensor, d: Tensor, layer: Tensor list) ->
-            let squares = d.mul_ d
-            match weights with
-            | Some w -> (use column = w.unsqueeze 1L in squares.mul_ column) |> ignore
-            | None -> ()
-            use inputSquares = a.square ()
-            use transposed = squares.t ()
-            match layer with
-            | [ weight; bias ] ->
-                weight.addmm_(transposed, inputSquares, beta, alpha) |> ignore
-                bias.addmv_(transposed, ones, beta, alpha) |> ignore
-            | _ -> invalidArg (nameof targets) "targets come in (weight, bias) pairs")
+        blendSquares decay scale activations deltas weights targets
 
     /// The reference: sums of per-sample statistics for any backbone, one autograd pass per sample
     /// (the model's `.grad` fields are not touched). Slow; used for non-MLP backbones and in tests.
