@@ -196,7 +196,7 @@ module Estimate =
     /// one autograd pass per sample. `parameters` are the model's, in order.
     let blendBatchFisher (kind: FisherKind) (model: Backbone) (parameters: Tensor list) (inputs: Tensor) (activations: Tensor list) (logits: Tensor) (labels: int64[]) (decay: float) (scale: float) (running: Tensor list) (rng: RandomState) : RandomState =
         let objective, rng' = fisherLabels kind logits labels rng
-        match PerSample.chainOf model parameters with
+        match PerSample.cachedChainOf model parameters with
         | Some c when activations.Length = c.Layers.Length ->
             PerSample.chainBlendSquares c activations logits objective decay scale running
         | _ ->
@@ -304,7 +304,8 @@ module Importance =
     /// `acc += lr g²` in place for every parameter (SI's ω and RWalk's window loss under plain SGD).
     let accumulatePath (learningRate: float) (gradients: Tensor list) (acc: Tensor list) =
         use _ = torch.no_grad ()
-        List.iter2 (fun (a: Tensor) (g: Tensor) -> if not (isNull g) then a.addcmul_(g, g, learningRate.ToScalar()) |> ignore) acc gradients
+        use lr = learningRate.ToScalar()
+        List.iter2 (fun (a: Tensor) (g: Tensor) -> if not (isNull g) then a.addcmul_(g, g, lr) |> ignore) acc gradients
 
     /// The gradients currently held by parameters (null where a parameter has none).
     let gradients (parameters: Tensor list) : Tensor list = parameters |> List.map (fun p -> p.grad)

@@ -52,6 +52,24 @@ module PerSample =
     /// The linear chain of a model when it is the MLP backbone (checked by shapes), None otherwise.
     let chain (model: Backbone) : LinearChain option = chainOf model (parameters model)
 
+    // Chains already checked, by the identity of the parameter list they were read from (the shell lists a
+    // model's parameters once and hands the same list to every step; a grown model gets a new list). The
+    // table holds no tensor of its own and forgets a list when the list is collected.
+    let private checkedChains = System.Runtime.CompilerServices.ConditionalWeakTable<Tensor list, LinearChain option>()
+
+    /// `chainOf`, remembered for a parameter list that is handed over again (a training step's cached
+    /// list): its shape checks took about a sixth of a step's online Fisher.
+    let cachedChainOf (model: Backbone) (ps: Tensor list) : LinearChain option =
+        match model with
+        | :? MlpBackbone ->
+            match checkedChains.TryGetValue ps with
+            | true, c -> c
+            | _ ->
+                let c = chainOf model ps
+                checkedChains.AddOrUpdate(ps, c)
+                c
+        | _ -> None
+
     /// The activations entering each layer (the inputs first) and the logits, without autograd.
     let forward (chain: LinearChain) (inputs: Tensor) : Tensor list * Tensor =
         use _ = torch.no_grad ()
@@ -75,10 +93,12 @@ module PerSample =
         let count = weights.Length
         let deltas = Array.zeroCreate<Tensor> count
         deltas.[count - 1] <- deltaOut
+        use zero = 0.0.ToScalar()
         for l in count - 2 .. -1 .. 0 do
-            use back = deltas.[l + 1].matmul weights.[l + 1]
-            use mask = acts.[l + 1].gt(0.0.ToScalar())
-            deltas.[l] <- back.mul mask
+            // Masked in place: the product is this function's own tensor.
+            let back = deltas.[l + 1].matmul weights.[l + 1]
+            use mask = acts.[l + 1].gt zero
+            deltas.[l] <- back.mul_ mask
         List.ofArray deltas
 
     /// `Σ_n w_n g_n²` or `Σ_n |g_n|` per parameter from per-sample activations [n, in] and output
@@ -100,7 +120,8 @@ module PerSample =
 
     /// Blends a batch's `Σ_n w_n g_n²` into running statistics in place, `target ← decay · target +
     /// scale · Σ_n w_n g_n²`, with one fused `addmm_` (weights) or `addmv_` (biases) per tensor: the
-    /// batch's sums are never materialised. `targets` are in the order of `reduce`'s result.
+    /// batch's sums are never materialised. `targets` are in the order of `reduce`'s result. The deltas
+    /// are consumed: each is overwritten with its (weighted) squares, to spare a temporary per layer.
     let blendSquares (decay: float) (scale: float) (activations: Tensor list) (deltas: Tensor list) (sampleWeights: Tensor option) (targets: Tensor list) : unit =
         use _ = torch.no_grad ()
         let layers = targets |> List.chunkBySize 2
@@ -109,12 +130,14 @@ module PerSample =
         let first: Tensor = List.head deltas
         use ones = torch.ones([| first.shape.[0] |], dtype = first.dtype, device = first.device)
         let beta, alpha = float32 decay, float32 scale
+        use column = match sampleWeights with Some w -> w.unsqueeze 1L | None -> null
         List.zip3 activations deltas layers
         |> List.iter (fun (a: Tensor, d: Tensor, layer: Tensor list) ->
-            use squares = d.square ()
-            use weighted = match sampleWeights with Some w -> squares.mul(w.unsqueeze 1L) | None -> squares.alias ()
+            // d·d and then the weights: the same float operations as `square` and `mul`.
+            let squares = d.mul_ d
+            if not (isNull column) then squares.mul_ column |> ignore
             use inputSquares = a.square ()
-            use transposed = weighted.t ()
+            use transposed = squares.t ()
             match layer with
             | [ weight; bias ] ->
                 weight.addmm_(transposed, inputSquares, beta, alpha) |> ignore
@@ -127,17 +150,20 @@ module PerSample =
         use _ = torch.no_grad ()
         match objective with
         | NegativeLogLikelihood(labels, weighted) ->
-            use y = torch.tensor(labels, dtype = torch.ScalarType.Int64, device = logits.device)
+            let n = int64 labels.Length
+            use y = torch.tensor(labels, System.ReadOnlySpan<int64>([| n; 1L |]), System.Nullable torch.ScalarType.Int64, logits.device)
             let p = torch.nn.functional.softmax(logits, 1L)
-            use onehot = torch.nn.functional.one_hot(y, logits.shape.[1]).to_type(logits.dtype)
-            let delta = p.sub onehot
             let weights =
                 if weighted then
-                    use picked = p.gather(1L, y.unsqueeze 1L)
+                    use picked = p.gather(1L, y)
                     Some(picked.squeeze 1L)
                 else None
-            p.Dispose()
-            delta, weights
+            // p − onehot(y), in place: adding −1 at each label is the same float operation as
+            // subtracting 1, and the other entries are left as they are (p − 0 = p), in two calls
+            // instead of one_hot, a cast and a subtraction.
+            use minusOneValue = (-1.0).ToScalar()
+            use minusOne = torch.full([| n; 1L |], minusOneValue, dtype = p.dtype, device = p.device)
+            p.scatter_add_(1L, y, minusOne), weights
         | SquaredNorm -> logits.mul(2.0.ToScalar()), None
 
     /// Sums over a batch of per-sample statistics of an MLP from activations already computed
@@ -151,8 +177,12 @@ module PerSample =
     /// Blends a batch's sums of squared per-sample gradients into running statistics in place (see
     /// `blendSquares`), from activations already computed (e.g. the training step's own forward pass).
     let chainBlendSquares (chain: LinearChain) (activations: Tensor list) (logits: Tensor) (objective: Objective) (decay: float) (scale: float) (targets: Tensor list) : unit =
+        // Inference mode: nothing made here is ever differentiated, and libtorch skips its autograd
+        // bookkeeping (the targets are updated in place as under no_grad).
+        use _ = torch.inference_mode true
         use scope = torch.NewDisposeScope()
         let delta, weights = outputGradient objective logits
+        // The deltas are this function's own: blendSquares may square them in place.
         let deltas = backward chain activations delta
         blendSquares decay scale activations deltas weights targets
 

@@ -92,11 +92,19 @@ module Rwalk =
     let closeWindow (epsilon: float) (parameters: Tensor list) (state: State) : State =
         match state.WindowLoss, state.WindowStart, state.Scores, state.Running with
         | Some loss, Some start, Some scores, Some fisher when state.WindowSteps > 0 ->
-            let window = score epsilon fisher loss parameters start
-            use _ = torch.no_grad ()
-            List.iter2 (fun (s: Tensor) (w: Tensor) -> s.add_ w |> ignore; w.Dispose()) scores window
-            List.iter2 (fun (s: Tensor) (p: Tensor) -> s.copy_(p.detach ()) |> ignore) start parameters
-            loss |> List.iter (fun l -> l.zero_() |> ignore)
+            // `score`'s operations in the same order, in place in the window's own buffers (they are
+            // reset right after): s − θ = −(θ − s) exactly and squares alike, so the scores are the
+            // same to the bit, without a temporary per operation.
+            use _ = torch.inference_mode true
+            use half = 0.5.ToScalar()
+            use eps = epsilon.ToScalar()
+            for (((f: Tensor), (l: Tensor)), ((theta: Tensor), (s0: Tensor)), (acc: Tensor)) in List.zip3 (List.zip fisher loss) (List.zip parameters start) scores do
+                let denominator = s0.sub_(theta)
+                denominator.mul_(denominator).mul_(f).mul_(half).add_(eps) |> ignore
+                l.div_(denominator).relu_() |> ignore
+                acc.add_ l |> ignore
+                s0.copy_ theta |> ignore
+                l.zero_() |> ignore
             { state with WindowSteps = 0 }
         | _ -> state
 

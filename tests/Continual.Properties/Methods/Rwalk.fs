@@ -85,4 +85,32 @@ let tests =
                     arraysClose 1e-3 (sprintf "task %d: Ω" t) (rwalkReference (snd perTask.[t]) averaged.[t]) (values state.Penalty.Value.Curvature |> Array.map (fun h -> h / lambda))
             finally
                 for d in Rwalk.owned state do d.Dispose())
+
+        property 60 "closing a window in place gives `score`'s scores bit for bit, restarts the window at θ and zeroes its loss" (Gen.zip (Gen.choose (0, 100000)) (Gen.elements [ 1.1920928955078125e-7; 1e-2 ])) (fun (seed, epsilon) ->
+            // RWalk's results must not move when the window's score is computed in place for speed.
+            torch.manual_seed (int64 seed) |> ignore
+            let shapes = [ [| 7L; 5L |]; [| 7L |]; [| 3L; 7L |]; [| 3L |] ]
+            let parameters = shapes |> List.map (fun s -> torch.randn s)
+            let mutable state = Rwalk.initial (Random.create 1L)
+            try
+                state <- transition Rwalk.owned (Rwalk.beginTask 0.1 parameters) state
+                // A random Fisher (some zeros), window loss (some negative) and displacement (some zero).
+                let running = shapes |> List.map (fun s -> torch.rand(s).mul(torch.rand(s).gt(0.2.ToScalar())))
+                state <- { state with Running = Some running; WindowSteps = 3 }
+                for (l: Tensor) in state.WindowLoss.Value do l.copy_(torch.randn(l.shape).mul(0.01.ToScalar())) |> ignore
+                for (s: Tensor) in state.Scores.Value do s.copy_(torch.rand(s.shape)) |> ignore
+                (use _ = torch.no_grad ()
+                 for (p: Tensor) in parameters do
+                    p.add_(torch.randn(p.shape).mul(torch.rand(p.shape).gt(0.1.ToScalar()))) |> ignore)
+                let window = Rwalk.score epsilon running state.WindowLoss.Value parameters state.WindowStart.Value
+                let expected = List.map2 (fun (s: Tensor) (w: Tensor) -> s.add w) state.Scores.Value window
+                state <- transition Rwalk.owned (Rwalk.closeWindow epsilon parameters) state
+                List.iteri2 (fun i (e: Tensor) (a: Tensor) ->
+                    if not ((e.eq a).all().ToBoolean()) then
+                        failtestf "tensor %d: the scores differ from score's by up to %g" i ((e - a).abs().max().ToDouble())) expected state.Scores.Value
+                List.iter2 (fun (p: Tensor) (s: Tensor) -> Expect.isTrue ((p.eq s).all().ToBoolean()) "the window restarts at θ") parameters state.WindowStart.Value
+                for (l: Tensor) in state.WindowLoss.Value do Expect.equal (l.abs().max().ToDouble()) 0.0 "the window's loss restarts at zero"
+                Expect.equal state.WindowSteps 0 "the window's step count restarts"
+            finally
+                for d in Rwalk.owned state do d.Dispose())
     ]
