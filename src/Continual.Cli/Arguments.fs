@@ -31,7 +31,7 @@ module Help =
           "epochs", "epochs per task (default 1)."
           "weight-decay", "weight decay (default 0)."
           "device", "cpu (default) or cuda (needs the CUDA build, see README)."
-          "threads", "libtorch intra-op threads (default 1, the fastest for batch 10)."
+          "threads", "libtorch intra-op threads (default 1 for every backbone: the fastest measured for the MLP, the CNN and the ResNet-18 at batch 10; docs/performance.md). Results are deterministic for a given thread count, but another thread count changes them bit for bit (libtorch splits its sums differently)."
           "train-per-class", "use at most this many training images per class."
           "test-per-class", "use at most this many test images per class."
           "allow-missing-classes", "run even when some class has no training example (refused otherwise)."

@@ -16,6 +16,11 @@ let private mmapThreshold = -3
 /// peaked 30–80 MB higher. Smaller blocks (a step's tensors, even a reduced ResNet-18's flat
 /// gradients) stay in the heap, where they are reused without new page faults. Without glibc (another
 /// C library) nothing changes.
+/// A threshold the user set (MALLOC_MMAP_THRESHOLD_, or glibc.malloc tunables in GLIBC_TUNABLES) is
+/// left as it is.
 let fixMmapThreshold () =
-    try mallopt (mmapThreshold, 8 * 1024 * 1024) |> ignore
-    with :? DllNotFoundException | :? EntryPointNotFoundException -> ()
+    let given (name: string) = not (String.IsNullOrEmpty(Environment.GetEnvironmentVariable name))
+    let tunables = Environment.GetEnvironmentVariable "GLIBC_TUNABLES"
+    if not (given "MALLOC_MMAP_THRESHOLD_" || (not (isNull tunables) && tunables.Contains "glibc.malloc")) then
+        try mallopt (mmapThreshold, 8 * 1024 * 1024) |> ignore
+        with :? DllNotFoundException | :? EntryPointNotFoundException -> ()

@@ -65,6 +65,36 @@ type MlpBackbone(inputs: int, hidden: int list, classes: int) as this =
 
     override this.forward(input: Tensor) = (this.ForwardWithFeatures input).Logits
 
+/// Pooling as the backbones use it.
+[<RequireQualifiedAccess>]
+module Pooling =
+
+    /// 2×2 max-pooling with stride 2 of an [n, C, H, W] tensor, as `max_pool2d(x, 2)` computes it, bit
+    /// for bit in value and gradient; the result is contiguous. On the CPU the window maxima are found on
+    /// a channels-last copy: libtorch's channels-last kernel is vectorised over the channels and many
+    /// times faster than its NCHW one, and both keep the same element of each window (the first largest
+    /// in row order, the last NaN) with the same index. Without gradients its values are copied back to
+    /// NCHW; with gradients the elements are gathered from the input at those indices, so that the
+    /// backward pass scatters each gradient to the element the NCHW kernel would have chosen (its own
+    /// channels-last backward is slower than the NCHW one). Copies, gathers and scatters do no arithmetic.
+    let maxPool2x2 (x: Tensor) : Tensor =
+        if x.device_type <> DeviceType.CPU then torch.nn.functional.max_pool2d(x, 2L)
+        else
+            use channelsLast = x.detach().permute(0L, 2L, 3L, 1L).contiguous()
+            use nchwView = channelsLast.permute(0L, 3L, 1L, 2L)
+            if torch.is_grad_enabled () && x.requires_grad then
+                let struct (values, indices) = torch.nn.functional.max_pool2d_with_indices(nchwView, [| 2L; 2L |])
+                values.Dispose()
+                use _ = indices
+                let n, c = x.shape.[0], x.shape.[1]
+                use planeIndices = indices.reshape(n, c, -1L)
+                use planes = x.reshape(n, c, -1L)
+                use gathered = planes.gather(2L, planeIndices)
+                gathered.reshape(indices.shape)
+            else
+                use pooled = torch.nn.functional.max_pool2d(nchwView, 2L)
+                pooled.contiguous()
+
 /// The small CNN: features are the two pooled stage maps ([n, 32, H/2, W/2], [n, 64, H/4, W/4]) and
 /// the 128-wide embedding. Inputs arrive flattened and are reshaped to [n, C, H, W].
 type CnnBackbone(channels: int, height: int, width: int, classes: int) as this =
@@ -81,8 +111,8 @@ type CnnBackbone(channels: int, height: int, width: int, classes: int) as this =
 
     override _.ForwardWithFeatures(input: Tensor) =
         let x = input.reshape(-1L, int64 channels, int64 height, int64 width)
-        let stage1 = torch.nn.functional.max_pool2d(torch.nn.functional.relu (conv1.forward x), 2L)
-        let stage2 = torch.nn.functional.max_pool2d(torch.nn.functional.relu (conv2.forward stage1), 2L)
+        let stage1 = Pooling.maxPool2x2 (torch.nn.functional.relu (conv1.forward x))
+        let stage2 = Pooling.maxPool2x2 (torch.nn.functional.relu (conv2.forward stage1))
         let embedding = torch.nn.functional.relu (dense.forward (stage2.flatten 1L))
         { Logits = classifier.forward embedding; Features = [ stage1; stage2; embedding ] }
 

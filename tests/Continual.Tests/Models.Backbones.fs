@@ -11,6 +11,18 @@ let private shapes (o: ModelOutput) = o.Features |> List.map (fun f -> List.ofAr
 
 let private sameValues (a: Tensor) (b: Tensor) = a.eq(b).all().ToBoolean()
 
+/// The input and gradient of max_pool2d(x, 2) and of Pooling.maxPool2x2 on relu'd values rounded to
+/// quarters (many exact ties: zero windows and equal positives), against the same upstream gradient.
+let private poolBothWays (shape: int64[]) =
+    let x0 = torch.nn.functional.relu ((torch.randn(shape) * 4.0).round() / 4.0)
+    let run (pool: Tensor -> Tensor) =
+        let x = x0.clone().requires_grad_(true)
+        let y = pool x
+        use upstream = torch.randn(y.shape, generator = (new torch.Generator(7UL)))
+        torch.autograd.backward([| y |], [| upstream |])
+        y.detach(), x.grad.clone()
+    run (fun x -> torch.nn.functional.max_pool2d(x, 2L)), run Pooling.maxPool2x2
+
 [<Tests>]
 let backboneTests =
     testSequenced <| testList "models.backbones" [
@@ -43,6 +55,21 @@ let backboneTests =
             Expect.isTrue (sameValues (model.forward x) (snapshot.forward x)) "same outputs in eval mode"
             Expect.isTrue (snapshot.parameters () |> Seq.forall (fun p -> not p.requires_grad)) "no gradients"
             model.train ()
+
+        testCase "the CNN's 2×2 max-pooling gives max_pool2d's values, gradients and contiguous NCHW layout, ties included" <| fun () ->
+            for shape in [ [| 6L; 32L; 28L; 28L |]; [| 5L; 3L; 7L; 9L |]; [| 1L; 1L; 2L; 2L |] ] do
+                use _ = torch.NewDisposeScope()
+                torch.manual_seed 4L |> ignore
+                let (expected, expectedGrad), (pooled, grad) = poolBothWays shape
+                Expect.equal pooled.shape expected.shape (sprintf "%A: shape" shape)
+                Expect.isTrue (sameValues pooled expected) (sprintf "%A: values" shape)
+                Expect.isTrue (sameValues grad expectedGrad) (sprintf "%A: gradients reach the element max_pool2d picks" shape)
+                Expect.isTrue (pooled.is_contiguous ()) (sprintf "%A: contiguous" shape)
+                use _ = torch.no_grad ()
+                let x = torch.nn.functional.relu ((torch.randn(shape) * 4.0).round() / 4.0)
+                let plain = Pooling.maxPool2x2 x
+                Expect.isTrue (sameValues plain (torch.nn.functional.max_pool2d(x, 2L))) (sprintf "%A: values without gradients" shape)
+                Expect.isTrue (plain.is_contiguous ()) (sprintf "%A: contiguous without gradients" shape)
 
         testCase "both convolutional backbones learn: SGD drives the loss on a small batch below half" <| fun () ->
             for name in [ "cnn"; "resnet18" ] do
@@ -114,4 +141,47 @@ let flatParameterTests =
             last.grad <- torch.zeros_like last
             Expect.isFalse (FlatParameters.isBound flat model) "a replaced gradient shows"
             FlatParameters.dispose flat
+    ]
+
+[<Tests>]
+let evaluationBatchTests =
+    testSequenced <| testList "evaluation.batches" [
+        for name, (channels, height, width) in [ "mlp", (1, 28, 28); "cnn", (1, 28, 28); "resnet18", (3, 16, 16) ] do
+          yield testCase (sprintf "%s: scores in passes of Evaluation.batchSize rows (or 150) are one pass's bit for bit, and the accuracies are those of one pass" name) <| fun () ->
+                use _ = torch.NewDisposeScope()
+                torch.manual_seed 5L |> ignore
+                let features = channels * height * width
+                let n = 600 // more than Evaluation.batchSize: the default splits it
+                use model = Backbones.create (Backbones.ofName name (channels, height, width) 4)
+                for _ in 1 .. 3 do model.forward(torch.rand(16L, int64 features)) |> ignore // moves batch-norm statistics
+                let labels = Array.init n (fun i -> i % 4)
+                let values = (torch.rand(int64 n, int64 features)).data<float32>().ToArray()
+                let set = Continual.Data.Benchmarks.ofFloats values features labels
+                model.eval ()
+                let reference =
+                    use _ = torch.no_grad ()
+                    model.forward (set.AllInputs())
+                model.train ()
+                // Passes of 150, 200 (600 / 256 → 3 passes) and 600 rows; never passes of a few rows, which
+                // can take other matrix-product paths (Evaluation.batchSize).
+                for size in [ 150; Evaluation.batchSize; n; 10 * n ] do
+                    use _ = torch.inference_mode ()
+                    model.eval ()
+                    let scores = Evaluation.scoresIn size None model torch.CPU set
+                    model.train ()
+                    Expect.equal scores.shape reference.shape (sprintf "batch %d: shape" size)
+                    Expect.isTrue (sameValues scores reference) (sprintf "batch %d: the same bits as one pass" size)
+                let task : Continual.Data.TaskSpec = { Index = 0; Classes = [ 0; 1 ] }
+                let accuracies = Evaluation.evaluate model torch.CPU [ task, set ]
+                Expect.isTrue model.training "the model is back in training mode"
+                Expect.equal accuracies.ClassIl [| Evaluation.accuracy reference set.Labels |] "Class-IL of one pass"
+                Expect.equal accuracies.TaskIl [| Evaluation.accuracy (Losses.maskToClasses [ 0; 1 ] reference) set.Labels |] "Task-IL of one pass"
+
+        yield testCase "an empty test set scores no rows, and a batch size below 1 is refused" <| fun () ->
+            use _ = torch.NewDisposeScope()
+            use model = Backbones.create (Backbones.ofName "cnn" (1, 28, 28) 4)
+            let set = Continual.Data.Benchmarks.ofFloats [||] 784 [||]
+            use _ = torch.inference_mode ()
+            Expect.equal (Evaluation.scoresIn Evaluation.batchSize None model torch.CPU set).shape [| 0L; 4L |] "no rows"
+            Expect.throwsT<System.ArgumentException> (fun () -> Evaluation.scoresIn 0 None model torch.CPU set |> ignore) "batch size 0"
     ]
