@@ -81,7 +81,7 @@ start_munge() {
     if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then return 0; fi
     mkdir -p /run/munge /var/log/munge /var/lib/munge
     chown munge:munge /run/munge /var/log/munge /var/lib/munge
-    runuser -u munge -- /usr/sbin/munged
+    runuser -u munge -- /usr/sbin/munged </dev/null >/dev/null 2>&1
     # The pid of the munged this script started, for `stop`.
     for _ in $(seq 50); do [ -s /run/munge/munged.pid ] && break; sleep 0.1; done
     cp /run/munge/munged.pid "$dir/munged.pid" 2>/dev/null || true
@@ -101,8 +101,9 @@ start() {
     write_conf
     start_munge
     export SLURM_CONF=$conf
-    running "$dir/slurmctld.pid" || /usr/sbin/slurmctld -f "$conf"
-    running "$dir/slurmd.pid" || /usr/sbin/slurmd -f "$conf"
+    # The daemons keep no descriptor of the caller's (a caller reading our output to its end would wait on them).
+    running "$dir/slurmctld.pid" || /usr/sbin/slurmctld -f "$conf" </dev/null >/dev/null 2>&1
+    running "$dir/slurmd.pid" || /usr/sbin/slurmd -f "$conf" </dev/null >/dev/null 2>&1
     local host state=""
     host=$(hostname -s)
     for _ in $(seq 150); do

@@ -168,11 +168,25 @@ module Spec =
             | :? IOException as e -> raise (SweepUsageError(sprintf "%s: the spec cannot be read: %s" path e.Message))
         let stream = YamlStream()
         try stream.Load(new StringReader(text))
-        with :? YamlDotNet.Core.YamlException as e ->
+        with
+        | :? YamlDotNet.Core.YamlException as e ->
             let reason = (e.InnerException |> Option.ofObj |> Option.map (fun i -> i.Message) |> Option.defaultValue e.Message)
             let reason = reason.Split([| '\n'; '\r' |], StringSplitOptions.RemoveEmptyEntries) |> Array.tryHead |> Option.defaultValue "malformed"
             let reason = match reason.IndexOf("): ") with -1 -> reason | i when reason.StartsWith "(" -> reason.Substring(i + 3) | _ -> reason
             fail path (int e.Start.Line) (sprintf "not valid YAML or JSON: %s" (reason.Trim()))
+        | :? InvalidOperationException
+        | :? ArgumentException ->
+            // YamlDotNet's scanner fails without a position on some unclosed flow lists: the first line
+            // that opens more brackets than it closes is the likely place.
+            let lines = text.Split('\n')
+            let unbalanced =
+                lines
+                |> Array.tryFindIndex (fun l ->
+                    let count (c: char) = l |> Seq.filter ((=) c) |> Seq.length
+                    count '[' > count ']' || count '{' > count '}')
+            match unbalanced with
+            | Some i -> fail path (i + 1) "not valid YAML or JSON: a [ or { that is not closed on its line"
+            | None -> fail path 1 "not valid YAML or JSON"
         let root =
             match stream.Documents |> Seq.tryHead with
             | Some d ->
