@@ -563,10 +563,22 @@ let pointArguments (results: ParseResults<RunArgs>) : ParseResults<RunArgs> opti
                 let argv = point.Args @ [ "--out"; out; "--overwrite" ] @ (if results.Contains RunArgs.Quiet then [ "--quiet" ] else [])
                 Some(runParser.Force().ParseCommandLine(Array.ofList argv, raiseOnUsage = true))
 
+module private Native =
+    [<Runtime.InteropServices.DllImport("libc", SetLastError = true)>]
+    extern int kill(int pid, int signal)
+
+/// What a local sweep did: the points that finished, failed (with their error) or were stopped by a
+/// signal, and the signal.
+type private LocalOutcome =
+    { Ran: string list
+      Failed: (string * string) list
+      Stopped: string list
+      Signal: Runtime.InteropServices.PosixSignal option }
+
 /// Runs the points that are not finished as `continual run --sweep DIR --index I` processes, `jobs` at a
 /// time; each one's output goes to logs/<name>.log. A point that fails is recorded and the others go on.
 /// Returns (ran, failed) names.
-let private runLocal (plan: Plan) (pending: Point list) (jobs: int) : string list * (string * string) list =
+let private runLocal (plan: Plan) (pending: Point list) (jobs: int) : LocalOutcome =
     let logs = Path.Combine(plan.Folder, "logs")
     Directory.CreateDirectory logs |> ignore
     let program, prefix = self ()
@@ -574,8 +586,22 @@ let private runLocal (plan: Plan) (pending: Point list) (jobs: int) : string lis
     let queue = Collections.Concurrent.ConcurrentQueue<Point>(pending)
     let ran = Collections.Generic.List<string>()
     let failed = Collections.Generic.List<string * string>()
+    let stopped = Collections.Generic.List<string>()
     let total = pending.Length
     let mutable done' = 0
+    // SIGINT (Ctrl-C, which a terminal also sends to the points' processes) and SIGTERM (sent to this
+    // process alone, so passed on to the points) stop the sweep: no new point starts, running ones stop
+    // at their next step boundary, and nothing stopped is recorded as failed.
+    let mutable signal: Runtime.InteropServices.PosixSignal option = None
+    let children = Collections.Concurrent.ConcurrentDictionary<int, int>()
+    let onSignal (context: Runtime.InteropServices.PosixSignalContext) =
+        context.Cancel <- true
+        if signal.IsNone then
+            signal <- Some context.Signal
+            if context.Signal = Runtime.InteropServices.PosixSignal.SIGTERM then
+                for pid in children.Keys do Native.kill (pid, 15) |> ignore
+    use _interrupt = Runtime.InteropServices.PosixSignalRegistration.Create(Runtime.InteropServices.PosixSignal.SIGINT, onSignal)
+    use _terminate = Runtime.InteropServices.PosixSignalRegistration.Create(Runtime.InteropServices.PosixSignal.SIGTERM, onSignal)
     let runOne (point: Point) =
         let clock = Stopwatch.StartNew()
         let psi = ProcessStartInfo(program, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false)
@@ -593,14 +619,19 @@ let private runLocal (plan: Plan) (pending: Point list) (jobs: int) : string lis
         p.OutputDataReceived.Add(fun e -> write e.Data)
         p.ErrorDataReceived.Add(fun e -> write e.Data)
         p.Start() |> ignore
+        children.[p.Id] <- p.Id
+        // A SIGTERM that came while the process started.
+        if signal = Some Runtime.InteropServices.PosixSignal.SIGTERM then Native.kill (p.Id, 15) |> ignore
         p.BeginOutputReadLine()
         p.BeginErrorReadLine()
         p.WaitForExit()
+        children.TryRemove p.Id |> ignore
         let code = p.ExitCode
         let folder = pointFolder plan point
         let outcome =
             match status plan point with
-            | PointStatus.Finished(_, t, _) -> Ok t
+            | PointStatus.Finished(_, t, _) -> Ok(Some t)
+            | _ when signal.IsSome && (code = 130 || code = 143) -> Ok None
             | PointStatus.Failed error when code <> 0 -> Error error
             | _ ->
                 let error =
@@ -613,7 +644,10 @@ let private runLocal (plan: Plan) (pending: Point list) (jobs: int) : string lis
         lock gate (fun () ->
             done' <- done' + 1
             match outcome with
-            | Ok taskIl ->
+            | Ok None ->
+                stopped.Add point.Name
+                AnsiConsole.MarkupLine("[[{0}/{1}]] {2}  stopped", done', total, Markup.Escape point.Name)
+            | Ok(Some taskIl) ->
                 ran.Add point.Name
                 AnsiConsole.MarkupLine("[[{0}/{1}]] {2}  Task-IL {3:0.00}  ({4:0.0} s)", done', total, Markup.Escape point.Name, taskIl, clock.Elapsed.TotalSeconds)
             | Error error ->
@@ -624,12 +658,12 @@ let private runLocal (plan: Plan) (pending: Point list) (jobs: int) : string lis
             Faults.tick "sweep-point")
     let worker () =
         let mutable point = Unchecked.defaultof<Point>
-        while queue.TryDequeue(&point) do
+        while signal.IsNone && queue.TryDequeue(&point) do
             runOne point
     let threads = [ for _ in 1 .. max 1 (min jobs total) -> Threading.Thread(worker, IsBackground = true) ]
     for t in threads do t.Start()
     for t in threads do t.Join()
-    List.ofSeq ran, List.ofSeq failed
+    { Ran = List.ofSeq ran; Failed = List.ofSeq failed; Stopped = List.ofSeq stopped; Signal = signal }
 
 /// Index ranges as Slurm's --array writes them: 0-11, or 1,4-6,9.
 let arrayRanges (indices: int list) =
@@ -734,14 +768,24 @@ let private sweepCommand (check: PointCheck) (results: ParseResults<SweepArgs>) 
     | None ->
         AnsiConsole.MarkupLine(
             "{0} points in {1}: {2} finished, {3} to run ({4} at a time, {5} libtorch thread(s) each)",
-            points.Length, Markup.Escape folder, finished.Length, pending.Length, min jobs (max 1 pending.Length), threads)
+            points.Length, Markup.Escape folder, finished.Length, pending.Length, min jobs (max 1 pending.Length),
+            (match spec.Axes |> List.tryFind (fun a -> a.Option = "threads") with
+             | Some a -> a.Values |> List.map (fun v -> v.Text) |> String.concat " or "
+             | None -> string threads))
         for (p, _) in finished do AnsiConsole.MarkupLine("skipped {0} (finished)", Markup.Escape p.Name)
         Console.Out.Flush()
-        let ran, failed = runLocal plan pending jobs
+        let outcome = runLocal plan pending jobs
+        let ran, failed = outcome.Ran, outcome.Failed
         AnsiConsole.MarkupLine("ran {0} points, {1} failed, {2} skipped (finished); aggregate with: continual compare --from {3}", ran.Length + failed.Length, failed.Length, finished.Length, Markup.Escape folder)
-        match failed with
-        | [] -> 0
-        | (name, error) :: _ ->
+        match outcome.Signal, failed with
+        | Some signal, _ ->
+            let name, code = if signal = Runtime.InteropServices.PosixSignal.SIGTERM then "SIGTERM", 143 else "SIGINT", 130
+            let left = pending.Length - ran.Length - failed.Length
+            Console.Out.Flush()
+            eprintfn "stopped by %s: %d of %d points finished, %d not; run the same command again to run them" name (finished.Length + ran.Length) points.Length left
+            code
+        | None, [] -> 0
+        | None, (name, error) :: _ ->
             raise (SweepFailure(sprintf "%d of %d points failed (%s: %s); each one's error is in %s/points/<name>/%s, and the sweep runs them again when started again" failed.Length points.Length name error folder FailedFileName))
 
 /// One row of a sweep's comparison: its points (finished ones with figures) grouped by everything but seed.

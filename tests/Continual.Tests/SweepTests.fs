@@ -179,6 +179,27 @@ let tests =
                     Expect.stringContains output (sprintf "skipped %s (finished)" p) "finished points are skipped"
                     Expect.equal (File.ReadAllText(Path.Combine(out, "points", p, "results.json"))) stamps.[p] "and left as they were")
 
+        testCase "SIGTERM stops a local sweep: no new point starts, the running one stops, nothing is recorded as failed" <| fun () ->
+            if not (hasFashionMnist ()) then skiptest "Fashion-MNIST is not installed"
+            withFolder (fun root ->
+                let spec = Path.Combine(root, "spec.yaml")
+                let out = Path.Combine(root, "sweep")
+                File.WriteAllText(spec, "strategies: [sgd]\nseeds: [0, 1, 2]\n" + tiny)
+                let p, output, errors = CliProcess.start [ "sweep"; spec; "--out"; out ] [ "NO_COLOR", "1" ]
+                // Signalled once its first point has finished.
+                while not p.HasExited && (not (Directory.Exists(Path.Combine(out, "points"))) || (finished out).IsEmpty) do
+                    Threading.Thread.Sleep 100
+                CliProcess.executeProgram "kill" [ "-TERM"; string p.Id ] [] |> ignore
+                p.WaitForExit()
+                Expect.equal p.ExitCode 143 (sprintf "stopped by SIGTERM (stdout: %s; stderr: %s)" output.Result errors.Result)
+                Expect.stringContains errors.Result "stopped by SIGTERM" "says so on stderr"
+                Expect.isLessThan (finished out).Length 3 "not every point ran"
+                let failed = Directory.GetFiles(out, "failed.json", SearchOption.AllDirectories)
+                Expect.isEmpty failed "a stopped point is not a failed one"
+                let code, output, _ = execute [ "sweep"; spec; "--out"; out ]
+                Expect.equal code 0 (sprintf "the sweep finishes when started again: %s" output)
+                Expect.equal (finished out).Length 3 "every point")
+
         testCase "a 12-point sweep as a real Slurm job array: compare --from gives the table of a local --jobs 2 sweep and of continual compare" <| fun () ->
             if not (hasFashionMnist ()) then skiptest "Fashion-MNIST is not installed"
             match slurmMissing () with
