@@ -970,10 +970,10 @@ let run (argv: string[]) : int =
     | UsageProblem errors ->
         for e in errors do Report.error e
         UsageError
-    | Sweeps.SweepUsageError message ->
+    | SweepSpec.SweepUsageError message ->
         Report.error message
         UsageError
-    | Sweeps.SweepFailure message as e ->
+    | SweepSpec.SweepFailure message as e ->
         Report.error message
         trace e
         1

@@ -116,7 +116,12 @@ let tests =
                 case "the sweep owns --out" "strategies: [sgd]\nout: runs/x\n" [] [ "spec.yaml:2:"; "out is not a setting of a point" ]
                 case "a JSON spec" "{\"strategies\": [\"sgd\"],\n \"lr\": [0.1, \"fast\"]}\n" [] [ "spec.yaml:2:"; "'fast' is not a number" ]
                 case "a grid over the limit" "strategies: [sgd, er]\nseeds: 0-999\n" [] [ "spec.yaml:1:"; "2000 points, more than the limit of 1000"; "--force" ]
-                case "--jobs and --emit" "strategies: [sgd]\n" [ "--jobs"; "2"; "--emit"; "slurm" ] [ "give one of them" ])
+                case "--jobs and --emit" "strategies: [sgd]\n" [ "--jobs"; "2"; "--emit"; "slurm" ] [ "give one of them" ]
+                // Over the limit with --force: expanded (here into a job array, so that nothing runs).
+                File.WriteAllText(spec, "strategies: [sgd]\nseeds: 0-1000\n" + tiny)
+                let code, output, errors = execute [ "sweep"; spec; "--out"; out; "--emit"; "slurm"; "--force" ]
+                Expect.equal code 0 (sprintf "--force expands a large grid (stdout: %s; stderr: %s)" output errors)
+                Expect.stringContains (File.ReadAllText(Path.Combine(out, "sweep.sbatch"))) "#SBATCH --array=0-1000" "every point in the array")
 
         testCase "a failing point is recorded and the sweep goes on; compare --from lists it; --select best chooses on held-out seeds" <| fun () ->
             if not (hasFashionMnist ()) then skiptest "Fashion-MNIST is not installed"
