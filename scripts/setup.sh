@@ -22,6 +22,13 @@ fi
 if ! /usr/bin/python3 -c "import numpy" >/dev/null 2>&1 && command -v dpkg >/dev/null 2>&1 && ! dpkg -s python3-numpy >/dev/null 2>&1; then
     missing+=(python3-numpy)
 fi
+# Slurm and munge: scripts/slurm-local.sh starts a single-node cluster from them, on which a test runs a
+# sweep as a real job array (docs/sweeps.md).
+for package in slurm-wlm munge; do
+    if command -v dpkg >/dev/null 2>&1 && ! dpkg -s "$package" >/dev/null 2>&1; then
+        missing+=("$package")
+    fi
+done
 if [ ${#missing[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
         echo "== installing ${missing[*]} (Debian packages)"

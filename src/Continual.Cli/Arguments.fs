@@ -63,6 +63,8 @@ module Help =
           "no-onnx", "skip the ONNX export and verification after each task."
           "checkpoint-every", "also save the learner every this many steps (it is saved after every task and on Ctrl-C either way; docs/checkpoints.md)."
           "overwrite", "replace the results of another run in --out (by default a folder that holds them is refused)."
+          "sweep", "run one point of a sweep: the sweep's folder (continual sweep SPEC --out DIR); the point's options and --out come from it (docs/sweeps.md)."
+          "index", "with --sweep: the point to run, numbered from 0 (a Slurm job array passes $SLURM_ARRAY_TASK_ID)."
           "tasks", "the tasks to learn, numbered from 1: 1-3 stops after task 3 and leaves a learner that `continual learn --from` continues (default: all)." ]
 
     /// The help of an argument case (looked up by its command-line name).
@@ -122,6 +124,8 @@ type RunArgs =
     | Checkpoint_Every of steps: int
     | Tasks of range: string
     | Overwrite
+    | Sweep of folder: string
+    | Index of index: int
 
     interface IArgParserTemplate with
         member this.Usage = Help.of' this
@@ -307,9 +311,13 @@ type CompareArgs =
     | Out of folder: string
     | Quiet
     | Overwrite
+    | From of folder: string
 
     interface IArgParserTemplate with
-        member this.Usage = Help.of' this
+        member this.Usage =
+            match this with
+            | From _ -> "aggregate the finished runs in a folder instead of running: a sweep's folder (its missing and failed points are listed) or a comparison's --out (docs/sweeps.md)."
+            | other -> Help.of' other
 
 /// Options of `continual bench-penalties`: the data and the SGD settings every method is timed on.
 type BenchPenaltiesArgs =
@@ -385,6 +393,29 @@ type ExportArgs =
             | Repository_Folder _ -> "the model repository folder; the model goes to REPO/<name>/<k>/model.onnx."
             | Model_Name _ -> "model name in the repository (default: the run folder's name)."
 
+/// Options of `continual sweep`.
+type SweepArgs =
+    | [<MainCommand>] Spec of file: string
+    | Out of folder: string
+    | Jobs of count: int
+    | Emit of kind: string
+    | Force
+    | Select of rule: string
+    | On_Seeds of seeds: string
+    | Metric of name: string
+
+    interface IArgParserTemplate with
+        member this.Usage =
+            match this with
+            | Spec _ -> "the grid, a YAML or JSON file: strategies, buffers, seeds and a value or a list of values for any option of run (docs/sweeps.md)."
+            | Out _ -> "the sweep's folder: one run folder per point under points/, sweep.json, logs/ (default runs/sweep)."
+            | Jobs _ -> "points run at once, each as its own `continual run` process with max 1 (cores / jobs) libtorch threads (default 1)."
+            | Emit _ -> "write a job script instead of running: slurm (a job array, DIR/sweep.sbatch; submit it with sbatch)."
+            | Force -> "expand a grid larger than the limit of 1000 points."
+            | Select _ -> "pick hyper-parameters from the sweep's finished points: best (the highest mean of --metric over --on-seeds); writes DIR/selection.json."
+            | On_Seeds _ -> "with --select: the held-out seeds to choose on, e.g. 10-19 or 10,11,12."
+            | Metric _ -> "with --select: task-il (default) or class-il, the final average accuracy."
+
 /// The commands of the tool.
 [<RequireSubcommand>]
 type Command =
@@ -393,6 +424,7 @@ type Command =
     | [<CliPrefix(CliPrefix.None)>] Resume of ParseResults<ResumeArgs>
     | [<CliPrefix(CliPrefix.None)>] Learn of ParseResults<LearnArgs>
     | [<CliPrefix(CliPrefix.None)>] Compare of ParseResults<CompareArgs>
+    | [<CliPrefix(CliPrefix.None)>] Sweep of ParseResults<SweepArgs>
     | [<CliPrefix(CliPrefix.None)>] Bench_Penalties of ParseResults<BenchPenaltiesArgs>
     | [<CliPrefix(CliPrefix.None)>] Verify of ParseResults<VerifyArgs>
     | [<CliPrefix(CliPrefix.None)>] Export of ParseResults<ExportArgs>
@@ -407,6 +439,7 @@ type Command =
             | Learn _ -> "continue a saved learner with more tasks in a new process (--from RUN_DIR --tasks 4-5)."
             | Bench _ -> "time a whole run: wall time, steps per second, peak memory."
             | Compare _ -> "run several strategies over several seeds: mean, spread, per-seed figures and each one's paired Task-IL gain over sgd (--strategies, --seeds); writes compare.json."
+            | Sweep _ -> "run a grid of runs (SPEC: strategies, buffers, seeds, any option's values) as local processes (--jobs N) or a Slurm job array (--emit slurm); finished points are skipped; --select best picks hyper-parameters on held-out seeds."
             | Bench_Penalties _ -> "time each importance estimator on a 12,000-image task and each penalty's step overhead against plain SGD."
             | Verify _ -> "re-check an exported task-<k>.onnx under ONNX Runtime against the accuracy it records."
             | Export _ -> "lay a run's task models out as a model repository (--layout triton --to REPO)."

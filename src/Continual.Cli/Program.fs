@@ -810,51 +810,26 @@ let private benchCommand (results: ParseResults<BenchArgs>) =
     | None -> ()
     0
 
-/// One strategy's figures over the seeds of a comparison, in seed order.
-type private CompareRow =
-    { Label: string
-      Buffer: int
-      ClassIl: float list
-      TaskIl: float list
-      WallSeconds: float }
-
-/// The comparison as JSON: per strategy, the per-seed figures, their means and spreads, and the paired
-/// Task-IL gain over SGD where SGD was run.
-let private compareJson (seeds: int64 list) (rows: CompareRow list) (gain: CompareRow -> (float * float) option) : byte[] =
-    use stream = new MemoryStream()
-    (use w = new Text.Json.Utf8JsonWriter(stream, Text.Json.JsonWriterOptions(Indented = true))
-     w.WriteStartObject()
-     w.WriteStartArray("seeds")
-     for s in seeds do w.WriteNumberValue s
-     w.WriteEndArray()
-     w.WriteStartArray("strategies")
-     for row in rows do
-         w.WriteStartObject()
-         w.WriteString("strategy", row.Label)
-         w.WriteNumber("buffer", row.Buffer)
-         for name, values in [ "classIl", row.ClassIl; "taskIl", row.TaskIl ] do
-             let mean, spread = Metrics.meanAndSpread values
-             w.WriteStartObject(name)
-             w.WriteStartArray("perSeed")
-             for v in values do w.WriteNumberValue v
-             w.WriteEndArray()
-             w.WriteNumber("mean", mean)
-             w.WriteNumber("spread", spread)
-             w.WriteEndObject()
-         match gain row with
-         | Some(g, se) ->
-             w.WriteStartObject("taskIlOverSgd")
-             w.WriteNumber("mean", g)
-             w.WriteNumber("standardError", se)
-             w.WriteEndObject()
-         | None -> ()
-         w.WriteNumber("wallSecondsPerRun", row.WallSeconds)
-         w.WriteEndObject()
-     w.WriteEndArray()
-     w.WriteEndObject())
-    stream.ToArray()
+/// A sweep point's options checked as `run` checks them, before any point runs (Sweeps.expand).
+let private checkPoint (given: GivenOptions) : Result<Config, string list> =
+    try
+        let config = configOf given None None
+        check config
+        Ok config
+    with
+    | UsageProblem errors -> Error errors
+    | InvalidConfiguration errors -> Error(errors |> List.map describe)
+    | DataFileError(path, reason) -> Error [ sprintf "%s: %s" path reason ]
 
 let private compareCommand (results: ParseResults<CompareArgs>) =
+  match results.TryGetResult CompareArgs.From with
+  | Some folder ->
+    match results.GetAllResults() |> List.filter (function CompareArgs.From _ | CompareArgs.Seeds _ | CompareArgs.Quiet -> false | _ -> true) with
+    | [] -> Sweeps.compareFrom folder (results.TryGetResult CompareArgs.Seeds |> Option.map (Sweeps.parseSeeds "seeds"))
+    | others ->
+        let names = others |> List.map (fun r -> "--" + Help.optionName ((fst (Microsoft.FSharp.Reflection.FSharpValue.GetUnionFields(r, typeof<CompareArgs>))).Name))
+        raise (UsageProblem [ sprintf "%s: compare --from reads finished runs and takes only --seeds" (String.concat ", " names) ])
+  | None ->
     let args = GivenOptions.ofResults (results.GetAllResults())
     let split (s: string) = s.Split(',', StringSplitOptions.RemoveEmptyEntries ||| StringSplitOptions.TrimEntries) |> List.ofArray
     let strategies = split (GivenOptions.get "strategies" "sgd,joint,er,der,derpp" args)
@@ -888,33 +863,16 @@ let private compareCommand (results: ParseResults<CompareArgs>) =
                         Faults.tick "compare-run"
                         result ]
                 { Label = label runs
+                  Strategy = label runs
+                  Context = ""
                   Buffer = Config.bufferSize runs.Head
+                  Seeds = seeds
                   ClassIl = results |> List.map (fun r -> Metrics.averageAccuracy r.Outcome.ClassIl)
                   TaskIl = results |> List.map (fun r -> Metrics.averageAccuracy r.Outcome.TaskIl)
-                  WallSeconds = results |> List.averageBy (fun r -> r.WallSeconds) } ]
-        // Regularisers are judged by their Task-IL gain over SGD on the same seeds; pairing by seed removes
-        // the swing both share.
-        let baseline = rows |> List.tryFind (fun r -> r.Label = "sgd")
-        let gain (row: CompareRow) =
-            baseline |> Option.filter (fun b -> b.Label <> row.Label) |> Option.map (fun b -> Metrics.pairedDifference row.TaskIl b.TaskIl)
-        let perSeed (values: float list) = String.Join(" / ", values |> List.map (sprintf "%.2f"))
-        let table = Table(Title = TableTitle(sprintf "mean ± sample s.d. over seeds %s" (String.Join(", ", seeds))))
-        for c in [ "strategy"; "buffer"; "Class-IL"; "Task-IL"; "Task-IL − SGD (± s.e.)"; "Class-IL per seed"; "Task-IL per seed"; "wall s per run" ] do
-            table.AddColumn(c) |> ignore
-        for row in rows do
-            let (cm, cs), (tm, ts) = Metrics.meanAndSpread row.ClassIl, Metrics.meanAndSpread row.TaskIl
-            table.AddRow(
-                row.Label,
-                string row.Buffer,
-                sprintf "%.2f ± %.2f" cm cs,
-                sprintf "%.2f ± %.2f" tm ts,
-                (match gain row with Some(g, se) -> sprintf "%+.2f ± %.2f" g se | None -> "—"),
-                perSeed row.ClassIl,
-                perSeed row.TaskIl,
-                sprintf "%.1f" row.WallSeconds) |> ignore
-        AnsiConsole.Write table
+                  WallSeconds = results |> List.averageBy (fun r -> r.WallSeconds) } : CompareTable.Row ]
+        CompareTable.print rows
         let summary = Path.Combine(out, "compare.json")
-        Results.writeAtomically summary (compareJson seeds rows gain)
+        Results.writeAtomically summary (CompareTable.json rows ignore)
         hold.Publish()
         AnsiConsole.MarkupLine("summary: {0}", Markup.Escape summary)
         0
@@ -974,11 +932,12 @@ let run (argv: string[]) : int =
         else
         let parsed = parser.ParseCommandLine(argv, raiseOnUsage = true)
         match parsed.GetSubCommand() with
-        | Run args -> runCommand args
+        | Run args -> (match Sweeps.pointArguments args with Some point -> runCommand point | None -> 0)
         | Resume args -> resumeCommand args
         | Learn args -> learnCommand args
         | Bench args -> benchCommand args
         | Compare args -> compareCommand args
+        | Sweep args -> Sweeps.command checkPoint args
         | Bench_Penalties results ->
             let args = GivenOptions.ofResults (results.GetAllResults())
             let config = configOf args (Some "sgd") None
@@ -995,6 +954,13 @@ let run (argv: string[]) : int =
     | UsageProblem errors ->
         for e in errors do Report.error e
         UsageError
+    | SweepSpec.SweepUsageError message ->
+        Report.error message
+        UsageError
+    | SweepSpec.SweepFailure message as e ->
+        Report.error message
+        trace e
+        1
     | :? ArguParseException as e when e.ErrorCode = ErrorCode.HelpText ->
         printfn "%s" e.Message
         0

@@ -83,10 +83,15 @@ let withProgress (quiet: bool) (work: (TrainingEvent -> unit) -> 'T) : 'T =
                     | _ -> ()
             work onEvent)
 
+/// Where every error line also goes, besides stderr: a sweep's point records it in its folder
+/// (Sweeps.fs); nowhere by default.
+let errorRecorder : (string -> unit) ref = ref ignore
+
 /// Prints an error as one line "error: ..." on stderr ("error:" in red when stderr is a terminal);
 /// line breaks in the message are folded so that the error stays one line.
 let error (message: string) =
     let oneLine = message.ReplaceLineEndings(" ").Trim()
+    errorRecorder.Value oneLine
     Console.Out.Flush()
     if Console.IsErrorRedirected || not (isNull (Environment.GetEnvironmentVariable "NO_COLOR")) then
         eprintfn "error: %s" oneLine
