@@ -409,7 +409,7 @@ type SweepArgs =
             match this with
             | Spec _ -> "the grid, a YAML or JSON file: strategies, buffers, seeds and a value or a list of values for any option of run (docs/sweeps.md)."
             | Out _ -> "the sweep's folder: one run folder per point under points/, sweep.json, logs/ (default runs/sweep)."
-            | Jobs _ -> "points run at once, each as its own `continual run` process with max 1 (cores / jobs) libtorch threads (default 1)."
+            | Jobs _ -> "points run at once, each as its own `continual run` process with one libtorch thread unless the spec sets threads (default 1; keep it at most the cores)."
             | Emit _ -> "write a job script instead of running: slurm (a job array, DIR/sweep.sbatch; submit it with sbatch)."
             | Force -> "expand a grid larger than the limit of 1000 points."
             | Select _ -> "pick hyper-parameters from the sweep's finished points: best (the highest mean of --metric over --on-seeds); writes DIR/selection.json."

@@ -515,7 +515,10 @@ let private sweepCommand (check: PointCheck) (results: ParseResults<SweepArgs>) 
     let threads =
         match recordedThreads folder with
         | Some t -> t
-        | None -> if emit.IsSome then 1 else max 1 (Environment.ProcessorCount / jobs)
+        // One thread per point, as `run`: the fastest on every backbone measured (docs/performance.md),
+        // never more threads than cores while --jobs stays at most the cores, and a point's results
+        // equal those of the same `continual run` (another thread count changes them bit for bit).
+        | None -> 1
     let points = expand check spec threads
     // The configurations once more, for point.json (the checks passed: this cannot fail now).
     let configs =
