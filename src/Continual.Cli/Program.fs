@@ -140,10 +140,12 @@ let private describe (e: ConfigError) =
     | Some option -> sprintf "%s (--%s)" e.Message option
     | None -> e.Message
 
-/// Checks a configuration and that its data files are there, before any work starts.
+/// Checks a configuration and that its data files are there, before any work starts, and tunes the
+/// allocator for its backbone (Malloc.tuneFor).
 let private check (config: Config) =
     match Experiment.validate config with
     | [] ->
+        Malloc.tuneFor config.Backbone
         try
             if config.Data.Benchmark = "split-cifar10" then
                 for name in Cifar.fileNames do
@@ -913,7 +915,6 @@ let private describeFailure (e: exn) : string =
 /// error ends as one line "error: ..." on stderr: exit 2 for bad usage, 1 for a failure of the work or
 /// the environment; `--verbose` (anywhere on the line) adds the .NET stack trace.
 let run (argv: string[]) : int =
-    Malloc.fixMmapThreshold ()
     // Tables wrap at 80 columns when output goes to a file or a pipe; results read better wider.
     if Console.IsOutputRedirected then AnsiConsole.Profile.Width <- 160
     let verbose = argv |> Array.contains "--verbose"
