@@ -63,6 +63,7 @@ module Help =
           "no-onnx", "skip the ONNX export and verification after each task."
           "checkpoint-every", "also save the learner every this many steps (it is saved after every task and on Ctrl-C either way; docs/checkpoints.md)."
           "overwrite", "replace the results of another run in --out (by default a folder that holds them is refused)."
+          "tensorboard", "also write TensorBoard event files into this folder: every named loss term at every step, the accuracy on every task after every task (docs/results.md)."
           "tasks", "the tasks to learn, numbered from 1: 1-3 stops after task 3 and leaves a learner that `continual learn --from` continues (default: all)." ]
 
     /// The help of an argument case (looked up by its command-line name).
@@ -122,6 +123,7 @@ type RunArgs =
     | Checkpoint_Every of steps: int
     | Tasks of range: string
     | Overwrite
+    | Tensorboard of folder: string
 
     interface IArgParserTemplate with
         member this.Usage = Help.of' this
@@ -180,6 +182,7 @@ type ResumeArgs =
     | [<MainCommand; ExactlyOnce>] Run_Folder of folder: string
     | Checkpoint_Every of steps: int
     | Quiet
+    | Tensorboard of folder: string
     | [<GatherUnrecognized; Hidden>] Saved of string
 
     interface IArgParserTemplate with
@@ -196,6 +199,7 @@ type LearnArgs =
     | Task of path: string
     | Checkpoint_Every of steps: int
     | Quiet
+    | Tensorboard of folder: string
     | [<GatherUnrecognized; Hidden>] Saved of string
 
     interface IArgParserTemplate with
@@ -307,6 +311,7 @@ type CompareArgs =
     | Out of folder: string
     | Quiet
     | Overwrite
+    | Tensorboard of folder: string
 
     interface IArgParserTemplate with
         member this.Usage = Help.of' this
@@ -385,6 +390,28 @@ type ExportArgs =
             | Repository_Folder _ -> "the model repository folder; the model goes to REPO/<name>/<k>/model.onnx."
             | Model_Name _ -> "model name in the repository (default: the run folder's name)."
 
+/// Options of `continual plot`.
+type PlotArgs =
+    | [<MainCommand; ExactlyOnce>] Results_Folder of folder: string
+    | Out of folder: string
+
+    interface IArgParserTemplate with
+        member this.Usage =
+            match this with
+            | Results_Folder _ -> "a run's --out folder (results.json) or a comparison's (compare.json and its run folders)."
+            | Out _ -> "folder for the PNG files (default: RUN_DIR/plots)."
+
+/// Options of `continual report`.
+type ReportArgs =
+    | [<MainCommand; ExactlyOnce>] Results_Folder of folder: string
+    | Out of file: string
+
+    interface IArgParserTemplate with
+        member this.Usage =
+            match this with
+            | Results_Folder _ -> "a run's --out folder (results.json) or a comparison's (compare.json and its run folders)."
+            | Out _ -> "the HTML file to write (default: RUN_DIR/report.html)."
+
 /// The commands of the tool.
 [<RequireSubcommand>]
 type Command =
@@ -396,6 +423,8 @@ type Command =
     | [<CliPrefix(CliPrefix.None)>] Bench_Penalties of ParseResults<BenchPenaltiesArgs>
     | [<CliPrefix(CliPrefix.None)>] Verify of ParseResults<VerifyArgs>
     | [<CliPrefix(CliPrefix.None)>] Export of ParseResults<ExportArgs>
+    | [<CliPrefix(CliPrefix.None)>] Plot of ParseResults<PlotArgs>
+    | [<CliPrefix(CliPrefix.None)>] Report of ParseResults<ReportArgs>
     | Version
     | Verbose
 
@@ -409,6 +438,8 @@ type Command =
             | Compare _ -> "run several strategies over several seeds: mean, spread, per-seed figures and each one's paired Task-IL gain over sgd (--strategies, --seeds); writes compare.json."
             | Bench_Penalties _ -> "time each importance estimator on a 12,000-image task and each penalty's step overhead against plain SGD."
             | Verify _ -> "re-check an exported task-<k>.onnx under ONNX Runtime against the accuracy it records."
+            | Plot _ -> "draw a run's or a comparison's results as PNG pictures (accuracy matrices, accuracy after each task, forgetting, final accuracy, footprint)."
+            | Report _ -> "write one self-contained HTML page of a run's or a comparison's tables and pictures."
             | Export _ -> "lay a run's task models out as a model repository (--layout triton --to REPO)."
             | Version -> "print the version."
             | Verbose -> "with an error, also print the .NET stack trace (works with every command, anywhere on the line)."
