@@ -209,31 +209,48 @@ let finalAccuracy (methods: (string * ResultFiles.RunResults list) list) : byte[
         [ for scenario, name in scenarios ->
               name, [| for _, runs in methods -> [ for r in runs -> Continual.Metrics.averageAccuracy (matrixOf scenario r) ] |] ]
 
-/// Memory footprint after the last task (MiB, the sum of the parts the run recorded) against final
-/// Class-IL accuracy: one marker per run, one colour per method. None when no run recorded a footprint.
+/// Memory footprint against Class-IL accuracy: for every run a line through its tasks, each point the
+/// bytes it kept after task i (MiB, results.json's footprint) against its average accuracy over the tasks
+/// seen then, the last point (after the last task) drawn larger; one colour per method. None when no run
+/// recorded a footprint.
 let footprint (methods: (string * ResultFiles.RunResults list) list) : byte[] option =
     let withFootprint =
         [ for label, runs in methods do
-              let points =
+              let traces =
                   runs |> List.choose (fun r ->
                       match r.Footprint with
                       | Some entries when not entries.IsEmpty ->
-                          let last = entries |> List.maxBy (fun e -> e.Task)
-                          Some(float last.TotalBytes / 1048576.0, Continual.Metrics.averageAccuracy r.ClassIl)
+                          let averages = averageAfterEach r.ClassIl
+                          let points =
+                              entries
+                              |> List.sortBy (fun e -> e.Task)
+                              |> List.choose (fun e ->
+                                  // Entries are numbered from 1; JOINT's single row stands for its last entry.
+                                  let row = if averages.Length = 1 then 0 else e.Task - 1
+                                  if row >= 0 && row < averages.Length && (averages.Length > 1 || e = List.last entries) then
+                                      Some(float e.TotalBytes / 1048576.0, averages.[row])
+                                  else None)
+                          if points.IsEmpty then None else Some points
                       | _ -> None)
-              if not points.IsEmpty then yield label, points ]
+              if not traces.IsEmpty then yield label, traces ]
     if withFootprint.IsEmpty then None
     else
-        let plot = newPlot "footprint against accuracy" "footprint after the last task (MiB)" "final Class-IL average accuracy (%)"
-        withFootprint |> List.iteri (fun k (label, points) ->
-            let xs = points |> List.map fst |> Array.ofList
-            let ys = points |> List.map snd |> Array.ofList
-            let scatter = plot.Add.ScatterPoints(xs, ys)
-            scatter.LegendText <- label
-            scatter.Color <- colour k
-            scatter.MarkerSize <- 12.0f)
+        let plot = newPlot "footprint against accuracy" "footprint after each task (MiB)" "Class-IL accuracy over the tasks seen (%)"
+        withFootprint |> List.iteri (fun k (label, traces) ->
+            for t, points in List.indexed traces do
+                let xs = points |> List.map fst |> Array.ofList
+                let ys = points |> List.map snd |> Array.ofList
+                let line = plot.Add.Scatter(xs, ys)
+                line.Color <- colour k
+                line.MarkerSize <- 6.0f
+                line.LineWidth <- 1.5f
+                let last = plot.Add.ScatterPoints([| Array.last xs |], [| Array.last ys |])
+                last.Color <- colour k
+                last.MarkerSize <- 14.0f
+                if t = 0 then last.LegendText <- label + " (after the last task)")
+        let maxX = withFootprint |> List.collect snd |> List.concat |> List.map fst |> List.max
+        plot.Axes.SetLimits(0.0, maxX * 1.15, 0.0, 105.0)
         plot.ShowLegend(Alignment.LowerRight) |> ignore
-        plot.Axes.Margins(0.15, 0.15) |> ignore
         Some(render plot width height)
 
 /// Every picture of a result set: the heat maps (one pair per method, its matrices averaged over seeds),
@@ -278,7 +295,7 @@ let draw (set: ResultFiles.ResultSet) : Pictures =
               yield
                   { FileName = "footprint.png"
                     Title = "Footprint against accuracy"
-                    Caption = "Bytes the run kept after its last task (model, memory, importance: results.json's footprint) against its final Class-IL average accuracy; one marker per run."
+                    Caption = "Bytes each run kept after each task (model, memory, importance: results.json's footprint) against its Class-IL accuracy over the tasks seen then; one line per run, the large marker after the last task."
                     Png = png }
           | None -> notes.Add "footprint.png skipped: the results record no footprint (runs written before footprints were recorded)" ]
     { Pictures = pictures; Notes = List.ofSeq notes }
