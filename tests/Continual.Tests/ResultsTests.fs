@@ -250,6 +250,21 @@ let tests =
                 let b = expectPicture (Path.Combine(outB, name)) w h
                 let differing = Array.fold2 (fun n (x: uint32) y -> if x <> y then n + 1 else n) 0 a.Pixels b.Pixels
                 Expect.isGreaterThan differing 500 (sprintf "%s: SGD's and DER++'s pictures differ (%d pixels)" name differing)
+            // The pictures follow the figures, not only the labels: SGD's run given DER++'s matrices (same
+            // label, same seed) draws every picture anew.
+            let edited = Path.Combine(r.Root, "sgd-edited")
+            copyRun r.Sgd edited
+            let derpp = JsonNode.Parse(File.ReadAllText(Path.Combine(r.Derpp, "results.json"))).AsObject()
+            editResults edited (fun doc ->
+                doc.["classIl"] <- derpp.["classIl"].DeepClone()
+                doc.["taskIl"] <- derpp.["taskIl"].DeepClone())
+            let outC = Path.Combine(r.Root, "plots-sgd-edited")
+            plot edited outC |> ignore
+            for name, w, h in runPictures do
+                let a = decode (Path.Combine(outA, name))
+                let c = expectPicture (Path.Combine(outC, name)) w h
+                let differing = Array.fold2 (fun n (x: uint32) y -> if x <> y then n + 1 else n) 0 a.Pixels c.Pixels
+                Expect.isGreaterThan differing 500 (sprintf "%s: other matrices under the same label, another picture (%d pixels differ)" name differing)
         }
 
         test "a comparison's pictures: one heat-map pair per method and the spread over seeds" {
