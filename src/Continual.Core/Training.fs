@@ -251,9 +251,9 @@ module Training =
             | Some next -> next ()
             | None -> m)
 
-    /// One optimiser step (see `step`), also handing the step's named terms to `onTerms` where given: read from the terms' tensors
-    /// after backward and the penalties valued before the optimiser step. Reading them draws no random
-    /// number and changes no sum, so a run trains exactly as without it.
+    /// One optimiser step (see `step`), also handing the step's named terms to `onTerms` where given:
+    /// read from the terms' tensors after backward, the penalties valued before the optimiser step.
+    /// Reading them draws no random number and changes no sum, so a run trains exactly as without it.
     let stepWith (onTerms: ((string * float) list -> unit) option) (strategy: Strategy) (batch: StepBatch) (state: TrainingState) : float32 * TrainingState =
         use scope = torch.NewDisposeScope()
         state.Optimiser.zero_grad ()
