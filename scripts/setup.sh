@@ -9,8 +9,8 @@ if ! command -v dotnet >/dev/null 2>&1; then
 fi
 
 # Debian packages: the Fashion-MNIST IDX files, the official ONNX checker (python3-onnx) that a test
-# runs over our exported models, and numpy for Debian's /usr/bin/python3 (python3-numpy), which a test
-# runs scripts/read-learner.py with.
+# runs over our exported models, numpy for Debian's /usr/bin/python3 (python3-numpy), which a test
+# runs scripts/read-learner.py with, and Chromium (below).
 data=/usr/share/datasets/fashion-mnist
 missing=()
 if [ ! -e "$data/train-images-idx3-ubyte.gz" ] && [ ! -e "$data/train-images-idx3-ubyte" ]; then
@@ -29,6 +29,11 @@ for package in slurm-wlm munge; do
         missing+=("$package")
     fi
 done
+# Chromium: a test opens the HTML page of `continual report` headless (screenshot, images loaded, no
+# console errors); it brings the fonts (fonts-dejavu-core, fonts-liberation) that the plots' text uses.
+if ! command -v chromium >/dev/null 2>&1 && command -v dpkg >/dev/null 2>&1 && ! dpkg -s chromium >/dev/null 2>&1; then
+    missing+=(chromium)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
         echo "== installing ${missing[*]} (Debian packages)"

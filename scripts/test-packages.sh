@@ -69,6 +69,9 @@ check tool-install dotnet tool install --tool-path "$work/tool" --add-source "$f
 check tool-run "$work/tool/continual" run --data "$data" --strategy er --buffer 50 --train-per-class 20 \
     --test-per-class 20 --out "$work/tool-run" --quiet
 check tool-run-outputs test -s "$work/tool-run/results.json" -a -s "$work/tool-run/task-5.onnx"
+# The installed tool draws (ScottPlot, with the Skia and HarfBuzz natives it carries) and writes the report.
+check tool-plot bash -c "'$work/tool/continual' plot '$work/tool-run' && test -s '$work/tool-run/plots/final-accuracy.png' \
+    && '$work/tool/continual' report '$work/tool-run' && grep -q 'data:image/png;base64' '$work/tool-run/report.html'"
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -412,7 +412,7 @@ public sealed class ExperimentBuilder
             exporter = new global::Continual.Onnx.RunExporter(
                 global::Continual.Onnx.ExportSettingsModule.forRun(global::Continual.Onnx.LearnerExport.runIdentity(config), folder));
             hooks = new global::Continual.RunHooks(
-                hooks.OnEvent, FuncConvert.FromAction<global::Continual.AfterTask>(exporter.AfterTask), hooks.Checkpoint, hooks.CheckpointEvery, hooks.StopRequested);
+                hooks.OnEvent, hooks.OnStepTerms, FuncConvert.FromAction<global::Continual.AfterTask>(exporter.AfterTask), hooks.Checkpoint, hooks.CheckpointEvery, hooks.StopRequested);
         }
         global::Continual.ExperimentResult result;
         var clock = System.Diagnostics.Stopwatch.StartNew();

@@ -65,6 +65,7 @@ module Help =
           "overwrite", "replace the results of another run in --out (by default a folder that holds them is refused)."
           "sweep", "run one point of a sweep: the sweep's folder (continual sweep SPEC --out DIR); the point's options and --out come from it (docs/sweeps.md)."
           "index", "with --sweep: the point to run, numbered from 0 (a Slurm job array passes $SLURM_ARRAY_TASK_ID)."
+          "tensorboard", "also write TensorBoard event files into this folder: every named loss term at every step, the accuracy on every task after every task (docs/results.md)."
           "tasks", "the tasks to learn, numbered from 1: 1-3 stops after task 3 and leaves a learner that `continual learn --from` continues (default: all)." ]
 
     /// The help of an argument case (looked up by its command-line name).
@@ -126,6 +127,7 @@ type RunArgs =
     | Overwrite
     | Sweep of folder: string
     | Index of index: int
+    | Tensorboard of folder: string
 
     interface IArgParserTemplate with
         member this.Usage = Help.of' this
@@ -184,6 +186,7 @@ type ResumeArgs =
     | [<MainCommand; ExactlyOnce>] Run_Folder of folder: string
     | Checkpoint_Every of steps: int
     | Quiet
+    | Tensorboard of folder: string
     | [<GatherUnrecognized; Hidden>] Saved of string
 
     interface IArgParserTemplate with
@@ -200,6 +203,7 @@ type LearnArgs =
     | Task of path: string
     | Checkpoint_Every of steps: int
     | Quiet
+    | Tensorboard of folder: string
     | [<GatherUnrecognized; Hidden>] Saved of string
 
     interface IArgParserTemplate with
@@ -312,6 +316,7 @@ type CompareArgs =
     | Quiet
     | Overwrite
     | From of folder: string
+    | Tensorboard of folder: string
 
     interface IArgParserTemplate with
         member this.Usage =
@@ -416,6 +421,28 @@ type SweepArgs =
             | On_Seeds _ -> "with --select: the held-out seeds to choose on, e.g. 10-19 or 10,11,12."
             | Metric _ -> "with --select: task-il (default) or class-il, the final average accuracy."
 
+/// Options of `continual plot`.
+type PlotArgs =
+    | [<MainCommand; ExactlyOnce>] Results_Folder of folder: string
+    | Out of folder: string
+
+    interface IArgParserTemplate with
+        member this.Usage =
+            match this with
+            | Results_Folder _ -> "a run's --out folder (results.json) or a comparison's (compare.json and its run folders)."
+            | Out _ -> "folder for the PNG files (default: RUN_DIR/plots)."
+
+/// Options of `continual report`.
+type ReportArgs =
+    | [<MainCommand; ExactlyOnce>] Results_Folder of folder: string
+    | Out of file: string
+
+    interface IArgParserTemplate with
+        member this.Usage =
+            match this with
+            | Results_Folder _ -> "a run's --out folder (results.json) or a comparison's (compare.json and its run folders)."
+            | Out _ -> "the HTML file to write (default: RUN_DIR/report.html)."
+
 /// The commands of the tool.
 [<RequireSubcommand>]
 type Command =
@@ -428,6 +455,8 @@ type Command =
     | [<CliPrefix(CliPrefix.None)>] Bench_Penalties of ParseResults<BenchPenaltiesArgs>
     | [<CliPrefix(CliPrefix.None)>] Verify of ParseResults<VerifyArgs>
     | [<CliPrefix(CliPrefix.None)>] Export of ParseResults<ExportArgs>
+    | [<CliPrefix(CliPrefix.None)>] Plot of ParseResults<PlotArgs>
+    | [<CliPrefix(CliPrefix.None)>] Report of ParseResults<ReportArgs>
     | Version
     | Verbose
 
@@ -442,6 +471,8 @@ type Command =
             | Sweep _ -> "run a grid of runs (SPEC: strategies, buffers, seeds, any option's values) as local processes (--jobs N) or a Slurm job array (--emit slurm); finished points are skipped; --select best picks hyper-parameters on held-out seeds."
             | Bench_Penalties _ -> "time each importance estimator on a 12,000-image task and each penalty's step overhead against plain SGD."
             | Verify _ -> "re-check an exported task-<k>.onnx under ONNX Runtime against the accuracy it records."
+            | Plot _ -> "draw a run's or a comparison's results as PNG pictures (accuracy matrices, accuracy after each task, forgetting, final accuracy, footprint)."
+            | Report _ -> "write one self-contained HTML page of a run's or a comparison's tables and pictures."
             | Export _ -> "lay a run's task models out as a model repository (--layout triton --to REPO)."
             | Version -> "print the version."
             | Verbose -> "with an error, also print the .NET stack trace (works with every command, anywhere on the line)."

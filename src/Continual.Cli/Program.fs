@@ -194,9 +194,36 @@ let private checkOut (out: string) =
         | Some top when Directory.Exists top -> (try Directory.Delete(top, true) with _ -> ())
         | _ -> ()
 
-let private runOnce (config: Config) (quiet: bool) (afterTask: AfterTask -> unit) =
+/// The TensorBoard log of a run where --tensorboard asks for one (None otherwise: no cost).
+let private tensorboardLog (folder: string option) : TensorBoard.RunLog option =
+    folder |> Option.map (fun f ->
+        try new TensorBoard.RunLog(f)
+        with :? IOException | :? UnauthorizedAccessException as e ->
+            raise (EnvironmentProblem(sprintf "%s: --tensorboard cannot be written: %s" (Path.GetFullPath f) e.Message)))
+
+/// Hooks with a TensorBoard log added where there is one.
+let private withLog (log: TensorBoard.RunLog option) (hooks: RunHooks) =
+    match log with
+    | Some l -> l.Attach hooks
+    | None -> hooks
+
+/// Refuses a --tensorboard that names a file, before any work.
+let private checkTensorboard (folder: string option) =
+    match folder with
+    | Some f when File.Exists f -> raise (EnvironmentProblem(sprintf "%s: --tensorboard is a file, not a folder (nothing was written)" (Path.GetFullPath f)))
+    | _ -> ()
+
+/// Closes a TensorBoard log, if there is one, when disposed.
+let private closing (log: TensorBoard.RunLog option) =
+    { new IDisposable with member _.Dispose() = log |> Option.iter (fun l -> (l :> IDisposable).Dispose()) }
+
+let private runOnceLogged (config: Config) (quiet: bool) (afterTask: AfterTask -> unit) (tensorboard: string option) =
+    let log = tensorboardLog tensorboard
+    use _ = closing log
     Report.withProgress quiet (fun onEvent ->
-        Experiment.run config { RunHooks.none with OnEvent = onEvent; AfterTask = afterTask } CancellationToken.None)
+        Experiment.run config (withLog log { RunHooks.none with OnEvent = onEvent; AfterTask = afterTask }) CancellationToken.None)
+
+let private runOnce (config: Config) (quiet: bool) (afterTask: AfterTask -> unit) = runOnceLogged config quiet afterTask None
 
 /// A learner that cannot go on as asked (its file, or options that contradict it): exit 1.
 exception private LearnerProblem of string
@@ -257,7 +284,7 @@ let private onnxReports (learner: Learner) : Onnx.TaskVerification list =
 /// checkpoint after every task (and every `checkpointEvery` steps), ONNX models where the run writes
 /// them, results at the end, then everything published into the folder together. SIGINT and SIGTERM stop it at the next step boundary with a checkpoint. `clock` started when the
 /// command did (its data loading counts). Returns the exit code.
-let private learnInto (hold: OutputFolder.Hold) (section: CliSection) (checkpointEvery: int) (quiet: bool) (clock: Diagnostics.Stopwatch) (learner: Learner) : int =
+let private learnInto (hold: OutputFolder.Hold) (section: CliSection) (checkpointEvery: int) (quiet: bool) (tensorboard: string option) (clock: Diagnostics.Stopwatch) (learner: Learner) : int =
     let out = hold.Path
     let staging = hold.Staging
     // Staged files of a killed writer beyond what the learner has learned are not its own any more.
@@ -282,6 +309,8 @@ let private learnInto (hold: OutputFolder.Hold) (section: CliSection) (checkpoin
         Map [ "cli", cli :> Text.Json.Nodes.JsonNode
               "onnx", Text.Json.Nodes.JsonArray([| for r in reports -> Onnx.TaskVerification.toJson r |]) :> Text.Json.Nodes.JsonNode ]
     use signals = new StopSignals()
+    let log = tensorboardLog tensorboard
+    use _ = closing log
     let checkpoint reason point =
         Learner.saveAt file point { learner with Extensions = extensions () }
         if reason = TaskEnd then Faults.tick "task-end"
@@ -292,7 +321,7 @@ let private learnInto (hold: OutputFolder.Hold) (section: CliSection) (checkpoin
             CheckpointEvery = checkpointEvery
             StopRequested = fun () -> signals.Requested }
     let finished =
-        try Report.withProgress quiet (fun onEvent -> Learner.learnUntil { hooks with OnEvent = onEvent } CancellationToken.None section.LastTask learner)
+        try Report.withProgress quiet (fun onEvent -> Learner.learnUntil (withLog log { hooks with OnEvent = onEvent }) CancellationToken.None section.LastTask learner)
         with
         | RunStopped(task, step) ->
             exporter |> Option.iter (fun e -> e.Finish())
@@ -347,6 +376,7 @@ let private runCommand (results: ParseResults<RunArgs>) =
     check config
     let out = GivenOptions.get "out" (defaultOut config) args
     checkOut out
+    checkTensorboard (GivenOptions.tryGet "tensorboard" args)
     let every = GivenOptions.get "checkpoint-every" 0 args
     if every < 0 then raise (UsageProblem [ sprintf "--checkpoint-every must be positive (got %d)" every ])
     let lastTask =
@@ -377,7 +407,7 @@ let private runCommand (results: ParseResults<RunArgs>) =
         with _ ->
             hold.Abandon()
             reraise ()
-    learnInto hold { Onnx = not (GivenOptions.contains "no-onnx" args); LastTask = lastTask; WallSeconds = 0.0 } every (GivenOptions.contains "quiet" args) clock learner
+    learnInto hold { Onnx = not (GivenOptions.contains "no-onnx" args); LastTask = lastTask; WallSeconds = 0.0 } every (GivenOptions.contains "quiet" args) (GivenOptions.tryGet "tensorboard" args) clock learner
 
 /// The learner file of a run folder (or the file itself): the staged one of a run that has not
 /// published yet, else the published one.
@@ -512,6 +542,7 @@ let private checkpointEvery (value: int option) =
 let private resumeCommand (results: ParseResults<ResumeArgs>) =
     let folder = results.GetResult ResumeArgs.Run_Folder
     let every = checkpointEvery (results.TryGetResult ResumeArgs.Checkpoint_Every)
+    checkTensorboard (results.TryGetResult ResumeArgs.Tensorboard)
     let hold, saved = holdSaved folder (results.GetResults ResumeArgs.Saved)
     use hold = hold
     let out = hold.Path
@@ -529,7 +560,7 @@ let private resumeCommand (results: ParseResults<ResumeArgs>) =
             "resuming [bold]{0}[/] on [bold]{1}[/] from {2}: task {3} of {4}, after step {5} of the run",
             Markup.Escape(Config.methodName learner.Config), Markup.Escape learner.Config.Data.Benchmark, Markup.Escape saved.Path,
             next + 1, learner.TaskCount, learner.Point.State.StepsTaken)
-    learnInto hold section every (results.Contains ResumeArgs.Quiet) clock learner
+    learnInto hold section every (results.Contains ResumeArgs.Quiet) (results.TryGetResult ResumeArgs.Tensorboard) clock learner
 
 /// `learn --from RUN --task PATH`: the learner with PATH's task added to its stream (checked before any
 /// work), or a one-line reason.
@@ -563,6 +594,7 @@ let private learnCommand (results: ParseResults<LearnArgs>) =
     let newTask = results.TryGetResult LearnArgs.Task
     if newTask.IsSome && range.IsSome then
         raise (UsageProblem [ "--task adds a new task and --tasks learns tasks the learner already has: give one of them" ])
+    checkTensorboard (results.TryGetResult LearnArgs.Tensorboard)
     let hold, saved = holdSaved folder (results.GetResults LearnArgs.Saved)
     use hold = hold
     let out = hold.Path
@@ -599,7 +631,7 @@ let private learnCommand (results: ParseResults<LearnArgs>) =
             "[bold]{0}[/] learns tasks {1}-{2} of {3} from {4}",
             Markup.Escape(Config.methodName learner.Config), next + 1, last + 1, learner.TaskCount, Markup.Escape saved.Path)
         hold.MarkIncomplete(Config.hash learner.Config)
-        learnInto hold { cliSection learner with LastTask = Some last } every (results.Contains LearnArgs.Quiet) clock learner
+        learnInto hold { cliSection learner with LastTask = Some last } every (results.Contains LearnArgs.Quiet) (results.TryGetResult LearnArgs.Tensorboard) clock learner
 
 /// `bench --distill all`: one run of plain SGD, of the strategy, and of the strategy plus each
 /// distillation term, with the training cost per step of each.
@@ -844,6 +876,7 @@ let private compareCommand (results: ParseResults<CompareArgs>) =
     configs |> List.iter (snd >> List.iter check)
     let out = GivenOptions.get "out" "runs/compare" args
     checkOut out
+    checkTensorboard (GivenOptions.tryGet "tensorboard" args)
     use hold = OutputFolder.acquireFresh out (GivenOptions.contains "overwrite" args)
     // Marked incomplete until compare.json is written, so that a stopped comparison's run folders are
     // not taken for a finished comparison's, nor left beside the next one's (the marker records the
@@ -859,7 +892,9 @@ let private compareCommand (results: ParseResults<CompareArgs>) =
                 let results =
                     [ for config in runs ->
                         AnsiConsole.MarkupLine("{0} seed {1} ...", Markup.Escape(label runs), config.Run.Seed)
-                        let result = runOnce config true ignore
+                        let result =
+                            runOnceLogged config true ignore
+                                (GivenOptions.tryGet<string> "tensorboard" args |> Option.map (fun tb -> Path.Combine(tb, Path.GetFileName(defaultOut config))))
                         Results.write (Path.Combine(out, Path.GetFileName(defaultOut config))) result ignore
                         written.Value <- true
                         Faults.tick "compare-run"
@@ -947,6 +982,8 @@ let run (argv: string[]) : int =
             BenchPenalties.run config (GivenOptions.tryGet "out" args)
         | Verify args -> OnnxCommands.verifyCommand args
         | Export args -> OnnxCommands.exportCommand args
+        | Plot args -> ResultCommands.plotCommand args
+        | Report args -> ResultCommands.reportCommand args
         | Version
         | Verbose ->
             printfn "continual %s" (typeof<Config>.Assembly.GetName().Version.ToString())
@@ -997,6 +1034,10 @@ let run (argv: string[]) : int =
         1
     | EnvironmentProblem message as e ->
         Report.error message
+        trace e
+        1
+    | ResultFiles.ResultFileError _ as e ->
+        Report.error e.Message
         trace e
         1
     | Stopped code -> code

@@ -119,10 +119,21 @@ type CheckpointReason =
     /// A stop was requested (a signal): the run stops right after this checkpoint.
     | StopRequested
 
+/// The named loss terms of one optimiser step: the methods' autograd terms in the order the shell sums
+/// them, then their closed-form penalties (each valued at the parameters the step started from).
+type StepTerms =
+    { Task: int
+      /// The run's step count after this step (1 for the run's first step).
+      Step: int64
+      Terms: (string * float) list }
+
 /// Callbacks of a run: progress events, work to do after every task (timed separately), checkpoints,
 /// and a stop request that the shell honours at the next step boundary.
 type RunHooks =
     { OnEvent: TrainingEvent -> unit
+      /// Sees every step's named loss terms (TensorBoard logs); None costs nothing: the terms' values are
+      /// only read from their tensors when someone listens.
+      OnStepTerms: (StepTerms -> unit) option
       AfterTask: AfterTask -> unit
       /// Saves a resumable point (timed separately).
       Checkpoint: CheckpointReason -> RunPoint -> unit
@@ -142,7 +153,7 @@ exception RunStopped of task: int * runStep: int64
 module RunHooks =
     /// No callbacks.
     let none =
-        { OnEvent = ignore; AfterTask = ignore; Checkpoint = (fun _ _ -> ()); CheckpointEvery = 0; StopRequested = fun () -> false }
+        { OnEvent = ignore; OnStepTerms = None; AfterTask = ignore; Checkpoint = (fun _ _ -> ()); CheckpointEvery = 0; StopRequested = fun () -> false }
     /// Progress events only.
     let events (onEvent: TrainingEvent -> unit) = { none with OnEvent = onEvent }
 
@@ -240,12 +251,10 @@ module Training =
             | Some next -> next ()
             | None -> m)
 
-    /// One optimiser step on one batch: draws, a single forward pass over the batch and the draws,
-    /// the methods' terms, backward, the methods' penalties' gradients in closed form, clipping,
-    /// step, and the reservoir update. Every tensor made here dies with the step's dispose scope.
-    /// Returns the summed loss of the autograd terms (see `penaltyValue` for the penalties') and the
-    /// new state.
-    let step (strategy: Strategy) (batch: StepBatch) (state: TrainingState) : float32 * TrainingState =
+    /// One optimiser step (see `step`), also handing the step's named terms to `onTerms` where given:
+    /// read from the terms' tensors after backward, the penalties valued before the optimiser step.
+    /// Reading them draws no random number and changes no sum, so a run trains exactly as without it.
+    let stepWith (onTerms: ((string * float) list -> unit) option) (strategy: Strategy) (batch: StepBatch) (state: TrainingState) : float32 * TrainingState =
         use scope = torch.NewDisposeScope()
         state.Optimiser.zero_grad ()
         let mutable buffer = state.Buffer
@@ -288,6 +297,12 @@ module Training =
         let flat = state.Parameters
         for p in penalties do
             Quadratic.addGradient p.Penalty flat.Values flat.Gradients
+        match onTerms with
+        | Some report ->
+            report
+                [ for t in terms -> t.Name, float (t.Value.ToSingle())
+                  for p in penalties -> p.Name, Quadratic.valueAt p.Penalty flat.Values ]
+        | None -> ()
         match strategy.ClipGradValue with
         | Some c ->
             flat.Gradients.clamp_((-c).ToScalar(), c.ToScalar()) |> ignore
@@ -305,11 +320,20 @@ module Training =
                 Replay.add batch.Task batch.Inputs batch.Labels batch.LabelArray logits b)
         loss.ToSingle(), { state with Buffer = buffer; Methods = methods; StepsTaken = state.StepsTaken + 1L }
 
+    /// One optimiser step on one batch: draws, a single forward pass over the batch and the draws,
+    /// the methods' terms, backward, the methods' penalties' gradients in closed form, clipping,
+    /// step, and the reservoir update. Every tensor made here dies with the step's dispose scope.
+    /// Returns the summed loss of the autograd terms (see `penaltyValue` for the penalties') and the
+    /// new state.
+    let step (strategy: Strategy) (batch: StepBatch) (state: TrainingState) : float32 * TrainingState =
+        stepWith None strategy batch state
+
     /// Trains `epochs` passes over a labelled set as the given task, reporting progress, from the start
     /// or from a position inside it (the epoch's shuffle is drawn again from the saved generator, so a
     /// resumed task takes exactly the steps it would have taken). `atStep` sees the position after
-    /// every step (checkpoints, stop requests).
-    let trainFrom
+    /// every step (checkpoints, stop requests); `onStepTerms`, where given, every step's named terms.
+    let trainFromWith
+        (onStepTerms: (StepTerms -> unit) option)
         (strategy: Strategy)
         (settings: TrainingSettings)
         (taskIndex: int)
@@ -350,7 +374,9 @@ module Training =
                 use storedLabels = data.Labels.index_select(0L, batchIndex)
                 use y = storedLabels.``to`` settings.Device
                 let batch = { Inputs = x; Labels = y; LabelArray = Array.sub labelArray start size; Task = taskIndex }
-                let loss, next = step strategy batch state
+                let report =
+                    onStepTerms |> Option.map (fun sink terms -> sink { Task = taskIndex; Step = state.StepsTaken + 1L; Terms = terms })
+                let loss, next = stepWith report strategy batch state
                 state <- next
                 if not (System.Single.IsFinite loss) then raise (TrainingDiverged(taskIndex, completed + 1, loss))
                 lossSum <- lossSum + float loss
@@ -368,6 +394,21 @@ module Training =
                     else { Task = taskIndex; Epoch = epoch; Step = s + 1; EpochRng = epochRng; Seconds = 0.0 }
                 atStep position state
         state
+
+    /// Trains `epochs` passes over a labelled set as the given task, reporting progress, from the start
+    /// or from a position inside it (see `trainFromWith`).
+    let trainFrom
+        (strategy: Strategy)
+        (settings: TrainingSettings)
+        (taskIndex: int)
+        (data: LabelledSet)
+        (onEvent: TrainingEvent -> unit)
+        (atStep: TaskPosition -> TrainingState -> unit)
+        (cancellation: CancellationToken)
+        (start: TaskPosition option)
+        (state: TrainingState)
+        =
+        trainFromWith None strategy settings taskIndex data onEvent atStep cancellation start state
 
     /// Trains `epochs` passes over a labelled set as the given task, reporting progress.
     let trainOn
@@ -678,7 +719,7 @@ module Training =
                             checkpoint StopRequested (point ())
                             raise (RunStopped(taskIndex, current.StepsTaken))
                     try
-                        state <- trainFrom strategy settings taskIndex trainingData hooks.OnEvent atStep cancellation resumeAt state
+                        state <- trainFromWith hooks.OnStepTerms strategy settings taskIndex trainingData hooks.OnEvent atStep cancellation resumeAt state
                     finally
                         if not extra.IsEmpty then
                             for s in trainingData :: extra do
