@@ -118,6 +118,12 @@ let configOf (args: GivenOptions) (strategyOverride: string option) (seedOverrid
                     AllowMissingClasses = GivenOptions.contains "allow-missing-classes" args
                     Source = sourceOf args }
             Head = if GivenOptions.contains "growing-head" args then HeadKind.Growing else d.Head
+            Heads =
+                match GivenOptions.tryGet<string> "heads" args |> Option.map (fun h -> h.Trim().ToLowerInvariant()) with
+                | Some "multi" -> HeadCount.Multi
+                | Some "single" -> HeadCount.Single
+                | Some other -> raise (UsageProblem [ sprintf "--heads: '%s' is not single or multi" other ])
+                | None -> d.Heads
             Backbone = (GivenOptions.get "backbone" d.Backbone args).Trim().ToLowerInvariant() }
     methodOptions args
     |> List.fold (fun c (option, value) ->
@@ -832,11 +838,27 @@ type private CompareRow =
       Buffer: int
       ClassIl: float list
       TaskIl: float list
-      WallSeconds: float }
+      WallSeconds: float
+      /// The runs' results, in seed order (for the metrics beyond the average accuracy).
+      Results: ExperimentResult list }
 
 /// The comparison as JSON: per strategy, the per-seed figures, their means and spreads, and the paired
 /// Task-IL gain over SGD where SGD was run.
-let private compareJson (seeds: int64 list) (rows: CompareRow list) (gain: CompareRow -> (float * float) option) : byte[] =
+/// A run's metric of one scenario (Class-IL when `classIl`), with the JOINT run of its seed as the
+/// intransigence reference where compare ran one.
+let private compareMetrics (reference: ExperimentResult option) (classIl: bool) (r: ExperimentResult) =
+    let o = r.Outcome
+    let m, initial = if classIl then o.ClassIl, o.InitialClassIl else o.TaskIl, o.InitialTaskIl
+    let referenceRow =
+        reference |> Option.map (fun j -> let rm = (if classIl then j.Outcome.ClassIl else j.Outcome.TaskIl) in rm.[rm.Length - 1])
+    [ "forgetting", Metrics.forgetting m
+      "backwardTransfer", Metrics.backwardTransfer m
+      "forwardTransfer", (if initial.Length = m.Length then Metrics.forwardTransfer m initial else None)
+      "intransigence", (referenceRow |> Option.bind (fun a -> if a.Length = m.Length then Metrics.intransigence m a else None))
+      "oldTaskAccuracy", Metrics.oldTaskAccuracy m
+      "newTaskAccuracy", Some(Metrics.newTaskAccuracy m) ]
+
+let private compareJson (seeds: int64 list) (rows: CompareRow list) (gain: CompareRow -> (float * float) option) (reference: int -> ExperimentResult option) : byte[] =
     use stream = new MemoryStream()
     (use w = new Text.Json.Utf8JsonWriter(stream, Text.Json.JsonWriterOptions(Indented = true))
      w.WriteStartObject()
@@ -856,7 +878,28 @@ let private compareJson (seeds: int64 list) (rows: CompareRow list) (gain: Compa
              w.WriteEndArray()
              w.WriteNumber("mean", mean)
              w.WriteNumber("spread", spread)
+             // Per seed: null where a metric does not apply (JOINT's single row, no JOINT reference).
+             for (metric, _) in compareMetrics None true row.Results.Head do
+                 w.WriteStartArray(metric)
+                 row.Results |> List.iteri (fun k r ->
+                     match compareMetrics (reference k) (name = "classIl") r |> List.find (fun (n, _) -> n = metric) |> snd with
+                     | Some v -> w.WriteNumberValue(Math.Round(v, 4))
+                     | None -> w.WriteNullValue())
+                 w.WriteEndArray()
              w.WriteEndObject()
+         w.WriteStartArray("footprint")
+         for r in row.Results do
+             w.WriteStartObject()
+             w.WriteNumber("seed", r.Config.Run.Seed)
+             match Array.tryLast r.Outcome.Footprint with
+             | Some f ->
+                 w.WriteStartObject("bytes")
+                 for (k, v) in Methods.Footprint.kinds f do w.WriteNumber(k, v)
+                 w.WriteEndObject()
+                 w.WriteNumber("totalBytes", Methods.Footprint.total f)
+             | None -> ()
+             w.WriteEndObject()
+         w.WriteEndArray()
          match gain row with
          | Some(g, se) ->
              w.WriteStartObject("taskIlOverSgd")
@@ -907,13 +950,20 @@ let private compareCommand (results: ParseResults<CompareArgs>) =
                   Buffer = Config.bufferSize runs.Head
                   ClassIl = results |> List.map (fun r -> Metrics.averageAccuracy r.Outcome.ClassIl)
                   TaskIl = results |> List.map (fun r -> Metrics.averageAccuracy r.Outcome.TaskIl)
-                  WallSeconds = results |> List.averageBy (fun r -> r.WallSeconds) } ]
+                  WallSeconds = results |> List.averageBy (fun r -> r.WallSeconds)
+                  Results = results } ]
         // Regularisers are judged by their Task-IL gain over SGD on the same seeds; pairing by seed removes
         // the swing both share.
         let baseline = rows |> List.tryFind (fun r -> r.Label = "sgd")
         let gain (row: CompareRow) =
             baseline |> Option.filter (fun b -> b.Label <> row.Label) |> Option.map (fun b -> Metrics.pairedDifference row.TaskIl b.TaskIl)
         let perSeed (values: float list) = String.Join(" / ", values |> List.map (sprintf "%.2f"))
+        // Intransigence's reference: the JOINT run of the same seed, where compare ran one.
+        let joint = rows |> List.tryFind (fun r -> r.Label = "joint")
+        let reference (k: int) = joint |> Option.map (fun j -> j.Results.[k])
+        let meanOf (classIl: bool) (metric: string) (row: CompareRow) =
+            let values = row.Results |> List.mapi (fun k r -> compareMetrics (reference k) classIl r |> List.find (fun (n, _) -> n = metric) |> snd) |> List.choose id
+            if values.Length = row.Results.Length then sprintf "%.2f" (List.average values) else "—"
         let table = Table(Title = TableTitle(sprintf "mean ± sample s.d. over seeds %s" (String.Join(", ", seeds))))
         for c in [ "strategy"; "buffer"; "Class-IL"; "Task-IL"; "Task-IL − SGD (± s.e.)"; "Class-IL per seed"; "Task-IL per seed"; "wall s per run" ] do
             table.AddColumn(c) |> ignore
@@ -929,8 +979,17 @@ let private compareCommand (results: ParseResults<CompareArgs>) =
                 perSeed row.TaskIl,
                 sprintf "%.1f" row.WallSeconds) |> ignore
         AnsiConsole.Write table
+        let metrics = Table(Title = TableTitle("means over the seeds: old tasks and the new (last) task at the end, transfer, and the state kept"))
+        for c in [ "strategy"; "Class-IL old"; "Class-IL new"; "Task-IL old"; "Task-IL new"; "Task-IL FWT"; "Task-IL intransigence"; "Task-IL forgetting"; "state bytes" ] do
+            metrics.AddColumn(c) |> ignore
+        for row in rows do
+            let bytes = row.Results |> List.map (fun r -> match Array.tryLast r.Outcome.Footprint with Some f -> Methods.Footprint.total f | None -> 0L) |> List.max
+            metrics.AddRow(
+                row.Label, meanOf true "oldTaskAccuracy" row, meanOf true "newTaskAccuracy" row, meanOf false "oldTaskAccuracy" row, meanOf false "newTaskAccuracy" row,
+                meanOf false "forwardTransfer" row, meanOf false "intransigence" row, meanOf false "forgetting" row, string bytes) |> ignore
+        AnsiConsole.Write metrics
         let summary = Path.Combine(out, "compare.json")
-        Results.writeAtomically summary (compareJson seeds rows gain)
+        Results.writeAtomically summary (compareJson seeds rows gain reference)
         hold.Publish()
         AnsiConsole.MarkupLine("summary: {0}", Markup.Escape summary)
         0

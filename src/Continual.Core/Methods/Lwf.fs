@@ -75,7 +75,8 @@ module Lwf =
             WarmUp = warmUp settings
             BeginTask = beginTask
             Terms = terms settings
-            Owned = fun s -> Teacher.owned s.Snapshot }
+            Owned = fun s -> Teacher.owned s.Snapshot
+            Footprint = fun s -> Footprint.snapshot s.Snapshot }
 
     /// LwF as a strategy (all its terms are the method's).
     let strategy (settings: Settings) (seed: int64) : Strategy = Method.strategy "lwf" (Method.pack (method settings) (initial seed))
