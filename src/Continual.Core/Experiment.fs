@@ -469,7 +469,11 @@ module Experiment =
             match config.Penalty with
             | Some p -> clipped |> Method.add ((Registry.importanceEntryOf p).Create p config.Run.Seed)
             | None -> clipped
-        config.Distillation |> List.fold (fun s d -> s |> Method.add (DistillationTerm.create d)) penalised
+        let distilled = config.Distillation |> List.fold (fun s d -> s |> Method.add (DistillationTerm.create d)) penalised
+        // One head per task: the shell fills in each task's classes from the benchmark it runs on.
+        match config.Heads with
+        | HeadCount.Multi -> { distilled with Heads = Some [] }
+        | HeadCount.Single -> distilled
 
     /// Loads the benchmark a configuration names, restricted per class when asked.
     /// A built-in benchmark split into tasks of `classesPerTask` classes in label order instead of its
@@ -562,10 +566,6 @@ module Experiment =
         let clock = Diagnostics.Stopwatch.StartNew()
         let architecture = Backbones.ofName config.Backbone benchmark.InputShape (initialHeadClasses config benchmark)
         let strategy = terms |> List.fold (fun s t -> s |> Method.add (ExternalTerm.create t)) (strategy config)
-        let strategy =
-            match config.Heads with
-            | HeadCount.Multi -> { strategy with Heads = Some(benchmark.Tasks |> List.map (fun t -> t.Classes)) }
-            | HeadCount.Single -> strategy
         let outcome = Training.run architecture benchmark strategy (settings config) hooks cancellation
         { Config = config
           // The model's own: a growing head ends wider than it started.

@@ -211,7 +211,8 @@ type Strategy =
       Methods: MethodInstance list
       /// Clip every gradient element to [-c, c] before the step (SI's protocol), when set.
       ClipGradValue: float option
-      /// The classes of each task's head for a multi-head model (`--heads multi`); None for one head.
+      /// The classes of each task's head for a multi-head model (`--heads multi`; the shell sets them
+      /// from the benchmark it runs on, so `Some []` asks for one head per task); None for one head.
       Heads: int list list option }
 
 /// Measuring and adding state footprints.

@@ -710,6 +710,11 @@ module Training =
         (start: RunPoint)
         : TrainingOutcome =
         let testSets = Evaluation.testSets benchmark
+        // One head per task: the heads of the benchmark's tasks (a learner's added tasks included).
+        let strategy =
+            match strategy.Heads with
+            | Some _ -> { strategy with Heads = Some(benchmark.Tasks |> List.map (fun t -> t.Classes)) }
+            | None -> strategy
         let mutable state = start.State
         let mutable record = start.Record
         let firstTask = match start.Position with Some p -> p.Task | None -> state.NextTask

@@ -49,11 +49,7 @@ let private same (a: Tensor list) (b: Tensor list) = List.forall2 eq a b
 /// Runs a configuration task by task: the state after task 1 and after the last task.
 let private runTwice (config: Config) (benchmark: Benchmark) =
     let architecture = Backbones.ofName config.Backbone benchmark.InputShape benchmark.NumClasses
-    let strategy =
-        let s = Experiment.strategy config
-        match config.Heads with
-        | HeadCount.Multi -> { s with Heads = Some(benchmark.Tasks |> List.map (fun t -> t.Classes)) }
-        | HeadCount.Single -> s
+    let strategy = Experiment.strategy config
     let settings = Experiment.settings config
     let initial = Training.initialise architecture benchmark strategy settings
     let initialParts = parts initial.Model
@@ -130,6 +126,17 @@ let tests =
             for name in [ "der"; "derpp"; "icarl" ] do
                 let errors = Experiment.validate { config name 50 with Heads = HeadCount.Multi }
                 Expect.exists errors (fun e -> e.Option = Some "heads" && e.Message.Contains name) (name + " refuses --heads multi, naming itself")
+            // A learner (the CLI's run, C#'s learners) trains with the same heads as Experiment.runOn, and
+            // one head per task trains differently from one head.
+            let multi = { config "sgd" 0 with Heads = HeadCount.Multi }
+            let viaLearner = Learner.learnUntil RunHooks.none CancellationToken.None None (Learner.createOn benchmark.Value multi)
+            let viaRun = Experiment.runOn benchmark.Value multi RunHooks.none CancellationToken.None
+            let single = Experiment.runOn benchmark.Value (config "sgd" 0) RunHooks.none CancellationToken.None
+            Expect.equal viaLearner.Point.Record.TaskIl viaRun.Outcome.TaskIl "the learner trains with one head per task too"
+            Expect.notEqual viaRun.Outcome.ClassIl single.Outcome.ClassIl "one head per task trains differently"
+            Learner.dispose viaLearner
+            Experiment.release viaRun
+            Experiment.release single
             let distilled = { config "sgd" 0 with Heads = HeadCount.Multi } |> Experiment.withDistillation Kd
             Expect.exists (Experiment.validate distilled) (fun e -> e.Option = Some "heads") "distillation terms refuse it"
         }
