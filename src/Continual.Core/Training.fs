@@ -680,20 +680,14 @@ module Training =
             | None -> Footprint.zero
         state.Methods |> List.fold (fun acc m -> Footprint.add acc (m.Footprint())) buffer
 
-    /// The accuracies of the model as initialised on every task (the forward-transfer baseline). A head
-    /// narrower than the benchmark's classes (a growing head) is measured through a grown copy. Nothing
-    /// here draws from the run's generators or changes the model: torch's global generator is put back.
-    let initialAccuracies (settings: TrainingSettings) (testSets: Evaluation.TaskTestSets) (model: Backbone) : TaskAccuracies =
+    /// The accuracies of the model as initialised on every task (the forward-transfer baseline), None
+    /// when the head does not cover every task's classes (a growing head: a later task has no outputs
+    /// before it is learnt, so R[j−1][j] and the baseline would not measure the same model's outputs).
+    /// Evaluation draws from no generator and leaves the model as it was.
+    let initialAccuracies (settings: TrainingSettings) (testSets: Evaluation.TaskTestSets) (model: Backbone) : TaskAccuracies option =
         let needed = testSets |> List.collect (fun (t, _) -> t.Classes) |> requiredClasses
-        if needed <= Backbones.classes model.Architecture then Evaluation.evaluate model settings.Device testSets
-        else
-            let generator = torch.get_rng_state ()
-            try
-                use grown = Backbones.grow settings.Device needed model
-                Evaluation.evaluate grown settings.Device testSets
-            finally
-                torch.set_rng_state generator
-                generator.Dispose()
+        if needed <= Backbones.classes model.Architecture then Some(Evaluation.evaluate model settings.Device testSets)
+        else None
 
     /// Continues a run from a point (a fresh state, or one restored from a checkpoint) up to and
     /// including task `lastTask` (all the remaining tasks when None), evaluating after every task on
@@ -730,8 +724,10 @@ module Training =
             // The model as initialised, measured once before the first task (forward transfer's baseline).
             if record.ClassIl.Length = 0 && record.InitialClassIl.Length = 0 && start.Position.IsNone && state.NextTask = 0 then
                 let clock = Stopwatch.StartNew()
-                let initial = initialAccuracies settings testSets state.Model
-                record <- { record with InitialClassIl = initial.ClassIl; InitialTaskIl = initial.TaskIl; EvalSeconds = record.EvalSeconds + clock.Elapsed.TotalSeconds }
+                match initialAccuracies settings testSets state.Model with
+                | Some initial ->
+                    record <- { record with InitialClassIl = initial.ClassIl; InitialTaskIl = initial.TaskIl; EvalSeconds = record.EvalSeconds + clock.Elapsed.TotalSeconds }
+                | None -> ()
             for (taskIndex, classes, ownsData) in pending do
                 let resumeAt = start.Position |> Option.filter (fun p -> p.Task = taskIndex)
                 let earlier = resumeAt |> Option.map (fun p -> p.Seconds) |> Option.defaultValue 0.0

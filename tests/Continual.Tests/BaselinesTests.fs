@@ -177,6 +177,9 @@ let tests =
             let other = Training.runFrom architecture benchmark.Value strategy settings RunHooks.none CancellationToken.None None { State = state; Record = skipped; Position = None }
             Expect.equal other.ClassIl last.ClassIl "same Class-IL matrix"
             Expect.isTrue (eq other.State.Parameters.Values last.State.Parameters.Values) "same final parameters"
+            let grown = Experiment.runOn benchmark.Value { config "sgd" 0 with Head = HeadKind.Growing } RunHooks.none CancellationToken.None
+            Expect.isEmpty grown.Outcome.InitialClassIl "a growing head has no forward-transfer baseline (later tasks have no outputs yet)"
+            Experiment.release grown
             Training.dispose other.State
             Training.dispose last.State
         }
