@@ -87,6 +87,7 @@ public sealed class ExperimentBuilder
 
         public int? TestPerClass { get; init; }
         public bool? GrowingHead { get; init; }
+        public bool? MultiHead { get; init; }
 
         public string? Backbone { get; init; }
 
@@ -288,6 +289,10 @@ public sealed class ExperimentBuilder
     /// that brings new ones (true), or one output per class of the benchmark from the start (false, the
     /// default). See docs/growing-head.md.</summary>
     public ExperimentBuilder WithGrowingHead(bool growing = true) => new(_s with { GrowingHead = growing });
+
+    /// <summary>One output head per task (Task-IL, LwF's original form) instead of one head over every
+    /// class; strategies that need a single head (der, derpp, icarl, distillation terms) refuse it.</summary>
+    public ExperimentBuilder WithMultiHead(bool multi = true) => new(_s with { MultiHead = multi });
 
     /// <summary>The backbone by name: "mlp" (default, the reference MLP), "cnn" or "resnet18".</summary>
     public ExperimentBuilder WithBackbone(string backbone) =>
@@ -743,7 +748,8 @@ public sealed class ExperimentBuilder
             _s.Threads ?? r.Threads,
             !_s.ClipGradSet ? r.ClipGrad : _s.ClipGrad is double clip ? FSharpOption<double>.Some(clip) : FSharpOption<double>.None);
         var head = _s.GrowingHead is bool growing ? (growing ? global::Continual.HeadKind.Growing : global::Continual.HeadKind.Fixed) : config.Head;
-        config = new CoreConfig(run, data, _s.Backbone ?? config.Backbone, config.Method, config.Penalty, config.Distillation, head);
+        var heads = _s.MultiHead is bool multi ? (multi ? global::Continual.HeadCount.Multi : global::Continual.HeadCount.Single) : config.Heads;
+        config = new CoreConfig(run, data, _s.Backbone ?? config.Backbone, config.Method, config.Penalty, config.Distillation, head, heads);
 
         // Settings set by name, over the typed ones.
         foreach (var (_, option, text) in _s.Options)
@@ -774,7 +780,7 @@ public sealed class ExperimentBuilder
         global::Continual.Methods.MethodConfig? method = null,
         FSharpOption<global::Continual.Methods.ImportanceConfig>? penalty = null,
         FSharpList<global::Continual.Methods.DistillationSettings>? distillation = null) =>
-        new(config.Run, config.Data, config.Backbone, method ?? config.Method, penalty ?? config.Penalty, distillation ?? config.Distillation, config.Head);
+        new(config.Run, config.Data, config.Backbone, method ?? config.Method, penalty ?? config.Penalty, distillation ?? config.Distillation, config.Head, config.Heads);
 
     /// <summary>Turns the core's events into <see cref="TrainingProgress"/> reports.</summary>
     internal sealed class ProgressTranslator(IProgress<TrainingProgress>? progress)

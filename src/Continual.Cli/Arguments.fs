@@ -36,6 +36,7 @@ module Help =
           "test-per-class", "use at most this many test images per class."
           "allow-missing-classes", "run even when some class has no training example (refused otherwise)."
           "growing-head", "start the classifier with the first task's classes and grow it before every task that brings new ones (default: one output per class of the benchmark from the start; docs/growing-head.md)."
+          "heads", "single (default: one head over every class) or multi (one head per task, each over its task's classes, for Task-IL as in LwF's original form; der, derpp, icarl and --distill refuse it; docs/baselines.md)."
           "distill", "extra distillation term on any strategy: kd, fitnets, nst, at, rkd, pod, sd, relation (default none); bench --distill all times each term per step against plain SGD."
           "distill-weight", "weight of the --distill term (default 1)."
           "temperature", "temperature of LwF's soft targets and of --distill kd (default 2)."
@@ -49,7 +50,7 @@ module Help =
           "strategies", "comma-separated strategies (default sgd,joint,er,der,derpp)."
           "seeds", "comma-separated seeds (default 0,1,2)."
           "penalty", sprintf "add an importance penalty to the strategy: %s (e.g. derpp with si)." (String.concat ", " Continual.Methods.Registry.importanceNames)
-          "lambda", "importance penalty strength λ, SI's c (default: the method's, see docs/importance.md)."
+          "lambda", "importance penalty strength λ, SI's c, LFL's feature weight (default: the method's, see docs/importance.md; 0.1 for lfl)."
           "gamma", "online EWC's Fisher decay γ (default 1)."
           "xi", "SI's damping ξ (default 0.9)."
           "fisher-alpha", "EWC++/RWalk: weight α of the batch Fisher in the running average (default 0.001 for ewc++, 0.9 for rwalk)."
@@ -98,6 +99,7 @@ type RunArgs =
     | Feature_Scale of scale: float
     | Normalise of values: string
     | Growing_Head
+    | Heads of kind: string
     | Backbone of name: string
     | Penalty of name: string
     | Distill of name: string
@@ -156,6 +158,7 @@ type SavedRunArgs =
     | Feature_Scale of scale: float
     | Normalise of values: string
     | Growing_Head
+    | Heads of kind: string
     | Backbone of name: string
     | Penalty of name: string
     | Distill of name: string
@@ -238,6 +241,7 @@ type BenchArgs =
     | Feature_Scale of scale: float
     | Normalise of values: string
     | Growing_Head
+    | Heads of kind: string
     | Backbone of name: string
     | Penalty of name: string
     | Distill of name: string
@@ -291,6 +295,7 @@ type CompareArgs =
     | Feature_Scale of scale: float
     | Normalise of values: string
     | Growing_Head
+    | Heads of kind: string
     | Backbone of name: string
     | Penalty of name: string
     | Distill of name: string

@@ -102,6 +102,12 @@ let configOf (args: GivenOptions) (strategyOverride: string option) (seedOverrid
                     AllowMissingClasses = GivenOptions.contains "allow-missing-classes" args
                     Source = sourceOf args }
             Head = if GivenOptions.contains "growing-head" args then HeadKind.Growing else d.Head
+            Heads =
+                match GivenOptions.tryGet<string> "heads" args |> Option.map (fun h -> h.Trim().ToLowerInvariant()) with
+                | Some "multi" -> HeadCount.Multi
+                | Some "single" -> HeadCount.Single
+                | Some other -> raise (UsageProblem [ sprintf "--heads: '%s' is not single or multi" other ])
+                | None -> d.Heads
             Backbone = (GivenOptions.get "backbone" d.Backbone args).Trim().ToLowerInvariant() }
     methodOptions args
     |> List.fold (fun c (option, value) ->

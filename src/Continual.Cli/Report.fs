@@ -28,10 +28,18 @@ let matrixTable (title: string) (m: float[][]) =
 let summaryTable (result: ExperimentResult) =
     let o = result.Outcome
     let table = Table(Title = TableTitle("final figures (percent)"))
-    for c in [ "scenario"; "average accuracy"; "forgetting"; "backward transfer" ] do
+    for c in [ "scenario"; "average accuracy"; "forgetting"; "backward transfer"; "forward transfer"; "old tasks"; "new task" ] do
         table.AddColumn(c) |> ignore
-    for (name, m) in [ "Class-IL", o.ClassIl; "Task-IL", o.TaskIl ] do
-        table.AddRow(name, f2 (Metrics.averageAccuracy m), optional (Metrics.forgetting m), optional (Metrics.backwardTransfer m)) |> ignore
+    for (name, m, initial) in [ "Class-IL", o.ClassIl, o.InitialClassIl; "Task-IL", o.TaskIl, o.InitialTaskIl ] do
+        let forward = if initial.Length = m.Length then Metrics.forwardTransfer m initial else None
+        table.AddRow(
+            name, f2 (Metrics.averageAccuracy m), optional (Metrics.forgetting m), optional (Metrics.backwardTransfer m),
+            optional forward, optional (Metrics.oldTaskAccuracy m), f2 (Metrics.newTaskAccuracy m)) |> ignore
+    match Array.tryLast o.Footprint with
+    | Some f when Continual.Methods.Footprint.total f > 0L ->
+        let parts = Continual.Methods.Footprint.kinds f |> List.filter (fun (_, v) -> v > 0L) |> List.map (fun (k, v) -> sprintf "%s %d" k v)
+        table.Caption <- TableTitle(sprintf "state kept after the last task: %d bytes (%s)" (Continual.Methods.Footprint.total f) (String.concat ", " parts))
+    | _ -> ()
     table
 
 /// Prints a run's matrices and final figures.

@@ -52,6 +52,15 @@ type HeadKind =
     /// task that brings classes beyond its width (docs/growing-head.md).
     | Growing
 
+/// How many output heads a model has.
+[<RequireQualifiedAccess>]
+type HeadCount =
+    /// One head over every class (the default): Class-IL and Task-IL.
+    | Single
+    /// One head per task, each over its own classes (LwF's original form, for Task-IL): each training
+    /// row's softmax covers its own task's head (docs/baselines.md).
+    | Multi
+
 /// Everything that defines a run, typed and nested: the run's settings, its data, the backbone, the
 /// method, an optional importance penalty and optional distillation terms. `Config.version` numbers
 /// its JSON form.
@@ -66,5 +75,7 @@ type Config =
       /// Distillation terms against the old model snapshot, added in order.
       Distillation: DistillationSettings list
       /// Fixed (every class from the start) or growing (the classes seen so far).
-      Head: HeadKind }
+      Head: HeadKind
+      /// One head (the default) or one head per task.
+      Heads: HeadCount }
 

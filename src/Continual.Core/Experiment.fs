@@ -107,6 +107,7 @@ module Config =
         w.WriteEndArray()
         // Written only when growing, so that the configurations (and hashes) of earlier runs are unchanged.
         if config.Head = HeadKind.Growing then w.WriteString("head", "growing")
+        if config.Heads = HeadCount.Multi then w.WriteString("heads", "multi")
         w.WriteEndObject()
 
     /// The configuration as canonical JSON (compact, fixed field order), the input of its hash.
@@ -187,7 +188,13 @@ module Config =
             | true, h when h.GetString() = "growing" -> HeadKind.Growing
             | true, h when h.GetString() = "fixed" -> HeadKind.Fixed
             | true, h -> invalidArg (nameof root) (sprintf "unknown head '%s' (expected fixed or growing)" (h.GetString()))
-            | _ -> HeadKind.Fixed }
+            | _ -> HeadKind.Fixed
+          Heads =
+            match root.TryGetProperty "heads" with
+            | true, h when h.GetString() = "multi" -> HeadCount.Multi
+            | true, h when h.GetString() = "single" -> HeadCount.Single
+            | true, h -> invalidArg (nameof root) (sprintf "unknown heads '%s' (expected single or multi)" (h.GetString()))
+            | _ -> HeadCount.Single }
 
 /// Configuring and running experiments.
 [<RequireQualifiedAccess>]
@@ -278,7 +285,8 @@ module Experiment =
           Method = entry.Default bufferSize
           Penalty = None
           Distillation = []
-          Head = HeadKind.Fixed }
+          Head = HeadKind.Fixed
+          Heads = HeadCount.Single }
 
     /// Adds an importance penalty with that method's default settings; the method's gradient clipping
     /// (SI, SCP) comes with it unless the run clips already. None leaves the configuration as is.
@@ -422,6 +430,13 @@ module Experiment =
           | _ -> ()
           if config.Method = MethodConfig.Joint && not config.Distillation.IsEmpty then
               error "distillation" (Some "distill") "a distillation term has no effect on joint (a single task, no old model to distil from)"
+          if config.Heads = HeadCount.Multi then
+              if List.contains methodName [ "der"; "derpp"; "icarl" ] then
+                  error "heads" (Some "heads")
+                      (sprintf "%s does not work with one head per task (%s); use --heads single"
+                          methodName (if methodName = "icarl" then "it classifies by the nearest mean of exemplars over all classes" else "its stored logits span every head"))
+              if not config.Distillation.IsEmpty then
+                  error "heads" (Some "heads") "distillation terms compare whole outputs and do not work with one head per task; use --heads single"
           match config.Penalty with
           | Some p ->
               let e = Registry.importanceEntryOf p
@@ -454,7 +469,11 @@ module Experiment =
             match config.Penalty with
             | Some p -> clipped |> Method.add ((Registry.importanceEntryOf p).Create p config.Run.Seed)
             | None -> clipped
-        config.Distillation |> List.fold (fun s d -> s |> Method.add (DistillationTerm.create d)) penalised
+        let distilled = config.Distillation |> List.fold (fun s d -> s |> Method.add (DistillationTerm.create d)) penalised
+        // One head per task: the shell fills in each task's classes from the benchmark it runs on.
+        match config.Heads with
+        | HeadCount.Multi -> { distilled with Heads = Some [] }
+        | HeadCount.Single -> distilled
 
     /// Loads the benchmark a configuration names, restricted per class when asked.
     /// A built-in benchmark split into tasks of `classesPerTask` classes in label order instead of its

@@ -310,6 +310,14 @@ module Learner =
         record.["evalSeconds"] <- JsonValue.Create r.EvalSeconds
         record.["hookSeconds"] <- JsonValue.Create r.HookSeconds
         record.["checkpointSeconds"] <- JsonValue.Create r.CheckpointSeconds
+        record.["initialClassIl"] <- numbers r.InitialClassIl
+        record.["initialTaskIl"] <- numbers r.InitialTaskIl
+        record.["footprint"] <-
+            JsonArray(
+                [| for f in r.Footprint ->
+                       let o = JsonObject()
+                       for (k, v) in Footprint.kinds f do o.[k] <- JsonValue.Create v
+                       o :> JsonNode |])
         root.["record"] <- record
         let extensions = JsonObject()
         for KeyValue(k, v) in learner.Extensions do
@@ -544,7 +552,17 @@ module Learner =
                           TrainSeconds = record.["trainSeconds"].GetValue<float>()
                           EvalSeconds = record.["evalSeconds"].GetValue<float>()
                           HookSeconds = record.["hookSeconds"].GetValue<float>()
-                          CheckpointSeconds = record.["checkpointSeconds"].GetValue<float>() }
+                          CheckpointSeconds = record.["checkpointSeconds"].GetValue<float>()
+                          // Absent from checkpoints written before these were recorded.
+                          InitialClassIl = (match record.["initialClassIl"] with null -> [||] | n -> n.AsArray() |> Seq.map (fun v -> v.GetValue<float>()) |> Array.ofSeq)
+                          InitialTaskIl = (match record.["initialTaskIl"] with null -> [||] | n -> n.AsArray() |> Seq.map (fun v -> v.GetValue<float>()) |> Array.ofSeq)
+                          Footprint =
+                            match record.["footprint"] with
+                            | null -> [||]
+                            | n ->
+                                [| for f in n.AsArray() ->
+                                       let get (k: string) = f.[k].GetValue<int64>()
+                                       { Replay = get "replay"; Logits = get "logits"; Importance = get "importance"; Anchors = get "anchors"; Snapshots = get "snapshots"; Exemplars = get "exemplars" } |] }
                       Position = position }
                 Extensions = extensions
                 Sources = sources

@@ -22,6 +22,15 @@ type ReplayView =
       /// The current model's per-layer features on the draw (as in ModelOutput.Features).
       Features: Tensor list }
 
+/// The output heads of a multi-head model (`--heads multi`): one head per task over that task's
+/// classes, held as the classifier's outputs partitioned by task, so that a row's head is the task of
+/// its label. Training takes each row's softmax over its own head; evaluation is Task-IL.
+type Heads =
+    { /// The classes of each task's head, in task order.
+      Classes: int list list
+      /// The task (head) of each class index, int64 on the model's device (a tensor of the step's scope).
+      TaskOfClass: Tensor }
+
 /// Everything a method may look at in one step: the batch, the current model's output on it, one
 /// entry per buffer draw the strategy asked for (None while the buffer is empty), the model itself and
 /// its parameters in `parameters()` order (listed once by the shell: a module walk per step costs time).
@@ -30,7 +39,9 @@ type StepView =
       Output: ModelOutput
       Replay: ReplayView option list
       Model: Backbone
-      Parameters: Tensor list }
+      Parameters: Tensor list
+      /// The heads of a multi-head model; None for the single head (the default).
+      Heads: Heads option }
 
 /// What a method sees at a task boundary. The shell provides the model's embeddings through `Embed`
 /// (evaluation mode, no gradients), so that a method never switches the model's mode itself.
@@ -63,6 +74,32 @@ type TaskContext =
 type PenaltyTerm =
     { Name: string
       Penalty: Quadratic }
+
+/// Parameters a task leaves unchanged: the shell zeroes their gradients before the optimiser step and
+/// puts their values back after it (exact whatever the optimiser's weight decay).
+type Frozen =
+    { /// Every parameter outside the classifier (the backbone's features).
+      Backbone: bool
+      /// The classifier's outputs (weight rows and bias entries) of these classes.
+      Outputs: int list }
+    /// Nothing frozen: every parameter trains.
+    static member Nothing = { Backbone = false; Outputs = [] }
+
+/// The bytes a method's state keeps, by kind (the state footprint of results.json). The shell adds the
+/// replay buffer's examples and labels (`Replay`) and its stored logits (`Logits`).
+type Footprint =
+    { /// Replay examples and their labels.
+      Replay: int64
+      /// Logits stored with replay examples (DER, DER++).
+      Logits: int64
+      /// Importance tensors (Fisher, Ω, path scores, running estimates) and penalty curvatures.
+      Importance: int64
+      /// Anchors θ* and other parameter copies (SI's start point, RWalk's window start).
+      Anchors: int64
+      /// Old-model snapshots (LwF, iCaRL, LFL, distillation teachers).
+      Snapshots: int64
+      /// Exemplar sets and class means (iCaRL).
+      Exemplars: int64 }
 
 /// A warm-up the shell runs before a task begins: `Epochs` passes over the task's data that train only
 /// the classifier (features frozen, plain SGD at the run's learning rate, no weight decay), with CE
@@ -121,7 +158,11 @@ type Method<'State> =
       Grow: HeadGrowth -> 'State -> 'State
       /// Everything the state owns (tensors, snapshots): what the shell frees when a transition drops
       /// it and at the end of a run.
-      Owned: 'State -> IDisposable list }
+      Owned: 'State -> IDisposable list
+      /// The parameters the coming task leaves unchanged (read after BeginTask, and again on resume).
+      Freeze: TaskContext -> 'State -> Frozen
+      /// The bytes the state keeps, by kind.
+      Footprint: 'State -> Footprint }
 
 /// A method packed with its current state: the one type the shell runs. Each transition returns the
 /// next packed value; `State` is the method's own state record (for inspection and saving).
@@ -146,7 +187,9 @@ type MethodInstance =
       Scores: unit -> (ModelOutput -> Tensor) option
       Auxiliary: (Tensor -> torch.nn.Module<Tensor, Tensor>) option
       Attach: torch.nn.Module<Tensor, Tensor> -> MethodInstance
-      Owned: unit -> IDisposable list }
+      Owned: unit -> IDisposable list
+      Freeze: TaskContext -> Frozen
+      Footprint: unit -> Footprint }
 
 /// How a strategy walks the stream.
 type Schedule =
@@ -167,7 +210,80 @@ type Strategy =
       /// The strategy's own method first (its loss), then an optional penalty and distillation terms.
       Methods: MethodInstance list
       /// Clip every gradient element to [-c, c] before the step (SI's protocol), when set.
-      ClipGradValue: float option }
+      ClipGradValue: float option
+      /// The classes of each task's head for a multi-head model (`--heads multi`; the shell sets them
+      /// from the benchmark it runs on, so `Some []` asks for one head per task); None for one head.
+      Heads: int list list option }
+
+/// Measuring and adding state footprints.
+[<RequireQualifiedAccess; CompilationRepresentation(CompilationRepresentationFlags.ModuleSuffix)>]
+module Footprint =
+
+    /// No bytes.
+    let zero = { Replay = 0L; Logits = 0L; Importance = 0L; Anchors = 0L; Snapshots = 0L; Exemplars = 0L }
+
+    /// Two footprints added kind by kind.
+    let add (a: Footprint) (b: Footprint) =
+        { Replay = a.Replay + b.Replay
+          Logits = a.Logits + b.Logits
+          Importance = a.Importance + b.Importance
+          Anchors = a.Anchors + b.Anchors
+          Snapshots = a.Snapshots + b.Snapshots
+          Exemplars = a.Exemplars + b.Exemplars }
+
+    /// Every kind summed.
+    let total (f: Footprint) = f.Replay + f.Logits + f.Importance + f.Anchors + f.Snapshots + f.Exemplars
+
+    /// The bytes of a tensor's elements.
+    let tensorBytes (t: Tensor) : int64 = t.numel () * int64 t.ElementSize
+
+    /// The bytes of tensors' elements.
+    let tensorsBytes (ts: Tensor seq) : int64 = ts |> Seq.sumBy tensorBytes
+
+    /// The bytes of optional tensors.
+    let optionalBytes (ts: Tensor list option) : int64 = ts |> Option.map tensorsBytes |> Option.defaultValue 0L
+
+    /// The bytes of a module's parameters and buffers (a snapshot of the model).
+    let moduleBytes (m: torch.nn.Module) : int64 = tensorsBytes (m.parameters () |> Seq.map (fun p -> p :> Tensor)) + tensorsBytes (m.buffers ())
+
+    /// An optional snapshot's bytes, as a footprint.
+    let snapshot (m: Backbone option) : Footprint =
+        { zero with Snapshots = m |> Option.map moduleBytes |> Option.defaultValue 0L }
+
+    /// A quadratic penalty's bytes: its curvature as importance, its anchor as anchors.
+    let penalty (q: Quadratic option) : Footprint =
+        match q with
+        | Some q -> { zero with Importance = tensorBytes q.Curvature; Anchors = tensorBytes q.Anchor }
+        | None -> zero
+
+    /// The six kinds with their results.json names, in order.
+    let kinds (f: Footprint) : (string * int64) list =
+        [ "replay", f.Replay; "logits", f.Logits; "importance", f.Importance; "anchors", f.Anchors; "snapshots", f.Snapshots; "exemplars", f.Exemplars ]
+
+/// Multi-head models' per-row heads.
+[<RequireQualifiedAccess; CompilationRepresentation(CompilationRepresentationFlags.ModuleSuffix)>]
+module Heads =
+
+    /// The task of each class index as an int64 tensor on a device (classes of no task map to -1).
+    let taskOfClass (device: Device) (classes: int list list) : Tensor =
+        let width = classes |> List.concat |> List.fold max -1 |> (+) 1
+        let table = Array.create width -1L
+        classes |> List.iteri (fun t cs -> for c in cs do table.[c] <- int64 t)
+        torch.tensor(table, dtype = torch.ScalarType.Int64, device = device)
+
+    /// Logits with every column outside each row's head (the task of the row's label) set to −∞, so
+    /// that a softmax or an argmax of a row covers its own head only.
+    let mask (heads: Heads) (labels: Tensor) (logits: Tensor) : Tensor =
+        let width = logits.shape.[logits.shape.Length - 1]
+        use rowTask = heads.TaskOfClass.index_select(0L, labels)
+        let available = min width heads.TaskOfClass.shape.[0]
+        use columns = heads.TaskOfClass.narrow(0L, 0L, available)
+        use columnTask =
+            if available = width then columns.alias ()
+            else torch.cat([| columns; torch.full([| width - available |], (-1L).ToScalar(), dtype = torch.ScalarType.Int64, device = columns.device) |], 0L)
+        use keep = columnTask.unsqueeze(0L).eq(rowTask.unsqueeze(1L))
+        use drop = keep.logical_not ()
+        logits.masked_fill(drop, System.Single.NegativeInfinity)
 
 /// Building and packing methods.
 [<RequireQualifiedAccess>]
@@ -188,7 +304,9 @@ module Method =
           Scores = fun _ -> None
           Auxiliary = None
           Grow = fun _ s -> s
-          Owned = fun _ -> [] }
+          Owned = fun _ -> []
+          Freeze = fun _ _ -> Frozen.Nothing
+          Footprint = fun _ -> Footprint.zero }
 
     /// Packs a method with a state into the type the shell runs.
     let rec pack (m: Method<'State>) (state: 'State) : MethodInstance =
@@ -219,7 +337,9 @@ module Method =
                 match m.Auxiliary with
                 | Some a -> pack m (a.Attach auxiliary state)
                 | None -> invalidOp (sprintf "%s has no auxiliary module to attach" m.Name)
-          Owned = fun () -> m.Owned state }
+          Owned = fun () -> m.Owned state
+          Freeze = fun context -> m.Freeze context state
+          Footprint = fun () -> m.Footprint state }
 
     /// The state of a packed method as its own record type (for tests and saving).
     let stateOf<'State> (instance: MethodInstance) : 'State =
@@ -259,7 +379,8 @@ module Method =
           BufferSize = 0
           ReplayDraws = []
           Methods = [ instance ]
-          ClipGradValue = None }
+          ClipGradValue = None
+          Heads = None }
 
     /// A strategy with a method added after the ones it has (e.g. DER++ plus SI's penalty).
     let add (instance: MethodInstance) (strategy: Strategy) : Strategy =

@@ -28,6 +28,12 @@ type MethodConfig =
     | Derpp of Der.PlusPlusSettings
     | Lwf of Lwf.Settings
     | Icarl of Icarl.Settings
+    /// Only the classifier trains, in every task.
+    | FinetuneFc
+    /// The whole network in the first task, then only the classifier.
+    | FeatureExtraction
+    /// Less-Forgetting Learning: old outputs frozen, an L2 term on the penultimate features.
+    | Lfl of Lfl.Settings
     /// An importance method alone: fine-tuning plus its penalty.
     | Importance of ImportanceConfig
 
@@ -183,6 +189,9 @@ module Registry =
           Setting.int "warmupEpochs" "warmup-epochs" "LwF's warm-up epochs" (fun s -> s.WarmupEpochs) (fun v s -> { s with WarmupEpochs = v })
               (fun v -> if v >= 0 then None else Some(sprintf "LwF's warm-up epochs must not be negative (got %d)" v)) ]
 
+    let private lflSettings : Setting<Lfl.Settings> list =
+        [ Setting.float "lambda" "lambda" "LFL's feature weight λ" (fun s -> s.Lambda) (fun v s -> { s with Lambda = v }) (Setting.nonNegative "LFL's feature weight λ") ]
+
     let private icarlSettings : Setting<Icarl.Settings> list =
         [ bufferSetting "iCaRL's memory" (fun s -> s.Memory) (fun v s -> { s with Memory = v }) ]
 
@@ -244,7 +253,13 @@ module Registry =
           methodEntry "icarl" "iCaRL: herding exemplars and nearest mean of exemplars" true
               (fun b -> ({ Memory = b }: Icarl.Settings)) MethodConfig.Icarl (function MethodConfig.Icarl s -> Some s | _ -> None)
               (fun _ run -> lr 0.1 run)
-              icarlSettings (fun s _ -> Methods.Icarl.strategy s) ]
+              icarlSettings (fun s _ -> Methods.Icarl.strategy s)
+          stateless "finetune-fc" "only the classifier trains (backbone as initialised)" MethodConfig.FinetuneFc Methods.FinetuneFc.strategy
+          stateless "feature-extraction" "backbone frozen after the first task, only the classifier trains" MethodConfig.FeatureExtraction Methods.FeatureExtraction.strategy
+          methodEntry "lfl" "less-forgetting learning: old outputs frozen, L2 on the penultimate features" false
+              (fun _ -> Lfl.Settings.Default) MethodConfig.Lfl (function MethodConfig.Lfl s -> Some s | _ -> None)
+              (fun _ run -> lr 0.03 run)
+              lflSettings (fun s _ -> Methods.Lfl.strategy s) ]
         @ [ for e in importance ->
               { Name = e.Name
                 Summary = e.Summary
@@ -276,6 +291,9 @@ module Registry =
         | MethodConfig.Derpp _ -> "derpp"
         | MethodConfig.Lwf _ -> "lwf"
         | MethodConfig.Icarl _ -> "icarl"
+        | MethodConfig.FinetuneFc -> "finetune-fc"
+        | MethodConfig.FeatureExtraction -> "feature-extraction"
+        | MethodConfig.Lfl _ -> "lfl"
         | MethodConfig.Importance i -> (importanceEntryOf i).Name
 
     /// The entry of a method's settings.

@@ -46,6 +46,39 @@ module Metrics =
             invalidArg (nameof baseline) (sprintf "the baseline needs one accuracy per task: %d figures for %d tasks" baseline.Length t)
         else Some([| for j in 1 .. t - 1 -> r.[j - 1].[j] - baseline.[j] |] |> Array.average)
 
+    /// Forgetting of each task but the last: max over i < T of R[i][j] − R[T][j], for j < T (the terms
+    /// `forgetting` averages). None when `forgetting` is None.
+    let forgettingPerTask (r: float[][]) : float[] option =
+        match forgetting r with
+        | None -> None
+        | Some _ ->
+            let t = r.Length
+            Some [| for j in 0 .. t - 2 -> ([| for i in 0 .. t - 2 do if j < r.[i].Length then yield r.[i].[j] |] |> Array.max) - r.[t - 1].[j] |]
+
+    /// Intransigence (Chaudhry et al. 2018): mean over tasks k of a*_k − R[k][k], how much less a task
+    /// reaches right after it is learnt than a reference model reaches on it. Continual reads the
+    /// reference a* from a JOINT run (all tasks trained together, its final accuracy on each task; the
+    /// paper's a*_k trains jointly on tasks 1..k only: see docs/baselines.md). None when the matrix is
+    /// not square; a reference whose length is not the number of tasks throws ArgumentException.
+    let intransigence (r: float[][]) (reference: float[]) : float option =
+        let t = r.Length
+        if t < 1 || r |> Array.exists (fun row -> row.Length <> t) then None
+        elif reference.Length <> t then
+            invalidArg (nameof reference) (sprintf "the reference needs one accuracy per task: %d figures for %d tasks" reference.Length t)
+        else Some([| for k in 0 .. t - 1 -> reference.[k] - r.[k].[k] |] |> Array.average)
+
+    /// Accuracy on the old tasks at the end (the lecture's "old" column): the mean of the last row over
+    /// every task but the last. None for a single task.
+    let oldTaskAccuracy (r: float[][]) : float option =
+        let last = lastRow r
+        if last.Length < 2 then None else Some(Array.average last.[.. last.Length - 2])
+
+    /// Accuracy on the new (last) task at the end (the lecture's "new" column): the last row's last entry.
+    let newTaskAccuracy (r: float[][]) : float =
+        let last = lastRow r
+        if last.Length = 0 then invalidArg "r" "the accuracy matrix's last row is empty"
+        last.[last.Length - 1]
+
     /// Mean and sample standard deviation of a list of figures (the spread across seeds).
     let meanAndSpread (values: float list) : float * float =
         let n = List.length values

@@ -32,15 +32,41 @@ module Results =
         | Some x -> w.WriteNumber(name, Math.Round(x, 4))
         | None -> w.WriteNull name
 
-    let private writeMetrics (w: Utf8JsonWriter) (name: string) (m: float[][]) =
+    let private writeMetrics (w: Utf8JsonWriter) (name: string) (m: float[][]) (initial: float[]) (reference: float[] option) =
         w.WriteStartObject name
         w.WriteNumber("averageAccuracy", Math.Round(Metrics.averageAccuracy m, 4))
         writeOptional w "forgetting" (Metrics.forgetting m)
         writeOptional w "backwardTransfer" (Metrics.backwardTransfer m)
+        // The baseline is the model as initialised; runs without it (older checkpoints) write null.
+        writeOptional w "forwardTransfer" (if initial.Length = m.Length then Metrics.forwardTransfer m initial else None)
+        writeOptional w "intransigence" (reference |> Option.bind (fun a -> if a.Length = m.Length then Metrics.intransigence m a else None))
+        match Metrics.forgettingPerTask m with
+        | Some values ->
+            w.WriteStartArray "forgettingPerTask"
+            for v in values do w.WriteNumberValue(Math.Round(v, 4))
+            w.WriteEndArray()
+        | None -> w.WriteNull "forgettingPerTask"
+        writeOptional w "oldTaskAccuracy" (Metrics.oldTaskAccuracy m)
+        w.WriteNumber("newTaskAccuracy", Math.Round(Metrics.newTaskAccuracy m, 4))
         w.WriteEndObject()
 
-    /// results.json as bytes. `extra` lets callers (ONNX verification, the CLI) add their own sections.
-    let toJson (result: ExperimentResult) (extra: Utf8JsonWriter -> unit) : byte[] =
+    /// Writes the footprint section: one entry per task with its bytes by kind and their total.
+    let writeFootprint (w: Utf8JsonWriter) (footprint: Methods.Footprint[]) =
+        w.WriteStartArray "footprint"
+        footprint
+        |> Array.iteri (fun i f ->
+            w.WriteStartObject()
+            w.WriteNumber("task", i + 1)
+            w.WriteStartObject "bytes"
+            for (k, v) in Methods.Footprint.kinds f do w.WriteNumber(k, v)
+            w.WriteEndObject()
+            w.WriteNumber("totalBytes", Methods.Footprint.total f)
+            w.WriteEndObject())
+        w.WriteEndArray()
+
+    /// results.json as bytes, with intransigence measured against a reference (a JOINT run's final
+    /// accuracies) when one is given. `extra` lets callers (ONNX verification, the CLI) add their own sections.
+    let toJsonWith (reference: TaskAccuracies option) (result: ExperimentResult) (extra: Utf8JsonWriter -> unit) : byte[] =
         use stream = new MemoryStream()
         (use w = new Utf8JsonWriter(stream, JsonWriterOptions(Indented = true))
          let o = result.Outcome
@@ -73,9 +99,18 @@ module Results =
          writeMatrix w "classIl" o.ClassIl
          writeMatrix w "taskIl" o.TaskIl
          w.WriteStartObject "metrics"
-         writeMetrics w "classIl" o.ClassIl
-         writeMetrics w "taskIl" o.TaskIl
+         writeMetrics w "classIl" o.ClassIl o.InitialClassIl (reference |> Option.map (fun r -> r.ClassIl))
+         writeMetrics w "taskIl" o.TaskIl o.InitialTaskIl (reference |> Option.map (fun r -> r.TaskIl))
          w.WriteEndObject()
+         w.WriteStartObject "initialAccuracy"
+         w.WriteStartArray "classIl"
+         for v in o.InitialClassIl do w.WriteNumberValue(Math.Round(v, 4))
+         w.WriteEndArray()
+         w.WriteStartArray "taskIl"
+         for v in o.InitialTaskIl do w.WriteNumberValue(Math.Round(v, 4))
+         w.WriteEndArray()
+         w.WriteEndObject()
+         writeFootprint w o.Footprint
          w.WriteStartObject "timings"
          w.WriteNumber("wallSeconds", Math.Round(result.WallSeconds, 3))
          w.WriteNumber("trainSeconds", Math.Round(o.TrainSeconds, 3))
@@ -94,6 +129,9 @@ module Results =
          w.WriteEndObject())
         stream.ToArray()
 
+    /// results.json as bytes (no intransigence reference).
+    let toJson (result: ExperimentResult) (extra: Utf8JsonWriter -> unit) : byte[] = toJsonWith None result extra
+
     /// The accuracy matrices as CSV, one line per (scenario, row, task).
     let toCsv (result: ExperimentResult) : byte[] =
         let sb = StringBuilder()
@@ -108,6 +146,12 @@ module Results =
 
     /// Writes results.csv and then results.json into a folder, each atomically: results.json, the file
     /// that says a run is finished, comes last, so a failure leaves no results.json without its CSV.
+    let writeWith (reference: TaskAccuracies option) (folder: string) (result: ExperimentResult) (extra: Utf8JsonWriter -> unit) =
+        let json = toJsonWith reference result extra
+        writeAtomically (Path.Combine(folder, "results.csv")) (toCsv result)
+        writeAtomically (Path.Combine(folder, "results.json")) json
+
+    /// Writes results.csv and then results.json (no intransigence reference), as `writeWith`.
     let write (folder: string) (result: ExperimentResult) (extra: Utf8JsonWriter -> unit) =
         let json = toJson result extra
         writeAtomically (Path.Combine(folder, "results.csv")) (toCsv result)

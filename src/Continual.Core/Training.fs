@@ -38,6 +38,14 @@ type TrainingEvent =
     /// estimation, herding, snapshots).
     | PhaseStarted of task: int * phase: string
 
+/// The frozen part of the parameters during a task, in the flat layout: the shell multiplies the
+/// gradients by `Trainable` before the step and puts `Kept` back after it.
+type FrozenMask =
+    { /// 1 where a parameter element trains, 0 where it is frozen (flat).
+      Trainable: Tensor
+      /// The frozen elements' values at the task's start, 0 elsewhere (flat).
+      Kept: Tensor }
+
 /// The state that changes over a run. Everything a run depends on is here, so it can be saved.
 type TrainingState =
     { Model: Backbone
@@ -56,7 +64,9 @@ type TrainingState =
       Rng: RandomState
       /// Index of the next task to train.
       NextTask: int
-      StepsTaken: int64 }
+      StepsTaken: int64
+      /// The parameters the current task leaves unchanged (None when every parameter trains).
+      Frozen: FrozenMask option }
 
 /// What the shell hands to an after-task hook (ONNX export, checkpoints): the trained model after
 /// task `Task`, its accuracies, and the test sets they were measured on.
@@ -94,14 +104,29 @@ type RunRecord =
       /// Time spent in after-task hooks (e.g. ONNX export and verification).
       HookSeconds: float
       /// Time spent writing checkpoints.
-      CheckpointSeconds: float }
+      CheckpointSeconds: float
+      /// Class-IL accuracy of the model as initialised, on every task (empty when not measured).
+      InitialClassIl: float[]
+      /// Task-IL accuracy of the model as initialised, on every task (empty when not measured).
+      InitialTaskIl: float[]
+      /// The state footprint after each finished task.
+      Footprint: Footprint[] }
 
 /// Building run records.
 [<RequireQualifiedAccess>]
 module RunRecord =
     /// Nothing measured yet.
     let empty =
-        { ClassIl = [||]; TaskIl = [||]; TaskSeconds = [||]; TrainSeconds = 0.0; EvalSeconds = 0.0; HookSeconds = 0.0; CheckpointSeconds = 0.0 }
+        { ClassIl = [||]
+          TaskIl = [||]
+          TaskSeconds = [||]
+          TrainSeconds = 0.0
+          EvalSeconds = 0.0
+          HookSeconds = 0.0
+          CheckpointSeconds = 0.0
+          InitialClassIl = [||]
+          InitialTaskIl = [||]
+          Footprint = [||] }
 
 /// A point a run can resume from: its state, what it has measured, and where inside a task it stands
 /// (None between tasks: the next task is `State.NextTask`).
@@ -169,6 +194,12 @@ type TrainingOutcome =
       HookSeconds: float
       /// Time spent writing checkpoints.
       CheckpointSeconds: float
+      /// Class-IL and Task-IL accuracy of the model as initialised, per task (the forward-transfer
+      /// baseline; empty when not measured).
+      InitialClassIl: float[]
+      InitialTaskIl: float[]
+      /// The state footprint after each task.
+      Footprint: Footprint[]
       Steps: int64
       State: TrainingState }
 
@@ -185,6 +216,9 @@ module TrainingOutcome =
           EvalSeconds = record.EvalSeconds
           HookSeconds = record.HookSeconds
           CheckpointSeconds = record.CheckpointSeconds
+          InitialClassIl = record.InitialClassIl
+          InitialTaskIl = record.InitialTaskIl
+          Footprint = record.Footprint
           Steps = state.StepsTaken
           State = state }
 
@@ -196,7 +230,10 @@ module TrainingOutcome =
           TrainSeconds = outcome.TrainSeconds
           EvalSeconds = outcome.EvalSeconds
           HookSeconds = outcome.HookSeconds
-          CheckpointSeconds = outcome.CheckpointSeconds }
+          CheckpointSeconds = outcome.CheckpointSeconds
+          InitialClassIl = outcome.InitialClassIl
+          InitialTaskIl = outcome.InitialTaskIl
+          Footprint = outcome.Footprint }
 
 /// The one effectful shell: batches, forward passes, loss sums, optimiser steps, dispose scopes.
 [<RequireQualifiedAccess>]
@@ -231,7 +268,8 @@ module Training =
           Auxiliary = []
           Rng = Random.split 2L rng
           NextTask = 0
-          StepsTaken = 0L }
+          StepsTaken = 0L
+          Frozen = None }
 
     /// The summed value of the methods' closed-form penalties at the current parameters (0 when
     /// there are none). Steps add these penalties' gradients but do not evaluate them, which would
@@ -289,7 +327,8 @@ module Training =
             else
                 { Logits = output.Logits.narrow(0L, 0L, int64 batchSize)
                   Features = output.Features |> List.map (fun f -> f.narrow(0L, 0L, int64 batchSize)) }
-        let view = { Batch = batch; Output = batchOutput; Replay = replay; Model = state.Model; Parameters = state.ParameterList }
+        let heads = strategy.Heads |> Option.map (fun classes -> { Classes = classes; TaskOfClass = Heads.taskOfClass batch.Inputs.device classes })
+        let view = { Batch = batch; Output = batchOutput; Replay = replay; Model = state.Model; Parameters = state.ParameterList; Heads = heads }
         let terms = state.Methods |> List.collect (fun m -> m.Terms view)
         let penalties = state.Methods |> List.collect (fun m -> m.Penalties())
         let loss = Losses.total terms
@@ -310,8 +349,17 @@ module Training =
                 for p in m.parameters () do
                     if not (isNull p.grad) then p.grad.clamp_((-c).ToScalar(), c.ToScalar()) |> ignore
         | None -> ()
+        match state.Frozen with
+        | Some frozen -> flat.Gradients.mul_ frozen.Trainable |> ignore
+        | None -> ()
         let methods = state.Methods |> advanceAll (fun m -> m.Observe |> Option.map (fun observe () -> observe view))
         state.Optimiser.step () |> ignore
+        match state.Frozen with
+        | Some frozen ->
+            // v·1 + 0 and v·0 + kept are exact: frozen elements are back to their values, bit for bit.
+            use _ = torch.no_grad ()
+            flat.Values.mul_(frozen.Trainable).add_(frozen.Kept) |> ignore
+        | None -> ()
         let methods = methods |> advanceAll (fun m -> m.AfterStep |> Option.map (fun after () -> after state.ParameterList))
         let buffer =
             buffer
@@ -424,6 +472,7 @@ module Training =
 
     /// Frees what a training state holds.
     let dispose (state: TrainingState) =
+        state.Frozen |> Option.iter (fun f -> f.Trainable.Dispose(); f.Kept.Dispose())
         state.Buffer |> Option.iter Replay.dispose
         state.Methods |> List.iter Method.dispose
         state.Optimiser.Dispose()
@@ -640,6 +689,47 @@ module Training =
     /// How many units (tasks, or one for JOINT) a strategy trains on a benchmark.
     let unitCount (strategy: Strategy) (benchmark: Benchmark) = (units strategy benchmark).Length
 
+    /// The frozen mask of what the methods freeze in a task (None when every parameter trains): the
+    /// union of their `Freeze`, laid out as the flat parameters are.
+    let frozenMask (model: Backbone) (flat: FlatParameters) (frozen: Frozen list) : FrozenMask option =
+        let backbone = frozen |> List.exists (fun f -> f.Backbone)
+        let outputs = frozen |> List.collect (fun f -> f.Outputs) |> List.distinct
+        if not backbone && outputs.IsEmpty then None
+        else
+            use scope = torch.NewDisposeScope()
+            use _ = torch.no_grad ()
+            let classifier = Set.ofSeq [ for p in model.Classifier.parameters () -> p.Handle ]
+            let parts =
+                [| for p in model.parameters () ->
+                       if classifier.Contains p.Handle then
+                           let m = torch.ones(p.shape, dtype = p.dtype, device = p.device)
+                           for c in outputs do
+                               if int64 c < p.shape.[0] then m.[int64 c].fill_(0.0.ToScalar()) |> ignore
+                           m.flatten ()
+                       elif backbone then torch.zeros([| p.numel () |], dtype = p.dtype, device = p.device)
+                       else torch.ones([| p.numel () |], dtype = p.dtype, device = p.device) |]
+            let trainable = torch.cat(parts, 0L)
+            let kept = flat.Values.detach().mul(trainable.neg().add(1.0.ToScalar()))
+            Some { Trainable = trainable.DetachFromDisposeScope(); Kept = kept.DetachFromDisposeScope() }
+
+    /// The bytes a training state keeps besides the model: the buffer's examples and labels (replay) and
+    /// stored logits, and every method's own footprint.
+    let footprint (state: TrainingState) : Footprint =
+        let buffer =
+            match state.Buffer with
+            | Some b -> { Footprint.zero with Replay = Footprint.tensorBytes b.Examples + Footprint.tensorBytes b.Labels; Logits = Footprint.tensorBytes b.Logits }
+            | None -> Footprint.zero
+        state.Methods |> List.fold (fun acc m -> Footprint.add acc (m.Footprint())) buffer
+
+    /// The accuracies of the model as initialised on every task (the forward-transfer baseline), None
+    /// when the head does not cover every task's classes (a growing head: a later task has no outputs
+    /// before it is learnt, so R[j−1][j] and the baseline would not measure the same model's outputs).
+    /// Evaluation draws from no generator and leaves the model as it was.
+    let initialAccuracies (settings: TrainingSettings) (testSets: Evaluation.TaskTestSets) (model: Backbone) : TaskAccuracies option =
+        let needed = testSets |> List.collect (fun (t, _) -> t.Classes) |> requiredClasses
+        if needed <= Backbones.classes model.Architecture then Some(Evaluation.evaluate model settings.Device testSets)
+        else None
+
     /// Continues a run from a point (a fresh state, or one restored from a checkpoint) up to and
     /// including task `lastTask` (all the remaining tasks when None), evaluating after every task on
     /// every task's test set, then calling the after-task hook and the checkpoint hook. A stop request
@@ -655,6 +745,11 @@ module Training =
         (start: RunPoint)
         : TrainingOutcome =
         let testSets = Evaluation.testSets benchmark
+        // One head per task: the heads of the benchmark's tasks (a learner's added tasks included).
+        let strategy =
+            match strategy.Heads with
+            | Some _ -> { strategy with Heads = Some(benchmark.Tasks |> List.map (fun t -> t.Classes)) }
+            | None -> strategy
         let mutable state = start.State
         let mutable record = start.Record
         let firstTask = match start.Position with Some p -> p.Task | None -> state.NextTask
@@ -667,6 +762,13 @@ module Training =
             record <- { record with CheckpointSeconds = record.CheckpointSeconds + clock.Elapsed.TotalSeconds }
         hooks.OnEvent(RunStarted (units strategy benchmark).Length)
         try
+            // The model as initialised, measured once before the first task (forward transfer's baseline).
+            if record.ClassIl.Length = 0 && record.InitialClassIl.Length = 0 && start.Position.IsNone && state.NextTask = 0 then
+                let clock = Stopwatch.StartNew()
+                match initialAccuracies settings testSets state.Model with
+                | Some initial ->
+                    record <- { record with InitialClassIl = initial.ClassIl; InitialTaskIl = initial.TaskIl; EvalSeconds = record.EvalSeconds + clock.Elapsed.TotalSeconds }
+                | None -> ()
             for (taskIndex, classes, ownsData) in pending do
                 let resumeAt = start.Position |> Option.filter (fun p -> p.Task = taskIndex)
                 let earlier = resumeAt |> Option.map (fun p -> p.Seconds) |> Option.defaultValue 0.0
@@ -687,6 +789,8 @@ module Training =
                         invalidOp "the model's parameters no longer sit in their flat layout (was the model moved or a gradient replaced during the run?)"
                     // A task resumed from inside has begun already: its warm-up and BeginTask are in the state.
                     if resumeAt.IsNone then state <- beginTask hooks.OnEvent context state
+                    // What the task leaves unchanged, from the methods' state after BeginTask (so again on resume).
+                    state <- { state with Frozen = frozenMask state.Model state.Parameters (state.Methods |> List.map (fun m -> m.Freeze context)) }
                     // Methods may add examples (iCaRL's exemplars) to this task's training data.
                     let extra = state.Methods |> List.choose (fun m -> m.ExtraTrainingData())
                     let trainingData =
@@ -721,6 +825,8 @@ module Training =
                     try
                         state <- trainFromWith hooks.OnStepTerms strategy settings taskIndex trainingData hooks.OnEvent atStep cancellation resumeAt state
                     finally
+                        state.Frozen |> Option.iter (fun f -> f.Trainable.Dispose(); f.Kept.Dispose())
+                        state <- { state with Frozen = None }
                         if not extra.IsEmpty then
                             for s in trainingData :: extra do
                                 s.Dispose()
@@ -739,7 +845,8 @@ module Training =
                         TaskIl = Array.append record.TaskIl [| accuracies.TaskIl |]
                         TaskSeconds = Array.append record.TaskSeconds [| total |]
                         TrainSeconds = record.TrainSeconds + trained
-                        EvalSeconds = record.EvalSeconds + (total - trained) }
+                        EvalSeconds = record.EvalSeconds + (total - trained)
+                        Footprint = Array.append record.Footprint [| footprint state |] }
                 hooks.OnEvent (TaskFinished(taskIndex, accuracies, total))
                 let hookClock = Stopwatch.StartNew()
                 let logitAccuracies =

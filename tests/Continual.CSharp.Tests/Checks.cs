@@ -38,6 +38,7 @@ internal static partial class Checks
         ("run: Predict (Class-IL and Task-IL), its logits and probabilities agree with the last row; Dispose releases the model", PredictAndDispose),
         ("run: Dispose frees every tensor the run kept", DisposeFreesTensors),
         ("run: JOINT has one row and undefined forgetting", JointHasOneRow),
+        ("run: the lecture's baselines by name, their metrics and footprint; WithMultiHead runs Task-IL and is refused where it does not apply", LectureBaselines),
         ("run: TrainPerClass / TestPerClass restrict the data", PerClassLimits),
         ("run: every known strategy runs by name", EveryKnownStrategyRuns),
         ("run: RunAsync gives the same result as Run", RunAsyncMatchesRun),
@@ -603,6 +604,26 @@ internal static partial class Checks
         Assert.Equal<double?>(null, result.TaskIncrementalBackwardTransfer);
         Assert.Equal(0, result.Settings.BufferSize);
         Assert.Equal((long)(result.TrainExamples / result.Settings.BatchSize), result.Steps);
+        return Task.CompletedTask;
+    }
+
+    private static Task LectureBaselines()
+    {
+        foreach (var name in new[] { "finetune-fc", "feature-extraction", "lfl" })
+        {
+            using var result = Subset().WithStrategy(name).WithTrainPerClass(20).WithTestPerClass(10).Run();
+            Assert.Equal(5, result.ClassIncremental.Count);
+            using var json = JsonDocument.Parse(result.ToJson());
+            var footprint = json.RootElement.GetProperty("footprint");
+            Assert.Equal(5, footprint.GetArrayLength());
+            var snapshots = footprint[4].GetProperty("bytes").GetProperty("snapshots").GetInt64();
+            Assert.True(name == "lfl" ? snapshots > 0 : snapshots == 0, $"{name}: snapshots {snapshots}");
+            Assert.Equal(JsonValueKind.Number, json.RootElement.GetProperty("metrics").GetProperty("taskIl").GetProperty("forwardTransfer").ValueKind);
+        }
+        using (var multi = Subset().WithStrategy("lwf").WithMultiHead().WithTrainPerClass(20).WithTestPerClass(10).Run())
+            Assert.True(multi.TaskIncremental[^1].Average() > 50, "Task-IL above chance with one head per task");
+        var problems = Subset().WithStrategy("derpp").WithMultiHead().Validate();
+        Assert.True(problems.Any(p => p.Contains("one head per task")), string.Join("; ", problems));
         return Task.CompletedTask;
     }
 

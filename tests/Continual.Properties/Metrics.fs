@@ -199,4 +199,25 @@ let tests =
                 with :? ArgumentException as e ->
                     e.ParamName = "baseline"
                     && e.Message.Contains(sprintf "%d figures for %d tasks" b.Length r.Length))
+
+        property "per-task forgetting averages to forgetting, term by term against a plain loop" square (fun r ->
+            let t = r.Length
+            let expected = [| for j in 0 .. t - 2 -> (seq { for i in 0 .. t - 2 -> r.[i].[j] } |> Seq.max) - r.[t - 1].[j] |]
+            match Metrics.forgettingPerTask r, Metrics.forgetting r with
+            | Some values, Some f -> values = expected && abs (Array.average values - f) < 1e-9
+            | _ -> false)
+
+        property "intransigence is the reference minus the diagonal on average: zero against the diagonal itself" squareAndBaseline (fun (r, a) ->
+            let t = r.Length
+            let diagonal = Array.init t (fun k -> r.[k].[k])
+            Metrics.intransigence r diagonal = Some 0.0
+            && (match Metrics.intransigence r a with
+                | Some v -> abs (v - (Array.init t (fun k -> a.[k] - r.[k].[k]) |> Array.average)) < 1e-9
+                | None -> false))
+
+        property "old and new task accuracy split the average: ((T − 1)·old + new) / T" square (fun r ->
+            let t = float r.Length
+            match Metrics.oldTaskAccuracy r with
+            | Some old -> abs (((t - 1.0) * old + Metrics.newTaskAccuracy r) / t - Metrics.averageAccuracy r) < 1e-9
+            | None -> false)
     ]

@@ -162,7 +162,7 @@ let viewOf (model: Backbone) : StepView =
       Output = { Logits = torch.zeros(1L, 4L); Features = [] }
       Replay = []
       Model = model
-      Parameters = PerSample.parameters model }
+      Parameters = PerSample.parameters model; Heads = None }
 
 /// The method's penalty at θ as the training shell applies it: in closed form on the model's flat
 /// layout. Returns its value and the gradient it adds, flat.

@@ -69,7 +69,7 @@ let private view (model: Backbone) (set: LabelledSet) (task: int) : StepView =
       Output = model.ForwardWithFeatures set.Stored
       Replay = []
       Model = model
-      Parameters = [ for p in model.parameters () -> p :> Tensor ] }
+      Parameters = [ for p in model.parameters () -> p :> Tensor ]; Heads = None }
 
 let private disposeSet (s: LabelledSet) = s.Dispose()
 

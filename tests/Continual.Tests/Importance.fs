@@ -42,7 +42,7 @@ let private viewOf (model: Backbone) =
       Output = { Logits = torch.zeros(1L, 4L); Features = [] }
       Replay = []
       Model = model
-      Parameters = PerSample.parameters model }
+      Parameters = PerSample.parameters model; Heads = None }
 
 /// The method's penalty at the current parameters (None when the penalty is not formed yet).
 let private termValue (e: MethodInstance) (model: Backbone) =

@@ -135,7 +135,8 @@ module DistillationTerm =
                 match settings.Kind with
                 | FitNets -> Some { Build = regressor; Attach = fun r s -> { s with Regressor = Some r } }
                 | _ -> None
-            Owned = fun s -> Teacher.owned s.Snapshot }
+            Owned = fun s -> Teacher.owned s.Snapshot
+            Footprint = fun s -> Footprint.snapshot s.Snapshot }
 
     /// The term packed before the first task.
     let create (settings: DistillationSettings) : MethodInstance = Method.pack (method settings) initial

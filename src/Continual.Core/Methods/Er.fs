@@ -23,6 +23,8 @@ module Er =
         | [ Some replay ] ->
             use logits = torch.cat([| view.Output.Logits; replay.Logits |], 0L)
             use labels = torch.cat([| view.Batch.Labels; replay.Draw.Labels |], 0L)
+            // One head per task: each row's softmax covers the head of its own label's task.
+            let logits = match view.Heads with Some heads -> Heads.mask heads labels logits | None -> logits
             [ { Name = "ce"; Value = Losses.crossEntropy logits labels } ]
         | _ -> [ Sgd.crossEntropy view ]
 

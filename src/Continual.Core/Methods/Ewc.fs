@@ -51,7 +51,13 @@ module Ewc =
             Penalties = fun s -> Method.penaltyTerms "ewc" s.Penalty
             EndTask = endTask settings
             Grow = grow
-            Owned = owned }
+            Owned = owned
+            Footprint =
+                fun s ->
+                    Footprint.add (Footprint.penalty s.Penalty)
+                        { Footprint.zero with
+                            Importance = s.Tasks |> List.sumBy (fst >> Footprint.tensorsBytes)
+                            Anchors = s.Tasks |> List.sumBy (snd >> Footprint.tensorsBytes) } }
 
     /// EWC packed with its initial state, its generator drawn from the run's seed.
     let create (settings: Settings) (seed: int64) : MethodInstance = Method.pack (method settings) (initial (Importance.generator seed))

@@ -66,7 +66,8 @@ module EwcPlusPlus =
                     observe settings.FisherAlpha view.Batch.LabelArray.Length blend view.Parameters s)
             EndTask = fun c s -> endTask settings.Lambda c.Parameters s
             Grow = grow
-            Owned = owned }
+            Owned = owned
+            Footprint = fun s -> Footprint.add (Footprint.penalty s.Penalty) { Footprint.zero with Importance = Footprint.optionalBytes s.Running } }
 
     /// EWC++ packed with its initial state, its generator drawn from the run's seed.
     let create (settings: Settings) (seed: int64) : MethodInstance = Method.pack (method settings) (initial (Importance.generator seed))

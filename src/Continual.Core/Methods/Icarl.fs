@@ -129,7 +129,13 @@ module Icarl =
             ExtraTrainingData = fun s -> Exemplars.asTrainingSet s.Exemplars
             Scores = scores
             Grow = grow
-            Owned = owned }
+            Owned = owned
+            Footprint =
+                fun s ->
+                    { Footprint.snapshot s.Snapshot with
+                        Exemplars =
+                            (s.Exemplars |> List.sumBy (fun e -> Footprint.tensorBytes e.Inputs))
+                            + (s.Means |> Option.map (fun (a, b) -> Footprint.tensorBytes a + Footprint.tensorBytes b) |> Option.defaultValue 0L) } }
 
     /// iCaRL as a strategy (its memory is the method's exemplar store, not the reservoir buffer).
     let strategy (settings: Settings) : Strategy = Method.strategy "icarl" (Method.pack (method settings) initial)

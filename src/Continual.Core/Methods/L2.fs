@@ -38,7 +38,8 @@ module L2 =
             EndTask = endTask settings
             // New outputs get importance 0, not L2's 1: no task anchored them.
             Grow = fun growth s -> { Penalty = HeadGrowth.growPenalty growth s.Penalty }
-            Owned = fun s -> Method.ownedPenalty s.Penalty }
+            Owned = fun s -> Method.ownedPenalty s.Penalty
+            Footprint = fun s -> Footprint.penalty s.Penalty }
 
     /// L2 packed before the first task.
     let create (settings: Settings) : MethodInstance = Method.pack (method settings) initial

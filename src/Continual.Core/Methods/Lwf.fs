@@ -54,13 +54,26 @@ module Lwf =
     /// LwF's loss: CE over the seen classes, plus the soft-target term against the snapshot.
     let terms (settings: Settings) (state: State) (view: StepView) : LossTerm list =
         let logits = view.Output.Logits
-        let ce = Losses.crossEntropy (Losses.maskToClasses state.SeenClasses logits) view.Batch.Labels
+        let ce =
+            match view.Heads with
+            | Some heads -> Losses.crossEntropy (Heads.mask heads view.Batch.Labels logits) view.Batch.Labels
+            | None -> Losses.crossEntropy (Losses.maskToClasses state.SeenClasses logits) view.Batch.Labels
         match state.Snapshot with
         | None -> [ { Name = "ce"; Value = ce } ]
         | Some teacher ->
-            let index = Teacher.classIndex logits.device state.OldClasses
-            let targets = (Teacher.output teacher view.Batch.Inputs).Logits.index_select(1L, index)
-            let soft = Distillation.softTargetCrossEntropy settings.Temperature targets (logits.index_select(1L, index))
+            let teacherLogits = (Teacher.output teacher view.Batch.Inputs).Logits
+            // One soft-target term over the old classes together, or (one head per task, the paper's
+            // form) one per old task's head, summed.
+            let groups =
+                match view.Heads with
+                | Some heads -> heads.Classes |> List.filter (fun cs -> not cs.IsEmpty && cs |> List.forall (fun c -> List.contains c state.OldClasses))
+                | None -> [ state.OldClasses ]
+            let soft =
+                groups
+                |> List.map (fun classes ->
+                    let index = Teacher.classIndex logits.device classes
+                    Distillation.softTargetCrossEntropy settings.Temperature (teacherLogits.index_select(1L, index)) (logits.index_select(1L, index)))
+                |> List.reduce (fun a b -> a.add b)
             if settings.Balanced then
                 let lambda = float state.OldClasses.Length / float state.SeenClasses.Length
                 [ { Name = "ce"; Value = ce.mul((1.0 - lambda).ToScalar()) }
@@ -75,7 +88,8 @@ module Lwf =
             WarmUp = warmUp settings
             BeginTask = beginTask
             Terms = terms settings
-            Owned = fun s -> Teacher.owned s.Snapshot }
+            Owned = fun s -> Teacher.owned s.Snapshot
+            Footprint = fun s -> Footprint.snapshot s.Snapshot }
 
     /// LwF as a strategy (all its terms are the method's).
     let strategy (settings: Settings) (seed: int64) : Strategy = Method.strategy "lwf" (Method.pack (method settings) (initial seed))

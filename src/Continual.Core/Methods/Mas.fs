@@ -53,7 +53,8 @@ module Mas =
             Penalties = fun s -> Method.penaltyTerms "mas" s.Penalty
             EndTask = endTask settings
             Grow = grow
-            Owned = owned }
+            Owned = owned
+            Footprint = fun s -> Footprint.add (Footprint.penalty s.Penalty) { Footprint.zero with Importance = Footprint.optionalBytes s.Importance } }
 
     /// MAS packed with its initial state.
     let create (settings: Settings) : MethodInstance = Method.pack (method settings) initial

@@ -65,7 +65,8 @@ module OnlineEwc =
             Penalties = fun s -> Method.penaltyTerms "ewc-online" s.Penalty
             EndTask = endTask settings
             Grow = grow
-            Owned = owned }
+            Owned = owned
+            Footprint = fun s -> Footprint.add (Footprint.penalty s.Penalty) { Footprint.zero with Importance = Footprint.optionalBytes s.Fisher } }
 
     /// Online EWC packed with its initial state, its generator drawn from the run's seed.
     let create (settings: Settings) (seed: int64) : MethodInstance = Method.pack (method settings) (initial (Importance.generator seed))

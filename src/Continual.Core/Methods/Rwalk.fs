@@ -165,7 +165,14 @@ module Rwalk =
             AfterStep = Some(fun parameters s -> afterStep settings.ScoreEvery settings.Epsilon parameters s)
             EndTask = fun c s -> endTask settings.Lambda settings.Epsilon c.Parameters s
             Grow = grow
-            Owned = owned }
+            Owned = owned
+            Footprint =
+                fun s ->
+                    Footprint.add (Footprint.penalty s.Penalty)
+                        { Footprint.zero with
+                            Importance =
+                                [ s.Running; s.WindowLoss; s.Scores; s.PreviousScores ] |> List.sumBy Footprint.optionalBytes
+                            Anchors = Footprint.optionalBytes s.WindowStart } }
 
     /// RWalk packed with its initial state, its generator drawn from the run's seed.
     let create (settings: Settings) (seed: int64) : MethodInstance = Method.pack (method settings) (initial (Importance.generator seed))

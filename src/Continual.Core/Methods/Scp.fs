@@ -69,7 +69,8 @@ module Scp =
             Penalties = fun s -> Method.penaltyTerms "scp" s.Penalty
             EndTask = endTask settings
             Grow = grow
-            Owned = owned }
+            Owned = owned
+            Footprint = fun s -> Footprint.add (Footprint.penalty s.Penalty) { Footprint.zero with Importance = Footprint.optionalBytes s.Gamma } }
 
     /// SCP packed with its initial state, its generator drawn from the run's seed.
     let create (settings: Settings) (seed: int64) : MethodInstance = Method.pack (method settings) (initial (Importance.generator seed))

@@ -6,9 +6,14 @@ open Continual
 [<RequireQualifiedAccess>]
 module Sgd =
 
-    /// Cross-entropy of the step's batch, the term most methods start from.
+    /// Cross-entropy of the step's batch, the term most methods start from (each row over its own
+    /// task's head for a multi-head model).
     let crossEntropy (view: StepView) : LossTerm =
-        { Name = "ce"; Value = Losses.crossEntropy view.Output.Logits view.Batch.Labels }
+        let logits =
+            match view.Heads with
+            | Some heads -> Heads.mask heads view.Batch.Labels view.Output.Logits
+            | None -> view.Output.Logits
+        { Name = "ce"; Value = Losses.crossEntropy logits view.Batch.Labels }
 
     /// Fine-tuning as a method: no state.
     let method : Method<unit> = { Method.empty "sgd" with Terms = fun () view -> [ crossEntropy view ] }

@@ -103,7 +103,13 @@ module Si =
             Observe = Some(fun view s -> observe (Importance.gradients view.Parameters) s)
             EndTask = fun c s -> endTask settings.C settings.Xi c.Parameters s
             Grow = grow
-            Owned = owned }
+            Owned = owned
+            Footprint =
+                fun s ->
+                    Footprint.add (Footprint.penalty s.Penalty)
+                        { Footprint.zero with
+                            Importance = Footprint.optionalBytes s.Omega + Footprint.optionalBytes s.Importance
+                            Anchors = Footprint.optionalBytes s.Start } }
 
     /// SI packed with its initial state.
     let create (settings: Settings) : MethodInstance = Method.pack (method settings) initial

@@ -36,7 +36,7 @@ let private viewOn (model: Backbone) (data: LabelledSet) : StepView =
       Output = output
       Replay = []
       Model = model
-      Parameters = PerSample.parameters model }
+      Parameters = PerSample.parameters model; Heads = None }
 
 let private arraysEqual (a: float[]) (b: float[]) = Array.forall2 (fun (x: float) y -> abs (x - y) <= 1e-9) a b
 
@@ -68,7 +68,7 @@ let tests =
                               Output = output
                               Replay = []
                               Model = model
-                              Parameters = parameters }
+                              Parameters = parameters; Heads = None }
                         // The reference: the batch's own Fisher (mean over its rows) at the model of the step.
                         let f, r' = Estimate.batchFisher c.Kind model x (x :: output.Features) output.Logits (ys |> Array.map int64) r
                         r <- r'

@@ -123,7 +123,7 @@ let viewOf (inputs: Block) (batchLabels: int[]) (logits: Block) (draws: Draw opt
               Logits = d.Current.Tensor
               Features = [] }))
       Model = model
-      Parameters = [ for p in model.parameters () -> p :> Tensor ] }
+      Parameters = [ for p in model.parameters () -> p :> Tensor ]; Heads = None }
 
 /// A method's terms on a view as (name, value) pairs, in order.
 let termValues (terms: LossTerm list) = terms |> List.map (fun t -> t.Name, scalar t.Value)
