@@ -20,7 +20,98 @@ type Row =
       Seeds: int64 list
       ClassIl: float list
       TaskIl: float list
-      WallSeconds: float }
+      WallSeconds: float
+      /// Each seed's results.json, in the order of Seeds (the metrics table reads them back).
+      Runs: string list }
+
+/// A run's accuracy matrices and footprint, read back from its results.json (None where unreadable).
+type private RunFigures =
+    { ClassIl: float[][]
+      TaskIl: float[][]
+      /// The model's accuracy before task 1 (forward transfer's baseline), where recorded.
+      InitialClassIl: float[] option
+      InitialTaskIl: float[] option
+      /// Bytes of state kept after the last task, where recorded.
+      FootprintBytes: int64 option }
+
+let private readRun (file: string) : RunFigures option =
+    try
+        use doc = Text.Json.JsonDocument.Parse(File.ReadAllBytes file)
+        let root = doc.RootElement
+        let matrix (name: string) =
+            [| for row in root.GetProperty(name).EnumerateArray() -> [| for v in row.EnumerateArray() -> v.GetDouble() |] |]
+        let initial (name: string) =
+            match root.TryGetProperty "initialAccuracy" with
+            | true, i when i.ValueKind = Text.Json.JsonValueKind.Object ->
+                match i.TryGetProperty name with
+                | true, v when v.ValueKind = Text.Json.JsonValueKind.Array -> Some [| for x in v.EnumerateArray() -> x.GetDouble() |]
+                | _ -> None
+            | _ -> None
+        let footprint =
+            match root.TryGetProperty "footprint" with
+            | true, f when f.ValueKind = Text.Json.JsonValueKind.Array && f.GetArrayLength() > 0 ->
+                Some(f.[f.GetArrayLength() - 1].GetProperty("totalBytes").GetInt64())
+            | _ -> None
+        Some { ClassIl = matrix "classIl"; TaskIl = matrix "taskIl"; InitialClassIl = initial "classIl"; InitialTaskIl = initial "taskIl"; FootprintBytes = footprint }
+    with _ -> None
+
+/// The lecture's metrics of one run in one scenario, the JOINT run of its seed as intransigence's
+/// reference where the comparison has one: (name, value) in the metrics table's order.
+let private metricsOf (reference: RunFigures option) (classIl: bool) (run: RunFigures) =
+    let pick (f: RunFigures) = if classIl then f.ClassIl else f.TaskIl
+    let m = pick run
+    let last (r: float[][]) = if r.Length = 0 then None else Some r.[r.Length - 1]
+    let initial = if classIl then run.InitialClassIl else run.InitialTaskIl
+    [ "oldTaskAccuracy", (if m.Length = 0 then None else Metrics.oldTaskAccuracy m)
+      "newTaskAccuracy", (last m |> Option.filter (fun row -> row.Length > 0) |> Option.map (fun _ -> Metrics.newTaskAccuracy m))
+      "forwardTransfer", initial |> Option.bind (Metrics.forwardTransfer m)
+      "intransigence", reference |> Option.bind (fun j -> last (pick j)) |> Option.bind (fun a -> if m.Length = 0 then None else Metrics.intransigence m a)
+      "forgetting", (if m.Length = 0 then None else Metrics.forgetting m) ]
+
+/// The names metricsOf gives, in its order.
+let private metricNames = [ "oldTaskAccuracy"; "newTaskAccuracy"; "forwardTransfer"; "intransigence"; "forgetting" ]
+
+/// Each row's runs read back, with the JOINT run of the same context and seed for each (None where absent).
+let private runsOf (rows: Row list) =
+    let figures = rows |> List.map (fun r -> r, r.Runs |> List.map readRun)
+    let joint (row: Row) (seed: int64) =
+        figures
+        |> List.tryFind (fun (r, _) -> r.Strategy = "joint" && r.Context = row.Context)
+        |> Option.bind (fun (r, runs) -> List.zip r.Seeds runs |> List.tryFind (fun (s, _) -> s = seed) |> Option.bind snd)
+    [ for (row, runs) in figures ->
+        row, List.zip row.Seeds runs |> List.choose (fun (seed, run) -> run |> Option.map (fun f -> seed, f, joint row seed)) ]
+
+/// The metrics of every run of every row: per scenario and metric, the values in seed order (None
+/// where a metric does not apply: JOINT's own intransigence, a growing head's forward transfer).
+let private metricValues (rows: Row list) =
+    [ for (row, runs) in runsOf rows ->
+        row,
+        [ for scenario, classIl in [ "classIl", true; "taskIl", false ] ->
+            scenario,
+            [ for name in metricNames ->
+                name, [ for (_, f, j) in runs -> metricsOf (if row.Strategy = "joint" then None else j) classIl f |> List.find (fun (n, _) -> n = name) |> snd ] ] ],
+        [ for (_, f, _) in runs -> f.FootprintBytes ] ]
+
+/// Prints the lecture's metrics (means over seeds): old and new task accuracy in both scenarios, Task-IL
+/// forward transfer, intransigence against the JOINT run of the same seed, Class-IL forgetting, and the
+/// state kept after the last task.
+let printMetrics (rows: Row list) =
+    let table = Table(Title = TableTitle "the lecture's metrics, means over seeds (intransigence: against JOINT of the same seed)")
+    for c in [ "strategy"; "Class-IL old"; "Class-IL new"; "Task-IL old"; "Task-IL new"; "Task-IL forward transfer"; "Task-IL intransigence"; "Class-IL forgetting"; "state kept (bytes)" ] do
+        table.AddColumn(c) |> ignore
+    let mean (values: float option list) =
+        let present = values |> List.choose id
+        if present.IsEmpty || present.Length <> values.Length then "—" else sprintf "%.2f" (List.average present)
+    for (row, scenarios, footprints) in metricValues rows do
+        let get scenario name = scenarios |> List.find (fun (s, _) -> s = scenario) |> snd |> List.find (fun (n, _) -> n = name) |> snd
+        let state =
+            let present = footprints |> List.choose id
+            if present.IsEmpty then "—" else sprintf "%.0f" (present |> List.averageBy float)
+        table.AddRow(
+            row.Label, mean (get "classIl" "oldTaskAccuracy"), mean (get "classIl" "newTaskAccuracy"),
+            mean (get "taskIl" "oldTaskAccuracy"), mean (get "taskIl" "newTaskAccuracy"), mean (get "taskIl" "forwardTransfer"),
+            mean (get "taskIl" "intransigence"), mean (get "classIl" "forgetting"), state) |> ignore
+    AnsiConsole.Write table
 
 /// Figures of `row` at `seeds` (which it must hold).
 let private at (seeds: int64 list) (row: Row) (values: float list) =
@@ -65,6 +156,7 @@ let print (rows: Row list) =
 /// Task-IL gain over SGD where SGD was run. `extra` adds sections at the end (a sweep's missing points).
 let json (rows: Row list) (extra: Text.Json.Utf8JsonWriter -> unit) : byte[] =
     let seeds = seedsOf rows
+    let values = metricValues rows
     use stream = new MemoryStream()
     (use w = new Text.Json.Utf8JsonWriter(stream, Text.Json.JsonWriterOptions(Indented = true))
      w.WriteStartObject()
@@ -98,6 +190,26 @@ let json (rows: Row list) (extra: Text.Json.Utf8JsonWriter -> unit) : byte[] =
              w.WriteEndObject()
          | None -> ()
          w.WriteNumber("wallSecondsPerRun", row.WallSeconds)
+         // The lecture's metrics per seed (null where one does not apply) and the state kept after the last task.
+         let _, scenarios, footprints = values |> List.find (fun (r, _, _) -> obj.ReferenceEquals(r, row))
+         w.WriteStartObject("metrics")
+         for (scenario, metrics) in scenarios do
+             w.WriteStartObject(scenario: string)
+             for (name, perSeed) in metrics do
+                 w.WriteStartArray(name: string)
+                 for v in perSeed do
+                     match v with
+                     | Some x -> w.WriteNumberValue(Math.Round(x, 4))
+                     | None -> w.WriteNullValue()
+                 w.WriteEndArray()
+             w.WriteEndObject()
+         w.WriteEndObject()
+         w.WriteStartArray("footprintBytes")
+         for f in footprints do
+             match f with
+             | Some b -> w.WriteNumberValue b
+             | None -> w.WriteNullValue()
+         w.WriteEndArray()
          w.WriteEndObject()
      w.WriteEndArray()
      extra w

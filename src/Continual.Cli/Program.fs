@@ -912,8 +912,10 @@ let private compareCommand (results: ParseResults<CompareArgs>) =
                   Seeds = seeds
                   ClassIl = results |> List.map (fun r -> Metrics.averageAccuracy r.Outcome.ClassIl)
                   TaskIl = results |> List.map (fun r -> Metrics.averageAccuracy r.Outcome.TaskIl)
-                  WallSeconds = results |> List.averageBy (fun r -> r.WallSeconds) } : CompareTable.Row ]
+                  WallSeconds = results |> List.averageBy (fun r -> r.WallSeconds)
+                  Runs = [ for config in runs -> Path.Combine(out, Path.GetFileName(defaultOut config), "results.json") ] } : CompareTable.Row ]
         CompareTable.print rows
+        CompareTable.printMetrics rows
         let summary = Path.Combine(out, "compare.json")
         Results.writeAtomically summary (CompareTable.json rows ignore)
         hold.Publish()

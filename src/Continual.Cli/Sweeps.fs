@@ -592,7 +592,7 @@ let private groupsOf (plan: Plan) (seeds: int64 list option) : Group list =
 let private finishedOf (group: Group) =
     group.Points |> List.choose (fun (p, s) -> match s with PointStatus.Finished(c, t, w) -> Some(p, c, t, w) | _ -> None)
 
-let private rowOf (group: Group) : CompareTable.Row option =
+let private rowOf (plan: Plan) (group: Group) : CompareTable.Row option =
     match finishedOf group with
     | [] -> None
     | done' ->
@@ -604,7 +604,8 @@ let private rowOf (group: Group) : CompareTable.Row option =
               Seeds = done' |> List.map (fun (p, _, _, _) -> p.Seed)
               ClassIl = done' |> List.map (fun (_, c, _, _) -> c)
               TaskIl = done' |> List.map (fun (_, _, t, _) -> t)
-              WallSeconds = done' |> List.averageBy (fun (_, _, _, w) -> w) }
+              WallSeconds = done' |> List.averageBy (fun (_, _, _, w) -> w)
+              Runs = done' |> List.map (fun (p, _, _, _) -> Path.Combine(pointFolder plan p, "results.json")) }
 
 /// Rows of the finished runs in a folder that holds no sweep (a comparison's --out): one per
 /// configuration but seed, in compare.json's order where there is one.
@@ -615,8 +616,8 @@ let private plainRows (folder: string) (seeds: int64 list option) : CompareTable
         |> Array.choose (fun d ->
             readFinished None (Path.Combine(d, "results.json"))
             |> Option.bind (fun (root, figures) ->
-                try Some(Config.ofJson (root.GetProperty "config"), figures) with _ -> None))
-        |> Array.filter (fun (c, _) -> match seeds with Some s -> List.contains c.Run.Seed s | None -> true)
+                try Some(Config.ofJson (root.GetProperty "config"), figures, Path.Combine(d, "results.json")) with _ -> None))
+        |> Array.filter (fun (c, _, _) -> match seeds with Some s -> List.contains c.Run.Seed s | None -> true)
         |> List.ofArray
     let order =
         try
@@ -626,22 +627,24 @@ let private plainRows (folder: string) (seeds: int64 list option) : CompareTable
     let label (c: Config) = match Config.penaltyName c with Some p -> Config.methodName c + "+" + p | None -> Config.methodName c
     let groups =
         runs
-        |> List.groupBy (fun (c, _) -> Config.hash { c with Run = { c.Run with Seed = 0L } })
+        |> List.groupBy (fun (c, _, _) -> Config.hash { c with Run = { c.Run with Seed = 0L } })
         |> List.map snd
-    let clash = groups |> List.countBy (fun g -> label (fst g.Head), Config.bufferSize (fst g.Head)) |> List.filter (fun (_, n) -> n > 1) |> List.map fst |> set
+    let first (c, _, _) = c
+    let clash = groups |> List.countBy (fun g -> label (first g.Head), Config.bufferSize (first g.Head)) |> List.filter (fun (_, n) -> n > 1) |> List.map fst |> set
     groups
     |> List.map (fun runs ->
-        let head = fst runs.Head
-        let runs = runs |> List.sortBy (fun (c, _) -> c.Run.Seed)
+        let head = first runs.Head
+        let runs = runs |> List.sortBy (fun (c, _, _) -> c.Run.Seed)
         let context = if clash.Contains(label head, Config.bufferSize head) then "config " + Config.hash { head with Run = { head.Run with Seed = 0L } } else ""
         ({ Label = (match context with "" -> label head | c -> label head + " " + c)
            Strategy = label head
            Context = context
            Buffer = Config.bufferSize head
-           Seeds = runs |> List.map (fun (c, _) -> c.Run.Seed)
-           ClassIl = runs |> List.map (fun (_, (c, _, _)) -> c)
-           TaskIl = runs |> List.map (fun (_, (_, t, _)) -> t)
-           WallSeconds = runs |> List.averageBy (fun (_, (_, _, w)) -> w) } : CompareTable.Row))
+           Seeds = runs |> List.map (fun (c, _, _) -> c.Run.Seed)
+           ClassIl = runs |> List.map (fun (_, (c, _, _), _) -> c)
+           TaskIl = runs |> List.map (fun (_, (_, t, _), _) -> t)
+           WallSeconds = runs |> List.averageBy (fun (_, (_, _, w), _) -> w)
+           Runs = runs |> List.map (fun (_, _, path) -> path) } : CompareTable.Row))
     |> List.sortBy (fun r -> match List.tryFindIndex ((=) r.Label) order with Some i -> i | None -> Int32.MaxValue)
 
 /// `continual compare --from DIR [--seeds S]`: the comparison table of the finished runs in DIR (a
@@ -657,13 +660,14 @@ let compareFrom (folder: string) (seeds: int64 list option) : int =
             let all = groups |> List.collect (fun g -> g.Points)
             let missing = all |> List.filter (fun (_, s) -> s = PointStatus.Missing) |> List.map (fun (p, _) -> p.Name)
             let failed = all |> List.choose (fun (p, s) -> match s with PointStatus.Failed e -> Some(p.Name, e) | _ -> None)
-            groups |> List.choose rowOf, missing, failed, all.Length
+            groups |> List.choose (rowOf plan), missing, failed, all.Length
         else
             let rows = plainRows folder seeds
             rows, [], [], rows |> List.sumBy (fun r -> r.Seeds.Length)
     if rows.IsEmpty then
         raise (SweepFailure(sprintf "%s: no finished runs to compare (%d of %d points missing, %d failed)" folder missing.Length total failed.Length))
     CompareTable.print rows
+    CompareTable.printMetrics rows
     if not missing.IsEmpty then
         AnsiConsole.MarkupLine("missing: {0} of {1} points: {2}", missing.Length, total, Markup.Escape(String.concat ", " missing))
     for (name, error) in failed do

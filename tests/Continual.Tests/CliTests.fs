@@ -183,6 +183,27 @@ let tests =
             let gain = rows.[1].GetProperty("taskIlOverSgd")
             let expected, _ = Continual.Metrics.pairedDifference (perSeed rows.[1] "taskIl") (perSeed rows.[0] "taskIl")
             Expect.floatClose Accuracy.veryHigh (gain.GetProperty("mean").GetDouble()) expected "paired gain"
+            // The state each run keeps (its results.json footprint after the last task: EWC's importance
+            // and anchors, nothing for SGD) and the lecture's metrics per seed, read back from the runs.
+            let runFile (strategy: string) (seed: int) = Path.Combine(out, sprintf "split-fmnist-%s-s%d" strategy seed, "results.json")
+            for row in rows do
+                let name = row.GetProperty("strategy").GetString()
+                let footprints = [ for v in row.GetProperty("footprintBytes").EnumerateArray() -> v.GetInt64() ]
+                let expectedFootprints =
+                    [ for seed in [ 3; 4 ] ->
+                        use run = JsonDocument.Parse(File.ReadAllText(runFile name seed))
+                        let f = run.RootElement.GetProperty("footprint")
+                        f.[f.GetArrayLength() - 1].GetProperty("totalBytes").GetInt64() ]
+                Expect.sequenceEqual footprints expectedFootprints (sprintf "%s footprint per seed" name)
+                let newTask = [ for v in row.GetProperty("metrics").GetProperty("taskIl").GetProperty("newTaskAccuracy").EnumerateArray() -> v.GetDouble() ]
+                let expectedNew =
+                    [ for seed in [ 3; 4 ] ->
+                        use run = JsonDocument.Parse(File.ReadAllText(runFile name seed))
+                        run.RootElement.GetProperty("metrics").GetProperty("taskIl").GetProperty("newTaskAccuracy").GetDouble() ]
+                Expect.sequenceEqual newTask expectedNew (sprintf "%s new-task accuracy per seed" name)
+            Expect.equal (rows.[0].GetProperty("footprintBytes").[0].GetInt64()) 0L "SGD keeps no state"
+            // EWC (online) keeps an importance vector and an anchor of the model's 89,610 parameters.
+            Expect.isGreaterThanOrEqual (rows.[1].GetProperty("footprintBytes").[0].GetInt64()) (2L * 89610L * 4L) "online EWC's importance and anchor"
             Expect.isEmpty (Directory.GetFiles(out, "*.tmp")) "no temporary files left"
         }
     ]
