@@ -84,7 +84,9 @@ let private runPictures =
       "average-accuracy-task-il.png", 900, 560
       "forgetting-class-il.png", 900, 560
       "forgetting-task-il.png", 900, 560
-      "final-accuracy.png", 900, 560 ]
+      "final-accuracy.png", 900, 560
+      // Every run records its state footprint (results.json "footprint").
+      "footprint.png", 900, 560 ]
 
 let private plot (folder: string) (out: string) =
     let code, stdout, stderr = CliProcess.execute [ "plot"; folder; "--out"; out ] []
@@ -243,7 +245,16 @@ let tests =
             let outA, outB = Path.Combine(r.Root, "plots-sgd"), Path.Combine(r.Root, "plots-derpp")
             let stdout = plot r.Sgd outA
             plot r.Derpp outB |> ignore
-            Expect.stringContains stdout "footprint.png skipped" "a run without a footprint says that its footprint plot is skipped"
+            Expect.isFalse (stdout.Contains "skipped") "every picture of a run that records its footprint is drawn"
+            // A run folder whose results.json records no footprint (an older run's): that one picture is skipped, with a note.
+            let older = Path.Combine(r.Root, "run-without-footprint")
+            Directory.CreateDirectory older |> ignore
+            let node = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(r.Sgd, "results.json")))
+            node.AsObject().Remove "footprint" |> ignore
+            File.WriteAllText(Path.Combine(older, "results.json"), node.ToJsonString())
+            let olderOut = Path.Combine(r.Root, "plots-older")
+            Expect.stringContains (plot older olderOut) "footprint.png skipped" "a run without a footprint says that its footprint plot is skipped"
+            Expect.isFalse (File.Exists(Path.Combine(olderOut, "footprint.png"))) "and draws no footprint picture"
             Expect.equal (Directory.GetFiles outA |> Array.map Path.GetFileName |> Array.sort) (runPictures |> List.map (fun (n, _, _) -> n) |> List.sort |> Array.ofList) "the pictures of a run, and no temporary file"
             for name, w, h in runPictures do
                 let a = expectPicture (Path.Combine(outA, name)) w h
@@ -256,8 +267,10 @@ let tests =
             copyRun r.Sgd edited
             let derpp = JsonNode.Parse(File.ReadAllText(Path.Combine(r.Derpp, "results.json"))).AsObject()
             editResults edited (fun doc ->
-                doc.["classIl"] <- derpp.["classIl"].DeepClone()
-                doc.["taskIl"] <- derpp.["taskIl"].DeepClone())
+                // The figures the pictures are drawn from: the matrices and what results.json derives
+                // from them (metrics, read for the forgetting per task) and the footprint.
+                for key in [ "classIl"; "taskIl"; "metrics"; "footprint" ] do
+                    doc.[key] <- derpp.[key].DeepClone())
             let outC = Path.Combine(r.Root, "plots-sgd-edited")
             plot edited outC |> ignore
             for name, w, h in runPictures do
@@ -341,7 +354,7 @@ let tests =
             let page = Path.Combine(r.Comparison, "report.html")
             let html = File.ReadAllText page
             let images = html.Split("<img ").Length - 1
-            Expect.equal images 9 "nine pictures in the page (two heat maps per method, five others)"
+            Expect.equal images 10 "ten pictures in the page (two heat maps per method, six others)"
             Expect.equal (html.Split("src=\"").Length - 1) (html.Split("src=\"data:image/png;base64,").Length - 1) "every source is a data: URI"
             for external in [ "http://"; "https://"; "<link"; "@import"; "url(" ] do
                 Expect.isFalse (html.Contains external) (sprintf "nothing external (%s)" external)

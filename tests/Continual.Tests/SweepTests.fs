@@ -239,7 +239,11 @@ let tests =
                     let code, compareTable, errors =
                         execute [ "compare"; "--strategies"; "sgd,er,der,derpp"; "--seeds"; "0,1,2"; "--buffer"; "200"; "--train-per-class"; "20"; "--test-per-class"; "10"; "--threads"; "1"; "--out"; compared ]
                     Expect.equal code 0 (sprintf "continual compare (stderr: %s)" errors)
-                    Expect.equal (tableRows slurmTable).Length 6 "a title, a header and four rows"
+                    // Two tables: the figures (title, header, four rows) and the lecture's metrics (a row per strategy too).
+                    let rows = tableRows slurmTable
+                    Expect.equal (rows |> List.filter (fun l -> l.Contains "mean ± sample s.d.")).Length 1 "the figures' table"
+                    for strategy in [ "sgd"; "er"; "der"; "derpp" ] do
+                        Expect.equal (rows |> List.filter (fun l -> l.StartsWith(sprintf "│ %s " strategy))).Length 2 (sprintf "%s has a row in both tables" strategy)
                     Expect.equal (tableRows slurmTable) (tableRows localTable) "Slurm and a local --jobs 2 sweep give the same table"
                     Expect.equal (tableRows slurmTable) (tableRows compareTable) "and continual compare over the same points"
                     Expect.equal (figures (Path.Combine(slurm, "compare.json"))) (figures (Path.Combine(compared, "compare.json"))) "compare.json too, but for wall times"
