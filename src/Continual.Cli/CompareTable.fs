@@ -24,44 +24,31 @@ type Row =
       /// Each seed's results.json, in the order of Seeds (the metrics table reads them back).
       Runs: string list }
 
-/// A run's accuracy matrices and footprint, read back from its results.json (None where unreadable).
-type private RunFigures =
-    { ClassIl: float[][]
-      TaskIl: float[][]
-      /// The model's accuracy before task 1 (forward transfer's baseline), where recorded.
-      InitialClassIl: float[] option
-      InitialTaskIl: float[] option
-      /// Bytes of state kept after the last task, where recorded.
-      FootprintBytes: int64 option }
+/// A run read back from its results.json (ResultFiles.readRun), None where it cannot be read.
+let private readRun (file: string) : ResultFiles.RunResults option =
+    try Some(ResultFiles.readRun (Path.GetDirectoryName file))
+    with ResultFiles.ResultFileError _ -> None
 
-let private readRun (file: string) : RunFigures option =
-    try
-        use doc = Text.Json.JsonDocument.Parse(File.ReadAllBytes file)
-        let root = doc.RootElement
-        let matrix (name: string) =
-            [| for row in root.GetProperty(name).EnumerateArray() -> [| for v in row.EnumerateArray() -> v.GetDouble() |] |]
-        let initial (name: string) =
-            match root.TryGetProperty "initialAccuracy" with
-            | true, i when i.ValueKind = Text.Json.JsonValueKind.Object ->
-                match i.TryGetProperty name with
-                | true, v when v.ValueKind = Text.Json.JsonValueKind.Array -> Some [| for x in v.EnumerateArray() -> x.GetDouble() |]
-                | _ -> None
-            | _ -> None
-        let footprint =
-            match root.TryGetProperty "footprint" with
-            | true, f when f.ValueKind = Text.Json.JsonValueKind.Array && f.GetArrayLength() > 0 ->
-                Some(f.[f.GetArrayLength() - 1].GetProperty("totalBytes").GetInt64())
-            | _ -> None
-        Some { ClassIl = matrix "classIl"; TaskIl = matrix "taskIl"; InitialClassIl = initial "classIl"; InitialTaskIl = initial "taskIl"; FootprintBytes = footprint }
-    with _ -> None
+/// The model's accuracy in a scenario before task 1 (forward transfer's baseline), where recorded.
+let private initialAccuracy (classIl: bool) (run: ResultFiles.RunResults) : float[] option =
+    match run.Document.["initialAccuracy"] with
+    | :? Text.Json.Nodes.JsonObject as i ->
+        match i.[if classIl then "classIl" else "taskIl"] with
+        | :? Text.Json.Nodes.JsonArray as values -> Some [| for v in values -> v.GetValue<float>() |]
+        | _ -> None
+    | _ -> None
+
+/// Bytes of state kept after the last task, where recorded.
+let private footprintBytes (run: ResultFiles.RunResults) : int64 option =
+    run.Footprint |> Option.bind List.tryLast |> Option.map (fun f -> f.TotalBytes)
 
 /// The lecture's metrics of one run in one scenario, the JOINT run of its seed as intransigence's
 /// reference where the comparison has one: (name, value) in the metrics table's order.
-let private metricsOf (reference: RunFigures option) (classIl: bool) (run: RunFigures) =
-    let pick (f: RunFigures) = if classIl then f.ClassIl else f.TaskIl
+let private metricsOf (reference: ResultFiles.RunResults option) (classIl: bool) (run: ResultFiles.RunResults) =
+    let pick (f: ResultFiles.RunResults) = if classIl then f.ClassIl else f.TaskIl
     let m = pick run
     let last (r: float[][]) = if r.Length = 0 then None else Some r.[r.Length - 1]
-    let initial = if classIl then run.InitialClassIl else run.InitialTaskIl
+    let initial = initialAccuracy classIl run
     [ "oldTaskAccuracy", (if m.Length = 0 then None else Metrics.oldTaskAccuracy m)
       "newTaskAccuracy", (last m |> Option.filter (fun row -> row.Length > 0) |> Option.map (fun _ -> Metrics.newTaskAccuracy m))
       "forwardTransfer", initial |> Option.bind (Metrics.forwardTransfer m)
@@ -90,7 +77,7 @@ let private metricValues (rows: Row list) =
             scenario,
             [ for name in metricNames ->
                 name, [ for (_, f, j) in runs -> metricsOf (if row.Strategy = "joint" then None else j) classIl f |> List.find (fun (n, _) -> n = name) |> snd ] ] ],
-        [ for (_, f, _) in runs -> f.FootprintBytes ] ]
+        [ for (_, f, _) in runs -> footprintBytes f ] ]
 
 /// Prints the lecture's metrics (means over seeds): old and new task accuracy in both scenarios, Task-IL
 /// forward transfer, intransigence against the JOINT run of the same seed, Class-IL forgetting, and the

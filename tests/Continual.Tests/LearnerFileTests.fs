@@ -19,15 +19,6 @@ open TorchSharp
 /// python3 first on PATH may lack it.
 let private python = "/usr/bin/python3"
 
-/// The repository's root: the first folder above the test binary that holds Continual.sln.
-let private repositoryRoot =
-    lazy
-        (let rec up (folder: DirectoryInfo) =
-            if isNull folder then failwith "no folder above the test binary holds Continual.sln"
-            elif File.Exists(Path.Combine(folder.FullName, "Continual.sln")) then folder.FullName
-            else up folder.Parent
-         up (DirectoryInfo AppContext.BaseDirectory))
-
 let private script () = Path.Combine(repositoryRoot.Force(), "scripts", "read-learner.py")
 
 /// Runs a program to its end: exit code, standard output, standard error.

@@ -16,14 +16,6 @@ let private lines (text: string) =
 
 let private execute (args: string list) = CliProcess.execute args [ "NO_COLOR", "1" ]
 
-let private repositoryRoot =
-    lazy
-        (let rec up (folder: DirectoryInfo) =
-            if isNull folder then failwith "no folder above the test binary holds Continual.sln"
-            elif File.Exists(Path.Combine(folder.FullName, "Continual.sln")) then folder.FullName
-            else up folder.Parent
-         up (DirectoryInfo AppContext.BaseDirectory))
-
 /// A fresh folder under the temporary folder, removed after `body`.
 let private withFolder (body: string -> unit) =
     let root = Path.Combine(Path.GetTempPath(), "continual-sweep-" + Guid.NewGuid().ToString "N")

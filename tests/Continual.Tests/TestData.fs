@@ -56,3 +56,12 @@ let everyMethod (make: string -> int -> Continual.Config) (buffer: int) : (strin
           let baseName = if name = "relation" then "er" else "sgd"
           yield sprintf "%s + %s" baseName name, make baseName (if baseName = "er" then buffer else 0) |> Continual.Experiment.withDistillation kind
       yield "lwf + kd", make "lwf" 0 |> Continual.Experiment.withDistillation Continual.Methods.Kd ]
+
+/// The repository's root: the first folder above the test binary that holds Continual.sln.
+let repositoryRoot =
+    lazy
+        (let rec up (folder: DirectoryInfo) =
+            if isNull folder then failwith "no folder above the test binary holds Continual.sln"
+            elif File.Exists(Path.Combine(folder.FullName, "Continual.sln")) then folder.FullName
+            else up folder.Parent
+         up (DirectoryInfo AppContext.BaseDirectory))
