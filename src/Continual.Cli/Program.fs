@@ -197,8 +197,14 @@ let private checkOut (out: string) =
         | :? IOException as e -> raise (EnvironmentProblem(sprintf "%s: the output folder cannot be written: %s (nothing was written)" full e.Message))
     finally
         match created with
-        | Some top when Directory.Exists top -> (try Directory.Delete(top, true) with _ -> ())
-        | _ -> ()
+        | Some top ->
+            // Only the folders this check created go, and only while empty: another process may have
+            // taken the folder meanwhile (its lock file is in it), and a recursive delete took its files.
+            let rec removeUpTo (folder: string) =
+                let removed = try Directory.Delete(folder, false); true with _ -> false
+                if removed && folder <> top then removeUpTo (Path.GetDirectoryName folder)
+            removeUpTo full
+        | None -> ()
 
 /// The TensorBoard log of a run where --tensorboard asks for one (None otherwise: no cost).
 let private tensorboardLog (folder: string option) : TensorBoard.RunLog option =
