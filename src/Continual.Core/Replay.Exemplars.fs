@@ -12,6 +12,9 @@ type ClassExemplars = { Class: int; Inputs: Tensor }
 [<RequireQualifiedAccess>]
 module Exemplars =
 
+    /// Rows embedded at a time (the training shell's embedRows walks its inputs in chunks of this size).
+    let embedChunk = 1000
+
     /// Slots per class when `memory` slots are split evenly over `classes` classes.
     let perClass (memory: int) (classes: int) = memory / max 1 classes
 
@@ -28,9 +31,16 @@ module Exemplars =
     let select (k: int) (embedRows: Tensor -> float32[][]) (train: LabelledSet) (c: int) : ClassExemplars =
         use scope = torch.NewDisposeScope()
         let rows = [| for i in 0 .. train.Count - 1 do if train.LabelArray.[i] = c then int64 i |]
-        let inputs = train.InputsAt(torch.tensor(rows, dtype = torch.ScalarType.Int64))
-        let picks = Herding.select k (embedRows inputs)
-        let chosen = inputs.index_select(0L, torch.tensor(picks |> Array.map int64, dtype = torch.ScalarType.Int64))
+        // Materialised a chunk at a time (a class of pixel bytes is four times larger as float32); the
+        // chunks are those embedRows walks in, so the forward passes, and the embeddings, are the same.
+        let embeddings =
+            [| for start in 0 .. embedChunk .. rows.Length - 1 do
+                   use scope = torch.NewDisposeScope()
+                   use index = torch.tensor(Array.sub rows start (min embedChunk (rows.Length - start)), dtype = torch.ScalarType.Int64)
+                   use inputs = train.InputsAt index
+                   yield! embedRows inputs |]
+        let picks = Herding.select k embeddings
+        let chosen = train.InputsAt(torch.tensor(picks |> Array.map (fun p -> rows.[p]), dtype = torch.ScalarType.Int64))
         { Class = c; Inputs = chosen.DetachFromDisposeScope() }
 
     /// The store as a labelled training set (new tensors), None when it is empty.

@@ -497,7 +497,7 @@ module Training =
         use _ = torch.no_grad ()
         inEvalMode model (fun () ->
             let n = int inputs.shape.[0]
-            let chunk = 1000
+            let chunk = Exemplars.embedChunk
             [| for start in 0 .. chunk .. n - 1 do
                    cancellation.ThrowIfCancellationRequested()
                    use scope = torch.NewDisposeScope()
@@ -678,9 +678,6 @@ module Training =
 
     /// The units a strategy trains, in order: (task index, its classes, whether the data is a copy the
     /// run frees). JOINT trains one unit of every class.
-    /// Rows copied at a time when a task's data and a method's extra examples are joined.
-    let private unionChunk = 4096
-
     let private units (strategy: Strategy) (benchmark: Benchmark) =
         match strategy.Schedule with
         | Sequential -> benchmark.Tasks |> List.map (fun t -> t.Index, t.Classes, true)
@@ -797,23 +794,8 @@ module Training =
                         match extra with
                         | [] -> data
                         | _ ->
-                            // The extra examples are float32 and already materialised (normalised where
-                            // the data is), so the union is held as float32 without normalisation.
-                            // Filled in chunks, so the task's data never exists twice as float32.
-                            let sets = data :: extra
-                            let inputs = torch.empty([| int64 (sets |> List.sumBy (fun s -> s.Count)); int64 data.Features |], dtype = torch.ScalarType.Float32)
-                            let mutable offset = 0L
-                            for s in sets do
-                                for start in 0 .. unionChunk .. s.Count - 1 do
-                                    let n = min unionChunk (s.Count - start)
-                                    use rows = s.InputRange(int64 start, int64 n)
-                                    use target = inputs.narrow(0L, offset + int64 start, int64 n)
-                                    target.copy_ rows |> ignore
-                                offset <- offset + int64 s.Count
-                            { Stored = inputs
-                              Labels = torch.cat([| for s in sets -> s.Labels |], 0L)
-                              LabelArray = Array.concat [ for s in sets -> s.LabelArray ]
-                              Normalisation = None }
+                            // Exemplars taken from pixel bytes join them as bytes (Benchmarks.join).
+                            Benchmarks.join data extra
                     let atStep (position: TaskPosition) (current: TrainingState) =
                         let point () = { State = current; Record = record; Position = Some { position with Seconds = earlier + clock.Elapsed.TotalSeconds } }
                         if Faults.enabled then Faults.reached "step" current.StepsTaken

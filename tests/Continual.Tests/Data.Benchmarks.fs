@@ -163,6 +163,41 @@ let tests =
                 Benchmarks.dispose benchmark
         }
 
+        test "joining a task's bytes with exemplars taken from them stores bytes and materialises as the parts do" {
+            let pixels, labels = threeChannelBytes 7 5000
+            let task = Benchmarks.ofBytes pixels 48 labels
+            // Exemplars as iCaRL keeps them: materialised float32 rows of the same kind of data.
+            use exemplarRows = torch.tensor([| 3L; 4100L; 17L; 3L |], dtype = torch.ScalarType.Int64)
+            let exemplars = { task with Stored = task.InputsAt exemplarRows; Labels = task.Labels.index_select(0L, exemplarRows); LabelArray = [| labels.[3]; labels.[4100]; labels.[17]; labels.[3] |] |> Array.map int }
+            // Values that are not byte / 255 (and a −0, which equals +0 by value) cannot be stored as bytes.
+            let odd = Benchmarks.ofFloats (Array.init 96 (fun i -> if i = 5 then -0.0f elif i = 50 then 0.3f else float32 (i % 7) / 255.0f)) 48 [| 1; 2 |]
+            let oddZero = Benchmarks.ofFloats (Array.init 48 (fun i -> if i = 5 then -0.0f else 0.0f)) 48 [| 0 |]
+            let joined = Benchmarks.join task [ exemplars ]
+            let mixed = Benchmarks.join task [ exemplars; odd ]
+            let zero = Benchmarks.join task [ oddZero ]
+            try
+                Expect.equal joined.Stored.dtype torch.ScalarType.Byte "bytes joined with exemplars from bytes stay bytes"
+                Expect.equal joined.Count 5004 "every row"
+                Expect.equal joined.LabelArray (Array.append task.LabelArray exemplars.LabelArray) "labels in order"
+                Expect.equal (joined.Labels.data<int64>().ToArray()) (Array.append task.LabelArray exemplars.LabelArray |> Array.map int64) "label tensor in order"
+                use all = joined.AllInputs()
+                use taskInputs = task.AllInputs()
+                use exemplarInputs = exemplars.AllInputs()
+                use expected = torch.cat([| taskInputs; exemplarInputs |], 0L)
+                Expect.isTrue (identical all expected) "the join materialises bit for bit as its parts"
+                Expect.equal mixed.Stored.dtype torch.ScalarType.Float32 "a part that is not bytes keeps the join float32"
+                use mixedAll = mixed.AllInputs()
+                use oddInputs = odd.AllInputs()
+                use expectedMixed = torch.cat([| taskInputs; exemplarInputs; oddInputs |], 0L)
+                Expect.isTrue (identical mixedAll expectedMixed) "the float32 join holds every part's values"
+                Expect.equal zero.Stored.dtype torch.ScalarType.Float32 "a −0 is not taken for a byte"
+                use zeroAll = zero.AllInputs()
+                Expect.isTrue (zeroAll.[5000L, 5L].signbit().ToBoolean()) "the −0 is kept"
+                Expect.throwsT<ArgumentException> (fun () -> Benchmarks.join task [ Benchmarks.ofFloats [| 0.0f; 1.0f |] 2 [| 0 |] ] |> ignore) "rows of another width are refused"
+            finally
+                for s in [ joined; mixed; zero; exemplars; odd; oddZero; task ] do s.Dispose()
+        }
+
         test "a normalisation that does not fit the data is refused" {
             let pixels, labels = threeChannelBytes 6 10
             let set = Benchmarks.ofBytes pixels 48 labels
