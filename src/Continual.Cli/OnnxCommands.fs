@@ -30,11 +30,12 @@ let runIdentity (config: Config) : RunIdentity = LearnerExport.runIdentity confi
 let exporter (noOnnx: bool) (config: Config) (out: string) : RunExporter option =
     if noOnnx then None else Some(RunExporter(ExportSettings.forRun (runIdentity config) out))
 
-/// The after-task hook of a run.
-let afterTask (exporter: RunExporter option) : AfterTask -> unit =
+/// A run's hooks with the exporter's (export after every task, ONNX Runtime warmed up from the first
+/// training step on); unchanged with --no-onnx.
+let attach (exporter: RunExporter option) (hooks: RunHooks) : RunHooks =
     match exporter with
-    | Some e -> e.AfterTask
-    | None -> ignore
+    | Some e -> e.Attach hooks
+    | None -> hooks
 
 /// The "onnx" section of results.json (nothing with --no-onnx).
 let resultsSection (exporter: RunExporter option) (result: ExperimentResult) : Text.Json.Utf8JsonWriter -> unit =
