@@ -416,7 +416,8 @@ public sealed class ExperimentBuilder
             Directory.CreateDirectory(folder);
             exporter = new global::Continual.Onnx.RunExporter(
                 global::Continual.Onnx.ExportSettingsModule.forRun(global::Continual.Onnx.LearnerExport.runIdentity(config), folder));
-            hooks = exporter.Attach(hooks);
+            hooks = new global::Continual.RunHooks(
+                hooks.OnEvent, hooks.OnStepTerms, FuncConvert.FromAction<global::Continual.AfterTask>(exporter.AfterTask), hooks.Checkpoint, hooks.CheckpointEvery, hooks.StopRequested);
         }
         global::Continual.ExperimentResult result;
         var clock = System.Diagnostics.Stopwatch.StartNew();

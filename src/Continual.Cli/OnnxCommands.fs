@@ -30,12 +30,11 @@ let runIdentity (config: Config) : RunIdentity = LearnerExport.runIdentity confi
 let exporter (noOnnx: bool) (config: Config) (out: string) : RunExporter option =
     if noOnnx then None else Some(RunExporter(ExportSettings.forRun (runIdentity config) out))
 
-/// A run's hooks with the exporter's (export after every task, ONNX Runtime warmed up from the first
-/// training step on); unchanged with --no-onnx.
-let attach (exporter: RunExporter option) (hooks: RunHooks) : RunHooks =
+/// The after-task hook of a run.
+let afterTask (exporter: RunExporter option) : AfterTask -> unit =
     match exporter with
-    | Some e -> e.Attach hooks
-    | None -> hooks
+    | Some e -> e.AfterTask
+    | None -> ignore
 
 /// The "onnx" section of results.json (nothing with --no-onnx).
 let resultsSection (exporter: RunExporter option) (result: ExperimentResult) : Text.Json.Utf8JsonWriter -> unit =

@@ -328,11 +328,12 @@ let private learnInto (hold: OutputFolder.Hold) (section: CliSection) (checkpoin
         if reason = TaskEnd then Faults.tick "task-end"
     let hooks =
         { RunHooks.none with
+            AfterTask = OnnxCommands.afterTask exporter
             Checkpoint = checkpoint
             CheckpointEvery = checkpointEvery
             StopRequested = fun () -> signals.Requested }
     let finished =
-        try Report.withProgress quiet (fun onEvent -> Learner.learnUntil (OnnxCommands.attach exporter (withLog log { hooks with OnEvent = onEvent })) CancellationToken.None section.LastTask learner)
+        try Report.withProgress quiet (fun onEvent -> Learner.learnUntil (withLog log { hooks with OnEvent = onEvent }) CancellationToken.None section.LastTask learner)
         with
         | RunStopped(task, step) ->
             exporter |> Option.iter (fun e -> e.Finish())
@@ -759,7 +760,7 @@ let private benchCommand (results: ParseResults<BenchArgs>) =
                                 | _ -> ()
                                 onEvent event
                             Learner.learnUntil
-                                (OnnxCommands.attach exporter { RunHooks.none with OnEvent = onEvent; Checkpoint = checkpoint })
+                                { RunHooks.none with OnEvent = onEvent; Checkpoint = checkpoint; AfterTask = OnnxCommands.afterTask exporter }
                                 CancellationToken.None None learner)
                     finally exporter |> Option.iter (fun e -> e.Finish())
                 let result = Learner.result clock.Elapsed.TotalSeconds finished

@@ -314,37 +314,22 @@ module WarmUp =
 type RunExporter(settings: ExportSettings, previous: TaskVerification list) =
     let reports = ResizeArray<TaskVerification>(previous)
     let inputs = InputBuffer()
-    // ONNX Runtime's start-up (environment, CUDA probe, first session) runs on another thread from
-    // the first training step on, overlapping training rather than the run's own set-up (loading
-    // two large native libraries at once made the first step wait); failures here resurface, with
-    // their message, in the real load.
-    let warmUp = lazy (Threading.Tasks.Task.Run(fun () -> try WarmUp.exportPath settings.Provider with _ -> ()))
+    // ONNX Runtime's start-up (environment, CUDA probe, first session) overlaps the first task's
+    // training on another thread; failures here resurface, with their message, in the real load.
+    let warmUp = Threading.Tasks.Task.Run(fun () -> try WarmUp.exportPath settings.Provider with _ -> ())
     /// An exporter of a run from its first task.
     new(settings: ExportSettings) = RunExporter(settings, [])
     /// The settings in use.
     member _.Settings = settings
     /// The figures of every task exported so far.
     member _.Reports = List.ofSeq reports
-    /// Starts ONNX Runtime's start-up on another thread (once; the first AfterTask starts it at the
-    /// latest).
-    member _.BeginWarmUp() = warmUp.Force() |> ignore
     /// The after-task hook: export, verify, write task-<k>.onnx (raises VerificationFailed).
     member _.AfterTask(after: AfterTask) =
-        warmUp.Force().Wait()
+        warmUp.Wait()
         let testArray i = inputs.Fill(snd after.TestSets.[i])
         reports.Add(TaskExporter.exportTask settings testArray after)
     /// Waits for the background warm-up to end: a process must not exit while it runs in native code.
-    member _.Finish() = if warmUp.IsValueCreated then (try warmUp.Value.Wait() with _ -> ())
-    /// Hooks that export after every task and start the warm-up when the first task starts training.
-    member this.Attach(hooks: RunHooks) : RunHooks =
-        { hooks with
-            OnEvent =
-                fun event ->
-                    match event with
-                    | TaskStarted _ -> this.BeginWarmUp()
-                    | _ -> ()
-                    hooks.OnEvent event
-            AfterTask = this.AfterTask }
+    member _.Finish() = try warmUp.Wait() with _ -> ()
     /// Writes the "onnx" section of results.json (hook and wall seconds come from the run's outcome).
     member _.WriteJson(w: Text.Json.Utf8JsonWriter, hookSeconds: float, wallSeconds: float) =
         TaskExporter.writeJson w settings (List.ofSeq reports) hookSeconds wallSeconds
