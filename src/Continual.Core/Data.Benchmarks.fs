@@ -153,14 +153,13 @@ module Benchmarks =
     let private joinChunk = 4096
 
     /// A float32 [n, features] tensor as the pixel bytes it was made from, when every value is exactly
-    /// `byte / 255` as `LabelledSet.Materialise` computes it (so materialising the bytes gives the same
-    /// floats bit for bit); None otherwise.
-    let private exactBytes (values: Tensor) : Tensor option =
+    /// `byte / 255` as `bytesSet` (a set of bytes without normalisation) materialises it, so that the
+    /// bytes give the same floats bit for bit; None otherwise.
+    let private exactBytes (bytesSet: LabelledSet) (values: Tensor) : Tensor option =
         use _ = torch.no_grad ()
         use scope = torch.NewDisposeScope()
         let bytes = values.mul(255.0f.ToScalar()).round().clamp(0.0.ToScalar(), 255.0.ToScalar()).to_type torch.ScalarType.Byte
-        let probe = { Stored = bytes; Labels = torch.empty([| 0L |]); LabelArray = [||]; Normalisation = None }
-        use back = probe.Materialise bytes
+        use back = bytesSet.Materialise bytes
         // equal compares by value: a −0 (never made from a byte) would pass as +0 without signbit.
         if back.dtype = values.dtype && back.eq(values).all().ToBoolean() && not (values.signbit().any().ToBoolean()) then
             Some(bytes.MoveToOuterDisposeScope())
@@ -182,7 +181,7 @@ module Benchmarks =
             match s.Normalisation with
             | Some _ -> None
             | None when s.Stored.dtype = torch.ScalarType.Byte -> Some(s.Stored.alias ())
-            | None when s.Stored.dtype = torch.ScalarType.Float32 -> exactBytes s.Stored
+            | None when s.Stored.dtype = torch.ScalarType.Float32 -> exactBytes first s.Stored
             | None -> None
         let byteParts =
             if first.Stored.dtype <> torch.ScalarType.Byte || first.Normalisation.IsSome then None
