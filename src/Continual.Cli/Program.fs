@@ -299,6 +299,16 @@ let private onnxReports (learner: Learner) : Onnx.TaskVerification list =
 let private learnInto (hold: OutputFolder.Hold) (section: CliSection) (checkpointEvery: int) (quiet: bool) (tensorboard: string option) (clock: Diagnostics.Stopwatch) (learner: Learner) : int =
     let out = hold.Path
     let staging = hold.Staging
+    // The convolutional backbones checked libtorch's convolutions when they were built (Engine.checkConvolutions).
+    match learner.Architecture with
+    | Models.Mlp _ -> ()
+    | _ ->
+        match Engine.checkConvolutions () with
+        | Sound -> ()
+        | FellBack error ->
+            eprintfn "note: oneDNN's convolutions are wrong on this CPU (off by %.2g of their scale); libtorch's own, slower convolutions are used instead" error
+        | Unsound(error, reason) ->
+            eprintfn "warning: libtorch's convolutions are wrong on this CPU (off by %.2g of their scale) and oneDNN could not be switched off (%s): results are not to be trusted" error reason
     // Staged files of a killed writer beyond what the learner has learned are not its own any more.
     for staged in Directory.GetFiles staging do
         match Path.GetFileName staged with

@@ -103,7 +103,9 @@ type CnnBackbone(channels: int, height: int, width: int, classes: int) as this =
     let conv2 = torch.nn.Conv2d(32L, 64L, 3L, padding = 1L)
     let dense = torch.nn.Linear(int64 (64 * (height / 4) * (width / 4)), 128L)
     let classifier = torch.nn.Linear(128L, int64 classes)
-    do this.RegisterComponents()
+    do
+        this.RegisterComponents()
+        Engine.checkConvolutions () |> ignore
 
     override _.Architecture = Cnn(channels, height, width, classes)
 
@@ -164,7 +166,9 @@ type ResNet18Backbone(channels: int, height: int, width: int, baseFilters: int, 
     let layer3 = stage (2 * f) (4 * f) 2
     let layer4 = stage (4 * f) (8 * f) 2
     let classifier = torch.nn.Linear(int64 (8 * f), int64 classes)
-    do this.RegisterComponents()
+    do
+        this.RegisterComponents()
+        Engine.checkConvolutions () |> ignore
 
     override _.Architecture = ResNet18(channels, height, width, baseFilters, classes)
 

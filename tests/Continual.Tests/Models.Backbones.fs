@@ -40,6 +40,24 @@ let backboneTests =
             for (model, output) in [ cnn, o; resnet, r ] do
                 Expect.isTrue (sameValues (model.Classifier.forward output.Embedding) output.Logits) "the classifier maps the embedding to the logits"
 
+        testCase "once a convolutional backbone is built, float32 convolutions over the ResNet-18's shapes agree with libtorch's float64 reference" <| fun () ->
+            use _ = torch.NewDisposeScope()
+            use cnn = Backbones.create (Backbones.ofName "cnn" (1, 28, 28) 10)
+            match Engine.checkConvolutions () with
+            | Sound | FellBack _ -> ()
+            | Unsound(error, reason) -> failtestf "the convolutions are off by %g and could not be fixed: %s" error reason
+            use _ = torch.no_grad ()
+            let generator = new torch.Generator(5UL)
+            // (channels in, out, stride, map size, batch): the ResNet-18 stages over Fashion-MNIST, CIFAR and Tiny ImageNet.
+            for (cin, cout, stride, size, batch) in [ 20L, 20L, 1L, 64L, 2L; 20L, 40L, 2L, 64L, 2L; 20L, 20L, 1L, 28L, 10L; 40L, 80L, 2L, 14L, 10L; 80L, 160L, 2L, 32L, 4L ] do
+                let weight = torch.randn([| cout; cin; 3L; 3L |], generator = generator).mul_(0.1.ToScalar())
+                let input = torch.randn([| batch; cin; size; size |], generator = generator)
+                let fast = torch.nn.functional.conv2d(input, weight, strides = [| stride; stride |], padding = [| 1L; 1L |])
+                let reference =
+                    torch.nn.functional.conv2d(input.to_type torch.ScalarType.Float64, weight.to_type torch.ScalarType.Float64, strides = [| stride; stride |], padding = [| 1L; 1L |])
+                let error = fast.to_type(torch.ScalarType.Float64).sub(reference).abs().max().item<float>() / reference.abs().max().item<float>()
+                Expect.isLessThan error 1e-4 (sprintf "%d→%d channels, stride %d, %d×%d maps, %d rows: relative error" cin cout stride size size batch)
+
         testCase "a snapshot reproduces the model (batch-norm statistics included), is frozen, and leaves torch's generator alone" <| fun () ->
             use _ = torch.NewDisposeScope()
             torch.manual_seed 2L |> ignore
