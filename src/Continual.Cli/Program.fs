@@ -299,10 +299,10 @@ let private onnxReports (learner: Learner) : Onnx.TaskVerification list =
 let private learnInto (hold: OutputFolder.Hold) (section: CliSection) (checkpointEvery: int) (quiet: bool) (tensorboard: string option) (clock: Diagnostics.Stopwatch) (learner: Learner) : int =
     let out = hold.Path
     let staging = hold.Staging
-    // The convolutional backbones checked libtorch's convolutions when they were built (Engine.checkConvolutions).
+    // The ResNet-18 checked libtorch's convolutions when it was built (Engine.checkConvolutions).
     match learner.Architecture with
-    | Models.Mlp _ -> ()
-    | _ ->
+    | Models.Mlp _ | Models.Cnn _ -> ()
+    | Models.ResNet18 _ ->
         match Engine.checkConvolutions () with
         | Sound -> ()
         | FellBack error ->

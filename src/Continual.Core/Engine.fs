@@ -61,7 +61,8 @@ module Engine =
     /// 28×28 (it left the padding channels of its blocked copies unset), under every vector ISA it offers
     /// but SSE4.1. libtorch's own convolutions are right there, and slower (the ResNet-18's step about 4×).
     /// Where the check passes nothing changes, so results stay those of oneDNN, bit for bit. The
-    /// convolutional backbones call this when they are built; the MLP has no convolution.
+    /// ResNet-18 calls this when it is built; the CNN's channel counts are multiples of oneDNN's
+    /// block (right on that machine too), and the MLP has no convolution.
     let checkConvolutions () : ConvolutionCheck =
         match convolutionCheck with
         | Some found -> found

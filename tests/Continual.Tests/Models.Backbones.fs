@@ -40,16 +40,11 @@ let backboneTests =
             for (model, output) in [ cnn, o; resnet, r ] do
                 Expect.isTrue (sameValues (model.Classifier.forward output.Embedding) output.Logits) "the classifier maps the embedding to the logits"
 
-        testCase "once a convolutional backbone is built, float32 convolutions over the ResNet-18's shapes agree with libtorch's float64 reference" <| fun () ->
+        testCase "float32 convolutions over the CNN's shapes, and over the ResNet-18's once it is built, agree with libtorch's float64 reference" <| fun () ->
             use _ = torch.NewDisposeScope()
-            use cnn = Backbones.create (Backbones.ofName "cnn" (1, 28, 28) 10)
-            match Engine.checkConvolutions () with
-            | Sound | FellBack _ -> ()
-            | Unsound(error, reason) -> failtestf "the convolutions are off by %g and could not be fixed: %s" error reason
             use _ = torch.no_grad ()
             let generator = new torch.Generator(5UL)
-            // (channels in, out, stride, map size, batch): the ResNet-18 stages over Fashion-MNIST, CIFAR and Tiny ImageNet.
-            for (cin, cout, stride, size, batch) in [ 20L, 20L, 1L, 64L, 2L; 20L, 40L, 2L, 64L, 2L; 20L, 20L, 1L, 28L, 10L; 40L, 80L, 2L, 14L, 10L; 80L, 160L, 2L, 32L, 4L ] do
+            let check (cin, cout, stride, size, batch) =
                 let weight = torch.randn([| cout; cin; 3L; 3L |], generator = generator).mul_(0.1.ToScalar())
                 let input = torch.randn([| batch; cin; size; size |], generator = generator)
                 let fast = torch.nn.functional.conv2d(input, weight, strides = [| stride; stride |], padding = [| 1L; 1L |])
@@ -57,6 +52,16 @@ let backboneTests =
                     torch.nn.functional.conv2d(input.to_type torch.ScalarType.Float64, weight.to_type torch.ScalarType.Float64, strides = [| stride; stride |], padding = [| 1L; 1L |])
                 let error = fast.to_type(torch.ScalarType.Float64).sub(reference).abs().max().item<float>() / reference.abs().max().item<float>()
                 Expect.isLessThan error 1e-4 (sprintf "%d→%d channels, stride %d, %d×%d maps, %d rows: relative error" cin cout stride size size batch)
+            // (channels in, out, stride, map size, batch): the CNN over Fashion-MNIST and CIFAR.
+            for shape in [ 1L, 32L, 1L, 28L, 30L; 32L, 64L, 1L, 14L, 30L; 3L, 32L, 1L, 32L, 30L; 32L, 64L, 1L, 16L, 256L ] do
+                check shape
+            use resnet = Backbones.create (Backbones.ofName "resnet18" (3, 32, 32) 10)
+            match Engine.checkConvolutions () with
+            | Sound | FellBack _ -> ()
+            | Unsound(error, reason) -> failtestf "the convolutions are off by %g and could not be fixed: %s" error reason
+            // The ResNet-18's stages over Fashion-MNIST, CIFAR and Tiny ImageNet.
+            for shape in [ 20L, 20L, 1L, 64L, 2L; 20L, 40L, 2L, 64L, 2L; 20L, 20L, 1L, 28L, 10L; 40L, 80L, 2L, 14L, 10L; 80L, 160L, 2L, 32L, 4L ] do
+                check shape
 
         testCase "a snapshot reproduces the model (batch-norm statistics included), is frozen, and leaves torch's generator alone" <| fun () ->
             use _ = torch.NewDisposeScope()
