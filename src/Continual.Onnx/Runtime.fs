@@ -205,7 +205,13 @@ module Runtime =
                     new SessionOptions(
                         LogId = logId,
                         LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_WARNING,
-                        GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL)
+                        GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL,
+                        // The caller's thread alone: verification runs a few rows, and a pool per session
+                        // (a thread per core, spinning while idle) competed with libtorch's training thread
+                        // for the cores (the ONNX phase of a full sgd run, 4 paired runs on 2 cores: 0.72 s
+                        // with ONNX Runtime's default pool, 0.58 s with this).
+                        IntraOpNumThreads = 1,
+                        InterOpNumThreads = 1)
                 options.AddSessionConfigEntry("session.strict_shape_type_inference", "1")
                 if provider = CudaProvider then
                     use cuda = cudaOptions ()
