@@ -216,8 +216,26 @@ let tests =
                     Expect.equal code 0 (sprintf "--emit slurm (stdout: %s; stderr: %s)" output errors)
                     let sbatch = Path.Combine(slurm, "sweep.sbatch")
                     Expect.stringContains (File.ReadAllText sbatch) "#SBATCH --array=0-11" "a job array of the 12 points"
-                    let code, output, errors = CliProcess.executeProgram "timeout" [ "600"; "sbatch"; "--wait"; sbatch ] [ "SLURM_CONF", conf ]
-                    Expect.equal code 0 (sprintf "sbatch --wait (stdout: %s; stderr: %s)" output errors)
+                    let slurmEnvironment = [ "SLURM_CONF", conf ]
+                    let code, output, errors = CliProcess.executeProgram "sbatch" [ "--parsable"; sbatch ] slurmEnvironment
+                    Expect.equal code 0 (sprintf "sbatch (stdout: %s; stderr: %s)" output errors)
+                    let job = output.Trim().Split(';').[0]
+                    // Polled every half second: `sbatch --wait` sleeps ever longer between its polls, and
+                    // waited some 20 s after the last element had ended.
+                    let clock = Diagnostics.Stopwatch.StartNew()
+                    let rec waitForJob () =
+                        let code, queued, errors = CliProcess.executeProgram "squeue" [ "-h"; "-j"; job; "-o"; "%T" ] slurmEnvironment
+                        Expect.equal code 0 (sprintf "squeue (stderr: %s)" errors)
+                        if queued.Trim() <> "" then
+                            if clock.Elapsed.TotalSeconds > 600.0 then failtestf "the job array %s was still queued or running after 600 s: %s" job queued
+                            Threading.Thread.Sleep 500
+                            waitForJob ()
+                    waitForJob ()
+                    // Finished elements stay known to slurmctld (MinJobAge, 300 s by default): each must have completed.
+                    let code, shown, errors = CliProcess.executeProgram "scontrol" [ "show"; "job"; job ] slurmEnvironment
+                    Expect.equal code 0 (sprintf "scontrol show job (stderr: %s)" errors)
+                    let states = Text.RegularExpressions.Regex.Matches(shown, @"JobState=(\S+)") |> Seq.map (fun m -> m.Groups.[1].Value) |> List.ofSeq
+                    Expect.equal states (List.replicate 12 "COMPLETED") (sprintf "every element of the array completed:\n%s" shown)
                     Expect.equal (finished slurm).Length 12 "every element wrote its point's results"
                     let code, slurmTable, errors = execute [ "compare"; "--from"; slurm ]
                     Expect.equal code 0 (sprintf "compare --from the Slurm sweep (stderr: %s)" errors)
