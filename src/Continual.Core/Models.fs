@@ -111,8 +111,10 @@ type CnnBackbone(channels: int, height: int, width: int, classes: int) as this =
 
     override _.ForwardWithFeatures(input: Tensor) =
         let x = input.reshape(-1L, int64 channels, int64 height, int64 width)
-        let stage1 = Pooling.maxPool2x2 (torch.nn.functional.relu (conv1.forward x))
-        let stage2 = Pooling.maxPool2x2 (torch.nn.functional.relu (conv2.forward stage1))
+        // ReLU after the pooling, on a quarter of the elements: max(relu a, relu b, ...) = relu(max(a, b, ...)),
+        // and the gradient reaches the same element (a window whose maximum is ≤ 0 passes none either way).
+        let stage1 = torch.nn.functional.relu (Pooling.maxPool2x2 (conv1.forward x))
+        let stage2 = torch.nn.functional.relu (Pooling.maxPool2x2 (conv2.forward stage1))
         let embedding = torch.nn.functional.relu (dense.forward (stage2.flatten 1L))
         { Logits = classifier.forward embedding; Features = [ stage1; stage2; embedding ] }
 

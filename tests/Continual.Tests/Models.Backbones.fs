@@ -94,6 +94,23 @@ let backboneTests =
                 Expect.isTrue (sameValues plain (torch.nn.functional.max_pool2d(x, 2L))) (sprintf "%A: values without gradients" shape)
                 Expect.isTrue (plain.is_contiguous ()) (sprintf "%A: contiguous without gradients" shape)
 
+        testCase "the CNN's ReLU after its pooling gives the values and gradients of the ReLU before it, bit for bit" <| fun () ->
+            for shape in [ [| 6L; 32L; 28L; 28L |]; [| 5L; 3L; 7L; 9L |]; [| 1L; 1L; 2L; 2L |] ] do
+                use _ = torch.NewDisposeScope()
+                torch.manual_seed 5L |> ignore
+                // Quarters of both signs: windows wholly negative or zero, ties at the maximum, mixed windows.
+                let x0 = (torch.randn(shape) * 4.0).round() / 4.0
+                let run (block: Tensor -> Tensor) =
+                    let x = x0.clone().requires_grad_(true)
+                    let y = block x
+                    use upstream = torch.randn(y.shape, generator = (new torch.Generator(8UL)))
+                    torch.autograd.backward([| y |], [| upstream |])
+                    y.detach(), x.grad.clone()
+                let expected, expectedGrad = run (fun x -> torch.nn.functional.max_pool2d(torch.nn.functional.relu x, 2L))
+                let values, grad = run (fun x -> torch.nn.functional.relu (Pooling.maxPool2x2 x))
+                Expect.isTrue (sameValues values expected) (sprintf "%A: values" shape)
+                Expect.isTrue (sameValues grad expectedGrad) (sprintf "%A: gradients" shape)
+
         testCase "both convolutional backbones learn: SGD drives the loss on a small batch below half" <| fun () ->
             for name in [ "cnn"; "resnet18" ] do
                 use _ = torch.NewDisposeScope()
