@@ -299,16 +299,14 @@ let private onnxReports (learner: Learner) : Onnx.TaskVerification list =
 let private learnInto (hold: OutputFolder.Hold) (section: CliSection) (checkpointEvery: int) (quiet: bool) (tensorboard: string option) (clock: Diagnostics.Stopwatch) (learner: Learner) : int =
     let out = hold.Path
     let staging = hold.Staging
-    // The ResNet-18 checked libtorch's convolutions when it was built (Engine.checkConvolutions).
-    match learner.Architecture with
-    | Models.Mlp _ | Models.Cnn _ -> ()
-    | Models.ResNet18 _ ->
-        match Engine.checkConvolutions () with
-        | Sound -> ()
-        | FellBack error ->
-            eprintfn "note: oneDNN's convolutions are wrong on this CPU (off by %.2g of their scale); libtorch's own, slower convolutions are used instead" error
-        | Unsound(error, reason) ->
-            eprintfn "warning: libtorch's convolutions are wrong on this CPU (off by %.2g of their scale) and oneDNN could not be switched off (%s): results are not to be trusted" error reason
+    // A backbone that needs it checked libtorch's convolutions when it was built (Engine.checkConvolutions).
+    let wrongBy (error: float) = if Double.IsInfinity error then "NaN in their output" else sprintf "off by %.2g of their scale" error
+    match Engine.convolutionsChecked () with
+    | None | Some Sound -> ()
+    | Some(FellBack error) ->
+        eprintfn "note: oneDNN's convolutions are wrong on this CPU (%s); libtorch's own, slower convolutions are used instead" (wrongBy error)
+    | Some(Unsound(error, reason)) ->
+        eprintfn "warning: libtorch's convolutions are wrong on this CPU (%s) and oneDNN could not be switched off (%s): results are not to be trusted" (wrongBy error) reason
     // Staged files of a killed writer beyond what the learner has learned are not its own any more.
     for staged in Directory.GetFiles staging do
         match Path.GetFileName staged with

@@ -82,6 +82,9 @@ module Engine =
             convolutionCheck <- Some found
             found
 
+    /// What `checkConvolutions` found in this process, or None where nothing has called it yet.
+    let convolutionsChecked () : ConvolutionCheck option = convolutionCheck
+
     /// Whether libtorch sees a CUDA device (false on the CPU build).
     let cudaAvailable () : bool = torch.cuda.is_available ()
 
