@@ -265,14 +265,26 @@ module Benchmarks =
           Normalisation = None }
 
     /// Reads the four IDX files of an MNIST-style folder (MNIST, Fashion-MNIST). Every file is
-    /// checked before the sets are made; the pixels are read straight into uint8 tensors.
+    /// checked before the sets are made; the pixels are read into uint8 tensors at one byte a pixel.
+    /// The images are decompressed on another thread while this one loads libtorch (Engine.loadLibraries):
+    /// the labels, read first here, have already called every native function that reading needs, so
+    /// the other thread never waits for the dynamic loader.
     let readIdxFolder (folder: string) (numClasses: int) : LabelledSet * LabelledSet * (int * int) =
         let paths = idxFileNames |> List.map (findIdxFile folder)
         let trainLabels = Idx.readLabels paths.[1]
         let testLabels = Idx.readLabels paths.[3]
-        let trainImages, rows, cols = Idx.readImageTensor paths.[0]
+        let reading = System.Threading.Tasks.Task.Run(fun () -> Idx.tryReadImages paths.[0], Idx.tryReadImages paths.[2])
+        // The read has ended, whatever happened on either thread, before this one goes on; a data file's
+        // error is raised as itself.
+        (try Engine.loadLibraries () finally (try reading.Wait() with _ -> ()))
+        let trainRead, testRead = reading.GetAwaiter().GetResult()
+        let tensorOf (path: string) (read: IdxImages option) =
+            match read with
+            | Some images -> Idx.tensorOf images, images.Rows, images.Cols
+            | None -> Idx.readImageTensor path
+        let trainImages, rows, cols = tensorOf paths.[0] trainRead
         try
-            let testImages, testRows, testCols = Idx.readImageTensor paths.[2]
+            let testImages, testRows, testCols = tensorOf paths.[2] testRead
             try
                 if trainImages.shape.[0] = 0L then raise (DataFileError(paths.[0], "holds 0 images: the training set is empty"))
                 if testImages.shape.[0] = 0L then raise (DataFileError(paths.[2], "holds 0 images: the test set is empty"))

@@ -149,34 +149,60 @@ module Idx =
             fail path (sprintf "corrupt gzip stream: truncated (%d bytes decompressed, the trailer records %d)" expected recorded)
         | _ -> ()
 
-    /// Reads a one-dimensional or image payload into a new array.
-    let private readArray (path: string) (expectedMagic: int) (what: string) (dims: int) : int[] * byte[] =
+    /// Reads a one-dimensional or image payload into a new array; Error with the promised length, and
+    /// nothing decompressed, when the header promises more bytes than one array holds.
+    let private tryReadArray (path: string) (expectedMagic: int) (what: string) (dims: int) : Result<int[] * byte[], int64> =
         use content = openContent path
         guarded path content (fun () ->
             let sizes, headerLength = header path content expectedMagic what dims
             let length = payloadLength sizes
-            if length > int64 Array.MaxLength then fail path (sprintf "the header promises %d bytes, more than one array holds" length)
-            let payload = Array.zeroCreate<byte> (int length)
-            let expected = int64 headerLength + length
-            readPayload path content expected (int64 headerLength) (Span payload)
-            checkEnd path content expected
-            sizes, payload)
+            if length > int64 Array.MaxLength then Error length
+            else
+                let payload = GC.AllocateUninitializedArray<byte>(int length)
+                let expected = int64 headerLength + length
+                readPayload path content expected (int64 headerLength) (Span payload)
+                checkEnd path content expected
+                Ok(sizes, payload))
 
-    /// Reads an IDX image file (magic 0x00000803), gzip or plain.
-    let readImages (path: string) : IdxImages =
-        let sizes, pixels = readArray path ImagesMagic "images" 3
+    /// Reads a one-dimensional or image payload into a new array.
+    let private readArray (path: string) (expectedMagic: int) (what: string) (dims: int) : int[] * byte[] =
+        match tryReadArray path expectedMagic what dims with
+        | Ok read -> read
+        | Error length -> fail path (sprintf "the header promises %d bytes, more than one array holds" length)
+
+    let private images (sizes: int[], pixels: byte[]) : IdxImages =
         { Count = sizes.[0]
           Rows = sizes.[1]
           Cols = sizes.[2]
           Pixels = pixels }
 
-    /// Rows decompressed per chunk when images are read into a tensor.
+    /// Reads an IDX image file (magic 0x00000803), gzip or plain.
+    let readImages (path: string) : IdxImages =
+        images (readArray path ImagesMagic "images" 3)
+
+    /// Reads an IDX image file (gzip or plain) into memory with every check of `readImages`, or None,
+    /// with nothing decompressed, when its pixels are more than one array holds (over 2 GiB; read
+    /// those with `readImageTensor`). Needs no libtorch call.
+    let tryReadImages (path: string) : IdxImages option =
+        match tryReadArray path ImagesMagic "images" 3 with
+        | Ok read -> Some(images read)
+        | Error _ -> None
+
+    /// A uint8 tensor [count, rows * cols] on the CPU over the pixels of `images`, sharing their array
+    /// (no copy: the array stays pinned while the tensor's storage lives).
+    let tensorOf (images: IdxImages) : TorchSharp.torch.Tensor =
+        let features = int64 images.Rows * int64 images.Cols
+        if images.Pixels.Length = 0 then
+            TorchSharp.torch.empty([| int64 images.Count; features |], dtype = TorchSharp.torch.ScalarType.Byte)
+        else
+            use flat = TorchSharp.torch.frombuffer(images.Pixels, TorchSharp.torch.ScalarType.Byte)
+            flat.view(int64 images.Count, features)
+
+    /// Rows decompressed per chunk when images too large for one array are read into a tensor.
     let private rowsPerChunk = 4096
 
-    /// Reads an IDX image file (gzip or plain) straight into a new uint8 tensor of shape
-    /// [count, rows * cols] on the CPU, with its rows and columns. The pixels are decompressed into
-    /// the tensor's own memory, so the file costs one byte a pixel and no managed copy.
-    let readImageTensor (path: string) : TorchSharp.torch.Tensor * int * int =
+    /// Decompresses images straight into a new tensor, chunk by chunk (files of over 2 GiB).
+    let private readImageTensorInChunks (path: string) : TorchSharp.torch.Tensor * int * int =
         use content = openContent path
         guarded path content (fun () ->
             let sizes, headerLength = header path content ImagesMagic "images" 3
@@ -197,6 +223,15 @@ module Idx =
             with _ ->
                 pixels.Dispose()
                 reraise ())
+
+    /// Reads an IDX image file (gzip or plain) into a new uint8 tensor of shape [count, rows * cols] on
+    /// the CPU, with its rows and columns: one byte a pixel, read with every check of `readImages`.
+    /// The pixels are decompressed into an array the tensor then shares (`tryReadImages`, `tensorOf`),
+    /// or, over 2 GiB, straight into the tensor.
+    let readImageTensor (path: string) : TorchSharp.torch.Tensor * int * int =
+        match tryReadImages path with
+        | Some images -> tensorOf images, images.Rows, images.Cols
+        | None -> readImageTensorInChunks path
 
     /// Reads an IDX label file (magic 0x00000801), gzip or plain.
     let readLabels (path: string) : byte[] =

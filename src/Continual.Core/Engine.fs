@@ -28,6 +28,12 @@ module Engine =
 
     let mutable private configured = false
 
+    /// Loads libtorch's native libraries now, on this thread, if nothing has yet (about half a second
+    /// of dynamic linking and static initialisers): a caller overlaps it with work on another thread
+    /// that needs neither tensors nor a native function it has not called before, since the dynamic
+    /// loader's lock is held throughout.
+    let loadLibraries () = torch.InitializeDeviceType DeviceType.CPU
+
     /// Sets libtorch's intra-op threads once per process (one is fastest for the small batches of the
     /// reference protocol on a few cores). Inter-op threads are never changed: doing so after any
     /// parallel work has started aborts the process.

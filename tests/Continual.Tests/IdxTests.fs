@@ -38,6 +38,35 @@ let tests =
             Expect.isTrue (File.ReadAllBytes(Path.Combine(tmp.Path, "img.gz")).[0] = 0x1fuy) "the .gz file is gzip"
         }
 
+        test "a tensor read from a file keeps its pixels after the reader's array is out of reach and collected" {
+            // readImageTensor shares the array it decompressed into: the tensor must pin it.
+            use tmp = new TempFolder()
+            let images = syntheticImages 3 (balancedLabels 10)
+            let p = Path.Combine(tmp.Path, "img.gz")
+            Idx.writeImages p images
+            let tensor, _, _ = Idx.readImageTensor p
+            use tensor = tensor
+            for _ in 1 .. 3 do
+                System.GC.Collect(2, System.GCCollectionMode.Forced, true, true)
+                System.GC.WaitForPendingFinalizers()
+                // Fresh large arrays, to reuse any memory a moved or freed array left.
+                let churn = Array.init 8 (fun i -> Array.create (images.Pixels.Length) (byte (i + 1)))
+                Expect.equal churn.Length 8 "churn"
+            Expect.equal (tensor.data<byte>().ToArray()) images.Pixels "the tensor's pixels are the file's"
+        }
+
+        test "images over 2 GiB are read by chunks into the tensor, not into an array" {
+            // A header that promises 30,000 images of 300x300 (2.7 GB) over a short payload: the array
+            // reader refuses it without decompressing, the tensor reader goes by chunks and finds the end.
+            use tmp = new TempFolder()
+            let p = Path.Combine(tmp.Path, "huge")
+            let bigEndian (v: int) = [| byte (v >>> 24); byte (v >>> 16); byte (v >>> 8); byte v |]
+            File.WriteAllBytes(p, Array.concat [ bigEndian Idx.ImagesMagic; bigEndian 30000; bigEndian 300; bigEndian 300; Array.zeroCreate 1000 ])
+            Expect.isNone (Idx.tryReadImages p) "too large for one array"
+            expectDataError "more than one array holds" "huge" (fun () -> Idx.readImages p)
+            expectDataError "the header promises 2700000016 bytes, the file holds 1016" "huge" (fun () -> Idx.readImageTensor p)
+        }
+
         test "reads the real Fashion-MNIST test labels" {
             if hasFashionMnist () then
                 let labels = Idx.readLabels (Benchmarks.findIdxFile fashionMnist "t10k-labels-idx1-ubyte")
