@@ -73,12 +73,22 @@ module Comparison =
 /// once, instead of a new array per set. An array from `Fill` is valid until the next `Fill`.
 type InputBuffer() =
     let mutable buffer: float32[] = [||]
-    /// The set's materialised inputs in the first Count x Features values of the buffer.
+    /// The set's materialised inputs in the first Count x Features values of the buffer. Pixel bytes
+    /// without normalisation become `byte / 255` here, the float32 division `LabelledSet.Materialise`
+    /// makes (the same bits), without libtorch's two temporary copies of the set; anything else is
+    /// materialised by libtorch.
     member _.Fill(set: Continual.Data.LabelledSet) : float32[] =
         let needed = set.Count * set.Features
         if buffer.Length < needed then buffer <- Array.zeroCreate needed
-        use scope = torch.NewDisposeScope()
-        let inputs = set.AllInputs().cpu().to_type(torch.ScalarType.Float32).contiguous()
-        let values = MemoryMarshal.Cast<byte, float32>(Span<byte>.op_Implicit inputs.bytes : ReadOnlySpan<byte>)
-        values.CopyTo(Span<float32>(buffer, 0, needed))
+        let stored = set.Stored
+        if stored.dtype = torch.ScalarType.Byte && set.Normalisation.IsNone && stored.device_type = DeviceType.CPU && stored.is_contiguous () then
+            let pixels : ReadOnlySpan<byte> = Span<byte>.op_Implicit stored.bytes
+            let values = Span<float32>(buffer, 0, needed)
+            for i in 0 .. needed - 1 do
+                values.[i] <- float32 pixels.[i] / 255.0f
+        else
+            use scope = torch.NewDisposeScope()
+            let inputs = set.AllInputs().cpu().to_type(torch.ScalarType.Float32).contiguous()
+            let values = MemoryMarshal.Cast<byte, float32>(Span<byte>.op_Implicit inputs.bytes : ReadOnlySpan<byte>)
+            values.CopyTo(Span<float32>(buffer, 0, needed))
         buffer

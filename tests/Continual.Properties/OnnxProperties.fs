@@ -145,10 +145,65 @@ let private parameterScalarsInGraph (exported: ExportedModel) (model: torch.nn.M
 let private agreeWithin (onnx: float32[]) (reference: float32[]) =
     onnx.Length = reference.Length && Comparison.maxAbsDifference onnx reference <= tolerance reference
 
+/// A labelled set for InputBuffer: pixel bytes (with or without a per-channel normalisation) or float32 values.
+type InputSetCase =
+    { Seed: int
+      Rows: int
+      Channels: int
+      Width: int
+      Floats: bool
+      Normalised: bool }
+
+let private inputSetCases =
+    gen {
+        let! seed = Gen.choose (0, 1_000_000)
+        let! rows = Gen.choose (1, 40)
+        let! channels = Gen.choose (1, 3)
+        let! width = Gen.choose (1, 30)
+        let! floats = Gen.elements [ false; false; true ]
+        let! normalised = Gen.elements [ false; true ]
+        return { Seed = seed; Rows = rows; Channels = channels; Width = width; Floats = floats; Normalised = normalised }
+    }
+    |> Arb.fromGen
+
+let private inputSet (case: InputSetCase) : Continual.Data.LabelledSet =
+    let features = int64 (case.Channels * case.Width)
+    let generator = new torch.Generator(uint64 case.Seed)
+    let stored =
+        if case.Floats then torch.rand([| int64 case.Rows; features |], generator = generator)
+        else torch.randint(0L, 256L, [| int64 case.Rows; features |], dtype = torch.ScalarType.Byte, generator = generator)
+    generator.Dispose()
+    let labels = Array.init case.Rows (fun i -> i % 3)
+    { Stored = stored
+      Labels = torch.tensor(labels |> Array.map int64)
+      LabelArray = labels
+      Normalisation =
+        if case.Normalised then
+            Some { Mean = List.init case.Channels (fun c -> 0.1f * float32 (c + 1)); Std = List.init case.Channels (fun c -> 0.3f + 0.2f * float32 c) }
+        else None }
+
 [<Tests>]
 let properties =
     testSequenced (
         testList "Onnx properties" [
+            testPropertyWithConfig config "InputBuffer.Fill holds a set's materialised inputs bit for bit, one set after another in one array"
+            <| Prop.forAll (Arb.zip (inputSetCases, inputSetCases)) (fun (first, second) ->
+                let buffer = InputBuffer()
+                let sameBits (case: InputSetCase) =
+                    let set = inputSet case
+                    try
+                        let filled = buffer.Fill set
+                        use inputs = set.AllInputs()
+                        let expected = Comparison.toArray inputs
+                        let got = Array.sub filled 0 expected.Length
+                        Array.map System.BitConverter.SingleToInt32Bits got = Array.map System.BitConverter.SingleToInt32Bits expected
+                        |> Prop.label (sprintf "%A" case)
+                    finally set.Dispose()
+                // The larger set first, then one that reuses the same array.
+                let larger, smaller = if first.Rows * first.Channels * first.Width >= second.Rows * second.Channels * second.Width then first, second else second, first
+                sameBits larger .&. sameBits smaller)
+
+
             testPropertyWithConfig config "random MLP backbones: ONNX Runtime matches TorchSharp; the graph holds exactly the model's parameters"
             <| Prop.forAll mlpCases (fun case ->
                 torch.manual_seed (int64 case.Seed) |> ignore
