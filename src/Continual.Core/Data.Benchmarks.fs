@@ -158,7 +158,10 @@ module Benchmarks =
     let private exactBytes (bytesSet: LabelledSet) (values: Tensor) : Tensor option =
         use _ = torch.no_grad ()
         use scope = torch.NewDisposeScope()
-        let bytes = values.mul(255.0f.ToScalar()).round().clamp(0.0.ToScalar(), 255.0.ToScalar()).to_type torch.ScalarType.Byte
+        use scale = 255.0f.ToScalar()
+        use low = 0.0.ToScalar()
+        use high = 255.0.ToScalar()
+        let bytes = values.mul(scale).round().clamp(low, high).to_type torch.ScalarType.Byte
         use back = bytesSet.Materialise bytes
         // equal compares by value: a −0 (never made from a byte) would pass as +0 without signbit.
         if back.dtype = values.dtype && back.eq(values).all().ToBoolean() && not (values.signbit().any().ToBoolean()) then
@@ -228,7 +231,7 @@ module Benchmarks =
                 use scope = torch.NewDisposeScope()
                 let count = min statisticsChunk (set.Count - start)
                 let rows = plain.InputRange(int64 start, int64 count).to_type(torch.ScalarType.Float64).reshape(int64 count, int64 channels, -1L)
-                total.add_((f rows).sum([| 0L; 2L |])) |> ignore
+                Scalars.addInPlace total ((f rows).sum([| 0L; 2L |])) |> ignore
             total.data<float>().ToArray()
         let mean = sumOver id |> Array.map (fun s -> s / perChannel)
         use meanTensor = torch.tensor(mean, dtype = torch.ScalarType.Float64).reshape(1L, int64 channels, 1L)

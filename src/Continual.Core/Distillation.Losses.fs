@@ -11,7 +11,7 @@ open TorchSharp
 [<RequireQualifiedAccess>]
 module Distillation =
 
-    let private scalar (v: float) : Scalar = v.ToScalar()
+    let private scalar (v: float) : Scalar = Scalars.cached v
 
     let private mapAsChannels (features: Tensor) : Tensor =
         match features.dim () with
@@ -77,8 +77,8 @@ module Distillation =
     let nst (degree: int) (c: float) (teacherMap: Tensor) (studentMap: Tensor) : Tensor =
         let t = l2NormaliseRows (mapAsChannels teacherMap)
         let s = l2NormaliseRows (mapAsChannels studentMap)
-        let kernel (a: Tensor) (b: Tensor) = a.bmm(b.transpose(1L, 2L)).add(scalar c).pow(scalar (float degree)).mean([| 1L; 2L |])
-        (kernel s s).add(kernel t t).sub((kernel s t).mul(scalar 2.0)).mean()
+        let kernel (a: Tensor) (b: Tensor) = a.bmm(b.transpose(1L, 2L)).add(scalar c, Scalars.one).pow(scalar (float degree)).mean([| 1L; 2L |])
+        (Scalars.add (kernel s s) (kernel t t)).sub((kernel s t).mul(scalar 2.0)).mean()
 
     /// AT's attention map `Q = vec(Σ_c |A_c|^p)` of a feature map, [n, positions].
     let attentionMap (p: float) (featureMap: Tensor) : Tensor =
@@ -96,7 +96,7 @@ module Distillation =
                 let qt = l2NormaliseRows (attentionMap p teacher)
                 let qs = l2NormaliseRows (attentionMap p student)
                 (rowNorms (qs.sub qt)).mean())
-            |> List.reduce (fun a b -> a.add b)
+            |> List.reduce Scalars.add
 
     let private offDiagonal (n: int64) (device: Device) : Tensor =
         torch.ones([| n; n |], device = device).sub(torch.eye(n, device = device))
@@ -151,7 +151,7 @@ module Distillation =
         | _ ->
             stages
             |> List.map (fun (teacher, student) -> (rowNorms ((podSpatialPooling student).sub(podSpatialPooling teacher))).mean())
-            |> List.reduce (fun a b -> a.add b)
+            |> List.reduce Scalars.add
 
     /// POD-flat: the L2 distance between the L2-normalised old and new embeddings, averaged over the batch.
     let podFlat (teacherEmbeddings: Tensor) (studentEmbeddings: Tensor) : Tensor =
@@ -170,7 +170,7 @@ module Distillation =
     /// orthogonal change of basis inside either subspace.
     let projectionDistance (basisA: Tensor) (basisB: Tensor) : Tensor =
         let m = float basisA.shape.[1]
-        basisA.t().matmul(basisB).pow(scalar 2.0).sum().mul(scalar -2.0).add(scalar (2.0 * m))
+        basisA.t().matmul(basisB).pow(scalar 2.0).sum().mul(scalar -2.0).add(scalar (2.0 * m), Scalars.one)
 
     /// One class's SD term `2m − 2 ||P_sᵀ P_t||_F²` with an exact gradient that stays finite. The
     /// top-m subspace of the student features F depends on F only through G = FᵀF; its first-order
@@ -211,18 +211,18 @@ module Distillation =
                             let l2 = ss.narrow(0L, m, ls.LongLength - m).pow(scalar 2.0)
                             let c = v2.t().matmul pv1 // [r − m, m]
                             let gaps = l1.unsqueeze(0L).sub(l2.unsqueeze 1L) // λ_i − λ_a
-                            v2.matmul(c.div gaps).add(nullPart) // [D, m]
+                            Scalars.add (v2.matmul(c.div gaps)) nullPart // [D, m]
                         else nullPart
                     // W = −2 (H V1ᵀ + V1 Hᵀ) with H the [D, m] factor above.
-                    let w = half.matmul(v1.t()).add(v1.matmul(half.t())).mul(scalar -2.0)
+                    let w = (Scalars.add (half.matmul(v1.t())) (v1.matmul(half.t()))).mul(scalar -2.0)
                     Some value, Some w
         match value, surrogate with
         | None, _ -> None
-        | Some v, None when student.requires_grad -> Some(v.add(student.sum().mul(scalar 0.0))) // a zero gradient
+        | Some v, None when student.requires_grad -> Some(Scalars.add v (student.sum().mul(scalar 0.0))) // a zero gradient
         | Some v, None -> Some v
         | Some v, Some w ->
             let inner = student.matmul(w).mul(student).sum()
-            Some(v.add(inner).sub(inner.detach()))
+            Some((Scalars.add v inner).sub(inner.detach()))
 
     /// Subspace distillation: for each class k present among `labels`, the top-m subspaces of the old
     /// and the new features of its samples (m capped at the class's sample count), and
@@ -240,7 +240,7 @@ module Distillation =
                 let index = torch.tensor(rows |> Array.map (fst >> int64), dtype = torch.ScalarType.Int64, device = studentFeatures.device)
                 subspaceTerm m (teacherFeatures.index_select(0L, index)) (studentFeatures.index_select(0L, index)))
         if terms.Length = 0 then studentFeatures.sum().mul(scalar 0.0)
-        else (terms |> Array.reduce (fun a b -> a.add b)).div(scalar (float terms.Length))
+        else (terms |> Array.reduce Scalars.add).div(scalar (float terms.Length))
 
     /// The exemplar relation graph's loss on buffer exemplars' embeddings: the angle relations
     /// `A(p, q, z) = ⟨e_pq, e_zq⟩` of the old and the new embeddings compared with the p-norm taken as

@@ -48,7 +48,7 @@ module Engine =
         // 20 channels (not a multiple of oneDNN's vector block) over 64×64 maps: large enough that
         // libtorch hands a float32 convolution to oneDNN, while float64 takes libtorch's own kernel.
         let generator = new torch.Generator(20261201UL)
-        let weight = torch.randn([| 20L; 20L; 3L; 3L |], generator = generator).mul_(0.1.ToScalar())
+        let weight = torch.randn([| 20L; 20L; 3L; 3L |], generator = generator).mul_(Scalars.cached 0.1)
         let input = torch.randn([| 2L; 20L; 64L; 64L |], generator = generator)
         generator.Dispose()
         let fast = torch.nn.functional.conv2d(input, weight, padding = [| 1L; 1L |])

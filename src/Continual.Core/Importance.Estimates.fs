@@ -54,12 +54,14 @@ module ParameterTensors =
         use _ = torch.no_grad ()
         List.map2 (fun (u: Tensor) (v: Tensor) ->
             use au = u.mul(a.ToScalar())
-            au.add(v, b.ToScalar()).DetachFromDisposeScope()) x y
+            (Scalars.addScaled au v b).DetachFromDisposeScope()) x y
 
     /// `running ← decay · running + scale · update`, in place, per parameter.
     let blendInto (decay: float) (scale: float) (running: Tensor list) (update: Tensor list) : unit =
         use _ = torch.no_grad ()
-        List.iter2 (fun (r: Tensor) (u: Tensor) -> r.mul_(decay.ToScalar()).add_(u, scale.ToScalar()) |> ignore) running update
+        use decayScalar = decay.ToScalar()
+        use scaleScalar = scale.ToScalar()
+        List.iter2 (fun (r: Tensor) (u: Tensor) -> r.mul_(decayScalar).add_(u, scaleScalar) |> ignore) running update
 
     /// Frees tensors.
     let dispose (tensors: Tensor list) = tensors |> List.iter (fun t -> t.Dispose())
@@ -141,7 +143,7 @@ module Estimate =
         | None -> Some(batch |> List.map (fun t -> t.DetachFromDisposeScope()))
         | Some s ->
             use _ = torch.no_grad ()
-            List.iter2 (fun (acc: Tensor) (b: Tensor) -> acc.add_ b |> ignore; b.Dispose()) s batch
+            List.iter2 (fun (acc: Tensor) (b: Tensor) -> Scalars.addInPlace acc b |> ignore; b.Dispose()) s batch
             sums
 
     let private finish (model: Backbone) (count: int) (sums: Tensor list option) =
@@ -149,7 +151,8 @@ module Estimate =
         | None -> ParameterTensors.zerosLike (PerSample.parameters model)
         | Some s ->
             use _ = torch.no_grad ()
-            s |> List.iter (fun t -> t.div_((float count).ToScalar()) |> ignore)
+            use countScalar = (float count).ToScalar()
+            s |> List.iter (fun t -> t.div_(countScalar) |> ignore)
             s
 
     /// The diagonal Fisher `mean_n (∂ log p(y_n|x_n) / ∂θ)²` over a data set, y by kind (per-sample
@@ -211,7 +214,7 @@ module Estimate =
         let sums, rng' = batchFisherSums kind model inputs activations logits labels rng
         use _ = torch.no_grad ()
         let n = float labels.Length
-        sums |> List.map (fun s -> let m = s.div(n.ToScalar()) in s.Dispose(); m), rng'
+        sums |> List.map (fun s -> let m = Scalars.div s n in s.Dispose(); m), rng'
 
     /// MAS importance `mean_n |∂ ||f(x_n)||² / ∂θ|` over a data set (no labels needed).
     let mas (model: Backbone) (data: LabelledSet) (device: Device) : Tensor list =
@@ -283,7 +286,7 @@ module Estimate =
                         let grads = torch.autograd.grad([| objective |], Array.ofList ps, null, true, false, true)
                         use _ = torch.no_grad ()
                         for (s, g) in Seq.zip acc grads do
-                            if not (isNull g) then s.addcmul_(g, g, 1.0.ToScalar()) |> ignore
+                            if not (isNull g) then s.addcmul_(g, g, Scalars.cached 1.0) |> ignore
                     acc
             sums <- accumulate sums batch
         finish model batches.Length sums, r

@@ -39,10 +39,10 @@ module Losses =
         // Classes beyond the logits (a growing head that has not reached them) have no column to keep.
         for c in classes do if c < keep.Length then keep.[c] <- true
         use mask = torch.tensor(keep |> Array.map not, dtype = torch.ScalarType.Bool)
-        logits.masked_fill(mask, System.Single.NegativeInfinity)
+        logits.masked_fill(mask, Scalars.negativeInfinity)
 
     /// The sum of named terms.
     let total (terms: LossTerm list) : Tensor =
         match terms with
         | [] -> invalidArg (nameof terms) "a step needs at least one loss term"
-        | first :: rest -> rest |> List.fold (fun (acc: Tensor) t -> acc.add t.Value) first.Value
+        | first :: rest -> rest |> List.fold (fun (acc: Tensor) t -> Scalars.add acc t.Value) first.Value

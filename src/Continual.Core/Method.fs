@@ -280,10 +280,13 @@ module Heads =
         use columns = heads.TaskOfClass.narrow(0L, 0L, available)
         use columnTask =
             if available = width then columns.alias ()
-            else torch.cat([| columns; torch.full([| width - available |], (-1L).ToScalar(), dtype = torch.ScalarType.Int64, device = columns.device) |], 0L)
+            else
+                use minusOne = (-1L).ToScalar()
+                use padding = torch.full([| width - available |], minusOne, dtype = torch.ScalarType.Int64, device = columns.device)
+                torch.cat([| columns; padding |], 0L)
         use keep = columnTask.unsqueeze(0L).eq(rowTask.unsqueeze(1L))
         use drop = keep.logical_not ()
-        logits.masked_fill(drop, System.Single.NegativeInfinity)
+        logits.masked_fill(drop, Scalars.negativeInfinity)
 
 /// Building and packing methods.
 [<RequireQualifiedAccess>]

@@ -150,7 +150,7 @@ type BasicBlock(inPlanes: int, planes: int, stride: int) as this =
             match shortcut with
             | Some(conv, bn) -> bn.forward (conv.forward x)
             | None -> x
-        torch.nn.functional.relu (out.add skip)
+        torch.nn.functional.relu (Scalars.add out skip)
 
 /// The reduced ResNet-18: features are the four stages' maps and the pooled embedding (8 ×
 /// baseFilters wide). Inputs arrive flattened and are reshaped to [n, C, H, W].

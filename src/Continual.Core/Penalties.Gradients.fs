@@ -164,7 +164,7 @@ module PerSample =
             use minusOneValue = (-1.0).ToScalar()
             use minusOne = torch.full([| n; 1L |], minusOneValue, dtype = p.dtype, device = p.device)
             p.scatter_add_(1L, y, minusOne), weights
-        | SquaredNorm -> logits.mul(2.0.ToScalar()), None
+        | SquaredNorm -> Scalars.mul logits 2.0, None
 
     /// Sums over a batch of per-sample statistics of an MLP from activations already computed
     /// (e.g. the training step's own forward pass): `activations` are the inputs of each layer.
@@ -208,8 +208,10 @@ module PerSample =
             for (s, g) in Seq.zip sums grads do
                 if not (isNull g) then
                     match reduction with
-                    | Squares -> s.addcmul_(g, g, weight.ToScalar()) |> ignore
-                    | Magnitudes -> s.add_(g.abs ()) |> ignore
+                    | Squares ->
+                        use w = weight.ToScalar()
+                        s.addcmul_(g, g, w) |> ignore
+                    | Magnitudes -> Scalars.addInPlace s (g.abs ()) |> ignore
         sums
 
     /// Sums over a batch of per-sample statistics: closed form for the MLP, one pass per sample otherwise.

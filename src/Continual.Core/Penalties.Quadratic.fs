@@ -59,8 +59,8 @@ module Quadratic =
                 use sq = d.square ()
                 use weighted = sq.mul omega
                 weighted.sum ()) importance anchor parameters
-        let total = parts |> List.reduce (fun acc p -> let s = acc.add p in acc.Dispose(); p.Dispose(); s)
-        let result = total.mul(c.ToScalar())
+        let total = parts |> List.reduce (fun acc p -> let s = Scalars.add acc p in acc.Dispose(); p.Dispose(); s)
+        let result = Scalars.mul total c
         total.Dispose()
         result
 
@@ -74,7 +74,7 @@ module Quadratic =
         let h = 2.0 * coefficient scale lambda
         use _ = torch.no_grad ()
         use omega = concatenate (importance |> List.map (fun t -> t.detach ()))
-        { Curvature = omega.mul(h.ToScalar()).DetachFromDisposeScope()
+        { Curvature = (Scalars.mul omega h).DetachFromDisposeScope()
           Anchor = (concatenate (anchor |> List.map (fun t -> t.detach ()))).DetachFromDisposeScope()
           Offset = 0.0
           Shapes = importance |> List.map (fun t -> t.shape) }
@@ -97,15 +97,15 @@ module Quadratic =
             let flat64 (ts: Tensor list) = (concatenate (ts |> List.map (fun t -> t.detach ()))).to_type torch.ScalarType.Float64
             let omegas = pairs |> List.map (fst >> flat64)
             let thetas = pairs |> List.map (snd >> flat64)
-            let k = omegas |> List.reduce (fun a b -> a.add b)
-            let weighted = List.map2 (fun (o: Tensor) (t: Tensor) -> o.mul t) omegas thetas |> List.reduce (fun a b -> a.add b)
-            let positive = k.gt(0.0.ToScalar())
+            let k = omegas |> List.reduce Scalars.add
+            let weighted = List.map2 (fun (o: Tensor) (t: Tensor) -> o.mul t) omegas thetas |> List.reduce Scalars.add
+            let positive = k.gt(Scalars.cached 0.0)
             let mean = torch.where(positive, weighted.div(torch.where(positive, k, torch.ones_like k)), List.last thetas)
             let mean32 = mean.to_type torch.ScalarType.Float32
             // The spread is taken about the anchor actually stored, so that equal anchors give 0 exactly.
             let stored = mean32.to_type torch.ScalarType.Float64
-            let spread = List.map2 (fun (o: Tensor) (t: Tensor) -> o.mul((t.sub stored).square())) omegas thetas |> List.reduce (fun a b -> a.add b)
-            { Curvature = k.mul((2.0 * c).ToScalar()).to_type(torch.ScalarType.Float32).DetachFromDisposeScope()
+            let spread = List.map2 (fun (o: Tensor) (t: Tensor) -> o.mul((t.sub stored).square())) omegas thetas |> List.reduce Scalars.add
+            { Curvature = (Scalars.mul k (2.0 * c)).to_type(torch.ScalarType.Float32).DetachFromDisposeScope()
               Anchor = mean32.DetachFromDisposeScope()
               Offset = c * spread.sum().ToDouble()
               Shapes = (fst pairs.Head) |> List.map (fun t -> t.shape) }
@@ -134,11 +134,11 @@ module Quadratic =
         flat.Dispose()
         use attached = s.sub(s.detach())
         use _ = v
-        let value = attached.add(v, 0.5.ToScalar())
+        let value = Scalars.addScaled attached v 0.5
         if q.Offset = 0.0 then value
         else
             use _ = value
-            value.add(q.Offset.ToScalar())
+            value.add(Scalars.cached q.Offset, Scalars.one)
 
     let private checkFlat (q: Quadratic) (what: string) (t: Tensor) =
         if t.shape <> q.Anchor.shape then
@@ -153,7 +153,7 @@ module Quadratic =
         checkFlat q (nameof gradients) gradients
         use _ = torch.no_grad ()
         use d = values.sub q.Anchor
-        gradients.addcmul_(d, q.Curvature, (1.0).ToScalar()) |> ignore
+        gradients.addcmul_(d, q.Curvature, Scalars.cached 1.0) |> ignore
 
     /// The value `½ Σ H (θ − θ*)² + Offset` at a flat vector of parameters (no autograd).
     let valueAt (q: Quadratic) (values: Tensor) : float =

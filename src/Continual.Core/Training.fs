@@ -344,10 +344,12 @@ module Training =
         | None -> ()
         match strategy.ClipGradValue with
         | Some c ->
-            flat.Gradients.clamp_((-c).ToScalar(), c.ToScalar()) |> ignore
+            use low = (-c).ToScalar()
+            use high = c.ToScalar()
+            flat.Gradients.clamp_(low, high) |> ignore
             for (_, m) in state.Auxiliary do
                 for p in m.parameters () do
-                    if not (isNull p.grad) then p.grad.clamp_((-c).ToScalar(), c.ToScalar()) |> ignore
+                    if not (isNull p.grad) then p.grad.clamp_(low, high) |> ignore
         | None -> ()
         match state.Frozen with
         | Some frozen -> flat.Gradients.mul_ frozen.Trainable |> ignore
@@ -358,7 +360,7 @@ module Training =
         | Some frozen ->
             // v·1 + 0 and v·0 + kept are exact: frozen elements are back to their values, bit for bit.
             use _ = torch.no_grad ()
-            flat.Values.mul_(frozen.Trainable).add_(frozen.Kept) |> ignore
+            Scalars.addInPlace (flat.Values.mul_(frozen.Trainable)) frozen.Kept |> ignore
         | None -> ()
         let methods = methods |> advanceAll (fun m -> m.AfterStep |> Option.map (fun after () -> after state.ParameterList))
         let buffer =
@@ -701,12 +703,12 @@ module Training =
                        if classifier.Contains p.Handle then
                            let m = torch.ones(p.shape, dtype = p.dtype, device = p.device)
                            for c in outputs do
-                               if int64 c < p.shape.[0] then m.[int64 c].fill_(0.0.ToScalar()) |> ignore
+                               if int64 c < p.shape.[0] then m.[int64 c].fill_(Scalars.cached 0.0) |> ignore
                            m.flatten ()
                        elif backbone then torch.zeros([| p.numel () |], dtype = p.dtype, device = p.device)
                        else torch.ones([| p.numel () |], dtype = p.dtype, device = p.device) |]
             let trainable = torch.cat(parts, 0L)
-            let kept = flat.Values.detach().mul(trainable.neg().add(1.0.ToScalar()))
+            let kept = flat.Values.detach().mul(trainable.neg().add(Scalars.cached 1.0, Scalars.one))
             Some { Trainable = trainable.DetachFromDisposeScope(); Kept = kept.DetachFromDisposeScope() }
 
     /// The bytes a training state keeps besides the model: the buffer's examples and labels (replay) and

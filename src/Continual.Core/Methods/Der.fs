@@ -41,7 +41,7 @@ module Der =
             // Examples stored before the head grew have no stored logits for the newer classes: those
             // columns are left out, not compared with an invented target (docs/growing-head.md).
             | Some valid -> Losses.derLogitMatchingValid replay.Logits replay.Draw.Logits valid
-        { Name = "der.logits"; Value = matching.mul(alpha.ToScalar()) }
+        { Name = "der.logits"; Value = Scalars.mul matching alpha }
 
     /// DER as a method: CE on the batch plus α × MSE to the stored logits of the draw.
     let derMethod (settings: Settings) : Method<unit> =
@@ -61,7 +61,7 @@ module Der =
                     | [ Some first; Some second ] ->
                         [ Sgd.crossEntropy view
                           logitTerm settings.Alpha first
-                          { Name = "derpp.labels"; Value = (Losses.crossEntropy second.Logits second.Draw.Labels).mul(settings.Beta.ToScalar()) } ]
+                          { Name = "derpp.labels"; Value = Scalars.mul (Losses.crossEntropy second.Logits second.Draw.Labels) settings.Beta } ]
                     | _ -> [ Sgd.crossEntropy view ] }
 
     /// DER as a strategy.

@@ -89,14 +89,14 @@ module DistillationTerm =
             let index = Teacher.classIndex logits.device state.OldClasses
             Some(Distillation.kd settings.Temperature (old.Logits.index_select(1L, index)) (logits.index_select(1L, index)))
         | FitNets -> state.Regressor |> Option.map (fun r -> Distillation.fitNets old.Embedding (r.forward embedding))
-        | Nst -> Some(List.zip old.Features features |> List.map (fun (t, s) -> Distillation.nst 2 0.0 t s) |> List.reduce (fun a b -> a.add b))
+        | Nst -> Some(List.zip old.Features features |> List.map (fun (t, s) -> Distillation.nst 2 0.0 t s) |> List.reduce Scalars.add)
         | Attention -> Some(Distillation.attentionTransfer 2.0 (List.zip old.Features features))
         | Rkd when inputs.shape.[0] < 2L -> None
         | Rkd ->
             let n = min inputs.shape.[0] (int64 settings.RelationSamples)
             let teacher, student = old.Embedding.narrow(0L, 0L, n), embedding.narrow(0L, 0L, n)
-            Some((Distillation.rkdDistance teacher student).add(Distillation.rkdAngle teacher student))
-        | Pod -> Some((Distillation.podSpatial (List.zip old.Features features)).add(Distillation.podFlat old.Embedding embedding))
+            Some(Scalars.add (Distillation.rkdDistance teacher student) (Distillation.rkdAngle teacher student))
+        | Pod -> Some(Scalars.add (Distillation.podSpatial (List.zip old.Features features)) (Distillation.podFlat old.Embedding embedding))
         | Subspace ->
             let labels =
                 Array.concat (view.Batch.LabelArray :: [ for d in draws -> d.Draw.Labels.cpu().data<int64>().ToArray() |> Array.map int ])
@@ -115,7 +115,7 @@ module DistillationTerm =
         | None -> []
         | Some teacher ->
             value settings state teacher view
-            |> Option.map (fun v -> { Name = "distill." + DistillationKind.name settings.Kind; Value = v.mul(settings.Weight.ToScalar()) })
+            |> Option.map (fun v -> { Name = "distill." + DistillationKind.name settings.Kind; Value = Scalars.mul v settings.Weight })
             |> Option.toList
 
     /// FitNets' regressor from the model's embedding of one example: identity-initialised, linear for

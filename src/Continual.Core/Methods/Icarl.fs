@@ -97,8 +97,8 @@ module Icarl =
         state.Means
         |> Option.map (fun (table, missing) ->
             fun (output: ModelOutput) ->
-                let distances = output.Embedding.unsqueeze(1L).sub(table.unsqueeze 0L).pow((2.0).ToScalar()).sum(2L)
-                distances.neg().masked_fill(missing.unsqueeze 0L, System.Single.NegativeInfinity))
+                let distances = output.Embedding.unsqueeze(1L).sub(table.unsqueeze 0L).pow(Scalars.cached 2.0).sum(2L)
+                distances.neg().masked_fill(missing.unsqueeze 0L, Scalars.negativeInfinity))
 
     /// iCaRL after the head grew: the class-mean table gets zero rows for the new classes, marked as
     /// having no exemplars (they get means at the task's end); exemplars and the snapshot (old width:

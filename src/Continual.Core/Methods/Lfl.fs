@@ -31,7 +31,7 @@ module Lfl =
     /// The feature term without its weight: `½ mean_n Σ_d (current − old)²` over rows n of
     /// [n, d] embeddings. Zero exactly at the old features.
     let penalty (old: Tensor) (current: Tensor) : Tensor =
-        current.sub(old).square().sum(1L).mean().mul(0.5.ToScalar())
+        Scalars.mul (current.sub(old).square().sum(1L).mean()) 0.5
 
     /// LFL at a task start: a snapshot of the model when there are old classes.
     let beginTask (context: TaskContext) (state: State) : State =
@@ -46,7 +46,7 @@ module Lfl =
         | None -> [ ce ]
         | Some teacher ->
             let old = (Teacher.output teacher view.Batch.Inputs).Embedding
-            [ ce; { Name = "lfl"; Value = (penalty old view.Output.Embedding).mul(settings.Lambda.ToScalar()) } ]
+            [ ce; { Name = "lfl"; Value = Scalars.mul (penalty old view.Output.Embedding) settings.Lambda } ]
 
     /// What a task freezes: the classifier's outputs of the classes seen before it.
     let frozen (context: TaskContext) : Frozen =

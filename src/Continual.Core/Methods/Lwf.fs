@@ -73,14 +73,14 @@ module Lwf =
                 |> List.map (fun classes ->
                     let index = Teacher.classIndex logits.device classes
                     Distillation.softTargetCrossEntropy settings.Temperature (teacherLogits.index_select(1L, index)) (logits.index_select(1L, index)))
-                |> List.reduce (fun a b -> a.add b)
+                |> List.reduce Scalars.add
             if settings.Balanced then
                 let lambda = float state.OldClasses.Length / float state.SeenClasses.Length
-                [ { Name = "ce"; Value = ce.mul((1.0 - lambda).ToScalar()) }
-                  { Name = "lwf.kd"; Value = soft.mul((lambda * settings.Alpha).ToScalar()) } ]
+                [ { Name = "ce"; Value = Scalars.mul ce (1.0 - lambda) }
+                  { Name = "lwf.kd"; Value = Scalars.mul soft (lambda * settings.Alpha) } ]
             else
                 [ { Name = "ce"; Value = ce }
-                  { Name = "lwf.kd"; Value = soft.mul(settings.Alpha.ToScalar()) } ]
+                  { Name = "lwf.kd"; Value = Scalars.mul soft settings.Alpha } ]
 
     /// LwF as a method.
     let method (settings: Settings) : Method<State> =

@@ -102,7 +102,7 @@ module Rwalk =
                 let denominator = s0.sub_(theta)
                 denominator.mul_(denominator).mul_(f).mul_(half).add_(eps) |> ignore
                 l.div_(denominator).relu_() |> ignore
-                acc.add_ l |> ignore
+                Scalars.addInPlace acc l |> ignore
                 s0.copy_ theta |> ignore
                 l.zero_() |> ignore
             { state with WindowSteps = 0 }

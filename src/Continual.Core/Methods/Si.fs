@@ -42,7 +42,7 @@ module Si =
             use d = theta.detach().sub s
             use denominator = d.square().add(xi.ToScalar())
             use ratio = small.div denominator
-            big.add(ratio).DetachFromDisposeScope())
+            (Scalars.add big ratio).DetachFromDisposeScope())
 
     /// SI at a task start: θ_start is set on the first task (later tasks start where the last ended).
     let beginTask (learningRate: float) (parameters: Tensor list) (state: State) : State =
