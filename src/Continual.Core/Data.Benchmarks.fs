@@ -61,6 +61,24 @@ type LabelledSet =
         this.Materialise rows
     /// Float32 inputs of every row (a full float copy of image data: prefer rows or ranges).
     member this.AllInputs() : Tensor = this.Materialise this.Stored
+    /// Every row's float32 inputs, row-major, into the first Count × Features values of `destination`
+    /// (a CPU array: ONNX Runtime's input). Pixel bytes without normalisation are turned into
+    /// `byte / 255` here, the float32 division `Materialise` makes (the same bits), without libtorch's
+    /// temporary copies of the set; anything else goes through `AllInputs`.
+    member this.CopyInputsTo(destination: System.Span<float32>) =
+        let needed = this.Count * this.Features
+        if destination.Length < needed then
+            invalidArg (nameof destination) (sprintf "%d values do not hold %d rows of %d" destination.Length this.Count this.Features)
+        let stored = this.Stored
+        if stored.dtype = torch.ScalarType.Byte && this.Normalisation.IsNone && stored.device_type = DeviceType.CPU && stored.is_contiguous () then
+            let pixels : System.ReadOnlySpan<byte> = System.Span<byte>.op_Implicit stored.bytes
+            for i in 0 .. needed - 1 do
+                destination.[i] <- float32 pixels.[i] / 255.0f
+        else
+            use scope = torch.NewDisposeScope()
+            let inputs = this.AllInputs().cpu().to_type(torch.ScalarType.Float32).contiguous()
+            let values = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float32>(System.Span<byte>.op_Implicit inputs.bytes : System.ReadOnlySpan<byte>)
+            values.CopyTo(destination.Slice(0, needed))
     /// Frees the set's tensors.
     member this.Dispose() =
         this.Stored.Dispose()
@@ -281,13 +299,9 @@ module Benchmarks =
         // error is raised as itself.
         (try Engine.loadLibraries () finally (try reading.Wait() with _ -> ()))
         let trainRead, testRead = reading.GetAwaiter().GetResult()
-        let tensorOf (path: string) (read: IdxImages option) =
-            match read with
-            | Some images -> Idx.tensorOf images, images.Rows, images.Cols
-            | None -> Idx.readImageTensor path
-        let trainImages, rows, cols = tensorOf paths.[0] trainRead
+        let trainImages, rows, cols = Idx.imageTensorOf paths.[0] trainRead
         try
-            let testImages, testRows, testCols = tensorOf paths.[2] testRead
+            let testImages, testRows, testCols = Idx.imageTensorOf paths.[2] testRead
             try
                 if trainImages.shape.[0] = 0L then raise (DataFileError(paths.[0], "holds 0 images: the training set is empty"))
                 if testImages.shape.[0] = 0L then raise (DataFileError(paths.[2], "holds 0 images: the test set is empty"))

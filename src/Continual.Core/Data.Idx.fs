@@ -224,14 +224,20 @@ module Idx =
                 pixels.Dispose()
                 reraise ())
 
+    /// The uint8 tensor [count, rows * cols] of an image file, with its rows and columns, from what
+    /// `tryReadImages` gave for it: the array shared (`tensorOf`), or, for None, the file read again
+    /// by chunks straight into the tensor.
+    let imageTensorOf (path: string) (read: IdxImages option) : TorchSharp.torch.Tensor * int * int =
+        match read with
+        | Some images -> tensorOf images, images.Rows, images.Cols
+        | None -> readImageTensorInChunks path
+
     /// Reads an IDX image file (gzip or plain) into a new uint8 tensor of shape [count, rows * cols] on
     /// the CPU, with its rows and columns: one byte a pixel, read with every check of `readImages`.
     /// The pixels are decompressed into an array the tensor then shares (`tryReadImages`, `tensorOf`),
     /// or, over 2 GiB, straight into the tensor.
     let readImageTensor (path: string) : TorchSharp.torch.Tensor * int * int =
-        match tryReadImages path with
-        | Some images -> tensorOf images, images.Rows, images.Cols
-        | None -> readImageTensorInChunks path
+        imageTensorOf path (tryReadImages path)
 
     /// Reads an IDX label file (magic 0x00000801), gzip or plain.
     let readLabels (path: string) : byte[] =

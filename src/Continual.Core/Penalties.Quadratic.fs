@@ -138,7 +138,8 @@ module Quadratic =
         if q.Offset = 0.0 then value
         else
             use _ = value
-            value.add(Scalars.cached q.Offset, Scalars.one)
+            use offset = q.Offset.ToScalar()
+            value.add(offset, Scalars.one)
 
     let private checkFlat (q: Quadratic) (what: string) (t: Tensor) =
         if t.shape <> q.Anchor.shape then

@@ -42,8 +42,9 @@ module Comparison =
 
     /// A labelled set's inputs, materialised as float32 (what the model is fed), as a row-major array.
     let inputArray (set: Continual.Data.LabelledSet) : float32[] =
-        use inputs = set.AllInputs()
-        toArray inputs
+        let values = Array.zeroCreate<float32> (set.Count * set.Features)
+        set.CopyInputsTo(Span<float32>(values))
+        values
 
 
     /// TorchSharp's logits of a module in eval mode (no gradients), the module's mode restored after.
@@ -73,22 +74,10 @@ module Comparison =
 /// once, instead of a new array per set. An array from `Fill` is valid until the next `Fill`.
 type InputBuffer() =
     let mutable buffer: float32[] = [||]
-    /// The set's materialised inputs in the first Count x Features values of the buffer. Pixel bytes
-    /// without normalisation become `byte / 255` here, the float32 division `LabelledSet.Materialise`
-    /// makes (the same bits), without libtorch's two temporary copies of the set; anything else is
-    /// materialised by libtorch.
+    /// The set's materialised inputs in the first Count x Features values of the buffer
+    /// (`LabelledSet.CopyInputsTo`).
     member _.Fill(set: Continual.Data.LabelledSet) : float32[] =
         let needed = set.Count * set.Features
         if buffer.Length < needed then buffer <- Array.zeroCreate needed
-        let stored = set.Stored
-        if stored.dtype = torch.ScalarType.Byte && set.Normalisation.IsNone && stored.device_type = DeviceType.CPU && stored.is_contiguous () then
-            let pixels : ReadOnlySpan<byte> = Span<byte>.op_Implicit stored.bytes
-            let values = Span<float32>(buffer, 0, needed)
-            for i in 0 .. needed - 1 do
-                values.[i] <- float32 pixels.[i] / 255.0f
-        else
-            use scope = torch.NewDisposeScope()
-            let inputs = set.AllInputs().cpu().to_type(torch.ScalarType.Float32).contiguous()
-            let values = MemoryMarshal.Cast<byte, float32>(Span<byte>.op_Implicit inputs.bytes : ReadOnlySpan<byte>)
-            values.CopyTo(Span<float32>(buffer, 0, needed))
+        set.CopyInputsTo(Span<float32>(buffer))
         buffer
