@@ -4,8 +4,23 @@ module Continual.Cli.Malloc
 open System
 open System.Runtime.InteropServices
 
-[<DllImport("libc.so.6", EntryPoint = "mallopt")>]
-extern int private mallopt(int parameter, int value)
+[<UnmanagedFunctionPointer(CallingConvention.Cdecl)>]
+type private Mallopt = delegate of parameter: int * value: int -> int
+
+/// glibc's `mallopt`, looked up once (None without glibc). Found through NativeLibrary rather than a
+/// DllImport so that `bind` can look it up at process start: a DllImport is bound at its first call,
+/// and binding waits for the dynamic loader while it loads libtorch (Startup).
+let private mallopt =
+    lazy
+        (match NativeLibrary.TryLoad "libc.so.6" with
+         | true, libc ->
+             match NativeLibrary.TryGetExport(libc, "mallopt") with
+             | true, address -> Some(Marshal.GetDelegateForFunctionPointer<Mallopt> address)
+             | _ -> None
+         | _ -> None)
+
+/// Looks `mallopt` up now (see Startup).
+let bind () = mallopt.Force() |> ignore
 
 /// M_TRIM_THRESHOLD and M_MMAP_THRESHOLD in glibc's malloc.h.
 let private trimThreshold = -1
@@ -30,12 +45,12 @@ let tuneFor (backbone: string) =
     let tunables = Environment.GetEnvironmentVariable "GLIBC_TUNABLES"
     let userSet =
         given "MALLOC_MMAP_THRESHOLD_" || given "MALLOC_TRIM_THRESHOLD_" || (not (isNull tunables) && tunables.Contains "glibc.malloc")
-    if not userSet then
-        try
-            if backbone = "mlp" then
-                mallopt (mmapThreshold, 8 * 1024 * 1024) |> ignore
-                mallopt (trimThreshold, 16 * 1024 * 1024) |> ignore
-            else
-                mallopt (mmapThreshold, 32 * 1024 * 1024) |> ignore
-                mallopt (trimThreshold, 256 * 1024 * 1024) |> ignore
-        with :? DllNotFoundException | :? EntryPointNotFoundException -> ()
+    match mallopt.Force() with
+    | Some set when not userSet ->
+        if backbone = "mlp" then
+            set.Invoke(mmapThreshold, 8 * 1024 * 1024) |> ignore
+            set.Invoke(trimThreshold, 16 * 1024 * 1024) |> ignore
+        else
+            set.Invoke(mmapThreshold, 32 * 1024 * 1024) |> ignore
+            set.Invoke(trimThreshold, 256 * 1024 * 1024) |> ignore
+    | _ -> ()

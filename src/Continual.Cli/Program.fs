@@ -1069,4 +1069,7 @@ let run (argv: string[]) : int =
         1
 
 [<EntryPoint>]
-let main argv = run argv
+let main argv =
+    // CONTINUAL_EARLY_LOAD=0 loads libtorch where the data are read instead, for comparison (docs/performance.md).
+    if Environment.GetEnvironmentVariable "CONTINUAL_EARLY_LOAD" <> "0" then Startup.beginLoadingLibtorch argv
+    Startup.finish (run argv)

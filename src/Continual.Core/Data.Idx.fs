@@ -158,7 +158,9 @@ module Idx =
             let length = payloadLength sizes
             if length > int64 Array.MaxLength then Error length
             else
-                let payload = GC.AllocateUninitializedArray<byte>(int length)
+                // Pinned, so that the huge pages asked for its untouched memory stay under it.
+                let payload = GC.AllocateUninitializedArray<byte>(int length, pinned = true)
+                if length > 0L then Continual.Paging.adviseHugePages (Runtime.InteropServices.Marshal.UnsafeAddrOfPinnedArrayElement(payload, 0)) length
                 let expected = int64 headerLength + length
                 readPayload path content expected (int64 headerLength) (Span payload)
                 checkEnd path content expected

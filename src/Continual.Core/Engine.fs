@@ -28,11 +28,33 @@ module Engine =
 
     let mutable private configured = false
 
+    /// The load started by startLoadingLibraries, if one was.
+    let mutable private loading: System.Threading.Tasks.Task = null
+
+    /// Starts loading libtorch's native libraries on a thread of its own and returns at once, so that
+    /// a program's start (its argument parse, its checks, reading its data) overlaps the load; a later
+    /// loadLibraries waits for it. The dynamic loader holds its lock for the whole load and `dlsym`
+    /// takes the same lock, so until the load ends the calling thread should call no native function it
+    /// has not called before (the first call of each P/Invoke binds it): the caller binds those first.
+    /// A second call does nothing.
+    let startLoadingLibraries () =
+        if isNull loading then
+            loading <-
+                System.Threading.Tasks.Task.Factory.StartNew(
+                    (fun () -> torch.InitializeDeviceType DeviceType.CPU),
+                    System.Threading.Tasks.TaskCreationOptions.LongRunning)
+
     /// Loads libtorch's native libraries now, on this thread, if nothing has yet (about half a second
-    /// of dynamic linking and static initialisers): a caller overlaps it with work on another thread
-    /// that needs neither tensors nor a native function it has not called before, since the dynamic
-    /// loader's lock is held throughout.
-    let loadLibraries () = torch.InitializeDeviceType DeviceType.CPU
+    /// of dynamic linking and static initialisers), or waits for the load startLoadingLibraries began
+    /// (raising what it raised). A caller overlaps it with work on another thread that needs neither
+    /// tensors nor a native function it has not called before, since the dynamic loader's lock is held
+    /// throughout.
+    let loadLibraries () =
+        if isNull loading then torch.InitializeDeviceType DeviceType.CPU
+        else loading.GetAwaiter().GetResult()
+
+    /// True while a load that startLoadingLibraries began has not ended.
+    let librariesLoading () = not (isNull loading) && not loading.IsCompleted
 
     /// Sets libtorch's intra-op threads once per process (one is fastest for the small batches of the
     /// reference protocol on a few cores). Inter-op threads are never changed: doing so after any

@@ -17,6 +17,15 @@ let tests =
                 Expect.isNonEmpty (parser.PrintUsage()) "the parser prints its usage"
         }
 
+        test "libtorch starts loading at process start for the commands that train or evaluate, and for no other" {
+            for args in [ [| "run" |]; [| "run"; "--strategy"; "derpp" |]; [| "resume"; "runs/x" |]; [| "learn"; "--from"; "runs/x" |]
+                          [| "bench" |]; [| "bench-penalties" |]; [| "compare"; "--strategies"; "sgd,er" |]; [| "verify"; "task-1.onnx" |] ] do
+                Expect.isTrue (Continual.Cli.Startup.needsLibtorch args) (sprintf "%A loads libtorch early" args)
+            for args in [ [||]; [| "--version" |]; [| "--help" |]; [| "plot"; "runs/x" |]; [| "report"; "runs/x" |]; [| "export"; "runs/x" |]
+                          [| "sweep"; "grid.json" |]; [| "run"; "--help" |]; [| "bench"; "-h" |]; [| "runs" |] ] do
+                Expect.isFalse (Continual.Cli.Startup.needsLibtorch args) (sprintf "%A does not" args)
+        }
+
         test "bad options exit 2 before any work and write nothing" {
             use tmp = new TempFolder()
             let out = Path.Combine(tmp.Path, "out")

@@ -202,6 +202,18 @@ let private runCases =
                 Expect.equal (published out) ([ "learner.safetensors"; "results.csv"; "results.json" ] @ [ for k in 1 .. 5 -> sprintf "task-%d.onnx" k ] |> List.sort) "every file of the run, published together")
         }
 
+        test "a training command's usage errors end at once with their one line while libtorch is still loading" {
+            // `continual run` starts loading libtorch before it parses its arguments; a command that
+            // fails first ends the process at once (Startup.finish), and its line must still be there.
+            let root = fresh "usage-while-loading"
+            let out = Path.Combine(root, "out")
+            let missing = Path.Combine(root, "missing")
+            execute [ "run"; "--no-such-option"; "--out"; out ] |> expectError "an unknown option" 2 [ "--no-such-option" ]
+            execute [ "bench"; "--strategy"; "nope" ] |> expectError "an unknown strategy" 2 [ "nope" ]
+            execute [ "run"; "--data"; missing; "--out"; out ] |> expectError "a missing data folder" 2 [ missing; "not found" ]
+            Expect.isFalse (Directory.Exists out) "nothing written"
+        }
+
         test "an --out on a read-only mount exits 1 naming the path, before any work" {
             let _, data, _ = finishedRun.Force()
             let place = Path.Combine(fresh "readonly-out", "mount")

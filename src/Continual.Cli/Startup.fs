@@ -1,0 +1,108 @@
+/// The start of a process that will need libtorch: its load (about 0.4 s of dynamic linking and
+/// static initialisers) begins on a thread of its own before the argument parse, and overlaps the
+/// parse, the checks and reading the data (docs/performance.md, "Third round").
+module Continual.Cli.Startup
+
+open System
+open System.IO
+open System.IO.Compression
+open System.Runtime.InteropServices
+open System.Threading.Tasks
+open Continual
+
+type private Marker = class end
+
+[<UnmanagedFunctionPointer(CallingConvention.Cdecl)>]
+type private ExitProcess = delegate of status: int -> unit
+
+/// glibc's `_exit`, looked up at the start (see `finish`).
+let mutable private exitProcess: ExitProcess option = None
+
+/// The commands that train or evaluate: each loads libtorch whatever its options (a sweep's points
+/// run as processes of their own; export copies files).
+let private needLibtorch = set [ "run"; "resume"; "learn"; "bench"; "bench-penalties"; "compare"; "verify" ]
+
+/// Calls once each native function that this thread reaches before it waits for libtorch, on
+/// throwaway inputs. The dynamic loader holds its lock while it loads libtorch, and the first call of a
+/// P/Invoke looks its function up under the same lock (each precompiled call site on its own, so
+/// `Marshal.Prelink` does not help): a function first called during the load would stop this thread
+/// until the load ends, and the parse, the checks and the decompression of the data would no longer
+/// overlap it. What is listed here was found with LD_DEBUG=bindings (docs/performance.md); a function
+/// missed costs time, never a result. About 5 ms.
+let private bindNatives () =
+    // Clocks (the local time zone included), the process's start time and random identifiers.
+    DateTime.Now |> ignore
+    Environment.TickCount64 |> ignore
+    Diagnostics.Process.GetCurrentProcess().StartTime |> ignore
+    Guid.NewGuid() |> ignore
+    // The terminal, as the console, Argu (its usage width) and Spectre.Console ask about it; the width
+    // reads the terminal's terminfo entry.
+    Console.IsOutputRedirected |> ignore
+    Console.IsErrorRedirected |> ignore
+    Console.IsInputRedirected |> ignore
+    (try Console.WindowWidth |> ignore with _ -> ())
+    // Files and folders: look-ups and reads (the data files) ...
+    let self = typeof<Marker>.Assembly.Location
+    File.Exists self |> ignore
+    Directory.Exists(Path.GetDirectoryName self) |> ignore
+    FileInfo(self).Length |> ignore
+    (use file = new FileStream(self, FileMode.Open, FileAccess.Read, FileShare.Read, 1 <<< 16)
+     file.Read(Array.zeroCreate 16, 0, 16) |> ignore)
+    // ... and the writes of the checks before any work (an output folder's probe file and lock).
+    (try
+        let folder = Directory.CreateTempSubdirectory "continual-start-"
+        try
+            let probe = Path.Combine(folder.FullName, "probe")
+            (use file = new FileStream(probe, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None)
+             file.Write([| 0uy |], 0, 1)
+             file.Flush true)
+            File.Move(probe, probe + ".moved")
+            DriveInfo(folder.FullName).AvailableFreeSpace |> ignore
+        finally
+            folder.Delete true
+     with _ -> ())
+    // gzip, both ways (IDX files, and gzip-compressed writes).
+    (use packed = new MemoryStream()
+     (use gz = new GZipStream(packed, CompressionLevel.Fastest, true)
+      gz.Write([| 1uy |], 0, 1))
+     packed.Position <- 0L
+     use gz = new GZipStream(packed, CompressionMode.Decompress)
+     gz.ReadByte() |> ignore)
+    Malloc.bind ()
+    Paging.bind ()
+    exitProcess <-
+        match NativeLibrary.TryLoad "libc.so.6" with
+        | true, libc ->
+            match NativeLibrary.TryGetExport(libc, "_exit") with
+            | true, address -> Some(Marshal.GetDelegateForFunctionPointer<ExitProcess> address)
+            | _ -> None
+        | _ -> None
+    // The thread pool's first work item starts its worker and gate threads, which bind natives of their own.
+    Task.Run(fun () -> ()).Wait()
+
+/// True when the arguments name a command that loads libtorch and do not ask for help.
+let needsLibtorch (argv: string[]) =
+    argv.Length > 0
+    && needLibtorch.Contains argv.[0]
+    && not (argv |> Array.exists (fun a -> a = "--help" || a = "-h" || a = "/?" || a = "--version"))
+
+/// Starts loading libtorch now, beside the rest of the start, for a command that needs it
+/// (Engine.startLoadingLibraries); nothing otherwise.
+let beginLoadingLibtorch (argv: string[]) =
+    if needsLibtorch argv then
+        bindNatives ()
+        Engine.startLoadingLibraries ()
+
+/// Ends the process with the command's exit code. When the command ended before libtorch's load did
+/// (a usage error, a missing file: nothing of libtorch was used), the process ends at once with its
+/// output flushed (`_exit`): the usual exit runs every library's finalisers, which waits for the
+/// dynamic loader to finish libtorch (half a second on a usage error) and would then tear libtorch
+/// down beside the thread still returning from its load. Otherwise returns the code for `main` to return.
+let finish (code: int) : int =
+    match exitProcess with
+    | Some exitNow when Engine.librariesLoading () ->
+        Console.Out.Flush()
+        Console.Error.Flush()
+        exitNow.Invoke code
+        code
+    | _ -> code
