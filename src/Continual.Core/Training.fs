@@ -729,6 +729,27 @@ module Training =
         if needed <= Backbones.classes model.Architecture then Some(Evaluation.evaluate model settings.Device testSets)
         else None
 
+    /// `initialAccuracies` measured on another thread, on a frozen copy of the model as it is now, so
+    /// that the first task trains meanwhile (the evaluation takes the second core, not the training's
+    /// time): the copy and the evaluation (the accuracies and the seconds they took), or None as for
+    /// `initialAccuracies`. The caller waits for the evaluation, then frees the copy on its own thread
+    /// (which made it); the test sets must outlive the evaluation.
+    let private initialAccuraciesAside (settings: TrainingSettings) (testSets: Evaluation.TaskTestSets) (model: Backbone) =
+        let needed = testSets |> List.collect (fun (t, _) -> t.Classes) |> requiredClasses
+        if needed <= Backbones.classes model.Architecture then
+            let copy =
+                use scope = torch.NewDisposeScope()
+                let copy = Backbones.snapshot settings.Device model
+                keep copy
+                copy
+            let evaluation =
+                System.Threading.Tasks.Task.Run(fun () ->
+                    let clock = Stopwatch.StartNew()
+                    let accuracies = Evaluation.evaluate copy settings.Device testSets
+                    accuracies, clock.Elapsed.TotalSeconds)
+            Some(copy, evaluation)
+        else None
+
     /// Continues a run from a point (a fresh state, or one restored from a checkpoint) up to and
     /// including task `lastTask` (all the remaining tasks when None), evaluating after every task on
     /// every task's test set, then calling the after-task hook and the checkpoint hook. A stop request
@@ -760,14 +781,23 @@ module Training =
             hooks.Checkpoint reason point
             record <- { record with CheckpointSeconds = record.CheckpointSeconds + clock.Elapsed.TotalSeconds }
         hooks.OnEvent(RunStarted (units strategy benchmark).Length)
-        try
-            // The model as initialised, measured once before the first task (forward transfer's baseline).
+        // The model as initialised, measured once before the first task (forward transfer's baseline),
+        // beside the first task's training; its figures join the record before anything reads it (a
+        // checkpoint, the first task's evaluation), and before the test sets are freed.
+        let mutable initial =
             if record.ClassIl.Length = 0 && record.InitialClassIl.Length = 0 && start.Position.IsNone && state.NextTask = 0 then
-                let clock = Stopwatch.StartNew()
-                match initialAccuracies settings testSets state.Model with
-                | Some initial ->
-                    record <- { record with InitialClassIl = initial.ClassIl; InitialTaskIl = initial.TaskIl; EvalSeconds = record.EvalSeconds + clock.Elapsed.TotalSeconds }
-                | None -> ()
+                initialAccuraciesAside settings testSets state.Model
+            else None
+        let joinInitial () =
+            match initial with
+            | Some(copy, evaluation) ->
+                initial <- None
+                let accuracies, seconds =
+                    try evaluation.GetAwaiter().GetResult()
+                    finally copy.Dispose()
+                record <- { record with InitialClassIl = accuracies.ClassIl; InitialTaskIl = accuracies.TaskIl; EvalSeconds = record.EvalSeconds + seconds }
+            | None -> ()
+        try
             for (taskIndex, classes, ownsData) in pending do
                 let resumeAt = start.Position |> Option.filter (fun p -> p.Task = taskIndex)
                 let earlier = resumeAt |> Option.map (fun p -> p.Seconds) |> Option.defaultValue 0.0
@@ -799,7 +829,9 @@ module Training =
                             // Exemplars taken from pixel bytes join them as bytes (Benchmarks.join).
                             Benchmarks.join data extra
                     let atStep (position: TaskPosition) (current: TrainingState) =
-                        let point () = { State = current; Record = record; Position = Some { position with Seconds = earlier + clock.Elapsed.TotalSeconds } }
+                        let point () =
+                            joinInitial ()
+                            { State = current; Record = record; Position = Some { position with Seconds = earlier + clock.Elapsed.TotalSeconds } }
                         if Faults.enabled then Faults.reached "step" current.StepsTaken
                         if hooks.CheckpointEvery > 0 && current.StepsTaken % int64 hooks.CheckpointEvery = 0L then
                             checkpoint StepInterval (point ())
@@ -819,6 +851,7 @@ module Training =
                     if ownsData then
                         data.Dispose()
                 let trained = earlier + clock.Elapsed.TotalSeconds
+                joinInitial ()
                 let scores = state.Methods |> List.tryPick (fun m -> m.Scores())
                 let accuracies = Evaluation.evaluateWith scores state.Model settings.Device testSets
                 let total = earlier + clock.Elapsed.TotalSeconds
@@ -849,8 +882,11 @@ module Training =
                 checkpoint TaskEnd { State = state; Record = record; Position = None }
                 if hooks.StopRequested() && taskIndex <> (let (i, _, _) = List.last pending in i) then
                     raise (RunStopped(taskIndex, state.StepsTaken))
+            joinInitial ()
         with _ ->
-            // A cancelled, stopped or failed run frees its model, optimiser, buffer and methods at once.
+            // A cancelled, stopped or failed run frees its model, optimiser, buffer and methods at once
+            // (the test sets once the initial evaluation, if it is still running, has ended).
+            initial |> Option.iter (fun (copy, evaluation) -> (try evaluation.Wait() with _ -> ()); copy.Dispose())
             for (_, set) in testSets do
                 set.Dispose()
             dispose state

@@ -173,6 +173,12 @@ let tests =
             let strategy = Experiment.strategy c
             let settings = Experiment.settings c
             let state = Training.initialise architecture benchmark.Value strategy settings
+            // Measured beside the first task, on a copy: the figures of the untrained model evaluated in place.
+            let testSets = Evaluation.testSets benchmark.Value
+            let inPlace = Training.initialAccuracies settings testSets state.Model
+            for (_, set) in testSets do set.Dispose()
+            Expect.equal (Some last.InitialClassIl) (inPlace |> Option.map (fun a -> a.ClassIl)) "the initial Class-IL figures"
+            Expect.equal (Some last.InitialTaskIl) (inPlace |> Option.map (fun a -> a.TaskIl)) "the initial Task-IL figures"
             let skipped = { RunRecord.empty with InitialClassIl = [| 0.0; 0.0 |]; InitialTaskIl = [| 0.0; 0.0 |] }
             let other = Training.runFrom architecture benchmark.Value strategy settings RunHooks.none CancellationToken.None None { State = state; Record = skipped; Position = None }
             Expect.equal other.ClassIl last.ClassIl "same Class-IL matrix"
