@@ -6,6 +6,7 @@ module Continual.Cli.Startup
 open System
 open System.IO
 open System.IO.Compression
+open System.Reflection
 open System.Runtime.InteropServices
 open System.Threading.Tasks
 open Continual
@@ -41,6 +42,23 @@ let private bindNatives () =
     Console.IsErrorRedirected |> ignore
     Console.IsInputRedirected |> ignore
     (try Console.WindowWidth |> ignore with _ -> ())
+    // The console's own write (System.Console's Interop.Sys.Write), which the first line on stdout or
+    // stderr calls, on /dev/null: there is no public way to reach it without writing to the terminal.
+    (try
+        match Type.GetType("Interop+Sys, System.Console", false) with
+        | null -> ()
+        | interop ->
+            let bytePointer = typeof<byte>.MakePointerType()
+            match interop.GetMethod("Write", BindingFlags.Static ||| BindingFlags.NonPublic, [| typeof<SafeHandle>; bytePointer; typeof<int> |]) with
+            | null -> ()
+            | write ->
+                use devNull = File.OpenHandle("/dev/null", FileMode.Open, FileAccess.Write)
+                let buffer = NativeMemory.Alloc 1un
+                try
+                    write.Invoke(null, [| box devNull; Pointer.Box(buffer, bytePointer); box 1 |]) |> ignore
+                finally
+                    NativeMemory.Free buffer
+     with _ -> ())
     // Files and folders: look-ups and reads (the data files) ...
     let self = typeof<Marker>.Assembly.Location
     File.Exists self |> ignore
@@ -52,9 +70,10 @@ let private bindNatives () =
     (try
         let folder = Directory.CreateTempSubdirectory "continual-start-"
         try
-            let probe = Path.Combine(folder.FullName, "probe")
+            let probe = Path.Combine(Directory.CreateDirectory(Path.Combine(folder.FullName, "sub")).FullName, "probe")
             (use file = new FileStream(probe, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None)
              file.Write([| 0uy |], 0, 1)
+             file.SetLength 2L
              file.Flush true)
             File.Move(probe, probe + ".moved")
             DriveInfo(folder.FullName).AvailableFreeSpace |> ignore
@@ -77,6 +96,9 @@ let private bindNatives () =
             | true, address -> Some(Marshal.GetDelegateForFunctionPointer<ExitProcess> address)
             | _ -> None
         | _ -> None
+    // The first exception thrown sets up the runtime's exception handling (a usage error is reported
+    // through one).
+    (try raise (InvalidOperationException "bind") with _ -> ())
     // The thread pool's first work item starts its worker and gate threads, which bind natives of their own.
     Task.Run(fun () -> ()).Wait()
 
