@@ -3,21 +3,14 @@ module Continual.Cli.Malloc
 
 open System
 open System.Runtime.InteropServices
+open Continual
 
 [<UnmanagedFunctionPointer(CallingConvention.Cdecl)>]
 type private Mallopt = delegate of parameter: int * value: int -> int
 
-/// glibc's `mallopt`, looked up once (None without glibc). Found through NativeLibrary rather than a
-/// DllImport so that `bind` can look it up at process start: a DllImport is bound at its first call,
-/// and binding waits for the dynamic loader while it loads libtorch (Startup).
-let private mallopt =
-    lazy
-        (match NativeLibrary.TryLoad "libc.so.6" with
-         | true, libc ->
-             match NativeLibrary.TryGetExport(libc, "mallopt") with
-             | true, address -> Some(Marshal.GetDelegateForFunctionPointer<Mallopt> address)
-             | _ -> None
-         | _ -> None)
+/// glibc's `mallopt`, looked up once (None without glibc), through `Libc` rather than a DllImport so
+/// that `bind` can look it up at process start (Startup).
+let private mallopt = lazy (Libc.tryFunction<Mallopt> "mallopt")
 
 /// Looks `mallopt` up now (see Startup).
 let bind () = mallopt.Force() |> ignore

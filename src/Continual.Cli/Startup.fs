@@ -89,13 +89,7 @@ let private bindNatives () =
      gz.ReadByte() |> ignore)
     Malloc.bind ()
     Paging.bind ()
-    exitProcess <-
-        match NativeLibrary.TryLoad "libc.so.6" with
-        | true, libc ->
-            match NativeLibrary.TryGetExport(libc, "_exit") with
-            | true, address -> Some(Marshal.GetDelegateForFunctionPointer<ExitProcess> address)
-            | _ -> None
-        | _ -> None
+    exitProcess <- Libc.tryFunction<ExitProcess> "_exit"
     // The first exception thrown sets up the runtime's exception handling (a usage error is reported
     // through one).
     (try raise (InvalidOperationException "bind") with _ -> ())

@@ -287,7 +287,8 @@ module Benchmarks =
 
     /// Reads the four IDX files of an MNIST-style folder (MNIST, Fashion-MNIST). Every file is
     /// checked before the sets are made; the pixels are read into uint8 tensors at one byte a pixel.
-    /// The images are decompressed on another thread while this one loads libtorch (Engine.loadLibraries):
+    /// The images are decompressed on another thread while this one loads libtorch, or waits for the
+    /// load the tool began at its start (Engine.loadLibraries):
     /// the labels, read first here, have already called every native function that reading needs, so
     /// the other thread never waits for the dynamic loader.
     let readIdxFolder (folder: string) (numClasses: int) : LabelledSet * LabelledSet * (int * int) =

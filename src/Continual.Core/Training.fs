@@ -720,13 +720,16 @@ module Training =
             | None -> Footprint.zero
         state.Methods |> List.fold (fun acc m -> Footprint.add acc (m.Footprint())) buffer
 
+    /// Whether the model's head has an output for every class of every task's test set.
+    let private headCovers (testSets: Evaluation.TaskTestSets) (model: Backbone) =
+        requiredClasses (testSets |> List.collect (fun (t, _) -> t.Classes)) <= Backbones.classes model.Architecture
+
     /// The accuracies of the model as initialised on every task (the forward-transfer baseline), None
     /// when the head does not cover every task's classes (a growing head: a later task has no outputs
     /// before it is learnt, so R[j−1][j] and the baseline would not measure the same model's outputs).
     /// Evaluation draws from no generator and leaves the model as it was.
     let initialAccuracies (settings: TrainingSettings) (testSets: Evaluation.TaskTestSets) (model: Backbone) : TaskAccuracies option =
-        let needed = testSets |> List.collect (fun (t, _) -> t.Classes) |> requiredClasses
-        if needed <= Backbones.classes model.Architecture then Some(Evaluation.evaluate model settings.Device testSets)
+        if headCovers testSets model then Some(Evaluation.evaluate model settings.Device testSets)
         else None
 
     /// `initialAccuracies` measured on another thread, on a frozen copy of the model as it is now, so
@@ -735,8 +738,7 @@ module Training =
     /// `initialAccuracies`. The caller waits for the evaluation, then frees the copy on its own thread
     /// (which made it); the test sets must outlive the evaluation.
     let private initialAccuraciesAside (settings: TrainingSettings) (testSets: Evaluation.TaskTestSets) (model: Backbone) =
-        let needed = testSets |> List.collect (fun (t, _) -> t.Classes) |> requiredClasses
-        if needed <= Backbones.classes model.Architecture then
+        if headCovers testSets model then
             let copy =
                 use scope = torch.NewDisposeScope()
                 let copy = Backbones.snapshot settings.Device model
