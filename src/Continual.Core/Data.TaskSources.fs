@@ -57,7 +57,8 @@ module TaskStream =
 
     let private shifted (offset: int) (first: LabelledSet) (second: LabelledSet) : LabelledSet =
         use _ = torch.no_grad ()
-        use labels = second.Labels.add((int64 offset).ToScalar())
+        use offsetScalar = (int64 offset).ToScalar()
+        use labels = second.Labels.add offsetScalar
         // The stream keeps its own normalisation: the added examples are seen as the earlier ones are.
         { Stored = torch.cat([| first.Stored; second.Stored |], 0L)
           Labels = torch.cat([| first.Labels; labels |], 0L)

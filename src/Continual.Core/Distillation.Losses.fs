@@ -21,7 +21,10 @@ module Distillation =
 
     let private l2NormaliseRows (x: Tensor) : Tensor = torch.nn.functional.normalize(x, 2.0, -1L)
 
-    let private rowNorms (x: Tensor) : Tensor = torch.linalg.vector_norm(x, 2.0, [| -1L |])
+    // `norm` rather than `torch.linalg.vector_norm`, whose TorchSharp binding passes a temporary Scalar
+    // that a collection may free mid-call; libtorch's `norm` is `linalg_vector_norm` (same result, same
+    // gradient) and takes p as a plain float.
+    let private rowNorms (x: Tensor) : Tensor = x.norm(-1, false, 2.0f)
 
     /// `p(z, T)_i = exp(z_i / T) / Σ_j exp(z_j / T)` over the last dimension.
     let softmaxWithTemperature (temperature: float) (logits: Tensor) : Tensor =

@@ -30,7 +30,7 @@ module Evaluation =
             use predicted = logits.argmax(1L)
             use correct = predicted.eq(labels)
             use count = correct.sum()
-            100.0 * float (count.ToInt64()) / float labels.shape.[0]
+            100.0 * float (Scalars.toInt64 count) / float labels.shape.[0]
 
     /// The most rows per forward pass when evaluating. Each row's scores do not depend on the other rows
     /// of its pass (evaluation mode: batch normalisation uses its running statistics), and libtorch's CPU

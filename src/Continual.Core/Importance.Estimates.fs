@@ -53,7 +53,8 @@ module ParameterTensors =
     let combine (a: float) (x: Tensor list) (b: float) (y: Tensor list) : Tensor list =
         use _ = torch.no_grad ()
         List.map2 (fun (u: Tensor) (v: Tensor) ->
-            use au = u.mul(a.ToScalar())
+            use aScalar = a.ToScalar()
+            use au = u.mul aScalar
             (Scalars.addScaled au v b).DetachFromDisposeScope()) x y
 
     /// `running ← decay · running + scale · update`, in place, per parameter.
@@ -69,7 +70,7 @@ module ParameterTensors =
     /// The largest element over all tensors (0 for none).
     let max (tensors: Tensor list) : float =
         use _ = torch.no_grad ()
-        tensors |> List.fold (fun m t -> if t.numel () = 0L then m else System.Math.Max(m, t.max().ToDouble())) 0.0
+        tensors |> List.fold (fun m t -> if t.numel () = 0L then m else System.Math.Max(m, (Scalars.toFloat (t.max())))) 0.0
 
 /// Standard-normal and categorical draws from the explicit generator.
 [<RequireQualifiedAccess>]
@@ -238,7 +239,7 @@ module Estimate =
             let struct (values, vectors) = torch.linalg.eigh(s, 'L')
             use values = values
             use vectors = vectors
-            use scale = values.clamp_min(0.0.ToScalar()).sqrt()
+            use scale = values.clamp_min(Scalars.cached 0.0).sqrt()
             use r = vectors.mul(scale.unsqueeze 0L).t().to_type(torch.ScalarType.Float32).contiguous()
             let flat = r.data<float32>().ToArray()
             Array2D.init dim dim (fun i j -> flat.[i * dim + j])
@@ -270,7 +271,8 @@ module Estimate =
                     use _ = torch.no_grad ()
                     let activations, _ = PerSample.forward c x
                     // d⟨r_k, mean_n f(x_n)⟩ / d logits_n = r_k / count for every sample n: [k, n, classes].
-                    use deltaOut = rows.div((float count).ToScalar()).unsqueeze(1L).expand([| int64 k; int64 count; rows.shape.[1] |])
+                    use countScalar = (float count).ToScalar()
+                    use deltaOut = rows.div(countScalar).unsqueeze(1L).expand([| int64 k; int64 count; rows.shape.[1] |])
                     let deltas = PerSample.backward c activations deltaOut
                     List.map2 (fun (a: Tensor) (d: Tensor) ->
                         use gw = d.transpose(1L, 2L).matmul a

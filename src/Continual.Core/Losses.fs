@@ -29,7 +29,7 @@ module Losses =
         use zeros = torch.zeros_like squared
         use kept = torch.where(valid, squared, zeros)
         use sum = kept.sum ()
-        use count = valid.sum().to_type(sum.dtype).clamp_min(1.0.ToScalar())
+        use count = valid.sum().to_type(sum.dtype).clamp_min(Scalars.cached 1.0)
         sum.div count
 
     /// Logits with every class outside `classes` set to -infinity (Task-IL masking).

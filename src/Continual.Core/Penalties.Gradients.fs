@@ -201,7 +201,7 @@ module PerSample =
                 | NegativeLogLikelihood(labels, weighted) ->
                     let logp = torch.nn.functional.log_softmax(logits, 1L)
                     let picked = logp.[0L, labels.[int i]]
-                    picked.neg (), (if weighted then System.Math.Exp(picked.ToDouble()) else 1.0)
+                    picked.neg (), (if weighted then System.Math.Exp(Scalars.toFloat picked) else 1.0)
                 | SquaredNorm -> logits.square().sum(), 1.0
             let grads = torch.autograd.grad([| loss |], Array.ofList ps, null, false, false, true)
             use _ = torch.no_grad ()

@@ -107,7 +107,7 @@ module Quadratic =
             let spread = List.map2 (fun (o: Tensor) (t: Tensor) -> o.mul((t.sub stored).square())) omegas thetas |> List.reduce Scalars.add
             { Curvature = (Scalars.mul k (2.0 * c)).to_type(torch.ScalarType.Float32).DetachFromDisposeScope()
               Anchor = mean32.DetachFromDisposeScope()
-              Offset = c * spread.sum().ToDouble()
+              Offset = c * (Scalars.toFloat (spread.sum()))
               Shapes = (fst pairs.Head) |> List.map (fun t -> t.shape) }
 
     let private flatParameters (q: Quadratic) (parameters: Tensor list) =
@@ -163,7 +163,7 @@ module Quadratic =
         use d = values.sub q.Anchor
         use g = d.mul q.Curvature
         use v = g.dot d
-        0.5 * v.ToDouble() + q.Offset
+        0.5 * (Scalars.toFloat v) + q.Offset
 
     /// The value `½ Σ H (θ − θ*)² + Offset` at a list of parameters, as a double (no autograd).
     let value (q: Quadratic) (parameters: Tensor list) : float =

@@ -50,3 +50,26 @@ module Scalars =
     let div (t: Tensor) (v: float) : Tensor =
         use s = TorchSharp.ScalarExtensionMethods.ToScalar(v)
         t.div s
+
+    /// The value of a one-element tensor as a float. TorchSharp's own `ToDouble()` reads it through a
+    /// temporary Scalar that a collection on another thread may free while libtorch reads it (an
+    /// abort, "Expected false to be true" from `Scalar::toDouble`); here the Scalar lives until the
+    /// read has returned.
+    let toFloat (t: Tensor) : float =
+        use s = t.ToScalar()
+        TorchSharp.ScalarExtensionMethods.ToDouble s
+
+    /// The value of a one-element tensor as a float32 (see `toFloat`).
+    let toFloat32 (t: Tensor) : float32 =
+        use s = t.ToScalar()
+        TorchSharp.ScalarExtensionMethods.ToSingle s
+
+    /// The value of a one-element tensor as an int64 (see `toFloat`).
+    let toInt64 (t: Tensor) : int64 =
+        use s = t.ToScalar()
+        TorchSharp.ScalarExtensionMethods.ToInt64 s
+
+    /// The value of a one-element tensor as a bool (see `toFloat`).
+    let toBool (t: Tensor) : bool =
+        use s = t.ToScalar()
+        TorchSharp.ScalarExtensionMethods.ToBoolean s

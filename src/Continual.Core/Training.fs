@@ -236,6 +236,35 @@ module TrainingOutcome =
           Footprint = outcome.Footprint }
 
 /// The one effectful shell: batches, forward passes, loss sums, optimiser steps, dispose scopes.
+/// Plain SGD's update, the same float operations as TorchSharp's `SGD.step` without momentum, with its
+/// scalars kept alive for each native call: TorchSharp passes `alpha` (the learning rate, the weight
+/// decay) as temporary Scalars that a collection on another thread may free while libtorch reads them.
+[<RequireQualifiedAccess>]
+module PlainSgd =
+
+    /// One step of every parameter group: `g ← g + wd·θ` where the weight decay is not zero, then
+    /// `θ ← θ − lr·g`, group by group and parameter by parameter, as `SGD.step`. Momentum, dampening,
+    /// Nesterov and maximisation are refused (the shell never sets them).
+    let step (optimiser: torch.optim.Optimizer) : unit =
+        match optimiser with
+        | :? Modules.SGD as sgd ->
+            use _ = torch.no_grad ()
+            use scope = torch.NewDisposeScope()
+            for controller in sgd.ParamGroups do
+                let group = controller :?> Modules.SGD.ParamGroup
+                let options = group.Options
+                if options.momentum.Value <> 0.0 || options.nesterov.Value || options.maximize.Value then
+                    invalidOp "the shell's SGD has no momentum, Nesterov or maximisation"
+                let weightDecay = options.weight_decay.Value
+                use decay = weightDecay.ToScalar()
+                use alpha = (-options.LearningRate.Value).ToScalar()
+                for p in group.Parameters do
+                    let grad = p.grad
+                    if not (isNull grad) then
+                        let grad = if weightDecay <> 0.0 then grad.add(p, decay) else grad
+                        p.add_(grad, alpha) |> ignore
+        | other -> invalidOp (sprintf "plain SGD steps need TorchSharp's SGD, not %s" (other.GetType().Name))
+
 [<RequireQualifiedAccess>]
 module Training =
 
@@ -339,7 +368,7 @@ module Training =
         match onTerms with
         | Some report ->
             report
-                [ for t in terms -> t.Name, float (t.Value.ToSingle())
+                [ for t in terms -> t.Name, float (Scalars.toFloat32 t.Value)
                   for p in penalties -> p.Name, Quadratic.valueAt p.Penalty flat.Values ]
         | None -> ()
         match strategy.ClipGradValue with
@@ -355,7 +384,7 @@ module Training =
         | Some frozen -> flat.Gradients.mul_ frozen.Trainable |> ignore
         | None -> ()
         let methods = state.Methods |> advanceAll (fun m -> m.Observe |> Option.map (fun observe () -> observe view))
-        state.Optimiser.step () |> ignore
+        PlainSgd.step state.Optimiser
         match state.Frozen with
         | Some frozen ->
             // v·1 + 0 and v·0 + kept are exact: frozen elements are back to their values, bit for bit.
@@ -368,7 +397,7 @@ module Training =
             |> Option.map (fun b ->
                 use logits = batchOutput.Logits.detach ()
                 Replay.add batch.Task batch.Inputs batch.Labels batch.LabelArray logits b)
-        loss.ToSingle(), { state with Buffer = buffer; Methods = methods; StepsTaken = state.StepsTaken + 1L }
+        (Scalars.toFloat32 loss), { state with Buffer = buffer; Methods = methods; StepsTaken = state.StepsTaken + 1L }
 
     /// One optimiser step on one batch: draws, a single forward pass over the batch and the draws,
     /// the methods' terms, backward, the methods' penalties' gradients in closed form, clipping,
@@ -584,7 +613,7 @@ module Training =
                     let logits = classifier.forward embedding
                     let loss = Losses.crossEntropy (Losses.maskToClasses context.Classes logits) y
                     loss.backward ()
-                    optimiser.step () |> ignore
+                    PlainSgd.step optimiser
             optimiser.zero_grad ())
         rng
 

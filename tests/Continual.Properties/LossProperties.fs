@@ -33,8 +33,8 @@ let tests =
             let i = perturbAt % changed.Length
             changed.[i] <- changed.[i] + 0.5f
             use moved = torch.tensor(changed).reshape(int64 rows, int64 classes)
-            let zero = (Losses.derLogitMatching same stored).ToSingle()
-            let positive = float ((Losses.derLogitMatching moved stored).ToSingle())
+            let zero = Scalars.toFloat32 (Losses.derLogitMatching same stored)
+            let positive = float (Scalars.toFloat32 (Losses.derLogitMatching moved stored))
             zero = 0.0f && positive > 0.0 && abs (positive - referenceMse changed values) <= Tolerance.float32Sum)
 
         testPropertyWithConfig (fixedSeed 100) "Task-IL masking never predicts outside the task"
@@ -51,7 +51,7 @@ let tests =
             let labels = Array.init rows (fun r -> int64 ((r * 7) % classes))
             use logits = torch.tensor(values).reshape(int64 rows, int64 classes)
             use y = torch.tensor(labels, dtype = torch.ScalarType.Int64)
-            let actual = float ((Losses.crossEntropy logits y).ToSingle())
+            let actual = float (Scalars.toFloat32 (Losses.crossEntropy logits y))
             let expected =
                 [| for r in 0 .. rows - 1 ->
                      let row = values.[r * classes .. r * classes + classes - 1] |> Array.map float

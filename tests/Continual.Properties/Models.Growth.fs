@@ -42,10 +42,10 @@ let tests =
                 use _ = torch.no_grad ()
                 let before = model.forward x
                 let after = grown.forward x
-                let difference = (after.narrow(1L, 0L, 3L) - before).abs().max().ToSingle()
+                let difference = Scalars.toFloat32 ((after.narrow(1L, 0L, 3L) - before).abs().max())
                 let rowsKept =
                     Seq.zip (model.parameters ()) (grown.parameters ())
-                    |> Seq.forall (fun (o, g) -> g.narrow(0L, 0L, o.shape.[0]).eq(o).all().ToBoolean())
+                    |> Seq.forall (fun (o, g) -> (Scalars.toBool (g.narrow(0L, 0L, o.shape.[0]).eq(o).all())))
                 difference <= 1e-5f && rowsKept && after.shape.[1] = 7L))
 
         testPropertyWithConfig (fixedSeed 60) "a penalty's value right after growth equals its value before, and its gradient on the old rows too"
@@ -66,7 +66,7 @@ let tests =
                     let g1 = torch.zeros([| int64 (count shapesAfter) |])
                     Quadratic.addGradient grown (Quadratic.concatenate grownParameters) g1
                     let oldRowsOfNew = HeadGrowth.growFlat growth RowFill.Zeros g0
-                    let gradientSame = (g1 - oldRowsOfNew).abs().max().ToSingle() <= 1e-6f
+                    let gradientSame = (Scalars.toFloat32 ((g1 - oldRowsOfNew).abs().max())) <= 1e-6f
                     Quadratic.dispose q
                     Quadratic.dispose grown
                     abs (after - before) <= 1e-6 * (1.0 + abs before) && gradientSame)) ]

@@ -210,7 +210,7 @@ let properties =
                 use model = Backbones.create (Mlp(case.Inputs, case.Hidden, case.Classes))
                 (use _ = torch.no_grad ()
                  for p in model.parameters () do
-                     use noise = torch.randn(p.shape).mul((0.2).ToScalar())
+                     use noise = torch.randn(p.shape).mul(Scalars.cached 0.2)
                      p.add_ noise |> ignore)
                 let exported = Export.ofBackbone model
                 use loaded = Runtime.load Auto (Export.toBytes exported.Model)

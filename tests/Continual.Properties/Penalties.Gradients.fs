@@ -82,7 +82,7 @@ let tests =
                         let logits = (use _ = torch.no_grad () in model.forward data.Stored)
                         let probabilities = torch.nn.functional.softmax(logits, 1L)
                         fst (Draws.categorical probabilities rng) |> fun drawn -> NegativeLogLikelihood(drawn, false)
-                let reference = PerSample.loopSums model data.Stored objective Squares |> List.map (fun t -> t.div((float c.Samples).ToScalar()))
+                let reference = PerSample.loopSums model data.Stored objective Squares |> List.map (fun t -> t.div(Scalars.cached (float c.Samples)))
                 sameStatistics (sprintf "Fisher %A" kind) reference fisher
             true))
 
@@ -92,7 +92,7 @@ let tests =
             let output = model.ForwardWithFeatures data.Stored
             let labels = data.LabelArray |> Array.map int64
             let batch, _ = Estimate.batchFisher Empirical model data.Stored (data.Stored :: output.Features) output.Logits labels (Random.create 1L)
-            let reference = PerSample.loopSums model data.Stored (NegativeLogLikelihood(labels, false)) Squares |> List.map (fun t -> t.div((float c.Samples).ToScalar()))
+            let reference = PerSample.loopSums model data.Stored (NegativeLogLikelihood(labels, false)) Squares |> List.map (fun t -> t.div(Scalars.cached (float c.Samples)))
             sameStatistics "batch Fisher" reference batch
             true))
 
@@ -108,7 +108,7 @@ let tests =
                 let running = start |> List.map (fun t -> t.clone ())
                 Estimate.blendBatchFisher kind model (PerSample.parameters model) data.Stored (data.Stored :: output.Features) output.Logits labels decay scale running (Random.create 1L) |> ignore
                 let sums = PerSample.loopSums model data.Stored (NegativeLogLikelihood(labels, weighted)) Squares
-                let expected = List.map2 (fun (f: Tensor) (g: Tensor) -> f.mul(decay.ToScalar()).add(g, scale.ToScalar())) start sums
+                let expected = List.map2 (fun (f: Tensor) (g: Tensor) -> f.mul(Scalars.cached decay).add(g, Scalars.cached scale)) start sums
                 sameStatistics (sprintf "blended %A" kind) expected running
             true))
 
@@ -138,7 +138,7 @@ let tests =
                     let deltas = Array.zeroCreate<Tensor> weights.Length
                     deltas.[weights.Length - 1] <- delta
                     for l in weights.Length - 2 .. -1 .. 0 do
-                        deltas.[l] <- deltas.[l + 1].matmul(weights.[l + 1]).mul(activations.[l + 1].gt(0.0.ToScalar()))
+                        deltas.[l] <- deltas.[l + 1].matmul(weights.[l + 1]).mul(activations.[l + 1].gt(Scalars.cached 0.0))
                     use ones = torch.ones([| int64 c.Samples |])
                     for l in 0 .. weights.Length - 1 do
                         let squares = deltas.[l].square ()
@@ -146,9 +146,9 @@ let tests =
                         expected.[2 * l].addmm_(squares.t (), activations.[l].square (), float32 decay, float32 scale) |> ignore
                         expected.[2 * l + 1].addmv_(squares.t (), ones, float32 decay, float32 scale) |> ignore
                     List.iteri2 (fun i (e: Tensor) (a: Tensor) ->
-                        if not ((e.eq a).all().ToBoolean()) then
+                        if not (Scalars.toBool ((e.eq a).all())) then
                             use diff = (e - a).abs().max()
-                            failtestf "%A, tensor %d: differs from the unfused formulation by up to %g" kind i (diff.ToDouble())) expected running
+                            failtestf "%A, tensor %d: differs from the unfused formulation by up to %g" kind i (Scalars.toFloat diff)) expected running
             true))
 
         testPropertyWithConfig config "SCP with effective slices equals Σ over the original slices" (Prop.forAll (Arb.fromGen (Gen.zip caseGen (Gen.choose (1, 9)))) (fun (c, slices) ->
@@ -173,7 +173,7 @@ let tests =
                     let grads = torch.autograd.grad([| mean.dot direction |], Array.ofList ps, null, true, false, true)
                     use _ = torch.no_grad ()
                     for (s, g) in Seq.zip sums grads do s.add_(g.square ()) |> ignore
-            let reference = sums |> List.map (fun s -> s.div((float batches).ToScalar()))
+            let reference = sums |> List.map (fun s -> s.div(Scalars.cached (float batches)))
             sameStatistics "SCP" reference gamma
             true))
     ]

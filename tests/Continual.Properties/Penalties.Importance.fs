@@ -49,11 +49,11 @@ let private tensorStep (w: Walk) (clip: bool) (p: Tensor) =
     let a, b = vector w.A, vector w.B
     let loss = ((p - b).square() * a).sum() * 0.5
     loss.backward ()
-    if clip then p.grad.clamp_((-1.0).ToScalar(), (1.0).ToScalar()) |> ignore
+    if clip then p.grad.clamp_(Scalars.cached (-1.0), Scalars.cached 1.0) |> ignore
 
 let private sgdUpdate (lr: float) (p: Tensor) =
     use _ = torch.no_grad ()
-    p.add_(p.grad, (-lr).ToScalar()) |> ignore
+    p.add_(p.grad, Scalars.cached (-lr)) |> ignore
 
 [<Tests>]
 let tests =
@@ -77,7 +77,7 @@ let tests =
             let s1 = OnlineEwc.endTask { Lambda = 1.0; Gamma = 1.0; Fisher = LabelWeighted } (contextOf model first) (OnlineEwc.initial rng)
             let f1, _ = Estimate.fisher LabelWeighted model first torch.CPU rng
             // The model moves between the tasks.
-            (use _ = torch.no_grad () in for p in model.parameters () do p.add_(torch.randn_like p, 0.3.ToScalar()) |> ignore)
+            (use _ = torch.no_grad () in for p in model.parameters () do p.add_(torch.randn_like p, Scalars.cached 0.3) |> ignore)
             let f2, _ = Estimate.fisher LabelWeighted model second torch.CPU rng
             let s2 = OnlineEwc.endTask { Lambda = 1.0; Gamma = 1.0; Fisher = LabelWeighted } (contextOf model second) s1
             arraysClose 1e-6 "F = F_1 + F_2" (Array.map2 (+) (flatValues f1) (flatValues f2)) (flatValues s2.Fisher.Value)
@@ -89,7 +89,7 @@ let tests =
             // EWC++'s observe with a batch of `count` samples whose squared gradients sum to count · F_batch.
             let count = 1 + a % 7
             let state = { EwcPlusPlus.initial (Random.create 1L) with Running = Some [ vector running ] }
-            use sums = (vector batch).mul((float count).ToScalar())
+            use sums = (vector batch).mul(Scalars.cached (float count))
             let updated = EwcPlusPlus.observe alpha count (Importance.blendSums [ sums ]) [ vector batch ] state
             let result = flatValues updated.Running.Value
             let expected = Array.map2 (fun b r -> alpha * b + (1.0 - alpha) * r) batch running

@@ -126,7 +126,7 @@ let tests =
                     let definition = Quadratic.penalty scale lambda (tensors omega) (tensors anchor) p2
                     fast.backward ()
                     definition.backward ()
-                    Expect.isTrue (close 1e-5 (definition.ToDouble()) (fast.ToDouble())) "same value"
+                    Expect.isTrue (close 1e-5 (Scalars.toFloat definition) (Scalars.toFloat fast)) "same value"
                     arraysClose 1e-5 "same gradient" (flatValues [ for p in p2 -> p.grad ]) (flatValues [ for p in p1 -> p.grad ])
                     Quadratic.dispose q
                 true))
@@ -142,7 +142,7 @@ let tests =
                     use gradients = Quadratic.concatenate (tensors earlier)
                     Quadratic.addGradient q values gradients
                     let v = Quadratic.valueAt q values
-                    Expect.isTrue (close 1e-5 (definition.ToDouble()) v) "same value"
+                    Expect.isTrue (close 1e-5 (Scalars.toFloat definition) v) "same value"
                     let expected = Array.map2 (+) earlier (flatValues [ for x in p -> x.grad ])
                     arraysClose 1e-5 "earlier gradient plus the definition's" expected (flatValues [ gradients ])
                     Quadratic.dispose q
@@ -162,7 +162,7 @@ let tests =
                 let p = tensors theta |> List.map (fun t -> t.requires_grad_ true)
                 let term = Quadratic.term q p
                 term.backward ()
-                Expect.isTrue (close 1e-4 (referenceValue r theta) (term.ToDouble())) "value"
+                Expect.isTrue (close 1e-4 (referenceValue r theta) (Scalars.toFloat term)) "value"
                 arraysClose 1e-4 "gradient" (referenceGradient r theta) (flatValues [ for x in p -> x.grad ])
                 Quadratic.dispose q
                 true))

@@ -77,10 +77,10 @@ let tests =
             Expect.equal buffer.Seen 20L "seen"
             for slot in 0 .. 4 do
                 let row = buffer.Examples.[int64 slot]
-                let first = row.[0L].ToSingle()
+                let first = Scalars.toFloat32 (row.[0L])
                 let source = int first / 3
                 Expect.equal (buffer.LabelArray.[slot]) (source % 10) "host label matches the stored example"
-                Expect.equal (int (buffer.Labels.[int64 slot].ToInt64())) (source % 10) "tensor label matches"
+                Expect.equal (int (Scalars.toInt64 (buffer.Labels.[int64 slot]))) (source % 10) "tensor label matches"
             Replay.dispose buffer
         }
     ]

@@ -42,7 +42,7 @@ let private parts (model: Backbone) =
     let all = [ for p in model.parameters () -> classifier.Contains p.Handle, p.detach().clone() ]
     all |> List.filter (fst >> not) |> List.map snd, all |> List.filter fst |> List.map snd
 
-let private eq (x: Tensor) (y: Tensor) = x.shape = y.shape && x.eq(y).all().ToBoolean()
+let private eq (x: Tensor) (y: Tensor) = x.shape = y.shape && (Scalars.toBool (x.eq(y).all()))
 
 let private same (a: Tensor list) (b: Tensor list) = List.forall2 eq a b
 
@@ -95,7 +95,7 @@ let tests =
         test "lfl's penalty is zero at the old features and positive elsewhere; its old outputs stay frozen" {
             use old = torch.rand([| 5L; 7L |])
             Expect.equal ((Lfl.penalty old old).item<float32> ()) 0.0f "zero at the old features"
-            use moved = old.add(0.1.ToScalar())
+            use moved = old.add(Scalars.cached 0.1)
             Expect.floatClose Accuracy.medium (float ((Lfl.penalty old moved).item<float32> ())) (0.5 * 7.0 * 0.01) "½ mean_n Σ_d 0.1²"
             use benchmark = new BenchmarkHandle(synthetic ())
             let _, afterFirst, last = runTwice (config "lfl" 0) benchmark.Value

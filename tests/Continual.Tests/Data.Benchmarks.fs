@@ -13,11 +13,11 @@ open Continual.Tests.TestData
 let private eagerFloats (pixels: byte[]) (features: int) : Tensor =
     use bytes = torch.tensor(pixels, dtype = torch.ScalarType.Byte).reshape(int64 (pixels.Length / features), int64 features)
     use asFloat = bytes.to_type torch.ScalarType.Float32
-    asFloat.div((255.0f).ToScalar())
+    asFloat.div(Scalars.cached 255.0)
 
 /// Bitwise equality of two float tensors (NaN-free here), shape included.
 let private identical (a: Tensor) (b: Tensor) =
-    a.dtype = b.dtype && a.shape = b.shape && a.eq(b).all().ToBoolean()
+    a.dtype = b.dtype && a.shape = b.shape && (Scalars.toBool (a.eq(b).all()))
 
 /// `n` random three-channel 4 × 4 images whose channels have different ranges (0-255, 50-149,
 /// 200-219), with labels 0..3.
@@ -192,7 +192,7 @@ let tests =
                 Expect.isTrue (identical mixedAll expectedMixed) "the float32 join holds every part's values"
                 Expect.equal zero.Stored.dtype torch.ScalarType.Float32 "a −0 is not taken for a byte"
                 use zeroAll = zero.AllInputs()
-                Expect.isTrue (zeroAll.[5000L, 5L].signbit().ToBoolean()) "the −0 is kept"
+                Expect.isTrue (Scalars.toBool (zeroAll.[5000L, 5L].signbit())) "the −0 is kept"
                 Expect.throwsT<ArgumentException> (fun () -> Benchmarks.join task [ Benchmarks.ofFloats [| 0.0f; 1.0f |] 2 [| 0 |] ] |> ignore) "rows of another width are refused"
             finally
                 for s in [ joined; mixed; zero; exemplars; odd; oddZero; task ] do s.Dispose()

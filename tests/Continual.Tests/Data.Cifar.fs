@@ -48,7 +48,7 @@ let cifarTests =
                 use record6 = train.InputRange(6L, 1L)
                 for channel in 0 .. 2 do
                     let expected = float32 pixels.[2 * 3072 + channel * 1024 + 5 * 32 + 7] / 255.0f
-                    let actual = record6.[0L, int64 (channel * 1024 + 5 * 32 + 7)].ToSingle()
+                    let actual = Scalars.toFloat32 (record6.[0L, int64 (channel * 1024 + 5 * 32 + 7)])
                     Expect.floatClose Accuracy.high (float actual) (float expected) (sprintf "channel %d" channel)
                 for s in [ train; test ] do
                     s.Dispose()

@@ -446,7 +446,7 @@ let wiringTests =
             withBenchmark (Experiment.loadBenchmark (withNormalise "0.5,0.5,0.5/0.25,0.25,0.25")) (fun b ->
                 use raw = { b.Train with Normalisation = None }.InputRange(0L, 1L)
                 use normalised = b.Train.InputRange(0L, 1L)
-                use expected = raw.sub(0.5f.ToScalar()).div(0.25f.ToScalar())
+                use expected = raw.sub(Scalars.cached 0.5).div(Scalars.cached 0.25)
                 Expect.isTrue (normalised.allclose(expected, 0.0, 1e-6)) "(x - mean) / std")
             try
                 Experiment.loadBenchmark (withNormalise "0.5/0.25") |> Benchmarks.dispose

@@ -23,7 +23,7 @@ let private syntheticSet (seed: int64) (classes: int list) (perClass: int) : Lab
     let centres = Array.init 10 (fun c -> Array.init features (fun j -> if j % 10 = c then 1.0f else 0.0f))
     let centreValues : float32[] = labels |> Array.collect (fun c -> centres.[c])
     use centre = torch.tensor(centreValues, dimensions = System.ReadOnlySpan<int64>([| int64 labels.Length; int64 features |]))
-    use scaled = noise.mul((0.5f).ToScalar())
+    use scaled = noise.mul(Scalars.cached 0.5)
     { Stored = scaled.add(centre)
       Labels = torch.tensor(labels |> Array.map int64, dtype = torch.ScalarType.Int64)
       LabelArray = labels
@@ -60,7 +60,7 @@ let private freshModel (seed: int64) =
     torch.manual_seed seed |> ignore
     Backbones.create architecture
 
-let private sameValues (a: Tensor) (b: Tensor) = a.eq(b).all().ToBoolean()
+let private sameValues (a: Tensor) (b: Tensor) = Scalars.toBool (a.eq(b).all())
 
 let private parameterValues (m: torch.nn.Module) = [ for p in m.parameters () -> p.detach().clone() ]
 
@@ -112,7 +112,7 @@ let lwfTests =
             let bt = b1.Terms(view twin second 1)
             // Two old classes among four seen: λ = 1/2 on both terms.
             for (p, b) in List.zip plain bt do
-                Expect.floatClose Accuracy.medium (b.Value.ToDouble()) (0.5 * p.Value.ToDouble()) (sprintf "%s is halved" p.Name)
+                Expect.floatClose Accuracy.medium (Scalars.toFloat b.Value) (0.5 * (Scalars.toFloat p.Value)) (sprintf "%s is halved" p.Name)
             for e in [ e1; b1 ] do Method.dispose e
             disposeSet first
             disposeSet second
@@ -159,11 +159,11 @@ let icarlTests =
             let embeddings = (model.ForwardWithFeatures extra.Stored).Embedding
             let mean c = embeddings.narrow(0L, int64 (10 * c), 10L).mean([| 0L |])
             let row = 3
-            let expected c = -((output.Embedding.[int64 row].sub(mean c)).pow((2.0).ToScalar()).sum().ToDouble())
-            Expect.floatClose Accuracy.medium (scores.[int64 row, 0L].ToDouble()) (expected 0) "class 0"
-            Expect.floatClose Accuracy.medium (scores.[int64 row, 1L].ToDouble()) (expected 1) "class 1"
+            let expected c = -(Scalars.toFloat ((output.Embedding.[int64 row].sub(mean c)).pow(Scalars.cached 2.0).sum()))
+            Expect.floatClose Accuracy.medium (Scalars.toFloat (scores.[int64 row, 0L])) (expected 0) "class 0"
+            Expect.floatClose Accuracy.medium (Scalars.toFloat (scores.[int64 row, 1L])) (expected 1) "class 1"
             for c in 2 .. 9 do
-                Expect.isTrue (System.Double.IsNegativeInfinity(scores.[int64 row, int64 c].ToDouble())) (sprintf "class %d has no exemplars" c)
+                Expect.isTrue (System.Double.IsNegativeInfinity(Scalars.toFloat (scores.[int64 row, int64 c]))) (sprintf "class %d has no exemplars" c)
             Expect.equal labels.Length 60 "data"
             disposeSet extra
             Method.dispose e
@@ -194,7 +194,7 @@ let distillTests =
                 let terms = e1.Terms v
                 Expect.equal (terms |> List.map (fun t -> t.Name)) [ "distill." + name ] (name + ": one named term")
                 for t in terms do
-                    Expect.isLessThan (abs (t.Value.ToDouble())) 1e-4 (name + ": zero at the snapshot")
+                    Expect.isLessThan (abs (Scalars.toFloat t.Value)) 1e-4 (name + ": zero at the snapshot")
                 Method.dispose e1
                 disposeSet first
                 disposeSet second
@@ -208,8 +208,8 @@ let distillTests =
             (use _ = torch.no_grad ()
              for p in model.parameters () do
                  use noise = torch.randn_like p
-                 p.add_(noise.mul((0.5).ToScalar())) |> ignore)
-            let value = (e.Terms(view model second 1)).Head.Value.ToDouble()
+                 p.add_(noise.mul(Scalars.cached 0.5)) |> ignore)
+            let value = Scalars.toFloat ((e.Terms(view model second 1)).Head.Value)
             Expect.isGreaterThan value 1e-3 "SD sees the changed features"
             Method.dispose e
             disposeSet first

@@ -46,7 +46,7 @@ let private matrices (learner: Learner) = learner.Point.Record.ClassIl, learner.
 let private copies (ts: Modules.Parameter seq) = [ for t in ts -> t.detach().clone() ]
 
 /// Exact equality of two tensors.
-let private same (a: Tensor) (b: Tensor) = a.shape = b.shape && a.eq(b).all().ToBoolean()
+let private same (a: Tensor) (b: Tensor) = a.shape = b.shape && (Scalars.toBool (a.eq(b).all()))
 
 /// The invariants of one growth step on a learner after its first task.
 let private checkGrowth (name: string) (learner: Learner) =
@@ -74,7 +74,7 @@ let private checkGrowth (name: string) (learner: Learner) =
     grown.Model.train ()
     // The old outputs' weights are the same numbers; a wider matrix product may round differently in the
     // last bit (the library blocks it by shape), so the logits are compared within float32 rounding.
-    let difference = (newLogits.narrow(1L, 0L, int64 width) - oldLogits).abs().max().ToSingle()
+    let difference = Scalars.toFloat32 ((newLogits.narrow(1L, 0L, int64 width) - oldLogits).abs().max())
     Expect.isLessThanOrEqual difference 1e-5f (sprintf "%s: old logits unchanged on any input (largest difference %g)" name difference)
     Expect.equal (Training.penaltyValue grown) penaltyBefore (name + ": the penalties' value is unchanged by the growth")
     let after = [ for p in grown.Model.parameters () -> p :> Tensor ]
@@ -83,8 +83,8 @@ let private checkGrowth (name: string) (learner: Learner) =
         else
             Expect.isTrue (same (a.narrow(0L, 0L, b.shape.[0])) b) (name + ": the old rows are kept exactly")
             let fresh = a.narrow(0L, b.shape.[0], a.shape.[0] - b.shape.[0])
-            if a.shape.Length = 2 then Expect.isTrue (fresh.abs().sum().ToSingle() > 0.0f) (name + ": new weight rows are initialised")
-            elif learner.Config.Backbone = "mlp" then Expect.isTrue (fresh.abs().sum().ToSingle() = 0.0f) (name + ": the MLP's new biases are zero")
+            if a.shape.Length = 2 then Expect.isTrue ((Scalars.toFloat32 (fresh.abs().sum())) > 0.0f) (name + ": new weight rows are initialised")
+            elif learner.Config.Backbone = "mlp" then Expect.isTrue ((Scalars.toFloat32 (fresh.abs().sum())) = 0.0f) (name + ": the MLP's new biases are zero")
     let shapes = [ for p in grown.Model.parameters () -> p.shape ]
     for m in grown.Methods do
         for p in m.Penalties() do

@@ -141,7 +141,7 @@ let tests =
             Expect.equal b.Train.Stored.shape [| 30L; 784L |] "flattened inputs"
             Expect.equal b.Train.Stored.dtype torch.ScalarType.Byte "stored as pixel bytes"
             use inputs = b.Train.AllInputs()
-            Expect.isTrue (inputs.min().ToSingle() >= 0.0f && inputs.max().ToSingle() <= 1.0f) "scaled to [0, 1]"
+            Expect.isTrue ((Continual.Scalars.toFloat32 (inputs.min())) >= 0.0f && (Continual.Scalars.toFloat32 (inputs.max())) <= 1.0f) "scaled to [0, 1]"
             let task2 = Benchmarks.selectClasses [ 2; 3 ] b.Train
             Expect.equal (task2.LabelArray |> Array.distinct |> Array.sort) [| 2; 3 |] "task selection"
             Expect.equal task2.Count 6 "three of each class"

@@ -70,8 +70,8 @@ let tests =
                 let ps = PerSample.parameters probe.Model
                 // Importance between 0 and 3, an anchor away from the start: the penalty is large.
                 torch.manual_seed 10L |> ignore
-                let omega = ps |> List.map (fun p -> torch.rand(p.shape).mul((3.0).ToScalar()))
-                let anchor = ps |> List.map (fun p -> p.detach().add((0.3).ToScalar()))
+                let omega = ps |> List.map (fun p -> torch.rand(p.shape).mul(Scalars.cached 3.0))
+                let anchor = ps |> List.map (fun p -> p.detach().add(Scalars.cached 0.3))
                 let q = Quadratic.create Whole 1.5 omega anchor
                 Training.dispose probe
                 let strategy = { Sgd.strategy () with ClipGradValue = Some 0.05 } |> Method.add (fixedPenalty q closedForm)

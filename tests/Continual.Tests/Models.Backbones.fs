@@ -9,7 +9,7 @@ open Continual.Penalties
 
 let private shapes (o: ModelOutput) = o.Features |> List.map (fun f -> List.ofArray f.shape)
 
-let private sameValues (a: Tensor) (b: Tensor) = a.eq(b).all().ToBoolean()
+let private sameValues (a: Tensor) (b: Tensor) = Scalars.toBool (a.eq(b).all())
 
 /// The input and gradient of max_pool2d(x, 2) and of Pooling.maxPool2x2 on relu'd values rounded to
 /// quarters (many exact ties: zero windows and equal positives), against the same upstream gradient.
@@ -45,7 +45,7 @@ let backboneTests =
             use _ = torch.no_grad ()
             let generator = new torch.Generator(5UL)
             let check (cin, cout, stride, size, batch) =
-                let weight = torch.randn([| cout; cin; 3L; 3L |], generator = generator).mul_(0.1.ToScalar())
+                let weight = torch.randn([| cout; cin; 3L; 3L |], generator = generator).mul_(Scalars.cached 0.1)
                 let input = torch.randn([| batch; cin; size; size |], generator = generator)
                 let fast = torch.nn.functional.conv2d(input, weight, strides = [| stride; stride |], padding = [| 1L; 1L |])
                 let reference =
@@ -120,14 +120,14 @@ let backboneTests =
                 let x = torch.rand(10L, 784L)
                 let y = torch.tensor([| 0L; 1L; 2L; 3L; 4L; 5L; 6L; 7L; 8L; 9L |])
                 let loss () = torch.nn.functional.cross_entropy(model.forward x, y)
-                let first = (loss ()).ToDouble()
+                let first = Scalars.toFloat (loss ())
                 for _ in 1 .. 100 do
                     use scope = torch.NewDisposeScope()
                     optimiser.zero_grad ()
                     let l = loss ()
                     l.backward ()
                     optimiser.step () |> ignore
-                Expect.isLessThan ((loss ()).ToDouble()) (0.5 * first) (name + " fits the batch")
+                Expect.isLessThan (Scalars.toFloat (loss ())) (0.5 * first) (name + " fits the batch")
     ]
 
 [<Tests>]
@@ -151,24 +151,24 @@ let flatParameterTests =
                     Expect.isTrue (sameValues p o) "values kept"
                 Expect.isTrue (sameValues (model.forward x) before) "same outputs"
                 // Parameters are views of the flat vector: writing to it changes the model.
-                (use _ = torch.no_grad () in flat.Values.add_((0.25).ToScalar()) |> ignore)
+                (use _ = torch.no_grad () in flat.Values.add_(Scalars.cached 0.25) |> ignore)
                 for (p, o) in List.zip parameters originals do
-                    Expect.isTrue (sameValues p (o.add((0.25).ToScalar()))) "parameters see the flat vector"
+                    Expect.isTrue (sameValues p (o.add(Scalars.cached 0.25))) "parameters see the flat vector"
                 // Backward accumulates into the flat gradient, an optimiser steps the flat values,
                 // and zero_grad zeroes the gradient in place.
                 use optimiser = torch.optim.SGD(model.parameters (), 0.5)
                 model.train ()
                 for _ in 1 .. 2 do
                     optimiser.zero_grad ()
-                    Expect.equal (flat.Gradients.abs().sum().ToDouble()) 0.0 "zeroed in place"
+                    Expect.equal (Scalars.toFloat (flat.Gradients.abs().sum())) 0.0 "zeroed in place"
                     use loss = (model.forward x).square().sum()
                     loss.backward ()
                     let expected = Quadratic.concatenate [ for p in parameters -> p.grad ]
                     Expect.isTrue (sameValues flat.Gradients expected) "gradients are views of the flat gradient"
-                    Expect.isGreaterThan (flat.Gradients.abs().sum().ToDouble()) 0.0 "and backward reached them"
+                    Expect.isGreaterThan (Scalars.toFloat (flat.Gradients.abs().sum())) 0.0 "and backward reached them"
                     use valuesBefore = flat.Values.clone ()
                     optimiser.step () |> ignore
-                    use expectedValues = valuesBefore.sub(flat.Gradients.mul((0.5).ToScalar()))
+                    use expectedValues = valuesBefore.sub(flat.Gradients.mul(Scalars.cached 0.5))
                     Expect.isTrue (flat.Values.allclose(expectedValues, 1e-6, 1e-7)) "the step moved the flat values"
                 Expect.isTrue (FlatParameters.isBound flat model) "still bound after training steps"
                 FlatParameters.dispose flat

@@ -125,10 +125,10 @@ let build (seed: int64) (features: int) (parts: Part list) : torch.nn.Module<Ten
     for KeyValue(name, t) in state do
         if name.EndsWith ".running_mean" then
             let p = name.Substring(0, name.Length - ".running_mean".Length)
-            use mean = torch.randn(t.shape).mul((0.5).ToScalar())
-            use var = torch.rand(t.shape).add((0.5).ToScalar())
-            use scale = torch.rand(t.shape).add((0.5).ToScalar())
-            use shift = torch.randn(t.shape).mul((0.2).ToScalar())
+            use mean = torch.randn(t.shape).mul(Scalars.cached 0.5)
+            use var = torch.rand(t.shape).add(Scalars.cached 0.5)
+            use scale = torch.rand(t.shape).add(Scalars.cached 0.5)
+            use shift = torch.randn(t.shape).mul(Scalars.cached 0.2)
             t.copy_ mean |> ignore
             state.[p + ".running_var"].copy_ var |> ignore
             state.[p + ".weight"].copy_ scale |> ignore

@@ -119,7 +119,7 @@ let backboneTests =
                 let warmUp () =
                     use _ = torch.no_grad ()
                     for _ in 1 .. 3 do
-                        use batch = torch.rand(16L, 784L).mul((2.0).ToScalar())
+                        use batch = torch.rand(16L, 784L).mul(Scalars.cached 2.0)
                         model.forward batch |> ignore
                 warmUp ()
                 let exported = Export.ofBackbone model
@@ -140,7 +140,7 @@ let backboneTests =
             // Trained-looking weights: not the zero biases of a fresh model.
             use _ = torch.no_grad ()
             for p in model.parameters () do
-                use noise = torch.randn(p.shape).mul((0.1).ToScalar())
+                use noise = torch.randn(p.shape).mul(Scalars.cached 0.1)
                 p.add_ noise |> ignore
             let exported = Export.ofBackbone model
             use loaded = Runtime.load Auto (Export.toBytes exported.Model)

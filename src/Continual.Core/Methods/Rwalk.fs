@@ -57,7 +57,9 @@ module Rwalk =
         List.zip (List.zip fisher windowLoss) (List.zip parameters windowStart)
         |> List.map (fun ((f: Tensor, loss: Tensor), (theta: Tensor, s: Tensor)) ->
             use d = theta.detach().sub s
-            use denominator = f.mul(d.square()).mul(0.5.ToScalar()).add(epsilon.ToScalar())
+            use half = 0.5.ToScalar()
+            use eps = epsilon.ToScalar()
+            use denominator = f.mul(d.square()).mul(half).add(eps, Scalars.one)
             use ratio = loss.div denominator
             torch.nn.functional.relu(ratio).DetachFromDisposeScope())
 
@@ -100,7 +102,7 @@ module Rwalk =
             use eps = epsilon.ToScalar()
             for (((f: Tensor), (l: Tensor)), ((theta: Tensor), (s0: Tensor)), (acc: Tensor)) in List.zip3 (List.zip fisher loss) (List.zip parameters start) scores do
                 let denominator = s0.sub_(theta)
-                denominator.mul_(denominator).mul_(f).mul_(half).add_(eps) |> ignore
+                denominator.mul_(denominator).mul_(f).mul_(half).add_(eps, Scalars.one) |> ignore
                 l.div_(denominator).relu_() |> ignore
                 Scalars.addInPlace acc l |> ignore
                 s0.copy_ theta |> ignore

@@ -40,7 +40,8 @@ module Si =
         List.zip (List.zip importance omega) (List.zip parameters start)
         |> List.map (fun ((big: Tensor, small: Tensor), (theta: Tensor, s: Tensor)) ->
             use d = theta.detach().sub s
-            use denominator = d.square().add(xi.ToScalar())
+            use xiScalar = xi.ToScalar()
+            use denominator = d.square().add(xiScalar, Scalars.one)
             use ratio = small.div denominator
             (Scalars.add big ratio).DetachFromDisposeScope())
 

@@ -64,7 +64,7 @@ let bumpClassifier (classes: int list) (delta: float) (model: Backbone) =
     for p in model.Classifier.parameters () do
         for c in classes do
             use row = p.[int64 c]
-            row.add_(delta.ToScalar()) |> ignore
+            row.add_(Scalars.cached delta) |> ignore
 
 let private settingsOf (c: LwfCase) : Lwf.Settings =
     { Lwf.Settings.Default with Alpha = c.Alpha; Temperature = c.Temperature; Balanced = c.Balanced }

@@ -95,21 +95,21 @@ let tests =
             try
                 state <- transition Rwalk.owned (Rwalk.beginTask 0.1 parameters) state
                 // A random Fisher (some zeros), window loss (some negative) and displacement (some zero).
-                let running = shapes |> List.map (fun s -> torch.rand(s).mul(torch.rand(s).gt(0.2.ToScalar())))
+                let running = shapes |> List.map (fun s -> torch.rand(s).mul(torch.rand(s).gt(Scalars.cached 0.2)))
                 state <- { state with Running = Some running; WindowSteps = 3 }
-                for (l: Tensor) in state.WindowLoss.Value do l.copy_(torch.randn(l.shape).mul(0.01.ToScalar())) |> ignore
+                for (l: Tensor) in state.WindowLoss.Value do l.copy_(torch.randn(l.shape).mul(Scalars.cached 0.01)) |> ignore
                 for (s: Tensor) in state.Scores.Value do s.copy_(torch.rand(s.shape)) |> ignore
                 (use _ = torch.no_grad ()
                  for (p: Tensor) in parameters do
-                    p.add_(torch.randn(p.shape).mul(torch.rand(p.shape).gt(0.1.ToScalar()))) |> ignore)
+                    p.add_(torch.randn(p.shape).mul(torch.rand(p.shape).gt(Scalars.cached 0.1))) |> ignore)
                 let window = Rwalk.score epsilon running state.WindowLoss.Value parameters state.WindowStart.Value
                 let expected = List.map2 (fun (s: Tensor) (w: Tensor) -> s.add w) state.Scores.Value window
                 state <- transition Rwalk.owned (Rwalk.closeWindow epsilon parameters) state
                 List.iteri2 (fun i (e: Tensor) (a: Tensor) ->
-                    if not ((e.eq a).all().ToBoolean()) then
-                        failtestf "tensor %d: the scores differ from score's by up to %g" i ((e - a).abs().max().ToDouble())) expected state.Scores.Value
-                List.iter2 (fun (p: Tensor) (s: Tensor) -> Expect.isTrue ((p.eq s).all().ToBoolean()) "the window restarts at θ") parameters state.WindowStart.Value
-                for (l: Tensor) in state.WindowLoss.Value do Expect.equal (l.abs().max().ToDouble()) 0.0 "the window's loss restarts at zero"
+                    if not (Scalars.toBool ((e.eq a).all())) then
+                        failtestf "tensor %d: the scores differ from score's by up to %g" i (Scalars.toFloat ((e - a).abs().max()))) expected state.Scores.Value
+                List.iter2 (fun (p: Tensor) (s: Tensor) -> Expect.isTrue (Scalars.toBool ((p.eq s).all())) "the window restarts at θ") parameters state.WindowStart.Value
+                for (l: Tensor) in state.WindowLoss.Value do Expect.equal (Scalars.toFloat (l.abs().max())) 0.0 "the window's loss restarts at zero"
                 Expect.equal state.WindowSteps 0 "the window's step count restarts"
             finally
                 for d in Rwalk.owned state do d.Dispose())

@@ -150,7 +150,7 @@ let moveModel (scale: float) (model: Backbone) =
     use _ = torch.no_grad ()
     for p in model.parameters () do
         use noise = torch.randn_like p
-        p.add_(noise, scale.ToScalar()) |> ignore
+        p.add_(noise, Scalars.cached scale) |> ignore
 
 /// A model's parameters, flat.
 let parametersOf (model: Backbone) = F.flatValues [ for p in model.parameters () -> p :> Tensor ]
@@ -245,12 +245,12 @@ let walkBackward (w: Walk) (t: int) (clip: bool) (p: Tensor) =
     use d = p - b
     use loss = (d.square() * a).sum() * 0.5
     loss.backward ()
-    if clip then p.grad.clamp_((-1.0).ToScalar(), (1.0).ToScalar()) |> ignore
+    if clip then p.grad.clamp_(Scalars.cached (-1.0), Scalars.cached 1.0) |> ignore
 
 /// The SGD update `p ← p − lr p.grad`.
 let sgdUpdate (lr: float) (p: Tensor) =
     use _ = torch.no_grad ()
-    p.add_(p.grad, (-lr).ToScalar()) |> ignore
+    p.add_(p.grad, Scalars.cached (-lr)) |> ignore
 
 /// Applies a transition of a method's own state and frees what it dropped (the shell's `Training.phase`
 /// for callers of the module functions).
