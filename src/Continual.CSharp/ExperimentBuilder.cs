@@ -408,8 +408,13 @@ public sealed class ExperimentBuilder
         var config = ValidRunConfig();
         cancellationToken.ThrowIfCancellationRequested();
         var events = new ProgressTranslator(progress);
-        var hooks = global::Continual.RunHooksModule.events(FuncConvert.FromAction<global::Continual.TrainingEvent>(events.OnEvent));
         global::Continual.Onnx.RunExporter? exporter = null;
+        // The exporter sees the events too: its ONNX Runtime warm-up begins once training is under way.
+        var hooks = global::Continual.RunHooksModule.events(FuncConvert.FromAction<global::Continual.TrainingEvent>(e =>
+        {
+            exporter?.Observe(e);
+            events.OnEvent(e);
+        }));
         if (_s.OnnxExport)
         {
             var folder = Path.GetFullPath(_s.OnnxFolder ?? Path.Combine(Path.GetTempPath(), "continual-onnx", $"{DateTime.UtcNow:yyyyMMdd-HHmmss}-{Guid.NewGuid():N}"));

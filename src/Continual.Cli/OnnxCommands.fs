@@ -30,6 +30,13 @@ let runIdentity (config: Config) : RunIdentity = LearnerExport.runIdentity confi
 let exporter (noOnnx: bool) (config: Config) (out: string) : RunExporter option =
     if noOnnx then None else Some(RunExporter(ExportSettings.forRun (runIdentity config) out))
 
+/// A run's event handler that also hands the events to the exporter (its warm-up begins once training
+/// is under way).
+let observing (exporter: RunExporter option) (onEvent: TrainingEvent -> unit) : TrainingEvent -> unit =
+    match exporter with
+    | Some e -> fun event -> e.Observe event; onEvent event
+    | None -> onEvent
+
 /// The after-task hook of a run.
 let afterTask (exporter: RunExporter option) : AfterTask -> unit =
     match exporter with

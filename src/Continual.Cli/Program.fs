@@ -341,7 +341,7 @@ let private learnInto (hold: OutputFolder.Hold) (section: CliSection) (checkpoin
             CheckpointEvery = checkpointEvery
             StopRequested = fun () -> signals.Requested }
     let finished =
-        try Report.withProgress quiet (fun onEvent -> Learner.learnUntil (withLog log { hooks with OnEvent = onEvent }) CancellationToken.None section.LastTask learner)
+        try Report.withProgress quiet (fun onEvent -> Learner.learnUntil (withLog log { hooks with OnEvent = OnnxCommands.observing exporter onEvent }) CancellationToken.None section.LastTask learner)
         with
         | RunStopped(task, step) ->
             exporter |> Option.iter (fun e -> e.Finish())
@@ -768,7 +768,7 @@ let private benchCommand (results: ParseResults<BenchArgs>) =
                                 | _ -> ()
                                 onEvent event
                             Learner.learnUntil
-                                { RunHooks.none with OnEvent = onEvent; Checkpoint = checkpoint; AfterTask = OnnxCommands.afterTask exporter }
+                                { RunHooks.none with OnEvent = OnnxCommands.observing exporter onEvent; Checkpoint = checkpoint; AfterTask = OnnxCommands.afterTask exporter }
                                 CancellationToken.None None learner)
                     finally exporter |> Option.iter (fun e -> e.Finish())
                 let result = Learner.result clock.Elapsed.TotalSeconds finished
@@ -1071,5 +1071,6 @@ let run (argv: string[]) : int =
 [<EntryPoint>]
 let main argv =
     // CONTINUAL_EARLY_LOAD=0 loads libtorch where the data are read instead, for comparison (docs/performance.md).
+    Startup.askHugePageTensors argv
     if Environment.GetEnvironmentVariable "CONTINUAL_EARLY_LOAD" <> "0" then Startup.beginLoadingLibtorch argv
     Startup.finish (run argv)

@@ -21,7 +21,7 @@ module Evaluation =
 
     /// Splits a benchmark's test set by task.
     let testSets (benchmark: Benchmark) : TaskTestSets =
-        benchmark.Tasks |> List.map (fun t -> t, Benchmarks.selectClasses t.Classes benchmark.Test)
+        List.zip benchmark.Tasks (Benchmarks.selectClassGroups (benchmark.Tasks |> List.map (fun t -> t.Classes)) benchmark.Test)
 
     /// Percent of rows whose argmax equals the label.
     let accuracy (logits: Tensor) (labels: Tensor) : float =

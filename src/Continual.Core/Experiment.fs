@@ -499,7 +499,8 @@ module Experiment =
             | "manifest" -> Manifest.benchmark (imageOptions d.Source) (tableOptions d.Source) d.Folder
             | other -> invalidArg (nameof config) (sprintf "unknown benchmark '%s'" other)
         if not d.AllowMissingClasses then
-            let present = Set.ofArray full.Train.LabelArray
+            // A hash set: an F# Set of 60,000 labels took 15 ms of every run's start.
+            let present = Collections.Generic.HashSet<int>(full.Train.LabelArray)
             let missing = [ for c in 0 .. full.NumClasses - 1 do if not (present.Contains c) then c ]
             if not missing.IsEmpty then
                 Benchmarks.dispose full

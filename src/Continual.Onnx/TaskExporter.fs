@@ -316,20 +316,41 @@ type RunExporter(settings: ExportSettings, previous: TaskVerification list) =
     let inputs = InputBuffer()
     // ONNX Runtime's start-up (environment, CUDA probe, first session) overlaps the first task's
     // training on another thread; failures here resurface, with their message, in the real load.
-    let warmUp = Threading.Tasks.Task.Run(fun () -> try WarmUp.exportPath settings.Provider with _ -> ())
+    let gate = obj ()
+    let mutable warmUp: Threading.Tasks.Task = null
     /// An exporter of a run from its first task.
     new(settings: ExportSettings) = RunExporter(settings, [])
     /// The settings in use.
     member _.Settings = settings
     /// The figures of every task exported so far.
     member _.Reports = List.ofSeq reports
+    /// Starts ONNX Runtime's warm-up on another thread, once (the after-task hook starts it too, and
+    /// waits for it).
+    member _.BeginWarmUp() =
+        lock gate (fun () ->
+            if isNull warmUp then
+                warmUp <- Threading.Tasks.Task.Run(fun () -> try WarmUp.exportPath settings.Provider with _ -> ()))
+
+    /// A run's training events: the warm-up begins with the first progress report (100 steps into the
+    /// first task), not before the first step. Started earlier it shared the cores with the data and
+    /// the model's set-up, and loading ONNX Runtime holds the dynamic loader's lock, which the first
+    /// call of each of libtorch's functions in the first steps waits for.
+    member this.Observe(event: TrainingEvent) =
+        match event with
+        | StepsCompleted _ -> this.BeginWarmUp()
+        | _ -> ()
+
     /// The after-task hook: export, verify, write task-<k>.onnx (raises VerificationFailed).
-    member _.AfterTask(after: AfterTask) =
+    member this.AfterTask(after: AfterTask) =
+        this.BeginWarmUp()
         warmUp.Wait()
         let testArray i = inputs.Fill(snd after.TestSets.[i])
         reports.Add(TaskExporter.exportTask settings testArray after)
     /// Waits for the background warm-up to end: a process must not exit while it runs in native code.
-    member _.Finish() = try warmUp.Wait() with _ -> ()
+    member _.Finish() =
+        match lock gate (fun () -> warmUp) with
+        | null -> ()
+        | started -> try started.Wait() with _ -> ()
     /// Writes the "onnx" section of results.json (hook and wall seconds come from the run's outcome).
     member _.WriteJson(w: Text.Json.Utf8JsonWriter, hookSeconds: float, wallSeconds: float) =
         TaskExporter.writeJson w settings (List.ofSeq reports) hookSeconds wallSeconds

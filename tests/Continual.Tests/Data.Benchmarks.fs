@@ -93,6 +93,29 @@ let tests =
                 set.Dispose()
         }
 
+        test "class groups selected at once hold the rows, labels and inputs of each group selected alone" {
+            let pixels, labels = threeChannelBytes 11 40
+            let set = Benchmarks.ofBytes pixels 48 labels
+            // Groups in another order than the labels, one empty, one overlapping another.
+            let groups = [ [ 2; 3 ]; [ 0 ]; [ 7 ]; [ 1; 0 ] ]
+            let together = Benchmarks.selectClassGroups groups set
+            Expect.equal together.Length groups.Length "one set per group"
+            for (classes, grouped) in List.zip groups together do
+                let alone = Benchmarks.selectClasses classes set
+                Expect.equal grouped.LabelArray alone.LabelArray (sprintf "%A: the labels, in order" classes)
+                Expect.isTrue (identical grouped.Stored alone.Stored) (sprintf "%A: the stored bytes" classes)
+                Expect.isTrue (Scalars.toBool (grouped.Labels.eq(alone.Labels).all())) (sprintf "%A: the label tensor" classes)
+                use a = grouped.InputRange(0L, int64 grouped.Count)
+                use b = alone.InputRange(0L, int64 alone.Count)
+                Expect.isTrue (identical a b) (sprintf "%A: the inputs" classes)
+                alone.Dispose()
+            // Each set frees its own view; the rest stay whole.
+            together.Head.Dispose()
+            Expect.equal (together.[1].Stored.shape.[0]) 10L "class 0's ten rows outlive the first set"
+            for s in together.Tail do s.Dispose()
+            set.Dispose()
+        }
+
         test "feature tables are stored and materialised as float32, unchanged" {
             let values = Array.init 12 (fun i -> float32 i * 0.37f - 1.5f)
             let set = Benchmarks.ofFloats values 4 [| 2; 0; 1 |]
