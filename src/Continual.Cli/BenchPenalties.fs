@@ -81,7 +81,7 @@ let run (config: Config) (out: string option) : int =
         let relative =
             List.map2 (fun (a: Tensor) (b: Tensor) ->
                 use d = (a - b).abs()
-                (Scalars.toFloat (d.max())) / max 1e-30 (Scalars.toFloat (a.abs().max()))) loop closed
+                Scalars.toFloat (d.max()) / max 1e-30 (Scalars.toFloat (a.abs().max()))) loop closed
             |> List.max
         dispose loop
         dispose closed

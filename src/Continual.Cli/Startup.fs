@@ -10,6 +10,7 @@ open System.Reflection
 open System.Runtime.InteropServices
 open System.Threading.Tasks
 open Continual
+open TorchSharp
 
 type private Marker = class end
 
@@ -132,20 +133,20 @@ let askHugePageTensors (argv: string[]) =
 let private warmUp (latency: Runtime.GCLatencyMode) =
     try Engine.loadLibraries () finally Runtime.GCSettings.LatencyMode <- latency
     Security.Cryptography.SHA256.HashData([| 0uy |]) |> ignore
-    use scope = TorchSharp.torch.NewDisposeScope()
-    let t = TorchSharp.torch.ScalarType.Float32
-    let bytes = TorchSharp.torch.zeros([| 4L; 8L |], dtype = TorchSharp.torch.ScalarType.Byte)
-    let index = TorchSharp.torch.tensor([| 0L; 2L |], dtype = TorchSharp.torch.ScalarType.Int64)
+    use scope = torch.NewDisposeScope()
+    let t = torch.ScalarType.Float32
+    let bytes = torch.zeros([| 4L; 8L |], dtype = torch.ScalarType.Byte)
+    let index = torch.tensor([| 0L; 2L |], dtype = torch.ScalarType.Int64)
     let rows = bytes.index_select(0L, index).narrow(0L, 0L, 1L)
-    let x = rows.to_type(t).div(TorchSharp.torch.tensor(255.0f))
-    let w = TorchSharp.torch.zeros([| 3L; 8L |], dtype = t)
-    let b = TorchSharp.torch.zeros([| 3L |], dtype = t)
-    let logits = TorchSharp.torch.nn.functional.relu(TorchSharp.torch.nn.functional.linear(x, w, b))
-    let all = TorchSharp.torch.cat([| logits; logits |], 0L)
+    let x = rows.to_type(t).div(torch.tensor(255.0f))
+    let w = torch.zeros([| 3L; 8L |], dtype = t)
+    let b = torch.zeros([| 3L |], dtype = t)
+    let logits = torch.nn.functional.relu(torch.nn.functional.linear(x, w, b))
+    let all = torch.cat([| logits; logits |], 0L)
     all.argmax(1L).eq(index).sum() |> ignore
     // A module's making (its fields' reflection, parameters, initialisation) on the meta device, whose
     // random initialisation is a no-op that leaves the CPU's generator untouched.
-    use linear = TorchSharp.torch.nn.Linear(8L, 3L, true, device = TorchSharp.torch.device "meta")
+    use linear = torch.nn.Linear(8L, 3L, true, device = torch.device "meta")
     ()
 
 /// Starts loading libtorch now, beside the rest of the start, for a command that needs it

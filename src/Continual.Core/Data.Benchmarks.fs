@@ -182,7 +182,7 @@ module Benchmarks =
         let bytes = values.mul(scale).round().clamp(low, high).to_type torch.ScalarType.Byte
         use back = bytesSet.Materialise bytes
         // equal compares by value: a −0 (never made from a byte) would pass as +0 without signbit.
-        if back.dtype = values.dtype && (Scalars.toBool (back.eq(values).all())) && not (Scalars.toBool (values.signbit().any())) then
+        if back.dtype = values.dtype && Scalars.toBool (back.eq(values).all()) && not (Scalars.toBool (values.signbit().any())) then
             Some(bytes.MoveToOuterDisposeScope())
         else None
 

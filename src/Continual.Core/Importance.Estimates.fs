@@ -70,7 +70,7 @@ module ParameterTensors =
     /// The largest element over all tensors (0 for none).
     let max (tensors: Tensor list) : float =
         use _ = torch.no_grad ()
-        tensors |> List.fold (fun m t -> if t.numel () = 0L then m else System.Math.Max(m, (Scalars.toFloat (t.max())))) 0.0
+        tensors |> List.fold (fun m t -> if t.numel () = 0L then m else System.Math.Max(m, Scalars.toFloat (t.max()))) 0.0
 
 /// Standard-normal and categorical draws from the explicit generator.
 [<RequireQualifiedAccess>]

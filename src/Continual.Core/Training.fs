@@ -235,7 +235,6 @@ module TrainingOutcome =
           InitialTaskIl = outcome.InitialTaskIl
           Footprint = outcome.Footprint }
 
-/// The one effectful shell: batches, forward passes, loss sums, optimiser steps, dispose scopes.
 /// Plain SGD's update, the same float operations as TorchSharp's `SGD.step` without momentum, with its
 /// scalars kept alive for each native call: TorchSharp passes `alpha` (the learning rate, the weight
 /// decay) as temporary Scalars that a collection on another thread may free while libtorch reads them.
@@ -265,6 +264,7 @@ module PlainSgd =
                         p.add_(grad, alpha) |> ignore
         | other -> invalidOp (sprintf "plain SGD steps need TorchSharp's SGD, not %s" (other.GetType().Name))
 
+/// The one effectful shell: batches, forward passes, loss sums, optimiser steps, dispose scopes.
 [<RequireQualifiedAccess>]
 module Training =
 
@@ -397,7 +397,7 @@ module Training =
             |> Option.map (fun b ->
                 use logits = batchOutput.Logits.detach ()
                 Replay.add batch.Task batch.Inputs batch.Labels batch.LabelArray logits b)
-        (Scalars.toFloat32 loss), { state with Buffer = buffer; Methods = methods; StepsTaken = state.StepsTaken + 1L }
+        Scalars.toFloat32 loss, { state with Buffer = buffer; Methods = methods; StepsTaken = state.StepsTaken + 1L }
 
     /// One optimiser step on one batch: draws, a single forward pass over the batch and the draws,
     /// the methods' terms, backward, the methods' penalties' gradients in closed form, clipping,
