@@ -109,6 +109,12 @@ let needsLibtorch (argv: string[]) =
     && needLibtorch.Contains argv.[0]
     && not (argv |> Array.exists (fun a -> a = "--help" || a = "-h" || a = "/?" || a = "--version"))
 
+/// The commands that tune glibc's allocator for their backbone (Malloc.tuneFor), whose load runs on a
+/// heap readied for it (Malloc.readyLoadingHeap); the others keep glibc's own thresholds.
+/// CONTINUAL_LOAD_HEAP=0 leaves the heap as it is, for comparison (docs/performance.md).
+let private readiesHeap (argv: string[]) =
+    Environment.GetEnvironmentVariable "CONTINUAL_LOAD_HEAP" <> "0" && set [ "run"; "resume"; "learn"; "bench" ] |> Set.contains argv.[0]
+
 /// Asks libtorch's CPU allocator for transparent huge pages, for a command that loads libtorch and
 /// unless THP_MEM_ALLOC_ENABLE is set already. libtorch reads the variable once, at its first
 /// allocation, with `getenv`, which does not see .NET's own environment block: it is set in glibc's,
@@ -166,7 +172,15 @@ let beginLoadingLibtorch (argv: string[]) =
         // the pool's other work (the data's decompression) on two cores.
         let loaded = new TaskCompletionSource()
         warming <- Some(Task.Factory.StartNew((fun () -> loaded.Task.Wait(); try warmUp latency with _ -> ()), TaskCreationOptions.LongRunning))
-        Engine.startLoadingLibraries ()
+        if readiesHeap argv then
+            // The main thread waits the millisecond the heap takes: tuneFor must not run beside it.
+            use readied = new Threading.ManualResetEventSlim()
+            Engine.startLoadingLibrariesAround (fun load ->
+                (try (try Malloc.readyLoadingHeap () |> ignore with _ -> ()) finally readied.Set())
+                try load () finally Malloc.endLoad ())
+            readied.Wait()
+        else
+            Engine.startLoadingLibraries ()
         loaded.SetResult()
 
 /// Ends the process with the command's exit code. When the command ended before libtorch's load did

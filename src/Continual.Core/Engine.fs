@@ -36,13 +36,17 @@ module Engine =
     /// loadLibraries waits for it. The dynamic loader holds its lock for the whole load and `dlsym`
     /// takes the same lock, so until the load ends the calling thread should call no native function it
     /// has not called before (the first call of each P/Invoke binds it): the caller binds those first.
-    /// A second call does nothing.
-    let startLoadingLibraries () =
+    /// `around` runs on the loading thread and is handed the load to call (the tool readies that
+    /// thread's heap for it). A second call does nothing.
+    let startLoadingLibrariesAround (around: (unit -> unit) -> unit) =
         if isNull loading then
             loading <-
                 System.Threading.Tasks.Task.Factory.StartNew(
-                    (fun () -> torch.InitializeDeviceType DeviceType.CPU),
+                    (fun () -> around (fun () -> torch.InitializeDeviceType DeviceType.CPU)),
                     System.Threading.Tasks.TaskCreationOptions.LongRunning)
+
+    /// startLoadingLibrariesAround with nothing around the load.
+    let startLoadingLibraries () = startLoadingLibrariesAround (fun load -> load ())
 
     /// Loads libtorch's native libraries now, on this thread, if nothing has yet (about half a second
     /// of dynamic linking and static initialisers), or waits for the load startLoadingLibraries began

@@ -26,6 +26,56 @@ let tests =
                 Expect.isFalse (Continual.Cli.Startup.needsLibtorch args) (sprintf "%A does not" args)
         }
 
+        test "the loading thread's heap is grown in one piece and advised huge pages, and the run's thresholds wait for the load's end" {
+            // The process's mappings from /proc/self/smaps: start, end, permissions and VmFlags.
+            let mappings () =
+                File.ReadAllLines "/proc/self/smaps"
+                |> Array.fold (fun (acc: (int64 * int64 * string * string) list) line ->
+                    let parts = line.Split(' ', System.StringSplitOptions.RemoveEmptyEntries)
+                    if parts.Length >= 2 && parts.[1].Length = 4 && parts.[0].Split('-').Length = 2 then
+                        let range = parts.[0].Split('-')
+                        (System.Convert.ToInt64(range.[0], 16), System.Convert.ToInt64(range.[1], 16), parts.[1], "") :: acc
+                    elif line.StartsWith "VmFlags:" then
+                        match acc with
+                        | (a, b, perms, _) :: rest -> (a, b, perms, line) :: rest
+                        | [] -> acc
+                    else acc) []
+            // A block of 4 MiB in a mapping of its own (above the mmap threshold) or in a heap (below it).
+            let blockHasOwnMapping () =
+                // AllocHGlobal is malloc on Linux.
+                let block = System.Runtime.InteropServices.Marshal.AllocHGlobal 4194304
+                // glibc's mapped block starts 16 bytes (its header) into a mapping of its own.
+                try mappings () |> List.exists (fun (a, _, _, _) -> a = int64 block - 16L)
+                finally System.Runtime.InteropServices.Marshal.FreeHGlobal block
+            // A thread of its own, as the load has; a thread that happens to share the main arena is left
+            // alone, so a few threads are tried.
+            let readyOnFreshThread () =
+                let mutable readied = None
+                let thread = System.Threading.Thread(fun () -> readied <- Continual.Cli.Malloc.readyLoadingHeap ())
+                thread.Start()
+                thread.Join()
+                readied
+            let readied = Seq.init 8 (fun _ -> readyOnFreshThread ()) |> Seq.tryPick id
+            let mutable ended = false
+            try
+                let heap, length = Expect.wantSome readied "a fresh thread's own heap is readied"
+                let inside = mappings () |> List.filter (fun (a, b, _, _) -> a >= int64 heap && b <= int64 heap + length)
+                Expect.isNonEmpty inside "the heap's mappings are found"
+                for (_, _, _, flags) in inside do
+                    Expect.stringContains flags " hg" "every part of the heap's mapping is advised huge pages"
+                let writable = inside |> List.sumBy (fun (a, b, perms, _) -> if perms.StartsWith "rw" then b - a else 0L)
+                Expect.isGreaterThanOrEqual writable (48L <<< 20) "the heap was made writable in one piece, not page by page"
+                // The MLP's thresholds (8 MiB mmap threshold), chosen while the load runs, wait for its end:
+                // until then a 4 MiB block still gets a mapping of its own (glibc's 128 KiB threshold).
+                Continual.Cli.Malloc.tuneFor "mlp"
+                Expect.isTrue (blockHasOwnMapping ()) "glibc's threshold holds until the load ends"
+                Continual.Cli.Malloc.endLoad ()
+                ended <- true
+                Expect.isFalse (blockHasOwnMapping ()) "the MLP's threshold applies once the load has ended"
+            finally
+                if not ended then Continual.Cli.Malloc.endLoad ()
+        }
+
         test "bad options exit 2 before any work and write nothing" {
             use tmp = new TempFolder()
             let out = Path.Combine(tmp.Path, "out")
