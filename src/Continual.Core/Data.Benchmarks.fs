@@ -287,19 +287,27 @@ module Benchmarks =
 
     /// Reads the four IDX files of an MNIST-style folder (MNIST, Fashion-MNIST). Every file is
     /// checked before the sets are made; the pixels are read into uint8 tensors at one byte a pixel.
-    /// The images are decompressed on another thread while this one loads libtorch, or waits for the
-    /// load the tool began at its start (Engine.loadLibraries):
-    /// the labels, read first here, have already called every native function that reading needs, so
-    /// the other thread never waits for the dynamic loader.
+    /// The training images are decompressed on another thread while this one decompresses the test
+    /// images, then loads libtorch or waits for the load the tool began at its start
+    /// (Engine.loadLibraries): the labels, read first here, have already called every native function
+    /// that reading needs, so neither thread waits for the dynamic loader.
     let readIdxFolder (folder: string) (numClasses: int) : LabelledSet * LabelledSet * (int * int) =
         let paths = idxFileNames |> List.map (findIdxFile folder)
         let trainLabels = Idx.readLabels paths.[1]
         let testLabels = Idx.readLabels paths.[3]
-        let reading = System.Threading.Tasks.Task.Run(fun () -> Idx.tryReadImages paths.[0], Idx.tryReadImages paths.[2])
+        let trainReading = System.Threading.Tasks.Task.Run(fun () -> Idx.tryReadImages paths.[0])
+        // This thread decompresses the test images meanwhile, instead of waiting for the load.
+        let testReading = try Choice1Of2(Idx.tryReadImages paths.[2]) with e -> Choice2Of2(System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture e)
         // The read has ended, whatever happened on either thread, before this one goes on; a data file's
-        // error is raised as itself.
-        (try Engine.loadLibraries () finally (try reading.Wait() with _ -> ()))
-        let trainRead, testRead = reading.GetAwaiter().GetResult()
+        // error is raised as itself, the training images' first.
+        (try Engine.loadLibraries () finally (try trainReading.Wait() with _ -> ()))
+        let trainRead = trainReading.GetAwaiter().GetResult()
+        let testRead =
+            match testReading with
+            | Choice1Of2 read -> read
+            | Choice2Of2 error ->
+                error.Throw()
+                None
         let trainImages, rows, cols = Idx.imageTensorOf paths.[0] trainRead
         try
             let testImages, testRows, testCols = Idx.imageTensorOf paths.[2] testRead
