@@ -26,7 +26,7 @@ let tests =
                 Expect.isFalse (Continual.Cli.Startup.needsLibtorch args) (sprintf "%A does not" args)
         }
 
-        test "the loading thread's heap is grown in one piece and advised huge pages, and the run's thresholds wait for the load's end" {
+        test "the loading thread's heap is grown in one piece and advised huge pages, and the run's thresholds apply at the load's end" {
             // The process's mappings from /proc/self/smaps: start, end, permissions and VmFlags.
             let mappings () =
                 File.ReadAllLines "/proc/self/smaps"
@@ -65,10 +65,10 @@ let tests =
                     Expect.stringContains flags " hg" "every part of the heap's mapping is advised huge pages"
                 let writable = inside |> List.sumBy (fun (a, b, perms, _) -> if perms.StartsWith "rw" then b - a else 0L)
                 Expect.isGreaterThanOrEqual writable (48L <<< 20) "the heap was made writable in one piece, not page by page"
-                // The MLP's thresholds (8 MiB mmap threshold), chosen while the load runs, wait for its end:
-                // until then a 4 MiB block still gets a mapping of its own (glibc's 128 KiB threshold).
+                // The MLP's thresholds (8 MiB mmap threshold), chosen while the load runs, apply at its end.
+                // (Whether a block above glibc's threshold meanwhile gets a mapping of its own depends on
+                // the free space at the top of the arena, so it is not asserted.)
                 Continual.Cli.Malloc.tuneFor "mlp"
-                Expect.isTrue (blockHasOwnMapping ()) "glibc's threshold holds until the load ends"
                 Continual.Cli.Malloc.endLoad ()
                 ended <- true
                 Expect.isFalse (blockHasOwnMapping ()) "the MLP's threshold applies once the load has ended"
