@@ -64,7 +64,10 @@ let tests =
                 for (_, _, _, flags) in inside do
                     Expect.stringContains flags " hg" "every part of the heap's mapping is advised huge pages"
                 let writable = inside |> List.sumBy (fun (a, b, perms, _) -> if perms.StartsWith "rw" then b - a else 0L)
-                Expect.isGreaterThanOrEqual writable (48L <<< 20) "the heap was made writable in one piece, not page by page"
+                // At least the first 28 MiB block was taken from it in one step (a heap grown a page at a
+                // time is a few hundred KiB here). A thread of the test process may reuse an arena that
+                // holds other blocks already, where the second block no longer fits, so not both.
+                Expect.isGreaterThanOrEqual writable (28L <<< 20) "the heap was made writable in one piece, not page by page"
                 // The MLP's thresholds (8 MiB mmap threshold), chosen while the load runs, apply at its end.
                 // (Whether a block above glibc's threshold meanwhile gets a mapping of its own depends on
                 // the free space at the top of the arena, so it is not asserted.)
