@@ -107,6 +107,9 @@ let private bindNatives () =
     // The thread pool's first work item starts its worker and gate threads, which bind natives of their own.
     Task.Run(fun () -> ()).Wait()
 
+/// The commands that tune glibc's allocator for their backbone (their checks call Malloc.tuneFor).
+let private tunesAllocator = set [ "run"; "resume"; "learn"; "bench" ]
+
 /// True when the arguments name a command that loads libtorch and do not ask for help.
 let needsLibtorch (argv: string[]) =
     argv.Length > 0
@@ -117,7 +120,7 @@ let needsLibtorch (argv: string[]) =
 /// heap readied for it (Malloc.readyLoadingHeap); the others keep glibc's own thresholds.
 /// CONTINUAL_LOAD_HEAP=0 leaves the heap as it is, for comparison (docs/performance.md).
 let private readiesHeap (argv: string[]) =
-    Environment.GetEnvironmentVariable "CONTINUAL_LOAD_HEAP" <> "0" && set [ "run"; "resume"; "learn"; "bench" ] |> Set.contains argv.[0]
+    Environment.GetEnvironmentVariable "CONTINUAL_LOAD_HEAP" <> "0" && tunesAllocator.Contains argv.[0]
 
 /// Asks libtorch's CPU allocator for transparent huge pages, for a command that loads libtorch and
 /// unless THP_MEM_ALLOC_ENABLE is set already. libtorch reads the variable once, at its first

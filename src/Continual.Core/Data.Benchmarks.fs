@@ -297,15 +297,15 @@ module Benchmarks =
         let testLabels = Idx.readLabels paths.[3]
         let trainReading = System.Threading.Tasks.Task.Run(fun () -> Idx.tryReadImages paths.[0])
         // This thread decompresses the test images meanwhile, instead of waiting for the load.
-        let testReading = try Choice1Of2(Idx.tryReadImages paths.[2]) with e -> Choice2Of2(System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture e)
+        let testReading = try Ok(Idx.tryReadImages paths.[2]) with e -> Error(System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture e)
         // The read has ended, whatever happened on either thread, before this one goes on; a data file's
         // error is raised as itself, the training images' first.
         (try Engine.loadLibraries () finally (try trainReading.Wait() with _ -> ()))
         let trainRead = trainReading.GetAwaiter().GetResult()
         let testRead =
             match testReading with
-            | Choice1Of2 read -> read
-            | Choice2Of2 error ->
+            | Ok read -> read
+            | Error error ->
                 error.Throw()
                 None
         let trainImages, rows, cols = Idx.imageTensorOf paths.[0] trainRead
