@@ -3,6 +3,14 @@
 # which exit non-zero on failure). Ends with one line "N passed, N failed".
 set -uo pipefail
 cd "$(dirname "$0")"
+# Disk: the build's output folders link the natives rather than copy them, but the packages test packs and
+# installs the tool (about 2 GiB in the temporary folder at its peak). Say so up front when space is short.
+for folder in . "${TMPDIR:-/tmp}"; do
+    free=$(df -Pk "$folder" 2>/dev/null | awk 'NR == 2 { print int($4 / 1048576) }')
+    if [ -n "$free" ] && [ "$free" -lt 3 ]; then
+        echo "warning: $(cd "$folder" && pwd) has only $free GiB free; the tests need about 3 GiB (the packages test about 2 GiB of it)" >&2
+    fi
+done
 scripts/setup.sh || exit 1
 
 passed=0

@@ -47,6 +47,11 @@ XML
 packages=$(dotnet nuget locals global-packages --list | sed 's/^global-packages: //')
 for id in continual.core continual.onnx continual.csharp continual; do rm -rf "${packages:?}/$id/$version"; done
 
+# The samples' and snippets' output folders hold hard links to the natives in the NuGet cache rather than
+# 800 MB copies each (as the repository's own builds do; Directory.Build.props). MSBuild reads these
+# from the environment; it copies where a link cannot be made.
+export CreateHardLinksForCopyLocalIfPossible=true CreateHardLinksForPublishFilesIfPossible=true
+
 cd "$work/samples"
 build() { dotnet build "$1" -c Release -nologo -clp:ErrorsOnly -v:quiet -p:ContinualVersion="$version"; }
 check build-csharp-sample build CSharp/Continual.Samples.CSharp.csproj
