@@ -116,9 +116,9 @@ let needsLibtorch (argv: string[]) =
     && needLibtorch.Contains argv.[0]
     && not (argv |> Array.exists (fun a -> a = "--help" || a = "-h" || a = "/?" || a = "--version"))
 
-/// The commands that tune glibc's allocator for their backbone (Malloc.tuneFor), whose load runs on a
-/// heap readied for it (Malloc.readyLoadingHeap); the others keep glibc's own thresholds.
-/// CONTINUAL_LOAD_HEAP=0 leaves the heap as it is, for comparison (docs/performance.md).
+/// True when libtorch's load runs on a heap readied for it (Malloc.readyLoadingHeap): for a command
+/// that tunes the allocator; the others keep glibc's own thresholds. CONTINUAL_LOAD_HEAP=0 leaves the
+/// heap as it is, for comparison (docs/performance.md).
 let private readiesHeap (argv: string[]) =
     Environment.GetEnvironmentVariable "CONTINUAL_LOAD_HEAP" <> "0" && tunesAllocator.Contains argv.[0]
 
